@@ -1,0 +1,44 @@
+"""Headless core of napari-electrode-cae: numpy, scipy, tifffile and torch only.
+
+Never imports napari, Qt, magicgui or superqt (a test checks it), so it runs on GPU servers and
+in scripts.
+"""
+
+from .errors import (
+    ElectrodeCAEError,
+    ModelConfigError,
+    PhaseMappingError,
+    RunFolderError,
+    StackReadError,
+    TrainConfigError,
+    WindowSpecError,
+)
+from .evaluation import EvaluationReport, compare_window, evaluate, mse_statistics, reconstruct
+from .io import infer_phase_mapping, parse_phase_mapping, read_stack, write_stack
+from .model import ConvAutoEncoder3d, ModelConfig, count_parameters, format_summary, layer_summary
+from .presets import PRESETS, Preset, get_preset
+from .runs import Run, encode_windows, load_run, save_run, write_report
+from .stack import (
+    DEFAULT_VOXEL_SIZE_UM,
+    PHASES,
+    ElectrodeStack,
+    snap_to_phases,
+    to_network_values,
+    volume_fractions,
+)
+from .synthetic import generate_electrode
+from .training import (
+    BatchReport,
+    EpochReport,
+    TrainConfig,
+    TrainResult,
+    available_devices,
+    resolve_device,
+    run_training,
+    seed_everything,
+    train,
+    window_mse,
+)
+from .windows import WindowDataset, WindowSpec, count_dataset_windows, count_windows, split
+
+__all__ = [name for name in dir() if not name.startswith("_")]

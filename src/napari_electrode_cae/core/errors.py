@@ -1,0 +1,39 @@
+"""Typed errors of the headless core.
+
+Every error a user can cause derives from :class:`ElectrodeCAEError`, so the CLI and the GUI can
+report it as one clear line without catching unrelated bugs.
+"""
+
+from __future__ import annotations
+
+
+class ElectrodeCAEError(Exception):
+    """Base class of every user-facing error raised by napari-electrode-cae."""
+
+
+class StackReadError(ElectrodeCAEError):
+    """A file or folder could not be read as an electrode stack."""
+
+
+class PhaseMappingError(ElectrodeCAEError):
+    """Stored label values cannot be mapped to the three phases (pore, CBD, active)."""
+
+
+class WindowSpecError(ElectrodeCAEError):
+    """A sliding-window specification does not fit the data (length, stride, crop, split)."""
+
+
+class ModelConfigError(ElectrodeCAEError):
+    """An auto-encoder configuration is invalid (layers, crop, sizes)."""
+
+
+class TrainConfigError(ElectrodeCAEError):
+    """A training configuration is invalid (epochs, batch, learning rate, device)."""
+
+
+class RunFolderError(ElectrodeCAEError):
+    """A run folder is missing, incomplete, inconsistent or untrusted."""
+
+
+class StackWriteError(ElectrodeCAEError):
+    """An electrode stack could not be written."""

@@ -1,0 +1,215 @@
+"""The paper's 3D convolutional auto-encoder (Energies 2022, 15, 4489; Tables 2-4).
+
+Encoder: ``conv_layers - 1`` in-plane convolutions, kernel (1, 3, 3), stride (1, 2, 2), then one
+convolution with kernel (l, 3, 3), stride (1, 2, 2) that folds the whole window depth into one,
+each followed by ReLU; flatten; Linear to ``hidden``, ReLU; Linear to ``latent_dim``.
+The decoder mirrors it with ConvTranspose3d and ends without an activation. With 3 layers,
+l = 24, crop 224, 128 hidden and 10 latent features it is exactly Table 3 (encoder 1,550,970 and
+decoder 1,562,609 parameters); with l = 4 it is Table 4.
+
+Channels: 8, 16 for the first two convolutions as in the paper, doubling for each further layer,
+and the last (depth-folding) convolution keeps its input's channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .errors import ModelConfigError
+
+CONV_LAYER_CHOICES = (3, 4, 5)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a :class:`ConvAutoEncoder3d` (everything needed to rebuild it)."""
+
+    window_length: int
+    crop: int = 224
+    conv_layers: int = 3
+    hidden: int = 128
+    latent_dim: int = 10
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def conv_channels(conv_layers: int) -> list[int]:
+    """Output channels of each encoder convolution: 8, 16, 32, ... and the last repeated."""
+    widths = [8 * 2**i for i in range(conv_layers - 1)]
+    return widths + [widths[-1]]
+
+
+def in_plane_sizes(crop: int, conv_layers: int) -> list[int]:
+    """Feature-map edge after each encoder convolution (kernel 3, stride 2, no padding)."""
+    sizes = [crop]
+    for _ in range(conv_layers):
+        sizes.append((sizes[-1] - 3) // 2 + 1)
+    return sizes
+
+
+def validate_model_config(config: ModelConfig) -> None:
+    """Raise :class:`ModelConfigError` with the offending field if ``config`` is unusable."""
+    for name in ("window_length", "crop", "conv_layers", "hidden", "latent_dim"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelConfigError(f"model {name} must be a positive integer, got {value!r}")
+    if config.conv_layers not in CONV_LAYER_CHOICES:
+        raise ModelConfigError(
+            f"conv_layers must be one of {CONV_LAYER_CHOICES} (Table 2), got {config.conv_layers}"
+        )
+    minimum = 3
+    for _ in range(config.conv_layers - 1):
+        minimum = 2 * minimum + 1
+    if config.crop < minimum:
+        raise ModelConfigError(
+            f"crop {config.crop} is too small for {config.conv_layers} conv layers "
+            f"(needs at least {minimum})"
+        )
+
+
+class ConvAutoEncoder3d(nn.Module):
+    """3D convolutional auto-encoder for (N, 1, l, crop, crop) windows.
+
+    Parameters
+    ----------
+    window_length : int
+        Window length ``l`` (Z slices).
+    crop : int
+        In-plane edge of the windows in voxels.
+    conv_layers : int
+        3, 4 or 5 encoder convolutions (the decoder mirrors them).
+    hidden : int
+        Neurons of the fully connected hidden layer (128 or 1000 in the paper).
+    latent_dim : int
+        Number of latent features (10 in the paper).
+    """
+
+    def __init__(
+        self,
+        window_length: int,
+        crop: int = 224,
+        conv_layers: int = 3,
+        hidden: int = 128,
+        latent_dim: int = 10,
+    ) -> None:
+        super().__init__()
+        self.config = ModelConfig(window_length, crop, conv_layers, hidden, latent_dim)
+        validate_model_config(self.config)
+        channels = conv_channels(conv_layers)
+        sizes = in_plane_sizes(crop, conv_layers)
+        self.bottleneck_shape = (channels[-1], 1, sizes[-1], sizes[-1])
+        flat = channels[-1] * sizes[-1] * sizes[-1]
+
+        encoder: list[nn.Module] = []
+        decoder_convs: list[nn.Module] = []
+        in_ch = 1
+        for i, out_ch in enumerate(channels):
+            depth = window_length if i == conv_layers - 1 else 1
+            encoder += [
+                nn.Conv3d(in_ch, out_ch, kernel_size=(depth, 3, 3), stride=(1, 2, 2)),
+                nn.ReLU(),
+            ]
+            # The matching transposed convolution restores this layer's input size exactly.
+            pad = sizes[i] - (2 * (sizes[i + 1] - 1) + 3)
+            decoder_convs.append(
+                nn.ConvTranspose3d(
+                    out_ch, in_ch, kernel_size=(depth, 3, 3), stride=(1, 2, 2),
+                    output_padding=(0, pad, pad),
+                )
+            )
+            in_ch = out_ch
+        encoder += [
+            nn.Flatten(),
+            nn.Linear(flat, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, latent_dim),
+        ]
+        decoder: list[nn.Module] = [
+            nn.Linear(latent_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, flat),
+            nn.ReLU(),
+            nn.Unflatten(1, self.bottleneck_shape),
+        ]
+        for j, conv in enumerate(reversed(decoder_convs)):
+            decoder.append(conv)
+            if j < len(decoder_convs) - 1:
+                decoder.append(nn.ReLU())
+        self.encoder = nn.Sequential(*encoder)
+        self.decoder = nn.Sequential(*decoder)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """(1, l, crop, crop) of one window."""
+        c = self.config
+        return (1, c.window_length, c.crop, c.crop)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, l, crop, crop) windows -> (N, latent_dim) latent features."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, latent_dim) latent features -> (N, 1, l, crop, crop) network values."""
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of a layer summary (like the paper's Table 3)."""
+
+    part: str  # "encoder" or "decoder"
+    name: str  # e.g. "Conv3d-1"
+    output_shape: tuple[int, ...]  # with -1 for the batch axis
+    parameters: int
+
+
+def layer_summary(model: ConvAutoEncoder3d) -> list[LayerRow]:
+    """Output shape and parameter count of every encoder and decoder layer.
+
+    Runs one zero window through the model on the CPU (meta tensors would do, but the model is
+    small enough); numbering restarts for the decoder as in Table 3.
+    """
+    rows: list[LayerRow] = []
+    device = next(model.parameters()).device
+    x = torch.zeros((1, *model.input_shape), device=device)
+    with torch.no_grad():
+        for part, seq in (("encoder", model.encoder), ("decoder", model.decoder)):
+            for i, layer in enumerate(seq, start=1):
+                x = layer(x)
+                rows.append(
+                    LayerRow(
+                        part,
+                        f"{type(layer).__name__}-{i}",
+                        (-1, *x.shape[1:]),
+                        count_parameters(layer),
+                    )
+                )
+    return rows
+
+
+def format_summary(model: ConvAutoEncoder3d) -> str:
+    """A plain-text table of :func:`layer_summary` with encoder and decoder totals."""
+    rows = layer_summary(model)
+    lines = []
+    for part, seq in (("Encoder", model.encoder), ("Decoder", model.decoder)):
+        lines.append(f"{part}")
+        lines.append(f"  {'Layer (type)':<22}{'Output shape':<28}{'Param #':>12}")
+        for row in rows:
+            if row.part == part.lower():
+                shape = "[" + ", ".join(str(d) for d in row.output_shape) + "]"
+                lines.append(f"  {row.name:<22}{shape:<28}{row.parameters:>12,}")
+        lines.append(f"  {'Total':<50}{count_parameters(seq):>12,}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,296 @@
+"""Training loop of the auto-encoder as a generator (Adam + MSE, best-validation weights kept).
+
+``train`` yields an :class:`EpochReport` after every epoch (and, with ``yield_batches=True``, a
+:class:`BatchReport` after every batch, so a GUI worker can stop between batches) and returns a
+:class:`TrainResult`. Closing the generator stops training at the next yield; the model then
+holds the best-validation weights seen so far, in every case.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import save_state_dict
+from .errors import TrainConfigError
+from .model import ConvAutoEncoder3d
+from .windows import SPLIT_MODES, WindowDataset, split
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (paper: Adam, MSE, batch 2, lr 1e-4, up to 3,500 epochs).
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training windows.
+    batch_size : int
+        Windows per optimiser step.
+    lr : float
+        Adam learning rate.
+    val_fraction : float
+        Fraction of windows held out for validation.
+    seed : int
+        Seeds the split, the shuffling and (via :func:`seed_everything`) the initial weights.
+    split : {"random", "blocked"}
+        Split mode, see :func:`napari_electrode_cae.core.windows.split`.
+    device : {"auto", "cpu", "cuda", "mps"}
+        ``"auto"`` picks CUDA, then MPS, then the CPU.
+    """
+
+    epochs: int = 5
+    batch_size: int = 2
+    lr: float = 1e-4
+    val_fraction: float = 0.15
+    seed: int = 0
+    split: str = "random"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TrainConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise TrainConfigError(f"learning rate must be a positive number, got {self.lr!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise TrainConfigError(
+                f"validation fraction must be between 0 and 1, got {self.val_fraction!r}"
+            )
+        if self.split not in SPLIT_MODES:
+            raise TrainConfigError(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
+        if self.device not in DEVICE_CHOICES:
+            raise TrainConfigError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """Progress inside an epoch (only yielded with ``yield_batches=True``)."""
+
+    epoch: int
+    batch: int  # 1-based
+    batches: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """Result of one epoch. MSEs are voxel means of network values (pore -1, CBD 0, active 1)."""
+
+    epoch: int  # 1-based
+    epochs: int
+    train_mse: float
+    val_mse: float
+    seconds: float
+    best_epoch: int
+    best_val_mse: float
+
+    @property
+    def is_best(self) -> bool:
+        return self.epoch == self.best_epoch
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) training run produced."""
+
+    history: list[EpochReport]
+    best_epoch: int
+    best_val_mse: float
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    device: str
+    stopped: bool = False
+    extras: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for ``device``: ``"auto"`` picks CUDA, then MPS, then the CPU.
+
+    Raises
+    ------
+    TrainConfigError
+        If an explicitly requested accelerator is not available.
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainConfigError("device 'cuda' requested but no CUDA GPU is available")
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise TrainConfigError("device 'mps' requested but Apple MPS is not available")
+    if device not in DEVICE_CHOICES:
+        raise TrainConfigError(f"device must be one of {DEVICE_CHOICES}, got {device!r}")
+    return torch.device(device)
+
+
+def available_devices() -> list[str]:
+    """Devices usable here, e.g. ``["cpu"]`` or ``["cuda", "cpu"]``."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        found.append("mps")
+    return found + ["cpu"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) so that model initialisation and training are repeatable."""
+    torch.manual_seed(seed)
+
+
+def train(
+    model: ConvAutoEncoder3d,
+    data: WindowDataset,
+    config: TrainConfig,
+    *,
+    train_idx: Sequence[int] | None = None,
+    val_idx: Sequence[int] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    yield_batches: bool = False,
+) -> Iterator[EpochReport | BatchReport]:
+    """Train ``model`` on ``data``; a generator of progress reports.
+
+    Parameters
+    ----------
+    model : ConvAutoEncoder3d
+        Trained in place; holds the best-validation weights when the generator ends or is closed.
+    data : WindowDataset
+        Windows of shape (1, l, crop, crop) matching the model.
+    config : TrainConfig
+        Optimiser, split and device settings.
+    train_idx, val_idx : sequence of int, optional
+        A precomputed split; by default ``split(data, config.val_fraction, config.seed,
+        config.split)``.
+    checkpoint_dir : path, optional
+        If given, ``best.pt`` (best weights) is written there atomically whenever validation
+        improves.
+    yield_batches : bool
+        Also yield a :class:`BatchReport` after every batch.
+
+    Yields
+    ------
+    EpochReport or BatchReport
+
+    Returns
+    -------
+    TrainResult
+        As the generator's return value (``StopIteration.value``).
+    """
+    spec = data.spec
+    mc = model.config
+    if (spec.length, spec.crop) != (mc.window_length, mc.crop):
+        raise TrainConfigError(
+            f"windows are {spec.length}x{spec.crop}x{spec.crop} but the model expects "
+            f"{mc.window_length}x{mc.crop}x{mc.crop}"
+        )
+    if train_idx is None or val_idx is None:
+        train_idx, val_idx = split(data, config.val_fraction, config.seed, config.split)
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise TrainConfigError(
+            f"training needs windows on both sides: {len(train_idx)} training, "
+            f"{len(val_idx)} validation"
+        )
+    device = resolve_device(config.device)
+    model.to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = nn.MSELoss()
+    rng = np.random.default_rng(config.seed)
+    n_batches = math.ceil(len(train_idx) / config.batch_size)
+    history: list[EpochReport] = []
+    best_state = copy.deepcopy(model.state_dict())
+    best_val, best_epoch = math.inf, 0
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    finished = False
+    try:
+        for epoch in range(1, config.epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            order = rng.permutation(train_idx)
+            total = 0.0
+            for b in range(n_batches):
+                batch_idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                x = data.batch(batch_idx).to(device, non_blocking=True)
+                optimiser.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), x)
+                loss.backward()
+                optimiser.step()
+                loss_value = float(loss.detach())
+                total += loss_value * len(batch_idx)
+                if yield_batches:
+                    yield BatchReport(epoch, b + 1, n_batches, loss_value)
+            train_mse = total / len(train_idx)
+            val_mse = float(np.mean(window_mse(model, data, val_idx, config.batch_size)))
+            if val_mse < best_val:
+                best_val, best_epoch = val_mse, epoch
+                best_state = copy.deepcopy(model.state_dict())
+                if checkpoint_dir is not None:
+                    save_state_dict(best_state, checkpoint_dir / "best.pt")
+            report = EpochReport(
+                epoch, config.epochs, train_mse, val_mse,
+                time.perf_counter() - start, best_epoch, best_val,
+            )
+            history.append(report)
+            yield report
+        finished = True
+    finally:
+        model.load_state_dict(best_state)
+        model.eval()
+    return TrainResult(
+        history, best_epoch, best_val, train_idx, val_idx, str(device), stopped=not finished
+    )
+
+
+def run_training(
+    model: ConvAutoEncoder3d, data: WindowDataset, config: TrainConfig, **kwargs
+) -> TrainResult:
+    """Drive :func:`train` to the end and return its :class:`TrainResult`."""
+    generator = train(model, data, config, **kwargs)
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+@torch.inference_mode()
+def window_mse(
+    model: ConvAutoEncoder3d,
+    data: WindowDataset,
+    indices: Sequence[int],
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Per-window reconstruction MSE (network values) for windows ``indices``; float64 (n,)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = np.empty(len(indices), dtype=np.float64)
+    indices = np.asarray(indices, dtype=np.int64)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        x = data.batch(chunk).to(device)
+        err = (model(x) - x).pow(2).flatten(1).mean(1)
+        out[start : start + len(chunk)] = err.double().cpu().numpy()
+    model.train(was_training)
+    return out
