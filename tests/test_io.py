@@ -554,3 +554,33 @@ def test_invalid_voxel_size_argument(tmp_path):
     np.save(tmp_path / "s.npy", make_labels())
     with pytest.raises(StackReadError, match="voxel size must be a positive number"):
         read_stack(tmp_path / "s.npy", voxel_size_um=-1)
+
+
+def test_unreadable_slice_in_folder_is_named(tmp_path):
+    for k in range(3):
+        tifffile.imwrite(tmp_path / f"s{k}.tif", np.zeros((16, 16), np.uint8))
+    (tmp_path / "s1.tif").write_text("oops")
+    with pytest.raises(StackReadError, match=r"slice s1\.tif .* is not a TIFF image"):
+        read_stack(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_randomly_corrupted_files_raise_only_typed_errors(tmp_path, suffix):
+    path = tmp_path / f"good{suffix}"
+    labels = make_labels()
+    write_stack(path, labels, values=(0, 85, 170))
+    original = path.read_bytes()
+    rng = np.random.default_rng(0)
+    damaged = tmp_path / f"damaged{suffix}"
+    for _ in range(150):
+        data = bytearray(original)
+        for _ in range(int(rng.integers(1, 5))):
+            data[int(rng.integers(0, min(len(data), 400)))] = int(rng.integers(0, 256))
+        if rng.random() < 0.2:
+            data = data[: int(rng.integers(1, len(data)))]
+        damaged.write_bytes(bytes(data))
+        try:
+            stack = read_stack(damaged)
+        except (StackReadError, PhaseMappingError):
+            continue
+        assert stack.labels.dtype == np.uint8 and stack.labels.max() <= 2

@@ -14,7 +14,14 @@ from .errors import (
     WindowSpecError,
 )
 from .evaluation import EvaluationReport, compare_window, evaluate, mse_statistics, reconstruct
-from .io import infer_phase_mapping, parse_phase_mapping, read_stack, write_stack
+from .io import (
+    describe_phase_mapping,
+    infer_phase_mapping,
+    parse_phase_mapping,
+    read_stack,
+    stack_from_array,
+    write_stack,
+)
 from .model import ConvAutoEncoder3d, ModelConfig, count_parameters, format_summary, layer_summary
 from .presets import PRESETS, Preset, get_preset
 from .runs import Run, encode_windows, load_run, save_run, write_report

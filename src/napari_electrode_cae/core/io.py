@@ -85,7 +85,9 @@ _READ_ERRORS = (
 )
 #: Exceptions numpy raises for a damaged .npy file (besides ValueError): its header is parsed
 #: as a Python literal and its size checked when memory-mapping.
-_NPY_HEADER_ERRORS = (OSError, EOFError, SyntaxError, tokenize.TokenError, ArithmeticError)
+_NPY_HEADER_ERRORS = (
+    OSError, EOFError, SyntaxError, tokenize.TokenError, ArithmeticError, TypeError
+)
 #: ImageJ length units that mean micrometres.
 _MICRON_UNITS = frozenset(
     {"micron", "microns", "um", "µm", "\\u00b5m", "micrometer", "micrometre"}
@@ -843,7 +845,7 @@ def read_stack(
         inferred (a single value, or more than three distinct values).
     """
     path = Path(path)
-    explicit = None if phases is None else _normalise_mapping(phases)
+    explicit = None if phases is None else _normalise_mapping(phases)  # fail fast on bad text
     if voxel_size_um is not None and _positive_float(voxel_size_um) is None:
         raise StackReadError(
             f"voxel size must be a positive number of micrometres, got {voxel_size_um!r}"
@@ -865,6 +867,62 @@ def read_stack(
             f"({', '.join(TIFF_SUFFIXES)}), a {NPY_SUFFIX} array or a folder of 2D TIFF slices"
         )
 
+    if voxel_size_um is None:
+        voxel_size_um = metadata.get("voxel_size_um", DEFAULT_VOXEL_SIZE_UM)
+    default_name = _default_name(path)
+    if calendered is None:
+        calendered = metadata.get("calendered", guess_calendered(default_name))
+    return stack_from_array(
+        raw,
+        explicit,
+        voxel_size_um=float(voxel_size_um),
+        calendered=calendered,
+        source=str(path),
+        name=name or default_name,
+        stored_mapping=metadata.get("phase_mapping"),
+        inplace=owned,
+    )
+
+
+def stack_from_array(
+    raw: np.ndarray,
+    phases: Mapping[Any, str] | str | None = None,
+    *,
+    voxel_size_um: float = DEFAULT_VOXEL_SIZE_UM,
+    calendered: bool | None = None,
+    source: str = "",
+    name: str = "",
+    stored_mapping: Mapping[int, str] | None = None,
+    inplace: bool = False,
+) -> ElectrodeStack:
+    """An ElectrodeStack from a (Z, Y, X) array of stored label values (e.g. a napari layer).
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        (Z, Y, X) stored labels of any integer dtype or whole-number floats.
+    phases : dict or str, optional
+        Explicit stored value -> phase name mapping; else ``stored_mapping``, else
+        :func:`infer_phase_mapping`.
+    voxel_size_um, calendered, source, name
+        Stack metadata, see :class:`~.stack.ElectrodeStack`.
+    stored_mapping : dict, optional
+        A mapping that came with the data (file metadata), used when ``phases`` is None.
+    inplace : bool
+        Whether a writable uint8 ``raw`` may be overwritten instead of copied.
+
+    Raises
+    ------
+    StackReadError, PhaseMappingError
+        As :func:`read_stack`.
+    """
+    where = source or name or "array"
+    raw = np.asarray(raw)
+    if raw.ndim != 3:
+        raise StackReadError(
+            f"{where} has shape {raw.shape}; an electrode stack is a 3D (Z, Y, X) volume"
+        )
+    explicit = None if phases is None else _normalise_mapping(phases)
     values, counts = _count(raw, where)
     if raw.dtype.kind == "f":
         fractional = [v for v in values if not float(v).is_integer()]
@@ -885,8 +943,8 @@ def read_stack(
     if explicit is not None:
         mapping = explicit
         _check_mapping_covers(mapping, values, where, "the given phase mapping")
-    elif "phase_mapping" in metadata:
-        mapping = metadata["phase_mapping"]
+    elif stored_mapping:
+        mapping = {int(k): v for k, v in stored_mapping.items()}
         _check_mapping_covers(mapping, values, where, "the phase mapping stored in the file")
     else:
         try:
@@ -894,18 +952,13 @@ def read_stack(
         except PhaseMappingError as exc:
             raise PhaseMappingError(f"{where}: {exc}") from None
 
-    labels = _apply_mapping(raw, mapping, values, inplace=owned)
-    if voxel_size_um is None:
-        voxel_size_um = metadata.get("voxel_size_um", DEFAULT_VOXEL_SIZE_UM)
-    default_name = _default_name(path)
-    if calendered is None:
-        calendered = metadata.get("calendered", guess_calendered(default_name))
+    labels = _apply_mapping(raw, mapping, values, inplace=inplace)
     return ElectrodeStack(
         labels=labels,
         voxel_size_um=float(voxel_size_um),
         calendered=calendered,
-        source=str(path),
-        name=name or default_name,
+        source=source,
+        name=name,
         phase_mapping=dict(sorted(mapping.items())),
     )
 

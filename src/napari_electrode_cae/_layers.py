@@ -1,0 +1,107 @@
+"""How electrode data look in napari: phase colours, layer names, stack <-> layer conversion.
+
+Shared by the reader, the sample data and every panel so that a phase always has the same
+colour and a window the same layer name. Importing this module does not import napari; the
+napari objects are built inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .core import ElectrodeStack, PHASES
+from .core.io import stack_from_array
+from .core.stack import PHASE_COLORS
+
+# Layer names used by the panels (one layer of each, updated in place).
+ORIGINAL_LAYER = "window: original"
+RECONSTRUCTION_LAYER = "window: reconstruction"
+RECONSTRUCTION_VALUES_LAYER = "window: reconstruction (values)"
+DECODED_LAYER = "latent: decoded"
+WINDOW_OUTLINE_LAYER = "window outline"
+
+#: Key of the layer metadata entry that carries the stack's tag, voxel size and mapping.
+METADATA_KEY = "electrode_cae"
+
+
+def phase_colormap() -> Any:
+    """A napari DirectLabelColormap: pore transparent (background), CBD orange, active grey.
+
+    Pore (id 0) is napari's background label, so 3D renderings show the solid skeleton.
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[int | None, Any] = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
+    colors.update({i: PHASE_COLORS[i] for i in (1, 2)})
+    return DirectLabelColormap(color_dict=colors, background_value=0)
+
+
+def labels_layer_kwargs(stack: ElectrodeStack) -> dict[str, Any]:
+    """Keyword arguments for ``viewer.add_labels(stack.labels, **kwargs)`` / a LayerData tuple."""
+    return {
+        "name": stack.name or "electrode",
+        "scale": (stack.voxel_size_um,) * 3,
+        "units": "µm",
+        "colormap": phase_colormap(),
+        "metadata": {METADATA_KEY: stack_metadata(stack)},
+    }
+
+
+def stack_metadata(stack: ElectrodeStack) -> dict[str, Any]:
+    """JSON-friendly description of a stack kept in ``layer.metadata[METADATA_KEY]``."""
+    return {
+        "calendered": stack.calendered,
+        "voxel_size_um": stack.voxel_size_um,
+        "source": stack.source,
+        "phase_mapping": {int(k): v for k, v in stack.phase_mapping.items()},
+        "phases": list(PHASES),
+    }
+
+
+def add_phase_labels(viewer: Any, labels: np.ndarray, name: str, voxel_size_um: float,
+                     **kwargs: Any) -> Any:
+    """Add (or update in place) a phase Labels layer called ``name``; returns the layer."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer.data.shape == labels.shape:
+            layer.data = labels
+            return layer
+        viewer.layers.remove(layer)
+    return viewer.add_labels(labels, name=name, scale=(voxel_size_um,) * 3, units="µm",
+                             colormap=phase_colormap(), **kwargs)
+
+
+def stack_from_layer(layer: Any, phases: dict[int, str] | None = None) -> ElectrodeStack:
+    """An ElectrodeStack from a napari Labels or Image layer.
+
+    Labels layers written by this plugin (metadata present, values 0/1/2) are used as they are;
+    other layers have their stored values mapped to phases (``phases`` or the inferred default,
+    see :func:`napari_electrode_cae.core.io.infer_phase_mapping`).
+
+    Raises
+    ------
+    ElectrodeCAEError
+        If the layer is not 3D or its values cannot be mapped to three phases.
+    """
+    from .core import StackReadError
+
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise StackReadError(
+            f"layer {layer.name!r} has {data.ndim} dimensions {data.shape}; an electrode stack "
+            "must be a 3D (Z, Y, X) volume"
+        )
+    meta = dict(layer.metadata.get(METADATA_KEY, {}))
+    scale = float(np.asarray(layer.scale)[-1])
+    voxel = float(meta.get("voxel_size_um") or (scale if scale != 1.0 else 0.398))
+    own = meta and data.dtype == np.uint8 and phases is None and int(data.max(initial=0)) <= 2
+    return stack_from_array(
+        data,
+        {0: "pore", 1: "cbd", 2: "active"} if own else phases,
+        voxel_size_um=voxel,
+        calendered=meta.get("calendered"),
+        source=meta.get("source") or f"layer:{layer.name}",
+        name=layer.name,
+    )

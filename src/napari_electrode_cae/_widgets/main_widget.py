@@ -1,0 +1,64 @@
+"""The plugin's main dock widget: one CAEState shared by five panels in tabs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+
+from .data_panel import DataPanel
+from .latent_panel import LatentPanel
+from .results_panel import ResultsPanel
+from .state import CAEState
+from .training_panel import TrainingPanel
+from .windows_panel import WindowsPanel
+
+if TYPE_CHECKING:
+    import napari
+
+
+class ElectrodeCAEWidget(QWidget):
+    """Data → Windows → Model & training → Results → Latent explorer, in tabs.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer the panels read layers from and draw into.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = CAEState()
+        self.data_panel = DataPanel(napari_viewer, self.state)
+        self.windows_panel = WindowsPanel(napari_viewer, self.state)
+        self.training_panel = TrainingPanel(napari_viewer, self.state)
+        self.results_panel = ResultsPanel(napari_viewer, self.state)
+        self.latent_panel = LatentPanel(napari_viewer, self.state)
+        self.tabs = QTabWidget()
+        for panel, title in (
+            (self.data_panel, "Data"),
+            (self.windows_panel, "Windows"),
+            (self.training_panel, "Train"),
+            (self.results_panel, "Results"),
+            (self.latent_panel, "Latents"),
+        ):
+            self.tabs.addTab(panel, title)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)
+        self.setMinimumWidth(380)
+
+    @property
+    def panels(self) -> tuple[QWidget, ...]:
+        return (self.data_panel, self.windows_panel, self.training_panel, self.results_panel,
+                self.latent_panel)
+
+    def shutdown(self) -> None:
+        """Stop every background worker and wait for it (called on close and by tests)."""
+        for panel in self.panels:
+            panel.shutdown()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self.shutdown()
+        super().closeEvent(event)
