@@ -127,3 +127,24 @@ def test_explicit_split_is_used(tiny_stacks):
     result = run_training(model, data, TrainConfig(epochs=1, device="cpu"),
                           train_idx=train_idx, val_idx=val_idx)
     np.testing.assert_array_equal(result.val_idx, val_idx)
+
+
+def test_resume_reaches_the_same_weights_and_history(tiny_stacks, tmp_path):
+    config = TrainConfig(epochs=4, batch_size=4, lr=3e-3, seed=2, device="cpu")
+    model, data = _setup(tiny_stacks, seed=2)
+    full = run_training(model, data, config)
+    full_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, data = _setup(tiny_stacks, seed=2)
+    gen = train(model, data, config, checkpoint_dir=tmp_path)
+    for report in gen:
+        if report.epoch == 2:
+            gen.close()  # stopped after epoch 2
+    assert (tmp_path / "last.pt").exists()
+    model, data = _setup(tiny_stacks, seed=5)  # fresh weights: everything must come from disk
+    resumed = run_training(model, data, config, checkpoint_dir=tmp_path, resume=True)
+    assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
+    assert [r.val_mse for r in resumed.history] == pytest.approx(
+        [r.val_mse for r in full.history], rel=1e-6)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, full_state[key])

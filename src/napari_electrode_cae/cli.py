@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=core.windows.SPLIT_MODES, default="random")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=core.training.DEVICE_CHOICES, default="auto")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from RUN_DIR/last.pt (same settings)")
     _add_stack_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -139,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuous", action="store_true",
                    help="write the raw float32 network output instead of phase labels")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("gui", help="open napari with the Electrode CAE widget",
+                       description="Open napari with STACKs loaded (with none: the synthetic "
+                       "CAL and UNCAL sample stacks) and the Electrode CAE widget docked.")
+    p.add_argument("stacks", nargs="*", type=Path, metavar="STACK",
+                   help="multi-page TIFF, folder of TIFF slices, or .npy")
+    p.add_argument("--run", type=Path, metavar="RUN_DIR",
+                   help="run folder to open in the Train panel")
+    p.add_argument("--no-sample", action="store_true",
+                   help="with no STACK, start empty instead of loading the sample stacks")
+    _add_stack_args(p)
+    p.set_defaults(func=cmd_gui)
     return parser
 
 
@@ -220,15 +234,21 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{core.count_parameters(model):,} parameters on {device}")
     history: list[core.EpochReport] = []
     generator = core.train(model, data, config, train_idx=train_idx, val_idx=val_idx,
-                           checkpoint_dir=args.out, yield_batches=True)
+                           checkpoint_dir=args.out, resume=args.resume, yield_batches=True)
     n_batches = -(-len(train_idx) // config.batch_size)
     interrupted = False
     with tqdm(total=config.epochs * n_batches, unit="batch", file=sys.stderr,
               dynamic_ncols=True, disable=None) as bar:
+        if args.resume and (args.out / "last.pt").exists():
+            saved = core.checkpoint.load_training_state(args.out / "last.pt")
+            history = [core.EpochReport(**row) for row in saved["history"]]
+            bar.update(len(history) * n_batches)
+            _info(f"resuming after epoch {len(history)} from {args.out / 'last.pt'}")
         try:
             for report in generator:
-                bar.update(1) if isinstance(report, core.BatchReport) else None
-                if isinstance(report, core.EpochReport):
+                if isinstance(report, core.BatchReport):
+                    bar.update(1)
+                else:
                     history.append(report)
                     bar.set_postfix(epoch=report.epoch, train=f"{report.train_mse:.4f}",
                                     val=f"{report.val_mse:.4f}", best=f"{report.best_val_mse:.4f}")
@@ -240,7 +260,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     report = core.evaluate(model, data, train_idx, val_idx, seed=config.seed)
     core.save_run(args.out, model, data, config, train_idx, val_idx, history, report)
-    (args.out / "best.pt").unlink(missing_ok=True)
+    if not interrupted:  # last.pt stays after Ctrl-C so that --resume can continue
+        for name in ("best.pt", "last.pt"):
+            (args.out / name).unlink(missing_ok=True)
     best = min(history, key=lambda r: r.val_mse)
     _info(f"best validation MSE {best.val_mse:.4f} at epoch {best.epoch}; run saved to {args.out}")
     _print_row(report)
@@ -309,6 +331,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
                                                         source="decoded", name=args.out.stem))
     fractions = core.volume_fractions(core.snap_to_phases(volume))
     print(f"{args.out}: {volume.shape} " + ", ".join(f"{p} {f:.1%}" for p, f in fractions.items()))
+    return 0
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    from ._launch import launch  # imports napari (Qt) only now
+
+    stacks = _read_stacks(args)  # before any window opens; reports each phase mapping
+    launch(stacks, run_dir=args.run, sample=not args.no_sample, show=True)
+    import napari
+
+    napari.run()
     return 0
 
 

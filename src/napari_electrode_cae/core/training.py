@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import save_state_dict
+from .checkpoint import load_training_state, save_state_dict, save_training_state
 from .errors import TrainConfigError
 from .model import ConvAutoEncoder3d
 from .windows import SPLIT_MODES, WindowDataset, split
@@ -166,6 +166,7 @@ def train(
     train_idx: Sequence[int] | None = None,
     val_idx: Sequence[int] | None = None,
     checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
     yield_batches: bool = False,
 ) -> Iterator[EpochReport | BatchReport]:
     """Train ``model`` on ``data``; a generator of progress reports.
@@ -183,7 +184,11 @@ def train(
         config.split)``.
     checkpoint_dir : path, optional
         If given, ``best.pt`` (best weights) is written there atomically whenever validation
-        improves.
+        improves, and ``last.pt`` (weights, optimiser, best weights and history) after every
+        epoch, so a stopped or killed run can be resumed.
+    resume : bool
+        Continue from ``checkpoint_dir/last.pt`` if it exists: the run then ends with the same
+        weights and history as an uninterrupted one (on the CPU, same seed and settings).
     yield_batches : bool
         Also yield a :class:`BatchReport` after every batch.
 
@@ -216,18 +221,27 @@ def train(
     model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = nn.MSELoss()
-    rng = np.random.default_rng(config.seed)
     n_batches = math.ceil(len(train_idx) / config.batch_size)
     history: list[EpochReport] = []
     best_state = copy.deepcopy(model.state_dict())
     best_val, best_epoch = math.inf, 0
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    first_epoch = 1
+    if resume and checkpoint_dir is not None and (checkpoint_dir / "last.pt").exists():
+        saved = load_training_state(checkpoint_dir / "last.pt")
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        best_state = saved["best_model"]
+        best_val, best_epoch = saved["best_val_mse"], saved["best_epoch"]
+        history = [EpochReport(**row) for row in saved["history"]]
+        first_epoch = saved["epoch"] + 1
     finished = False
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             model.train()
-            order = rng.permutation(train_idx)
+            # one generator per epoch, so a resumed run shuffles exactly like an unbroken one
+            order = np.random.default_rng((config.seed, epoch)).permutation(train_idx)
             total = 0.0
             for b in range(n_batches):
                 batch_idx = order[b * config.batch_size : (b + 1) * config.batch_size]
@@ -252,6 +266,16 @@ def train(
                 time.perf_counter() - start, best_epoch, best_val,
             )
             history.append(report)
+            if checkpoint_dir is not None:
+                save_training_state(checkpoint_dir / "last.pt", {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "best_model": best_state,
+                    "best_val_mse": best_val,
+                    "best_epoch": best_epoch,
+                    "history": [asdict(r) for r in history],
+                })
             yield report
         finished = True
     finally:
