@@ -78,3 +78,23 @@ def test_deeper_models_keep_the_paper_pattern():
 def test_bad_architecture_is_refused(kwargs, message):
     with pytest.raises(ModelConfigError, match=message):
         ConvAutoEncoder3d(**kwargs)
+
+
+@pytest.mark.parametrize("layers, length, crop", [(3, 6, 64), (4, 3, 70), (5, 2, 97)])
+def test_folded_depth_path_is_the_same_function_and_gradient(layers, length, crop):
+    torch.manual_seed(0)
+    model = ConvAutoEncoder3d(length, crop=crop, conv_layers=layers, hidden=16, latent_dim=4)
+    x = torch.randn(3, 1, length, crop, crop)
+    results = []
+    for fold in (False, True):
+        model.fold_depth = fold
+        model.zero_grad()
+        z = model.encode(x)
+        y = model.decode(z)
+        ((y - x) ** 2).mean().backward()
+        results.append((z.detach(), y.detach(), [p.grad.clone() for p in model.parameters()]))
+    (z0, y0, g0), (z1, y1, g1) = results
+    torch.testing.assert_close(z1, z0, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-6)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-6)
