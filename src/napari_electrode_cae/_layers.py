@@ -96,7 +96,10 @@ def stack_from_layer(layer: Any, phases: dict[int, str] | None = None) -> Electr
     meta = dict(layer.metadata.get(METADATA_KEY, {}))
     scale = float(np.asarray(layer.scale)[-1])
     voxel = float(meta.get("voxel_size_um") or (scale if scale != 1.0 else 0.398))
-    own = meta and data.dtype == np.uint8 and phases is None and int(data.max(initial=0)) <= 2
+    # "phases" marks labels already stored as phase ids (stack_metadata writes it); a layer that
+    # only carries a CAL/UNCAL tag set in the Data panel keeps the inferred mapping.
+    own = ("phases" in meta and data.dtype == np.uint8 and phases is None
+           and int(data.max(initial=0)) <= 2)
     return stack_from_array(
         data,
         {0: "pore", 1: "cbd", 2: "active"} if own else phases,

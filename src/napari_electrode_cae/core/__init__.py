@@ -23,6 +23,17 @@ from .io import (
     write_stack,
 )
 from .model import ConvAutoEncoder3d, ModelConfig, count_parameters, format_summary, layer_summary
+from .physics import (
+    PhysicsError,
+    compare_metrics,
+    connected_fraction,
+    interface_area_density,
+    microstructure_metrics,
+    percolating_mask,
+    specific_surface_area,
+    tortuosity,
+    triple_phase_boundary_density,
+)
 from .presets import PRESETS, Preset, get_preset
 from .runs import Run, encode_windows, load_run, save_run, write_report
 from .stack import (

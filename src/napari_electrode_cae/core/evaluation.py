@@ -138,11 +138,20 @@ def reconstruct(model: ConvAutoEncoder3d, window: torch.Tensor) -> np.ndarray:
 
 
 def compare_window(
-    model: ConvAutoEncoder3d, data: WindowDataset, index: int
+    model: ConvAutoEncoder3d,
+    data: WindowDataset,
+    index: int,
+    reconstruction: np.ndarray | None = None,
 ) -> WindowComparison:
-    """Original vs reconstruction statistics of window ``index`` (Table 7 and phase checks)."""
+    """Original vs reconstruction statistics of window ``index`` (Table 7 and phase checks).
+
+    ``reconstruction`` ((l, crop, crop) network values) skips running the model again when the
+    caller already has it.
+    """
     original = data[index][0].numpy().astype(np.float64)
-    recon = reconstruct(model, data[index]).astype(np.float64)
+    if reconstruction is None:
+        reconstruction = reconstruct(model, data[index])
+    recon = np.asarray(reconstruction, dtype=np.float64)
     n = original.size
     o_mean, o_std = float(original.mean()), float(original.std(ddof=1))
     r_mean, r_std = float(recon.mean()), float(recon.std(ddof=1))

@@ -852,7 +852,6 @@ def read_stack(
         )
     if not path.exists():
         raise StackReadError(f"{path}: no such file or folder")
-    where = str(path)
     metadata: dict[str, Any] = {}
     owned = True
     if path.is_dir():

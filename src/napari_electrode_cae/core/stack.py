@@ -91,8 +91,15 @@ def volume_fractions(labels: np.ndarray) -> dict[str, float]:
     dict
         ``{"pore": f0, "cbd": f1, "active": f2}``, fractions of all voxels (sum to 1).
     """
-    counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=3)[:3]
-    total = max(int(np.asarray(labels).size), 1)
+    labels = np.atleast_1d(np.asarray(labels))
+    counts = np.zeros(256, dtype=np.int64)
+    # count slab by slab: bincount casts to intp, which would copy a whole volume at 8 B/voxel
+    plane = max(labels[0].size, 1) if len(labels) else 1
+    step = max(1, (1 << 22) // plane)
+    for start in range(0, len(labels), step):
+        slab = labels[start : start + step].astype(np.uint8, copy=False).ravel()
+        counts += np.bincount(slab, minlength=256)
+    total = max(int(labels.size), 1)
     return {name: float(counts[i]) / total for i, name in enumerate(PHASES)}
 
 

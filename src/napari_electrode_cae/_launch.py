@@ -1,0 +1,115 @@
+"""Set up a napari viewer with electrode stacks and the Electrode CAE widget docked.
+
+Used by ``electrode-cae gui`` (which then runs the Qt event loop) and by tests (``show=False``,
+no event loop). napari is imported inside :func:`launch`, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+#: Plugin name in napari.yaml.
+PLUGIN_NAME = "napari-electrode-cae"
+#: Display name of the main dock widget in napari.yaml.
+WIDGET_NAME = "Electrode CAE"
+#: Sample data keys (napari.yaml) loaded when no stack is given.
+SAMPLE_KEYS: tuple[str, ...] = ("synthetic_CAL", "synthetic_UNCAL")
+
+
+def launch(
+    stacks: Iterable[str | os.PathLike[str] | Any] = (),
+    run_dir: str | os.PathLike[str] | None = None,
+    sample: bool = True,
+    show: bool = True,
+    *,
+    phases: Mapping[Any, str] | str | None = None,
+    voxel_size_um: float | None = None,
+    calendered: bool | None = None,
+) -> tuple[Any, Any]:
+    """Open a napari viewer with electrode stacks loaded and the Electrode CAE widget docked.
+
+    Every stack is read before the viewer is created, so a bad path fails fast with the
+    core's typed error and no window flashes up. Each stack becomes one phase Labels layer (as
+    the plugin's reader makes it); only the first is visible (and selected), the others are
+    hidden so that the volumes, which share the same place in space, do not draw over each
+    other.
+
+    Parameters
+    ----------
+    stacks : iterable of path or ElectrodeStack
+        Multi-page TIFFs, folders of 2D TIFF slices, ``.npy`` arrays, or stacks in memory.
+    run_dir : path, optional
+        A saved run folder to open in the Train panel (``widget.training_panel.open_run``).
+    sample : bool
+        With no ``stacks``, load the synthetic CAL and UNCAL sample stacks.
+    show : bool
+        Show the window. The caller runs the event loop (``napari.run()``); tests pass False
+        and close the viewer themselves.
+    phases, voxel_size_um, calendered
+        Passed to :func:`napari_electrode_cae.core.read_stack` for every path in ``stacks``.
+
+    Returns
+    -------
+    (napari.Viewer, ElectrodeCAEWidget)
+
+    Raises
+    ------
+    StackReadError, PhaseMappingError
+        If a stack cannot be read.
+    RunFolderError
+        If ``run_dir`` is not a folder. A folder the Train panel cannot open as a run is
+        reported there (an error notification), and the viewer stays open.
+    """
+    from .core import ElectrodeStack, read_stack
+    from .core.errors import RunFolderError
+
+    loaded: list[ElectrodeStack] = []
+    for item in stacks:
+        if isinstance(item, ElectrodeStack):
+            loaded.append(item)
+        else:
+            loaded.append(read_stack(item, phases, voxel_size_um=voxel_size_um,
+                                     calendered=calendered))
+    if run_dir is not None and not Path(run_dir).is_dir():
+        raise RunFolderError(f"run folder {run_dir} "
+                             + ("is not a folder" if Path(run_dir).exists() else "does not exist"))
+
+    import napari
+
+    from ._layers import labels_layer_kwargs
+
+    viewer = napari.Viewer(title="napari: Electrode CAE", show=show)
+    try:
+        if loaded:
+            for i, stack in enumerate(loaded):
+                viewer.add_labels(stack.labels, visible=i == 0, **labels_layer_kwargs(stack))
+        elif sample:
+            for i, key in enumerate(SAMPLE_KEYS):
+                for layer in viewer.open_sample(PLUGIN_NAME, key):
+                    layer.visible = i == 0
+        if len(viewer.layers):
+            viewer.layers.selection.active = viewer.layers[0]  # the visible one
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, WIDGET_NAME)
+        if run_dir is not None:
+            _open_run(widget, Path(run_dir))
+    except BaseException:
+        viewer.close()
+        raise
+    return viewer, widget
+
+
+def _open_run(widget: Any, run_dir: Path) -> None:
+    """Open ``run_dir`` in the Train panel, or warn if this version of the panel cannot."""
+    open_run = getattr(getattr(widget, "training_panel", None), "open_run", None)
+    if open_run is None:
+        warnings.warn(
+            f"the Train panel cannot open run folders yet; {run_dir} was not opened",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    open_run(run_dir)

@@ -1,0 +1,359 @@
+"""Latent explorer: one slider per latent feature, decoded live into a phase Labels layer.
+
+Sliders start at the selected window's code (``state.latents[state.selected_window]``) and span
+the distribution of all encoded windows. Moving one decodes the vector with an eval snapshot of
+the model in a background worker, latest-wins (see :mod:`.live_decoder`), and writes the snapped
+phases into the ``_layers.DECODED_LAYER`` Labels layer in place, placed at the selected window so
+it shows up in the Results panel's side-by-side grid next to the original and reconstruction.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QLabeledDoubleSlider
+
+from .. import _layers
+from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, RunFolderError
+from ..core.checkpoint import atomic_write_text
+from ..core.model import ConvAutoEncoder3d
+from ..core.runs import latents_table
+from .live_decoder import RUNNERS, DecodedVolume, decode_latent, model_snapshot
+from .results_panel import MODEL_PENDING_MESSAGE, NO_MODEL_MESSAGE, window_translate
+
+if TYPE_CHECKING:
+    import napari
+
+    from .state import CAEState
+
+#: Runner used for live decoding. ``benchmarks/live_decode.py`` compares "thread" and "chained":
+#: in a 60 Hz drag the long-lived worker decodes about twice as many slider positions and shows
+#: the last one sooner, because it decodes the next vector while the main thread updates the
+#: layer, where a chained worker waits for the main thread to start it.
+DEFAULT_RUNNER = "thread"
+#: Half-width of a slider's range when no encoded windows are available.
+FALLBACK_HALF_RANGE = 3.0
+
+
+def latent_ranges(latents: np.ndarray | None, k: int) -> np.ndarray:
+    """(k, 2) slider ranges: mean ± 3 std of each feature, widened to the observed min/max.
+
+    A feature with (almost) no spread gets mean ± 1; without encoded windows every range is
+    ±3 around 0.
+
+    Parameters
+    ----------
+    latents : numpy.ndarray or None
+        float32 (n_windows, k) encodings of the windows.
+    k : int
+        Number of latent features.
+    """
+    if latents is None or latents.ndim != 2 or latents.shape[1] != k or len(latents) == 0:
+        return np.tile([-FALLBACK_HALF_RANGE, FALLBACK_HALF_RANGE], (k, 1))
+    values = latents.astype(np.float64)
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    half = np.where(std > 1e-6, 3.0 * std, 1.0)
+    low = np.minimum(mean - half, values.min(axis=0))
+    high = np.maximum(mean + half, values.max(axis=0))
+    return np.stack([low, high], axis=1)
+
+
+def slider_decimals(low: float, high: float) -> int:
+    """Decimals so that a slider of this range has at least ~200 distinct steps."""
+    width = max(high - low, 1e-9)
+    return int(np.clip(np.ceil(-np.log10(width / 200.0)), 2, 6))
+
+
+class LatentPanel(QWidget):
+    """Sliders for the latent features and a live decoded volume.
+
+    Reads ``state.model``, ``model_version``, ``latents``, ``dataset``, ``split`` and
+    ``selected_window``; writes nothing to the state. A new ``state.model`` is used once
+    ``model_version`` is bumped (until then it is still being trained or evaluated).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer the decoded Labels layer is drawn into.
+    state : CAEState
+        The plugin's shared state.
+    runner : {"thread", "chained"}
+        Background runner for the decoder (see :mod:`.live_decoder`).
+
+    Attributes
+    ----------
+    decoded : Signal(DecodedVolume)
+        Emitted after a decoded volume has been written into the decoded layer.
+    latency_log : list or None
+        If a list, each shown decode appends ``(result, delivered_at, layer_updated_at)`` with
+        ``time.perf_counter()`` times (for benchmarks).
+    """
+
+    decoded = Signal(object)
+
+    def __init__(self, viewer: napari.Viewer, state: CAEState, parent: QWidget | None = None,
+                 runner: str = DEFAULT_RUNNER) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.state = state
+        self.decoder = RUNNERS[runner](self._on_decoded, self._on_decode_error)
+        self._snapshot: ConvAutoEncoder3d | None = None
+        self._snapshot_source: ConvAutoEncoder3d | None = None  # state.model it was copied from
+        self.sliders: list[QLabeledDoubleSlider] = []
+        self._slider_rows: list[QWidget] = []
+        self.latency_log: list | None = None
+        self._build_ui()
+        self._connections = [
+            (state.events.model_version, self._on_model_version_changed),
+            (state.events.model, self._on_model_changed),
+            (state.events.latents, self._on_latents_changed),
+            (state.events.selected_window, self._on_selected_window_changed),
+            (state.events.dataset, self._update_enabled),
+        ]
+        for signal, slot in self._connections:
+            signal.connect(slot)
+        self._on_model_version_changed()
+
+    # ----------------------------------------------------------------------------------- UI
+    def _build_ui(self) -> None:
+        self.status_label = QLabel(NO_MODEL_MESSAGE)
+        self.status_label.setWordWrap(True)
+        self.reset_button = QPushButton("Reset to window")
+        self.reset_button.setToolTip("Move the sliders back to the selected window's code")
+        self.reset_button.clicked.connect(self.reset_to_window)
+        self.export_button = QPushButton("Export latents CSV…")
+        self.export_button.setToolTip("One row per window: split, stack, tag, origin, z1..zk")
+        self.export_button.clicked.connect(self._on_export_clicked)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.reset_button)
+        buttons.addWidget(self.export_button)
+        self.slider_grid = QGridLayout()
+        self.slider_grid.setColumnStretch(1, 1)
+        slider_box = self.slider_box = QWidget()
+        slider_outer = QVBoxLayout(slider_box)
+        slider_outer.setContentsMargins(0, 0, 0, 0)
+        slider_outer.addLayout(self.slider_grid)
+        slider_outer.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(slider_box)
+        self.fractions_label = QLabel("")
+        self.fractions_label.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.status_label)
+        layout.addLayout(buttons)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(self.fractions_label)
+        self._update_enabled()
+
+    def _snapshot_is_current(self) -> bool:
+        """True if the sliders decode with (a copy of) the current, final ``state.model``."""
+        return self._snapshot is not None and self._snapshot_source is self.state.model
+
+    def _update_enabled(self, _event: Any = None) -> None:
+        current = self._snapshot_is_current()
+        self.slider_box.setEnabled(current)
+        self.reset_button.setEnabled(current and self._window_code() is not None)
+        self.export_button.setEnabled(self.state.latents is not None
+                                      and self.state.dataset is not None)
+
+    def _rebuild_sliders(self, k: int) -> None:
+        """Replace the sliders by ``k`` new ones (k = 0 removes them)."""
+        for row in self._slider_rows:
+            self.slider_grid.removeWidget(row)
+            row.deleteLater()
+        self._slider_rows, self.sliders = [], []
+        for j in range(k):
+            name = QLabel(f"z{j + 1}")
+            slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+            slider.setToolTip(f"latent feature z{j + 1}")
+            slider.valueChanged.connect(self._on_slider_moved)
+            self.slider_grid.addWidget(name, j, 0)
+            self.slider_grid.addWidget(slider, j, 1)
+            self._slider_rows += [name, slider]
+            self.sliders.append(slider)
+
+    def _apply_ranges(self) -> None:
+        ranges = latent_ranges(self.state.latents, len(self.sliders))
+        for slider, (low, high) in zip(self.sliders, ranges):
+            slider.blockSignals(True)
+            slider.setDecimals(slider_decimals(low, high))
+            slider.setRange(float(low), float(high))
+            slider.blockSignals(False)
+
+    # ------------------------------------------------------------------------- state events
+    def _on_model_changed(self, _event: Any = None) -> None:
+        """A new model object without a version bump is not final yet: wait for the bump."""
+        if self.state.model is None:
+            if self._snapshot is not None:
+                self._on_model_version_changed()
+            return
+        if not self._snapshot_is_current():
+            self.status_label.setText(MODEL_PENDING_MESSAGE)
+        elif self.sliders:
+            self.status_label.setText("")
+        self._update_enabled()
+
+    def _on_model_version_changed(self, _event: Any = None) -> None:
+        model = self.state.model
+        self._snapshot = None if model is None else model_snapshot(model)
+        self._snapshot_source = model
+        k = 0 if model is None else model.config.latent_dim
+        self._rebuild_sliders(k)
+        if model is None:
+            self.status_label.setText(NO_MODEL_MESSAGE)
+            self.fractions_label.setText("")
+            self._update_enabled()
+            return
+        self._apply_ranges()
+        self._update_enabled()
+        self.reset_to_window()
+
+    def _on_latents_changed(self, _event: Any = None) -> None:
+        if not self._snapshot_is_current():
+            return
+        self._apply_ranges()
+        self._update_enabled()
+        self.reset_to_window()
+
+    def _on_selected_window_changed(self, _event: Any = None) -> None:
+        if self._snapshot_is_current():
+            self.reset_to_window()
+
+    # ------------------------------------------------------------------------------ sliders
+    def latent_vector(self) -> np.ndarray:
+        """The sliders' current values as a float32 (k,) vector."""
+        return np.array([s.value() for s in self.sliders], dtype=np.float32)
+
+    def set_latent_vector(self, latent: np.ndarray) -> None:
+        """Move all sliders at once (one decode, not k) and decode the result."""
+        for slider, value in zip(self.sliders, np.asarray(latent, dtype=float)):
+            slider.blockSignals(True)
+            slider.setValue(float(value))
+            slider.blockSignals(False)
+        self._request_decode()
+
+    def _window_code(self) -> np.ndarray | None:
+        """The selected window's latent vector, or None if there are no matching latents."""
+        latents, k = self.state.latents, len(self.sliders)
+        index = self.state.selected_window
+        if latents is None or latents.ndim != 2 or latents.shape[1] != k or k == 0:
+            return None
+        if not 0 <= index < len(latents):
+            return None
+        return latents[index]
+
+    def reset_to_window(self) -> None:
+        """Set the sliders to the selected window's code (zeros without latents) and decode."""
+        if not self._snapshot_is_current():
+            return
+        code = self._window_code()
+        index = self.state.selected_window
+        if code is None:
+            code = np.zeros(len(self.sliders), dtype=np.float32)
+            self.status_label.setText("no encoded windows for this model: sliders start at 0")
+        else:
+            self.status_label.setText(f"sliders start at the code of window {index}")
+        self.reset_button.setText(f"Reset to window {index}")
+        self.set_latent_vector(code)
+
+    def _on_slider_moved(self, _value: float) -> None:
+        self._request_decode()
+
+    def _request_decode(self) -> None:
+        if not self._snapshot_is_current() or not self.sliders:
+            return
+        self.decoder.submit(decode_latent, self._snapshot, self.latent_vector(),
+                            time.perf_counter())
+
+    # ------------------------------------------------------------------------------ results
+    def _on_decoded(self, result: DecodedVolume) -> None:
+        """Main thread: write the decoded phases into the decoded layer in place."""
+        delivered = time.perf_counter()
+        if self._snapshot is None or len(result.latent) != len(self.sliders):
+            return  # decoded with a model that has since been replaced
+        dataset, index = self.state.dataset, self.state.selected_window
+        if dataset is not None and self.state.model_matches_dataset() and index < len(dataset):
+            voxel, translate = dataset.voxel_size_um, window_translate(dataset, index)
+        else:
+            voxel, translate = DEFAULT_VOXEL_SIZE_UM, (0.0, 0.0, 0.0)
+        layer = _layers.add_phase_labels(self.viewer, result.labels, _layers.DECODED_LAYER,
+                                         voxel, translate=translate)
+        layer.translate = translate
+        layer.name_overlay.visible = self.viewer.canvas.grid.enabled
+        if self.latency_log is not None:
+            self.latency_log.append((result, delivered, time.perf_counter()))
+        f = result.fractions
+        self.fractions_label.setText(
+            f"Decoded: pore {f['pore']:.1%} · CBD {f['cbd']:.1%} · active {f['active']:.1%} "
+            f"(decode {result.decode_seconds * 1e3:.0f} ms)")
+        self.decoded.emit(result)
+
+    def _on_decode_error(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status_label.setText(f"error: {exc}")
+        show_error(str(exc))
+
+    # ------------------------------------------------------------------------------- export
+    def export_latents(self, path: str | Path) -> Path:
+        """Write the latents of every window as CSV (atomically) and return the path.
+
+        Columns: window, split, stack, stack_name, tag, z, y, x, z1..zk (see
+        :func:`napari_electrode_cae.core.runs.latents_table`).
+
+        Raises
+        ------
+        RunFolderError
+            If there are no latents, or they do not match the current windows.
+        """
+        latents, dataset, split = self.state.latents, self.state.dataset, self.state.split
+        if latents is None or dataset is None:
+            raise RunFolderError(f"no latents to export: {NO_MODEL_MESSAGE}")
+        if len(latents) != len(dataset):
+            raise RunFolderError(
+                f"the latents cover {len(latents)} windows but the current windows are "
+                f"{len(dataset)}; retrain or reopen the run")
+        train = split.train if split is not None else ()
+        val = split.val if split is not None else ()
+        path = Path(path)
+        atomic_write_text(path, latents_table(latents, dataset, train, val))
+        return path
+
+    def _on_export_clicked(self) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        path, _ = QFileDialog.getSaveFileName(self, "Export latents", "latents.csv",
+                                              "CSV files (*.csv)")
+        if not path:
+            return
+        try:
+            written = self.export_latents(path)
+        except (ElectrodeCAEError, OSError) as exc:
+            self.status_label.setText(f"error: {exc}")
+            show_error(str(exc))
+            return
+        self.status_label.setText(f"latents written to {written}")
+        show_info(f"latents written to {written}")
+
+    # ------------------------------------------------------------------------------ cleanup
+    def shutdown(self) -> None:
+        """Stop the decoder worker, wait for it and disconnect from the state."""
+        self.decoder.shutdown()
+        for signal, slot in self._connections:
+            signal.disconnect(slot)
+        self._connections = []

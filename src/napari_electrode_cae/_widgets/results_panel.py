@@ -1,0 +1,661 @@
+"""Results panel: one window and its reconstruction side by side, with the paper's statistics.
+
+The user picks a window (spin box bound to ``state.selected_window``, a random validation
+window, or a click in a stack layer). A background worker reconstructs it with an eval snapshot
+of the model and compares it with the original (``core.compare_window``); a main-thread slot then
+writes the original, the reconstruction snapped to phases and, optionally, the continuous
+reconstruction into three layers that are created once and updated in place. "Side by side"
+turns on napari's grid mode (linked cameras and slice) and hides the full-stack layers while it
+is on. The statistics tables show the set-level MSE statistics of ``state.report`` (Table 6) and
+the shown window's comparison (Table 7 plus phase checks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _layers
+from ..core import WindowDataset, compare_window, reconstruct, snap_to_phases
+from ..core.evaluation import WindowComparison, format_p
+from ..core.model import ConvAutoEncoder3d
+from .live_decoder import ChainedRunner, model_snapshot
+
+if TYPE_CHECKING:
+    import napari
+
+    from .state import CAEState
+
+NO_MODEL_MESSAGE = "train a model or open a run first"
+#: Shown while ``state.model`` is a model whose weights are not final yet (training started or a
+#: run is being evaluated; ``model_version`` is bumped when it is ready).
+MODEL_PENDING_MESSAGE = ("a new model is being trained or evaluated; results appear when it is "
+                         "ready")
+#: Layers that show one window (kept visible in the side-by-side grid).
+WINDOW_LAYER_NAMES = (
+    _layers.ORIGINAL_LAYER,
+    _layers.RECONSTRUCTION_LAYER,
+    _layers.RECONSTRUCTION_VALUES_LAYER,
+    _layers.DECODED_LAYER,
+)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """One window's original, reconstruction and comparison (made in a worker thread).
+
+    Attributes
+    ----------
+    dataset : WindowDataset
+        The dataset the window belongs to (to drop results of a replaced dataset).
+    index : int
+        Window index in ``dataset``.
+    original : numpy.ndarray
+        uint8 (l, crop, crop) phase ids, a copy of the window.
+    values : numpy.ndarray
+        float32 (l, crop, crop) reconstruction in network values (pore -1, CBD 0, active +1).
+    labels : numpy.ndarray
+        uint8 (l, crop, crop) reconstruction snapped to phases.
+    comparison : WindowComparison
+        Original vs reconstruction statistics.
+    """
+
+    dataset: WindowDataset
+    index: int
+    original: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
+    comparison: WindowComparison
+
+
+def reconstruct_window(
+    model: ConvAutoEncoder3d, dataset: WindowDataset, index: int
+) -> WindowResult:
+    """Reconstruct window ``index`` and compare it with the original (runs in a worker)."""
+    values = reconstruct(model, dataset[index])
+    return WindowResult(
+        dataset=dataset,
+        index=int(index),
+        original=np.array(dataset.view(index), dtype=np.uint8),
+        values=values,
+        labels=snap_to_phases(values),
+        comparison=compare_window(model, dataset, index, reconstruction=values),
+    )
+
+
+def window_translate(dataset: WindowDataset, index: int) -> tuple[float, float, float]:
+    """World offset (µm) of window ``index``: its (z, y, x) origin times the voxel size."""
+    _, z, y, x = dataset.origin(index)
+    voxel = dataset.voxel_size_um
+    return (z * voxel, y * voxel, x * voxel)
+
+
+def window_at(dataset: WindowDataset, stack_index: int, point: np.ndarray) -> int | None:
+    """The window of stack ``stack_index`` nearest to voxel ``point`` = (z, y, x).
+
+    Among the windows whose box contains the point, the one whose centre is nearest; if none
+    contains it (a margin the in-plane tiles do not cover), the nearest window of that stack.
+    None if the stack has no windows.
+    """
+    grid = dataset.grid
+    in_stack = np.flatnonzero(grid[:, 0] == stack_index)
+    if len(in_stack) == 0:
+        return None
+    size = np.array(dataset.spec.window_shape(), dtype=np.float64)
+    starts = grid[in_stack, 1:].astype(np.float64)
+    point = np.asarray(point, dtype=np.float64)
+    contains = np.all((starts <= point) & (point < starts + size), axis=1)
+    candidates = in_stack[contains] if contains.any() else in_stack
+    centres = grid[candidates, 1:] + size / 2.0
+    distances = np.sum((centres - (point + 0.5)) ** 2, axis=1)
+    return int(candidates[int(np.argmin(distances))])
+
+
+def grid_shape(n_panels: int) -> tuple[int, int]:
+    """Grid rows and columns for ``n_panels`` window views: one row up to 3, then two rows."""
+    if n_panels <= 3:
+        return (1, max(n_panels, 1))
+    return (2, -(-n_panels // 2))
+
+
+def _item(text: str) -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+    item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+    return item
+
+
+class StatisticsTable(QTableWidget):
+    """A read-only table of labelled rows with two value columns (a single value spans both)."""
+
+    def __init__(self, columns: tuple[str, str], parent: QWidget | None = None) -> None:
+        super().__init__(0, 2, parent)
+        self.setHorizontalHeaderLabels(list(columns))
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.setWordWrap(False)
+
+    def set_rows(self, rows: list[tuple[str, str | tuple[str, str]]]) -> None:
+        """Show ``(label, value)`` or ``(label, (left, right))`` rows."""
+        self.clearSpans()
+        self.setRowCount(len(rows))
+        self.setVerticalHeaderLabels([label for label, _ in rows])
+        for row, (_, value) in enumerate(rows):
+            if isinstance(value, tuple):
+                self.setItem(row, 0, _item(value[0]))
+                self.setItem(row, 1, _item(value[1]))
+            else:
+                self.setItem(row, 0, _item(value))
+                self.setItem(row, 1, _item(""))
+                self.setSpan(row, 0, 1, 2)
+        height = self.horizontalHeader().height() + 2 * self.frameWidth()
+        height += sum(self.rowHeight(r) for r in range(self.rowCount()))
+        self.setFixedHeight(height)
+
+    def texts(self) -> list[str]:
+        """Every row label and cell text (for tests and copying)."""
+        out = []
+        for row in range(self.rowCount()):
+            out.append(self.verticalHeaderItem(row).text())
+            for column in range(self.columnCount()):
+                item = self.item(row, column)
+                if item is not None and item.text():
+                    out.append(item.text())
+        return out
+
+
+def mse_rows(state: CAEState) -> list[tuple[str, Any]]:
+    """Rows of the set-level table from ``state.report`` (Table 6 of the paper)."""
+    report = state.report
+    if report is None:
+        return [("Evaluation", "no evaluation report yet")]
+    m = report.mse
+    rows: list[tuple[str, Any]] = [
+        ("Windows", (str(m.n_train), str(m.n_val))),
+        ("MSE mean ± std", (f"{m.train_mean:.4f} ± {m.train_std:.4f}",
+                            f"{m.val_mean:.4f} ± {m.val_std:.4f}")),
+        ("Welch p-value", format_p(m.p_value)),
+        ("Report's window", f"{report.window.window} (seeded random, validation)"),
+    ]
+    return rows
+
+
+def comparison_rows(c: WindowComparison) -> list[tuple[str, Any]]:
+    """Rows of the window table: Table 7 (mean ± std, p-value) plus phase checks."""
+    rows: list[tuple[str, Any]] = [
+        ("Mean ± std", (f"{c.original_mean:.3f} ± {c.original_std:.3f}",
+                        f"{c.reconstruction_mean:.3f} ± {c.reconstruction_std:.3f}")),
+        ("p-value", format_p(c.p_value)),
+        ("Voxel accuracy", f"{c.voxel_accuracy:.1%}"),
+    ]
+    for phase, label in (("pore", "Pore"), ("cbd", "CBD"), ("active", "Active")):
+        rows.append((f"{label} fraction", (f"{c.original_fractions[phase]:.1%}",
+                                           f"{c.reconstruction_fractions[phase]:.1%}")))
+    return rows
+
+
+class ResultsPanel(QWidget):
+    """Pick a window and see it next to its reconstruction, with the paper's statistics.
+
+    Reads ``state.model``, ``model_version``, ``dataset``, ``split``, ``report``,
+    ``stack_layers``; reads and writes ``state.selected_window``. A new ``state.model`` is used
+    once ``model_version`` is bumped (until then it is still being trained or evaluated).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer the window layers are drawn into.
+    state : CAEState
+        The plugin's shared state.
+    """
+
+    def __init__(self, viewer: napari.Viewer, state: CAEState,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.state = state
+        self._snapshot: ConvAutoEncoder3d | None = None
+        self._snapshot_source: ConvAutoEncoder3d | None = None  # state.model it was copied from
+        self._runner = ChainedRunner(self._on_window_result, self._on_job_error)
+        self._rng = np.random.default_rng()
+        self._hidden_layers: list[str] = []  # full-stack layers hidden by side-by-side
+        self._watched_outline: Any = None  # outline layer kept hidden while side by side
+        self._shown_origin: tuple | None = None
+        self._last_result: WindowResult | None = None
+        self._build_ui()
+        self._connections = [
+            (state.events.model_version, self._on_model_version_changed),
+            (state.events.model, self._on_model_changed),
+            (state.events.selected_window, self._on_selected_window_changed),
+            (state.events.dataset, self._on_dataset_changed),
+            (state.events.split, self._on_split_changed),
+            (state.events.report, self._on_report_changed),
+            (viewer.dims.events.ndisplay, self._on_ndisplay_changed),
+            (viewer.canvas.grid.events.enabled, self._on_grid_enabled_changed),
+            (viewer.layers.events.inserted, self._on_layers_changed),
+            (viewer.layers.events.removed, self._on_layers_changed),
+        ]
+        for signal, slot in self._connections:
+            signal.connect(slot)
+        viewer.mouse_drag_callbacks.append(self._on_mouse_drag)
+        self._on_dataset_changed()
+        self._on_report_changed()
+        self._on_model_version_changed()
+
+    # ----------------------------------------------------------------------------------- UI
+    def _build_ui(self) -> None:
+        self.status_label = QLabel(NO_MODEL_MESSAGE)
+        self.status_label.setWordWrap(True)
+        self.window_spin = QSpinBox()
+        self.window_spin.setToolTip("Index of the window shown (shared with the Windows panel)")
+        self.window_spin.setKeyboardTracking(False)
+        self.window_spin.valueChanged.connect(self._on_spin_changed)
+        self.random_val_button = QPushButton("Random validation window")
+        self.random_val_button.clicked.connect(self._on_random_val_clicked)
+        pick_row = QHBoxLayout()
+        pick_row.addWidget(self.window_spin, 1)
+        pick_row.addWidget(self.random_val_button)
+        self.window_label = QLabel("")
+        self.window_label.setWordWrap(True)
+        hint = QLabel("Or click a voxel in a stack layer to show the window around it.")
+        hint.setWordWrap(True)
+        hint.setStyleSheet("color: gray")
+
+        self.side_by_side_check = QCheckBox("Side by side")
+        self.side_by_side_check.setChecked(True)
+        self.side_by_side_check.setToolTip(
+            "Grid view with linked cameras and slice; hides the full-stack layers meanwhile")
+        self.side_by_side_check.toggled.connect(self._on_side_by_side_toggled)
+        self.three_d_check = QCheckBox("3D")
+        self.three_d_check.setChecked(self.viewer.dims.ndisplay == 3)
+        self.three_d_check.toggled.connect(self._on_three_d_toggled)
+        self.values_check = QCheckBox("Continuous values")
+        self.values_check.setToolTip(
+            "Also show the reconstruction before snapping to phases (pore -1, CBD 0, active +1)")
+        self.values_check.toggled.connect(self._on_values_toggled)
+        view_row = QHBoxLayout()
+        for check in (self.side_by_side_check, self.three_d_check, self.values_check):
+            view_row.addWidget(check)
+        view_row.addStretch(1)
+
+        self.mse_table = StatisticsTable(("Training", "Validation"))
+        self.window_table = StatisticsTable(("Original", "Reconstruction"))
+        form = QFormLayout()
+        form.addRow("Window", pick_row)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.status_label)
+        layout.addLayout(form)
+        layout.addWidget(self.window_label)
+        layout.addWidget(hint)
+        layout.addLayout(view_row)
+        layout.addWidget(QLabel("<b>Training vs validation windows</b> (per-window MSE)"))
+        layout.addWidget(self.mse_table)
+        self.window_title = QLabel("<b>Shown window</b>")
+        layout.addWidget(self.window_title)
+        layout.addWidget(self.window_table)
+        layout.addStretch(1)
+
+    def statistics_texts(self) -> list[str]:
+        """All texts of both statistics tables (row labels and cells)."""
+        return self.mse_table.texts() + self.window_table.texts()
+
+    # ------------------------------------------------------------------------- state events
+    def _on_model_changed(self, _event: Any = None) -> None:
+        """A new model object without a version bump is not final yet: wait for the bump."""
+        self._request_window()
+
+    def _on_model_version_changed(self, _event: Any = None) -> None:
+        model = self.state.model
+        self._snapshot = None if model is None else model_snapshot(model)
+        self._snapshot_source = model
+        self._request_window()
+
+    def _on_selected_window_changed(self, _event: Any = None) -> None:
+        self._sync_spin()
+        self._request_window()
+
+    def _on_dataset_changed(self, _event: Any = None) -> None:
+        dataset = self.state.dataset
+        self.window_spin.blockSignals(True)
+        self.window_spin.setRange(0, max(len(dataset) - 1, 0) if dataset is not None else 0)
+        self.window_spin.blockSignals(False)
+        self._sync_spin()
+        self._on_split_changed()
+        self._request_window()
+
+    def _on_split_changed(self, _event: Any = None) -> None:
+        split = self.state.split
+        self.random_val_button.setEnabled(split is not None and len(split.val) > 0)
+
+    def _on_report_changed(self, _event: Any = None) -> None:
+        self.mse_table.set_rows(mse_rows(self.state))
+
+    def _sync_spin(self) -> None:
+        self.window_spin.blockSignals(True)
+        self.window_spin.setValue(self.state.selected_window)
+        self.window_spin.blockSignals(False)
+
+    # ------------------------------------------------------------------------ user actions
+    def _on_spin_changed(self, value: int) -> None:
+        if value != self.state.selected_window:
+            self.state.selected_window = int(value)
+
+    def _on_random_val_clicked(self) -> None:
+        split = self.state.split
+        if split is None or len(split.val) == 0:
+            return
+        self.state.selected_window = int(self._rng.choice(split.val))
+
+    def _on_three_d_toggled(self, checked: bool) -> None:
+        self.viewer.dims.ndisplay = 3 if checked else 2
+
+    def _on_ndisplay_changed(self, _event: Any = None) -> None:
+        self.three_d_check.blockSignals(True)
+        self.three_d_check.setChecked(self.viewer.dims.ndisplay == 3)
+        self.three_d_check.blockSignals(False)
+        if self.viewer.canvas.grid.enabled:
+            self._focus_on_window()
+
+    def _on_grid_enabled_changed(self, _event: Any = None) -> None:
+        """napari's own grid button turned the grid off: leave side by side properly."""
+        if not self.viewer.canvas.grid.enabled and self.side_by_side_check.isChecked() \
+                and self._hidden_layers:
+            self.side_by_side_check.setChecked(False)
+
+    def _on_side_by_side_toggled(self, checked: bool) -> None:
+        if checked and self._window_layers():
+            self._enter_side_by_side()
+        elif not checked:
+            self._leave_side_by_side()
+
+    def _on_values_toggled(self, checked: bool) -> None:
+        name = _layers.RECONSTRUCTION_VALUES_LAYER
+        if checked and self._last_result is not None:
+            self._show_values(self._last_result)
+        elif not checked and name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self._update_grid_shape()
+
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        if self._hidden_layers or self.viewer.canvas.grid.enabled:
+            self._watch_outline()
+        self._update_grid_shape()
+
+    def _watch_outline(self) -> None:
+        """Keep the Windows panel's outline layer hidden while side by side.
+
+        That panel re-shows its slice outline whenever the selected window changes; in the grid
+        the outline would only take a cell of its own.
+        """
+        name = _layers.WINDOW_OUTLINE_LAYER
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is self._watched_outline:
+            return
+        self._unwatch_outline()
+        if layer is not None:
+            layer.events.visible.connect(self._on_outline_visible)
+            self._watched_outline = layer
+            self._on_outline_visible()
+
+    def _unwatch_outline(self) -> None:
+        if self._watched_outline is not None:
+            self._watched_outline.events.visible.disconnect(self._on_outline_visible)
+            self._watched_outline = None
+
+    def _on_outline_visible(self, _event: Any = None) -> None:
+        layer = self._watched_outline
+        if layer is None or not self.viewer.canvas.grid.enabled or not layer.visible:
+            return
+        layer.visible = False
+        if layer.name not in self._hidden_layers:
+            self._hidden_layers.append(layer.name)
+
+    # ---------------------------------------------------------------------- picking by click
+    def _on_mouse_drag(self, viewer: napari.Viewer, event: Any):
+        """Viewer mouse callback: a left click without drag picks the window under the mouse."""
+        if event.button != 1 or len(event.modifiers) > 0:
+            return
+        position = np.asarray(event.position, dtype=float)
+        view_direction = event.view_direction
+        dims_displayed = list(event.dims_displayed)
+        yield
+        dragged = False
+        while event.type == "mouse_move":
+            dragged = True
+            yield
+        if not dragged:
+            self.select_window_at(position, view_direction, dims_displayed)
+
+    def select_window_at(self, position: np.ndarray, view_direction: Any = None,
+                         dims_displayed: list[int] | None = None) -> int | None:
+        """Select the window around world ``position`` in a visible stack layer.
+
+        Parameters
+        ----------
+        position : array-like
+            World coordinates (µm) of the click, (z, y, x) for a 3D viewer.
+        view_direction, dims_displayed : optional
+            The click's view direction and displayed dims in 3D view (the ray's midpoint
+            through the stack is used then).
+
+        Returns
+        -------
+        int or None
+            The selected window index, or None if the position is in no stack of the dataset.
+        """
+        dataset = self.state.dataset
+        if dataset is None or len(self.state.stack_layers) != len(dataset.stacks):
+            return None
+        for stack_index, layer in self._stack_layers_under_mouse():
+            point = self._data_point(layer, position, view_direction, dims_displayed)
+            shape = dataset.stacks[stack_index].shape
+            if point is None or not all(0 <= p < s for p, s in zip(point, shape)):
+                continue
+            index = window_at(dataset, stack_index, point)
+            if index is not None:
+                self.state.selected_window = index
+                return index
+        return None
+
+    def _stack_layers_under_mouse(self) -> list[tuple[int, Any]]:
+        """(stack index, layer) of visible stack layers, the active layer first."""
+        active = self.viewer.layers.selection.active
+        pairs = [
+            (i, self.viewer.layers[name]) for i, name in enumerate(self.state.stack_layers)
+            if name in self.viewer.layers and self.viewer.layers[name].visible
+        ]
+        pairs.sort(key=lambda pair: pair[1] is not active)
+        return pairs
+
+    @staticmethod
+    def _data_point(layer: Any, position: np.ndarray, view_direction: Any,
+                    dims_displayed: list[int] | None) -> np.ndarray | None:
+        """Voxel (z, y, x) of ``layer`` at world ``position`` (ray midpoint in 3D)."""
+        if view_direction is not None and dims_displayed is not None and len(dims_displayed) == 3:
+            start, end = layer.get_ray_intersections(position, view_direction, dims_displayed,
+                                                     world=True)
+            if start is None or end is None:
+                return None
+            point = (np.asarray(start) + np.asarray(end)) / 2.0
+        else:
+            point = np.asarray(layer.world_to_data(position), dtype=float)
+        return np.floor(point[-3:] + 0.5).astype(np.int64)
+
+    # -------------------------------------------------------------------- reconstruction job
+    def _problem(self) -> str:
+        """Why no window can be shown now ("" if one can)."""
+        state = self.state
+        if state.model is None:
+            return NO_MODEL_MESSAGE
+        if self._snapshot is None or self._snapshot_source is not state.model:
+            return MODEL_PENDING_MESSAGE
+        if state.dataset is None:
+            return f"no windows: {state.window_error or 'pick stacks in the Data panel'}"
+        c = self._snapshot.config
+        if (c.window_length, c.crop) != (state.dataset.spec.length, state.dataset.spec.crop):
+            spec = state.dataset.spec
+            return (f"the model takes windows of {c.window_length} slices × {c.crop}² but the "
+                    f"current windows are {spec.length} × {spec.crop}²; retrain or change the "
+                    "window settings")
+        return ""
+
+    def _request_window(self) -> None:
+        problem = self._problem()
+        self.window_spin.setEnabled(self.state.dataset is not None)
+        self.mse_table.setVisible(not problem)
+        self.window_table.setVisible(not problem)
+        self.window_title.setVisible(not problem)
+        if problem:
+            self.status_label.setText(problem)
+            return
+        index = int(np.clip(self.state.selected_window, 0, len(self.state.dataset) - 1))
+        self.status_label.setText(f"reconstructing window {index} …")
+        self._runner.submit(reconstruct_window, self._snapshot, self.state.dataset, index)
+
+    def _on_job_error(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status_label.setText(f"error: {exc}")
+        show_error(str(exc))
+
+    def _on_window_result(self, result: WindowResult) -> None:
+        """Main thread: show a finished reconstruction (dropped if the dataset was replaced)."""
+        dataset = self.state.dataset
+        if result.dataset is not dataset or self._problem():
+            return
+        self._last_result = result
+        first_time = not self._window_layers()
+        self._show_window_layers(result)
+        if first_time and self.side_by_side_check.isChecked():
+            self._enter_side_by_side()
+        origin = dataset.origin(result.index)
+        if origin != self._shown_origin:
+            self._shown_origin = origin
+            self._focus_on_window()
+        self._show_comparison(result)
+        self._update_grid_shape()
+        pending = "" if self._runner.idle else " (newer window pending …)"
+        self.status_label.setText(f"showing window {result.index}{pending}")
+
+    # ------------------------------------------------------------------------------- layers
+    def _window_layers(self) -> list[Any]:
+        return [self.viewer.layers[n] for n in WINDOW_LAYER_NAMES if n in self.viewer.layers]
+
+    def _show_window_layers(self, result: WindowResult) -> None:
+        voxel = result.dataset.voxel_size_um
+        translate = window_translate(result.dataset, result.index)
+        for name, labels in ((_layers.ORIGINAL_LAYER, result.original),
+                             (_layers.RECONSTRUCTION_LAYER, result.labels)):
+            layer = _layers.add_phase_labels(self.viewer, labels, name, voxel,
+                                             translate=translate)
+            layer.translate = translate
+            layer.name_overlay.visible = self.viewer.canvas.grid.enabled
+        if self.values_check.isChecked():
+            self._show_values(result)
+
+    def _show_values(self, result: WindowResult) -> None:
+        name = _layers.RECONSTRUCTION_VALUES_LAYER
+        translate = window_translate(result.dataset, result.index)
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = result.values
+            layer.translate = translate
+            return
+        voxel = result.dataset.voxel_size_um
+        index = self.viewer.layers.index(_layers.RECONSTRUCTION_LAYER) + 1
+        layer = self.viewer.add_image(result.values, name=name, colormap="gray",
+                                      contrast_limits=(-1.0, 1.0), scale=(voxel,) * 3,
+                                      units="µm", translate=translate)
+        layer.name_overlay.visible = self.viewer.canvas.grid.enabled
+        self.viewer.layers.move(self.viewer.layers.index(layer), index)
+
+    def _focus_on_window(self) -> None:
+        """Move the slice into the window if it is outside; in the grid, fit the camera to it."""
+        layers = self._window_layers()
+        if not layers:
+            return
+        dims = self.viewer.dims
+        if dims.ndisplay == 2 and dims.ndim >= 3:
+            axis = dims.ndim - 3
+            low, high = layers[0].extent.world[:, 0]
+            if not low <= dims.point[axis] <= high:
+                dims.set_point(axis, (low + high) / 2.0)
+        if self.viewer.canvas.grid.enabled:
+            self.viewer.fit_to_view(layers=layers)
+
+    def _show_layer_names(self, visible: bool) -> None:
+        """Name overlays label the grid cells; overlaid on the stack they would only clutter."""
+        for layer in self._window_layers():
+            layer.name_overlay.visible = visible
+
+    def _enter_side_by_side(self) -> None:
+        """Grid mode with only the window layers visible (others hidden, to be restored)."""
+        for layer in list(self.viewer.layers):
+            if layer.name not in WINDOW_LAYER_NAMES and layer.visible:
+                layer.visible = False
+                self._hidden_layers.append(layer.name)
+        self.viewer.canvas.grid.enabled = True
+        self._watch_outline()
+        self._show_layer_names(True)
+        self._update_grid_shape()
+        self._focus_on_window()
+
+    def _leave_side_by_side(self) -> None:
+        """Back to one view: restore the hidden layers and show the whole scene."""
+        self.viewer.canvas.grid.enabled = False
+        self._unwatch_outline()
+        self._show_layer_names(False)
+        for name in self._hidden_layers:
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = True
+        self._hidden_layers = []
+        self.viewer.fit_to_view()
+
+    def _update_grid_shape(self) -> None:
+        if not self.viewer.canvas.grid.enabled:
+            return
+        n_visible = sum(1 for layer in self.viewer.layers if layer.visible)
+        self.viewer.canvas.grid.shape = grid_shape(n_visible)
+
+    # --------------------------------------------------------------------------- statistics
+    def _show_comparison(self, result: WindowResult) -> None:
+        c = result.comparison
+        split = self.state.split
+        side = split.side(result.index) if split is not None else ""
+        side_text = {"val": "validation", "train": "training", "unused": "unused"}.get(side, "")
+        stack_index, z, y, x = c.origin
+        stack = result.dataset.stacks[stack_index]
+        self.window_title.setText(f"<b>Window {result.index}</b> ({side_text})".replace(" ()", ""))
+        self.window_label.setText(
+            f"stack {stack.name or stack_index} [{stack.tag}] at z {z}, y {y}, x {x}; "
+            f"{c.n_voxels:,} voxels")
+        self.window_table.set_rows(comparison_rows(c))
+
+    # ------------------------------------------------------------------------------ cleanup
+    def shutdown(self) -> None:
+        """Stop the reconstruction worker, wait for it and disconnect from state and viewer."""
+        self._runner.shutdown()
+        self._unwatch_outline()
+        for signal, slot in self._connections:
+            signal.disconnect(slot)
+        self._connections = []
+        if self._on_mouse_drag in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._on_mouse_drag)

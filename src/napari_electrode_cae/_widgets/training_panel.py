@@ -1,0 +1,970 @@
+"""The "Model & training" panel: model and training settings, Train / Stop, runs on disk.
+
+Training runs :func:`napari_electrode_cae.core.train` in a napari ``GeneratorWorker``; every
+batch advances a progress bar, every epoch extends ``state.history`` (the loss plot and the
+status line follow it). When training ends (finished, stopped or failed after at least one
+epoch) a second worker encodes every window and evaluates the model off the GUI thread; its
+result sets ``state.latents`` and ``state.report`` and bumps ``state.model_version``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from napari.utils.theme import get_theme
+from qtpy.QtCore import QCoreApplication, QEventLoop, Qt
+from qtpy.QtGui import QValidator
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import core
+from .._layers import labels_layer_kwargs
+from ..core import ElectrodeCAEError, EpochReport, RunFolderError, TrainConfigError
+from ..core.model import CONV_LAYER_CHOICES
+from .loss_plot import LossPlot
+from .state import CAEState, ModelSettings
+
+if TYPE_CHECKING:
+    import napari
+
+CUSTOM_PRESET = "custom"
+#: How long shutdown() waits for one running worker to reach its next stopping point.
+SHUTDOWN_TIMEOUT_S = 60.0
+_ERROR_STYLE = "color: #e8655a;"
+
+
+class TrainingRunError(ElectrodeCAEError):
+    """Training, evaluation or saving failed inside torch or the file system.
+
+    Examples: CUDA out of memory, a disk that is full. Raised in a worker thread and shown as a
+    notification; the GUI leaves its busy state.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Work done in worker threads: plain functions of core objects, no Qt, no viewer.
+
+
+def gui_torch_threads(device: torch.device) -> int:
+    """Intra-op torch threads for training from the GUI: on the CPU, leave one core free.
+
+    The GUI thread needs a core to stay fluid; torch's default uses every core.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu":
+        return threads
+    return max(1, min(threads, (os.cpu_count() or 1) - 1))
+
+
+def _training_steps(reports, threads: int):
+    """Re-yield the reports of a ``core.train`` generator, with ``threads`` torch threads.
+
+    Runs in the worker thread: torch's thread count applies to the thread that sets it (and
+    becomes the default of threads started later), so it is set here and restored at the end.
+    Closing this generator closes ``reports`` (core.train then restores
+    the best weights). superqt's GeneratorWorker swallows a RuntimeError raised by its
+    generator (emitting neither ``errored`` nor ``finished``), so torch errors (e.g. CUDA out of
+    memory) are re-raised as TrainingRunError.
+
+    Returns
+    -------
+    TrainResult
+        The return value of ``reports``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return (yield from reports)
+    except RuntimeError as exc:
+        raise TrainingRunError(f"training failed: {exc}") from exc
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _drive(steps):
+    """Generator function around an existing generator (a GeneratorWorker needs a function)."""
+    return (yield from steps)
+
+
+def _evaluate_model(model, dataset, train_idx, val_idx, seed):
+    """Latents of every window and the paper's evaluation; stoppable between the two steps.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, EvaluationReport)
+        float32 (n_windows, latent_dim) latents and the evaluation report.
+    """
+    try:
+        latents = core.encode_windows(model, dataset)
+        yield "encoded"
+        report = core.evaluate(model, dataset, train_idx, val_idx, seed=seed)
+    except RuntimeError as exc:
+        raise TrainingRunError(f"evaluating the model failed: {exc}") from exc
+    return latents, report
+
+
+def _save_run(path, trained, history, report):
+    """Write ``trained`` (a TrainedRun) with its history and report to the run folder ``path``."""
+    yield "saving"
+    try:
+        return core.save_run(path, trained.model, trained.dataset, trained.config,
+                             trained.train_idx, trained.val_idx, history, report)
+    except (OSError, RuntimeError) as exc:
+        raise TrainingRunError(f"could not save the run to {path}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure helpers.
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedRun:
+    """The current model together with the windows, settings and split it was trained on."""
+
+    model: core.ConvAutoEncoder3d
+    dataset: core.WindowDataset
+    config: core.TrainConfig
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _StateSnapshot:
+    """What Train replaces; restored when training ends before its first epoch."""
+
+    model: Any
+    history: tuple
+    latents: Any
+    report: Any
+
+
+def history_from_rows(rows: Sequence[dict], epochs: int) -> tuple[EpochReport, ...]:
+    """EpochReports from history.csv rows (epoch, train_mse, val_mse, seconds, best_val_mse).
+
+    The best epoch is recomputed: the first epoch with the lowest validation MSE so far.
+    """
+    reports, best_val, best_epoch = [], math.inf, 0
+    for row in rows:
+        if row["val_mse"] < best_val:
+            best_val, best_epoch = row["val_mse"], row["epoch"]
+        reports.append(EpochReport(
+            int(row["epoch"]), max(int(epochs), int(row["epoch"])), row["train_mse"],
+            row["val_mse"], row["seconds"], best_epoch, row["best_val_mse"],
+        ))
+    return tuple(reports)
+
+
+def format_epoch_status(history: Sequence[EpochReport]) -> str:
+    """'epoch 12/80 · train 0.251 · val 0.362 (best 0.35 @ 10) · 0.5 s/epoch'.
+
+    The unit is glued to its number (no-break space, word joiner) so a narrow dock does not
+    wrap it.
+    """
+    last = history[-1]
+    seconds = sum(r.seconds for r in history) / len(history)
+    return (f"epoch {last.epoch}/{last.epochs} · train {last.train_mse:.3g} · "
+            f"val {last.val_mse:.3g} (best {last.best_val_mse:.3g} @ {last.best_epoch}) · "
+            f"{seconds:.2g}\u00a0s/\u2060epoch")  # no line break inside "0.5 s/epoch"
+
+
+def format_report_status(report: core.EvaluationReport) -> str:
+    """One line with the Table-8 MSE statistics of ``report``."""
+    row = report.table8_row()
+    return (f"train MSE {row['Training MSE']} · val MSE {row['Validation MSE']} · "
+            f"p = {row['p-value for MSE']} · voxel accuracy {row['Voxel accuracy']}")
+
+
+def matching_preset(settings: ModelSettings, config: core.TrainConfig,
+                    window: core.WindowSpec) -> str:
+    """Name of the preset whose model, training and window settings these are, or 'custom'."""
+    for name, preset in core.PRESETS.items():
+        p = preset.train
+        if ((settings.conv_layers, settings.hidden, settings.latent_dim)
+                == (preset.conv_layers, preset.hidden, preset.latent_dim)
+                and (config.epochs, config.batch_size) == (p.epochs, p.batch_size)
+                and math.isclose(config.lr, p.lr) and window == preset.window):
+            return name
+    return CUSTOM_PRESET
+
+
+class LearningRateSpinBox(QDoubleSpinBox):
+    """A learning-rate field: shows ``0.0001`` as ``1e-04``, steps 1-2-5 per decade."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setDecimals(12)
+        self.setRange(1e-8, 1.0)
+        self.setKeyboardTracking(False)
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 (Qt name)
+        return f"{value:.3g}"
+
+    def valueFromText(self, text: str) -> float:  # noqa: N802 (Qt name)
+        try:
+            return float(text)
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int):
+        try:
+            value = float(text)
+        except ValueError:
+            return QValidator.State.Intermediate, text, pos
+        if self.minimum() <= value <= self.maximum():
+            return QValidator.State.Acceptable, text, pos
+        return QValidator.State.Intermediate, text, pos
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802 (Qt name)
+        """Move along 1, 2, 5, 10, 20, ... times a power of ten."""
+        ladder = (1.0, 2.0, 5.0)
+        exponent = math.floor(math.log10(self.value()) + 1e-9)
+        mantissa = self.value() / 10**exponent
+        position = 3 * exponent + min(range(3), key=lambda i: abs(ladder[i] - mantissa))
+        position += steps
+        self.setValue(ladder[position % 3] * 10 ** (position // 3))
+
+
+class _WorkerWatch:
+    """Thread-safe started/finished flags of a worker (set in the worker's own thread)."""
+
+    def __init__(self, worker) -> None:
+        self.started = threading.Event()
+        self.finished = threading.Event()
+        worker.started.connect(self.started.set, Qt.ConnectionType.DirectConnection)
+        worker.finished.connect(self.finished.set, Qt.ConnectionType.DirectConnection)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait until a started worker has finished; True if it did (or never started)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.finished.is_set() and time.monotonic() < deadline:
+            if self.started.is_set():
+                self.finished.wait(0.05)
+            else:
+                # A worker whose start is still queued on the event loop aborts at once once it
+                # runs (quit() was called); let the loop start it so it does not outlive us.
+                QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        return self.finished.is_set()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class TrainingPanel(QWidget):
+    """Model and training settings, Train / Stop, live loss plot, Save run… / Open run….
+
+    Reads ``state.dataset``, ``state.split``, ``state.window``, ``state.window_error``,
+    ``state.val_fraction``, ``state.seed`` and ``state.split_mode``; writes
+    ``state.model_settings``, ``state.train_config``, ``state.model``, ``state.history``,
+    ``state.training``, ``state.latents``, ``state.report``, ``state.model_version`` and
+    ``state.run_dir`` (and, when a run is opened, the data and window fields too).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        Receives the stacks of an opened run as Labels layers.
+    state : CAEState
+        The plugin's shared state.
+    parent : QWidget, optional
+        Qt parent.
+    """
+
+    def __init__(self, viewer: napari.Viewer, state: CAEState,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.state = state
+        self._closed = False
+        self._workers: dict[Any, _WorkerWatch] = {}
+        self._training_worker = None
+        self._training_job: TrainedRun | None = None
+        self._before_training: _StateSnapshot | None = None
+        self._training_failed = False
+        self._stop_requested = False
+        self._napari_progress = None
+        self._evaluating_model = None
+        self._saving = False
+        #: The current model with what it was trained on (set after training or opening a run).
+        self.trained_run: TrainedRun | None = None
+
+        _import_optimizer_modules()
+        self._build_widgets()
+        self._show_model_settings(state.model_settings)
+        self._show_train_config(state.train_config)
+        self._update_model_summary()
+        self._update_preset_combo()
+        self._update_buttons()
+        self.loss_plot.set_history(state.history)
+        self._state_connections = [
+            (state.events.model_settings, self._on_state_model_settings),
+            (state.events.train_config, self._on_state_train_config),
+            (state.events.window, self._on_state_window),
+            (state.events.training, self._on_state_training),
+            (state.events.history, self._on_state_history),
+        ]
+        for signal, slot in self._state_connections:
+            signal.connect(slot)
+
+    # ---------------------------------------------------------------------------- widgets
+
+    def _build_widgets(self) -> None:
+        self.train_button = QPushButton("Train")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current batch; the best weights are kept")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setFormat("%v / %m batches")
+        self.progress_bar.setValue(0)
+        self.status_label = QLabel("Choose settings and press Train.")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        theme = get_theme(self.viewer.theme if self.viewer.theme != "system" else "dark")
+        self.loss_plot = LossPlot(theme.background.as_hex(), theme.text.as_hex())
+        self.save_button = QPushButton("Save run…")
+        self.open_button = QPushButton("Open run…")
+        self.run_label = QLabel()
+        self.run_label.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._build_model_box())
+        layout.addWidget(self._build_training_box())
+        layout.addLayout(_row(self.train_button, self.stop_button))
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.loss_plot, stretch=1)
+        layout.addLayout(_row(self.save_button, self.open_button))
+        layout.addWidget(self.run_label)
+        self._connect_widgets()
+
+    def _build_model_box(self) -> QGroupBox:
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems([*core.PRESETS, CUSTOM_PRESET])
+        self.preset_combo.setToolTip("\n".join(
+            f"{p.name}: {p.description}" for p in core.PRESETS.values()
+        ) + "\ncustom: your own settings")
+        self.conv_layers_combo = QComboBox()
+        for layers in CONV_LAYER_CHOICES:
+            self.conv_layers_combo.addItem(str(layers), layers)
+        self.conv_layers_combo.setToolTip("Convolution layers of the encoder (Table 2)")
+        self.hidden_spin = _int_spin(1, 100_000, "Neurons of the fully connected hidden layer")
+        self.latent_spin = _int_spin(1, 4096, "Number of latent features")
+        self.model_summary_label = QLabel()
+        self.model_summary_label.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Preset", self.preset_combo)
+        form.addRow("Conv layers", self.conv_layers_combo)
+        form.addRow("Hidden neurons", self.hidden_spin)
+        form.addRow("Latent features", self.latent_spin)
+        form.addRow(self.model_summary_label)
+        box = QGroupBox("Model")
+        box.setLayout(form)
+        return box
+
+    def _build_training_box(self) -> QGroupBox:
+        self.epochs_spin = _int_spin(1, 10_000_000, "Passes over the training windows")
+        self.batch_spin = _int_spin(1, 65_536, "Windows per optimiser step")
+        self.lr_spin = LearningRateSpinBox()
+        self.lr_spin.setToolTip("Adam learning rate (type e.g. 1e-4; arrows step 1-2-5)")
+        self.device_combo = QComboBox()
+        auto = core.resolve_device("auto").type
+        self.device_combo.addItem(f"auto ({auto})", "auto")
+        for device in core.available_devices():
+            self.device_combo.addItem(device, device)
+        self.device_combo.setToolTip("Where to train; auto picks CUDA, then MPS, then the CPU")
+        form = QFormLayout()
+        form.addRow("Epochs", self.epochs_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Device", self.device_combo)
+        box = QGroupBox("Training")
+        box.setLayout(form)
+        return box
+
+    def _connect_widgets(self) -> None:
+        self.preset_combo.activated.connect(self._on_preset_activated)
+        self.conv_layers_combo.currentIndexChanged.connect(self._on_model_field_changed)
+        self.hidden_spin.valueChanged.connect(self._on_model_field_changed)
+        self.latent_spin.valueChanged.connect(self._on_model_field_changed)
+        for spin in (self.epochs_spin, self.batch_spin, self.lr_spin):
+            spin.valueChanged.connect(self._on_train_field_changed)
+        self.device_combo.currentIndexChanged.connect(self._on_train_field_changed)
+        self.train_button.clicked.connect(self._on_train_clicked)
+        self.stop_button.clicked.connect(self._on_stop_clicked)
+        self.save_button.clicked.connect(self._on_save_clicked)
+        self.open_button.clicked.connect(self._on_open_clicked)
+
+    # --------------------------------------------------------------- fields <-> state
+
+    def model_settings_from_fields(self) -> ModelSettings:
+        """The model settings the fields show."""
+        return ModelSettings(int(self.conv_layers_combo.currentData()),
+                             self.hidden_spin.value(), self.latent_spin.value())
+
+    def train_config_from_fields(self) -> core.TrainConfig:
+        """The training settings the fields show, with the state's split settings.
+
+        Raises
+        ------
+        TrainConfigError
+            If a value is invalid.
+        """
+        s = self.state
+        return core.TrainConfig(
+            epochs=self.epochs_spin.value(), batch_size=self.batch_spin.value(),
+            lr=float(self.lr_spin.value()), val_fraction=float(s.val_fraction),
+            seed=int(s.seed), split=s.split_mode, device=self.device_combo.currentData(),
+        )
+
+    def _show_model_settings(self, settings: ModelSettings) -> None:
+        widgets = (self.conv_layers_combo, self.hidden_spin, self.latent_spin)
+        with _signals_blocked(*widgets):
+            index = self.conv_layers_combo.findData(settings.conv_layers)
+            self.conv_layers_combo.setCurrentIndex(max(index, 0))
+            self.hidden_spin.setValue(settings.hidden)
+            self.latent_spin.setValue(settings.latent_dim)
+
+    def _show_train_config(self, config: core.TrainConfig) -> None:
+        widgets = (self.epochs_spin, self.batch_spin, self.lr_spin, self.device_combo)
+        with _signals_blocked(*widgets):
+            self.epochs_spin.setValue(config.epochs)
+            self.batch_spin.setValue(config.batch_size)
+            self.lr_spin.setValue(config.lr)
+            index = self.device_combo.findData(config.device)
+            self.device_combo.setCurrentIndex(max(index, 0))
+
+    def _update_preset_combo(self) -> None:
+        name = matching_preset(self.state.model_settings, self.state.train_config,
+                               self.state.window)
+        with _signals_blocked(self.preset_combo):
+            self.preset_combo.setCurrentText(name)
+
+    def _update_model_summary(self) -> None:
+        """Parameter count of the model the fields describe (built on torch's meta device)."""
+        window = self.state.window
+        try:
+            config = self.model_settings_from_fields().model_config(window)
+            with torch.device("meta"):
+                model = core.ConvAutoEncoder3d(**config.to_dict())
+        except ElectrodeCAEError as exc:
+            self.model_summary_label.setStyleSheet(_ERROR_STYLE)
+            self.model_summary_label.setText(str(exc))
+            return
+        self.model_summary_label.setStyleSheet("")
+        self.model_summary_label.setText(
+            f"{core.count_parameters(model):,} parameters · input 1×{window.length}×"
+            f"{window.crop}×{window.crop}"
+        )
+
+    def _on_preset_activated(self, index: int) -> None:
+        name = self.preset_combo.itemText(index)
+        if name == CUSTOM_PRESET:
+            return
+        self.apply_preset(name)
+
+    def apply_preset(self, name: str) -> None:
+        """Fill the model, training and window settings from the preset ``name``."""
+        preset = core.get_preset(name)
+        s = self.state
+        s.model_settings = ModelSettings(preset.conv_layers, preset.hidden, preset.latent_dim)
+        try:
+            s.train_config = core.TrainConfig(
+                epochs=preset.train.epochs, batch_size=preset.train.batch_size,
+                lr=preset.train.lr, val_fraction=s.val_fraction, seed=s.seed,
+                split=s.split_mode, device=self.device_combo.currentData(),
+            )
+        except TrainConfigError as exc:
+            self._report_error(str(exc))
+        s.window = preset.window
+        s.rebuild_dataset()
+        self._update_preset_combo()
+
+    def _on_model_field_changed(self, *_: Any) -> None:
+        self.state.model_settings = self.model_settings_from_fields()
+
+    def _on_train_field_changed(self, *_: Any) -> None:
+        try:
+            self.state.train_config = self.train_config_from_fields()
+        except TrainConfigError as exc:
+            self._report_error(str(exc))
+
+    def _on_state_model_settings(self, settings: ModelSettings) -> None:
+        self._show_model_settings(settings)
+        self._update_model_summary()
+        self._update_preset_combo()
+
+    def _on_state_train_config(self, config: core.TrainConfig) -> None:
+        self._show_train_config(config)
+        self._update_preset_combo()
+
+    def _on_state_window(self, _window: core.WindowSpec) -> None:
+        self._update_model_summary()
+        self._update_preset_combo()
+
+    def _on_state_training(self, _training: bool) -> None:
+        self._update_buttons()
+
+    def _on_state_history(self, history: tuple) -> None:
+        self.loss_plot.set_history(history)
+
+    # ------------------------------------------------------------------------ status
+
+    @property
+    def is_busy(self) -> bool:
+        """True while a training, evaluation or saving worker of this panel is running."""
+        return bool(self._workers)
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setStyleSheet("")
+        self.status_label.setText(text)
+
+    def _report_error(self, message: str) -> None:
+        self.status_label.setStyleSheet(_ERROR_STYLE)
+        self.status_label.setText(message)
+        show_error(message)
+
+    def _update_buttons(self) -> None:
+        training = self._training_worker is not None
+        self.train_button.setEnabled(not training)
+        self.stop_button.setEnabled(training and not self._stop_requested)
+        self.open_button.setEnabled(not training)
+        self.save_button.setEnabled(
+            not training and not self._saving and self._evaluating_model is None
+            and self.trained_run is not None
+        )
+        for widget in (self.preset_combo, self.conv_layers_combo, self.hidden_spin,
+                       self.latent_spin, self.epochs_spin, self.batch_spin, self.lr_spin,
+                       self.device_combo):
+            widget.setEnabled(not training)
+
+    def _start_worker(self, function, *args, on_yielded=None, on_returned=None,
+                      on_errored=None, on_finished=None):
+        """Create, connect and start a napari worker running ``function(*args)``."""
+        worker = create_worker(function, *args, _ignore_errors=True)
+        self._workers[worker] = _WorkerWatch(worker)
+        for signal, slot in (("yielded", on_yielded), ("returned", on_returned),
+                             ("errored", on_errored)):
+            if slot is not None:
+                getattr(worker, signal).connect(slot)
+        worker.finished.connect(lambda: self._on_worker_finished(worker, on_finished))
+        return worker
+
+    def _on_worker_finished(self, worker, on_finished) -> None:
+        self._workers.pop(worker, None)
+        if not self._closed and on_finished is not None:
+            on_finished()
+
+    # ---------------------------------------------------------------------- training
+
+    def _on_train_clicked(self) -> None:
+        if self._training_worker is not None:
+            return
+        try:
+            job = self._prepare_training()
+        except ElectrodeCAEError as exc:
+            self._report_error(str(exc))
+            return
+        self._start_training(job)
+
+    def _missing_data_message(self) -> str:
+        if self.state.stacks and self.state.window_error:
+            return f"cannot train: {self.state.window_error}"
+        return "no electrode stacks selected: select stacks first (Data tab)"
+
+    def _prepare_training(self) -> TrainedRun:
+        """Validate the settings and build a freshly seeded model (nothing is changed yet).
+
+        Raises
+        ------
+        ElectrodeCAEError
+            If there are no windows, or a model or training setting is invalid.
+        """
+        s = self.state
+        if s.dataset is None or s.split is None:
+            raise core.WindowSpecError(self._missing_data_message())
+        config = self.train_config_from_fields()
+        core.resolve_device(config.device)
+        train_idx, val_idx = np.asarray(s.split.train), np.asarray(s.split.val)
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            raise TrainConfigError(
+                f"training needs windows on both sides: {len(train_idx)} training, "
+                f"{len(val_idx)} validation windows"
+            )
+        model_config = self.model_settings_from_fields().model_config(s.dataset.spec)
+        core.seed_everything(config.seed)
+        model = core.ConvAutoEncoder3d(**model_config.to_dict())
+        return TrainedRun(model, s.dataset, config, train_idx, val_idx)
+
+    def _start_training(self, job: TrainedRun) -> None:
+        s = self.state
+        self._before_training = _StateSnapshot(s.model, s.history, s.latents, s.report)
+        self._training_job = job
+        self._training_failed = False
+        self._stop_requested = False
+        s.train_config = job.config
+        s.model = job.model
+        s.history = ()
+        s.latents = None
+        s.report = None
+        n_batches = math.ceil(len(job.train_idx) / job.config.batch_size)
+        total = job.config.epochs * n_batches
+        device = core.resolve_device(job.config.device)
+        reports = core.train(job.model, job.dataset, job.config, train_idx=job.train_idx,
+                             val_idx=job.val_idx, yield_batches=True)
+        steps = _training_steps(reports, gui_torch_threads(device))
+        worker = self._start_worker(
+            _drive, steps, on_yielded=self._on_training_report,
+            on_errored=self._on_training_errored, on_finished=self._on_training_finished,
+        )
+        # On Stop the worker abandons the generator; closing it in the worker thread makes
+        # core.train's `finally` restore the best weights before `finished` is emitted.
+        worker.aborted.connect(lambda: _close_generator(steps),
+                               Qt.ConnectionType.DirectConnection)
+        self._training_worker = worker
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(0)
+        self._napari_progress = progress(total=total, desc="Training CAE")
+        self._set_status(f"training on {device.type}: {len(job.train_idx)} training and "
+                         f"{len(job.val_idx)} validation windows, {n_batches} batches/epoch…")
+        s.training = True
+        self._update_buttons()
+        worker.start()
+
+    def _on_training_report(self, report: core.BatchReport | EpochReport) -> None:
+        if self._closed:
+            return
+        if isinstance(report, core.BatchReport):
+            self.progress_bar.setValue((report.epoch - 1) * report.batches + report.batch)
+            if self._napari_progress is not None:
+                self._napari_progress.update(1)
+            return
+        history = (*self.state.history, report)
+        self.state.history = history
+        if not self._stop_requested:
+            self._set_status(format_epoch_status(history))
+
+    def _on_stop_clicked(self) -> None:
+        if self._training_worker is None:
+            return
+        self._stop_requested = True
+        self._training_worker.quit()
+        self._set_status("stopping after the current batch…")
+        self._update_buttons()
+
+    def _on_training_errored(self, exc: Exception) -> None:
+        self._training_failed = True
+        if self._closed:
+            return
+        if isinstance(exc, ElectrodeCAEError):
+            self._report_error(str(exc))
+        else:
+            self._report_error(f"training failed: {type(exc).__name__}: {exc}")
+
+    def _close_napari_progress(self) -> None:
+        if self._napari_progress is not None:
+            self._napari_progress.close()
+            self._napari_progress = None
+
+    def _on_training_finished(self) -> None:
+        job = self._training_job
+        self._training_worker = None
+        self._training_job = None
+        self._close_napari_progress()
+        s = self.state
+        s.training = False
+        history = s.history
+        if not history:
+            self._restore(self._before_training)
+            if not self._training_failed:
+                self._set_status("stopped before the first epoch finished; "
+                                 "the previous model is kept")
+            self._update_buttons()
+            return
+        self.trained_run = job
+        self._before_training = None
+        last = history[-1]
+        ended = "stopped" if last.epoch < last.epochs else "finished"
+        summary = (f"{ended} after {last.epoch}/{last.epochs} epochs · best val "
+                   f"{last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)")
+        if not self._training_failed:
+            self._set_status(summary + " · evaluating…")
+        self._start_evaluation(job, summary)
+
+    def _restore(self, snapshot: _StateSnapshot | None) -> None:
+        if snapshot is None:
+            return
+        s = self.state
+        s.model = snapshot.model
+        s.history = snapshot.history
+        s.latents = snapshot.latents
+        s.report = snapshot.report
+        self._before_training = None
+
+    # -------------------------------------------------------------------- evaluation
+
+    def _start_evaluation(self, run: TrainedRun, summary: str) -> None:
+        """Encode all windows and evaluate ``run.model`` in a worker, then bump model_version."""
+        model = run.model
+        self._evaluating_model = model
+        worker = self._start_worker(
+            _evaluate_model, model, run.dataset, run.train_idx, run.val_idx, run.config.seed,
+            on_returned=lambda result: self._on_evaluation_returned(model, summary, result),
+            on_errored=self._on_evaluation_errored,
+            on_finished=lambda: self._on_evaluation_finished(model),
+        )
+        self._update_buttons()
+        worker.start()
+
+    def _on_evaluation_returned(self, model, summary: str, result) -> None:
+        if self._closed or model is not self.state.model:
+            return  # a newer model replaced this one meanwhile
+        latents, report = result
+        s = self.state
+        s.latents = latents
+        s.report = report
+        s.model_version += 1
+        self._set_status(f"{summary}\n{format_report_status(report)}")
+
+    def _on_evaluation_errored(self, exc: Exception) -> None:
+        if self._closed:
+            return
+        if isinstance(exc, ElectrodeCAEError):
+            self._report_error(str(exc))
+        else:
+            self._report_error(f"evaluating the model failed: {type(exc).__name__}: {exc}")
+
+    def _on_evaluation_finished(self, model) -> None:
+        if self._evaluating_model is model:
+            self._evaluating_model = None
+        self._update_buttons()
+
+    # --------------------------------------------------------------------------- runs
+
+    def _on_save_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Save run to folder",
+                                                self.state.run_dir or str(Path.home()))
+        if path:
+            self.save_run(path)
+
+    def save_run(self, path: str | Path):
+        """Save the current model, its windows, split, history and report to ``path``.
+
+        Runs in a worker (latents of every window are encoded and written); returns the worker,
+        or None if there is nothing to save. ``state.run_dir`` is set once it is written.
+        """
+        run = self.trained_run
+        if run is None or run.model is not self.state.model or self.state.training:
+            self._report_error("nothing to save: train a model or open a run first")
+            return None
+        path = Path(path)
+        history = self.state.history
+        report = self.state.report
+        self._saving = True
+        worker = self._start_worker(
+            _save_run, path, run, history, report,
+            on_returned=lambda _path: self._on_run_saved(path),
+            on_errored=self._on_save_errored, on_finished=self._on_save_finished,
+        )
+        self._set_status(f"saving run to {path}…")
+        self._update_buttons()
+        worker.start()
+        return worker
+
+    def _on_run_saved(self, path: Path) -> None:
+        if self._closed:
+            return
+        self.state.run_dir = str(path)
+        self.run_label.setText(f"run: {path}")
+        self._set_status(f"run saved to {path}")
+        show_info(f"run saved to {path}")
+
+    def _on_save_errored(self, exc: Exception) -> None:
+        if not self._closed:
+            self._report_error(str(exc) if isinstance(exc, ElectrodeCAEError)
+                               else f"saving failed: {type(exc).__name__}: {exc}")
+
+    def _on_save_finished(self) -> None:
+        self._saving = False
+        self._update_buttons()
+
+    def _on_open_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open run folder",
+                                                self.state.run_dir or str(Path.home()))
+        if path:
+            self.open_run(path)
+
+    def open_run(self, path: str | Path) -> bool:
+        """Load the run folder ``path``: its stacks, windows, model, settings and history.
+
+        Stacks not yet in the viewer are added as Labels layers. The latents and the report are
+        then computed in a worker, and ``state.model_version`` is bumped. On a bad folder an
+        error notification is shown and neither the viewer nor the state change.
+
+        Returns
+        -------
+        bool
+            True if the run was opened.
+        """
+        if self._training_worker is not None:
+            self._report_error("stop training before opening a run")
+            return False
+        try:
+            run = core.load_run(path)
+            dataset = run.load_dataset()
+            _check_split_fits(run, len(dataset))
+            history = history_from_rows(run.history, run.train_config.epochs)
+        except (ElectrodeCAEError, KeyError, TypeError, ValueError) as exc:
+            message = str(exc) if isinstance(exc, ElectrodeCAEError) else (
+                f"invalid run folder {path}: {type(exc).__name__}: {exc}")
+            self._report_error(message)
+            return False
+        self._apply_run(run, dataset, history)
+        return True
+
+    def _apply_run(self, run: core.Run, dataset: core.WindowDataset,
+                   history: tuple[EpochReport, ...]) -> None:
+        s, c = self.state, run.train_config
+        layer_names = tuple(self._ensure_stack_layer(stack) for stack in dataset.stacks)
+        s.stacks = tuple(dataset.stacks)
+        s.stack_layers = layer_names
+        s.split_mode = c.split
+        s.val_fraction = c.val_fraction
+        s.seed = c.seed
+        s.window = run.window
+        s.rebuild_dataset()
+        if s.dataset is not None:
+            dataset = s.dataset
+        mc = run.model.config
+        s.model_settings = ModelSettings(mc.conv_layers, mc.hidden, mc.latent_dim)
+        s.train_config = c
+        s.model = run.model
+        s.history = history
+        s.latents = None
+        s.report = None
+        s.run_dir = str(run.path)
+        self.trained_run = TrainedRun(run.model, dataset, c, run.train_idx, run.val_idx)
+        self.run_label.setText(f"run: {run.path}")
+        summary = f"opened run “{run.path.name}”: {len(history)} epochs"
+        if history:
+            last = history[-1]
+            summary += f" · best val {last.best_val_mse:.3g} @ epoch {last.best_epoch}"
+        self._set_status(summary + " · evaluating…")
+        self.progress_bar.reset()
+        self._start_evaluation(self.trained_run, summary)
+
+    def _ensure_stack_layer(self, stack: core.ElectrodeStack) -> str:
+        """Name of a viewer layer holding ``stack``; adds a Labels layer if there is none."""
+        name = stack.name or "electrode"
+        if name in self.viewer.layers:
+            data = self.viewer.layers[name].data
+            if getattr(data, "shape", None) == stack.shape and np.array_equal(
+                    np.asarray(data), stack.labels):
+                return name
+        return self.viewer.add_labels(stack.labels, **labels_layer_kwargs(stack)).name
+
+    # ------------------------------------------------------------------------ closing
+
+    def shutdown(self) -> None:
+        """Stop every worker of this panel and wait for it; disconnect from the state."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in list(self._workers):
+            worker.quit()
+        for worker, watch in list(self._workers.items()):
+            if not watch.wait(SHUTDOWN_TIMEOUT_S):
+                warnings.warn(f"a worker of the training panel did not stop within "
+                              f"{SHUTDOWN_TIMEOUT_S:.0f} s", RuntimeWarning, stacklevel=2)
+        self._workers.clear()
+        self._close_napari_progress()
+        self.loss_plot.stop()
+        if self._training_worker is not None:
+            self._training_worker = None
+            if not self.state.history:
+                self._restore(self._before_training)
+            self.state.training = False
+        for signal, slot in self._state_connections:
+            signal.disconnect(slot)
+        self._state_connections = []
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _import_optimizer_modules() -> None:
+    """Create a throw-away Adam optimiser so that its lazy imports happen now.
+
+    torch imports torch._dynamo (about a second) when the first optimiser is created. Done in
+    the training thread, that import holds the GIL long enough to freeze the GUI for several
+    hundred ms; done here, once, it is part of opening the panel.
+    """
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def _close_generator(generator) -> None:
+    generator.close()
+
+
+def _check_split_fits(run: core.Run, n_windows: int) -> None:
+    """Raise RunFolderError if the run's split refers to windows the stacks do not give."""
+    indices = np.concatenate([run.train_idx, run.val_idx])
+    if len(run.val_idx) == 0 or len(run.train_idx) == 0:
+        raise RunFolderError(f"run {run.path} has an empty training or validation split")
+    if indices.min() < 0 or indices.max() >= n_windows:
+        raise RunFolderError(
+            f"run {run.path} refers to window {int(indices.max())} but its stacks give only "
+            f"{n_windows} windows"
+        )
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row
+
+
+def _int_spin(minimum: int, maximum: int, tooltip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(minimum, maximum)
+    spin.setKeyboardTracking(False)
+    spin.setGroupSeparatorShown(True)
+    spin.setToolTip(tooltip)
+    return spin
+
+
+class _signals_blocked:  # noqa: N801 (used like a function: `with _signals_blocked(a, b):`)
+    """Context manager blocking the Qt signals of some widgets."""
+
+    def __init__(self, *widgets: QWidget) -> None:
+        self._widgets = widgets
+        self._previous: list[bool] = []
+
+    def __enter__(self) -> None:
+        self._previous = [w.blockSignals(True) for w in self._widgets]
+
+    def __exit__(self, *exc: object) -> None:
+        for widget, previous in zip(self._widgets, self._previous):
+            widget.blockSignals(previous)
