@@ -599,7 +599,9 @@ class ResultsPanel(QWidget):
             if not low <= dims.point[axis] <= high:
                 dims.set_point(axis, (low + high) / 2.0)
         if self.viewer.canvas.grid.enabled:
-            self.viewer.fit_to_view(layers=layers)
+            # reset_view knows the grid layout (fit_to_view does not, and leaves the windows
+            # tiny); the layers outside the windows are hidden in side-by-side mode.
+            self.viewer.reset_view()
 
     def _show_layer_names(self, visible: bool) -> None:
         """Name overlays label the grid cells; overlaid on the stack they would only clutter."""
@@ -633,7 +635,10 @@ class ResultsPanel(QWidget):
         if not self.viewer.canvas.grid.enabled:
             return
         n_visible = sum(1 for layer in self.viewer.layers if layer.visible)
-        self.viewer.canvas.grid.shape = grid_shape(n_visible)
+        shape = grid_shape(n_visible)
+        if tuple(self.viewer.canvas.grid.shape) != tuple(shape):
+            self.viewer.canvas.grid.shape = shape
+            self.viewer.reset_view()
 
     # --------------------------------------------------------------------------- statistics
     def _show_comparison(self, result: WindowResult) -> None:
