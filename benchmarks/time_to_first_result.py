@@ -86,7 +86,8 @@ def main() -> None:
     if args.screenshot:
         widget.results_panel.three_d_check.setChecked(True)
         viewer.reset_view()
-        viewer.camera.angles = (10, -35, 70)
+        viewer.camera.angles = (-30, 30, 60)
+        viewer.camera.zoom *= 1.3
         widget.tabs.setCurrentWidget(widget.latent_panel)
         slider = widget.latent_panel.sliders[0]
         slider.setValue(slider.value() + 0.5 * (slider.maximum() - slider.value()))
