@@ -1,4 +1,5 @@
-"""The ``electrode-cae`` command line: sample data, model summary, train, evaluate, encode, decode.
+"""The ``electrode-cae`` command line: sample data, model summary, train, evaluate, encode, decode,
+case studies, grid search and physics analysis.
 
 Bad input is reported as one line on stderr with exit status 2; never a traceback.
 """
@@ -44,6 +45,26 @@ def _positive_float(text: str) -> float:
     if not np.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _comma_list(text: str, convert, what: str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}")
+    return [convert(t) for t in items]
+
+
+def _int_list(text: str) -> list[int]:
+    return _comma_list(text, _positive_int, "whole numbers")
+
+
+def _float_list(text: str) -> list[float]:
+    return _comma_list(text, _positive_float, "numbers")
+
+
+def _stride_list(text: str) -> list:
+    return _comma_list(text, lambda t: "l" if t.lower() == "l" else _positive_int(t),
+                       "strides (numbers or l)")
 
 
 def _fraction(text: str) -> float:
@@ -141,6 +162,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuous", action="store_true",
                    help="write the raw float32 network output instead of phase labels")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("study", help="run the paper's case studies (Table 8), random vs blocked",
+                       description="Train and evaluate case studies 1 (CAL, stride 1), 2 (CAL, "
+                       "stride = l), 3a/3b (CAL + UNCAL, stride 1 / l), each with a random and a "
+                       "blocked split; prints the table and writes OUT/study.csv, OUT/study.md "
+                       "and one run folder per run. Without --uncal, case 3 is skipped.")
+    p.add_argument("stacks", nargs="+", type=Path, metavar="CAL_STACK",
+                   help="calendered stacks (TIFF, folder of slices or .npy)")
+    p.add_argument("--uncal", nargs="+", type=Path, default=[], metavar="UNCAL_STACK",
+                   help="uncalendered stacks (enable case 3)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    p.add_argument("--quick", action="store_true",
+                   help="CPU-sized variant: crop 32, l=8 / l=4, lr 1e-3, 3 epochs (default: the "
+                   "paper's settings, crop 224, 3500 epochs)")
+    p.add_argument("--epochs", type=_positive_int, help="override every case's epochs")
+    p.add_argument("--crop", type=_positive_int, help="override every case's in-plane crop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=core.training.DEVICE_CHOICES, default="auto")
+    p.add_argument("--phases", help='stored value to phase, e.g. "0=pore,85=active,170=cbd" '
+                   "(default: inferred from the data and reported)")
+    p.add_argument("--voxel-size", type=_positive_float, help="voxel size in µm")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("grid", help="hyper-parameter grid search (Table 2), ranked, resumable",
+                       description="Train every combination of the given values (comma lists) "
+                       "over the --preset's other settings; each configuration in OUT/<id>/ "
+                       "(id: hash of its settings); ranking by best validation MSE in "
+                       "OUT/grid.csv. Finished configurations are skipped when run again. "
+                       "Default values: Table 2's, restricted to what the preset allows "
+                       "(windows <= the stack depth, and <= 8 for quick; layers that fit the "
+                       "crop; quick: the preset's epochs).")
+    p.add_argument("stacks", nargs="+", type=Path, metavar="STACK")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    p.add_argument("--preset", choices=sorted(core.PRESETS), default="quick",
+                   help="settings the grid does not vary (default quick)")
+    p.add_argument("--window", "-l", type=_int_list, help="window lengths, e.g. 4,8,16,24,32")
+    p.add_argument("--stride", type=_stride_list, help="strides, e.g. 1,l (l = window length)")
+    p.add_argument("--crop", type=_int_list, help="in-plane crops, e.g. 64,224")
+    p.add_argument("--layers", type=_int_list, help="conv layers, e.g. 3,4,5")
+    p.add_argument("--hidden", type=_int_list, help="hidden neurons, e.g. 128,1000")
+    p.add_argument("--latent", type=_int_list, help="latent features, e.g. 10")
+    p.add_argument("--epochs", type=_int_list, help="epochs, e.g. 2000,3500")
+    p.add_argument("--batch", type=_int_list, help="batch sizes, e.g. 2,4,8")
+    p.add_argument("--lr", type=_float_list, help="learning rates, e.g. 1e-3,1e-4")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="configurations trained in parallel processes (default 1)")
+    p.add_argument("--split", choices=core.windows.SPLIT_MODES, default="random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=core.training.DEVICE_CHOICES, default="auto")
+    p.add_argument("--no-resume", action="store_true",
+                   help="retrain configurations that already finished")
+    _add_stack_args(p)
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("physics", help="physics of originals vs reconstructions; latent "
+                       "correlations",
+                       description="For a run folder: microstructure metrics of every window "
+                       "and its phase-snapped reconstruction (RUN_DIR/metrics.csv), their "
+                       "comparison over the validation windows (physics.json, physics.md) and "
+                       "the Spearman correlation of each latent feature with each metric, the "
+                       "window depth and the CAL/UNCAL tag (correlations.csv).")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--no-tortuosity", action="store_true",
+                   help="skip the pore tortuosity (the costly metric: ~1-2 s per 24x224x224 "
+                   "volume)")
+    p.add_argument("--max-windows", type=_positive_int,
+                   help="analyse a seeded random subset of at most N windows (and of N "
+                   "validation windows for the comparison)")
+    p.add_argument("--seed", type=int, default=0, help="seed of those subsets")
+    p.add_argument("--top", type=_positive_int, default=5,
+                   help="strongest correlations to print (default 5)")
+    p.set_defaults(func=cmd_physics)
 
     p = sub.add_parser("gui", help="open napari with the Electrode CAE widget",
                        description="Open napari with STACKs loaded (with none: the synthetic "
@@ -332,6 +425,127 @@ def cmd_decode(args: argparse.Namespace) -> int:
     fractions = core.volume_fractions(core.snap_to_phases(volume))
     print(f"{args.out}: {volume.shape} " + ", ".join(f"{p} {f:.1%}" for p, f in fractions.items()))
     return 0
+
+
+def _read_tagged(paths: Sequence[Path], args: argparse.Namespace, calendered: bool
+                 ) -> list[core.ElectrodeStack]:
+    phases = core.parse_phase_mapping(args.phases) if args.phases else None
+    stacks = []
+    for path in paths:
+        stack = core.read_stack(path, phases, voxel_size_um=args.voxel_size, calendered=calendered)
+        _info(f"{stack.name}: {stack.shape[0]}x{stack.shape[1]}x{stack.shape[2]} voxels, "
+              f"{stack.tag}, {stack.voxel_size_um} µm, phases "
+              f"{core.io.describe_phase_mapping(stack.phase_mapping)}")
+        stacks.append(stack)
+    return stacks
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .core import studies
+
+    cal = _read_tagged(args.stacks, args, True)
+    uncal = _read_tagged(args.uncal, args, False)
+
+    def progress(event: studies.StudyProgress) -> None:
+        if event.epoch == 0 and event.row is None:
+            _info(f"[{event.run}/{event.runs}] {event.name}: {event.message}")
+        elif event.row is not None:
+            _info(f"[{event.run}/{event.runs}] {event.name}: "
+                  + (event.message if event.row["status"] == "ok"
+                     else f"{event.row['status']}: {event.row['note']}"))
+
+    rows = studies.run_study(cal, uncal, quick=args.quick, out_dir=args.out, epochs=args.epochs,
+                             device=args.device, seed=args.seed, crop=args.crop,
+                             progress=progress)
+    print(studies.format_study_table(rows), end="")
+    _info(f"wrote {args.out / 'study.csv'}, {args.out / 'study.md'} and "
+          f"{sum(r['status'] == 'ok' for r in rows)} run folders")
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from .core import studies
+
+    stacks = _read_stacks(args)
+    grid = studies.default_grid(args.preset, stacks)
+    for key in studies.GRID_KEYS:
+        values = getattr(args, key)
+        if values is not None:
+            grid[key] = values
+    total = len(studies.expand_grid(grid, args.preset))
+    _info(f"{total} configurations over the {args.preset} preset: "
+          + ", ".join(f"{k}={','.join(str(v) for v in vals)}" for k, vals in grid.items()))
+
+    def progress(event: studies.GridProgress) -> None:
+        r = event.row
+        state = ("reused" if r.get("reused") else f"best val MSE {r['best_val_mse']:.4f}"
+                 ) if r["status"] == "ok" else f"failed: {r['error']}"
+        _info(f"[{event.done}/{event.total}] {r['id']} l={r['window']} layers={r['layers']} "
+              f"hidden={r['hidden']} epochs={r['epochs']} batch={r['batch']} lr={r['lr']:g}: "
+              f"{state}")
+
+    rows = studies.run_grid(stacks, grid, out_dir=args.out, base=args.preset,
+                            workers=args.workers, resume=not args.no_resume, seed=args.seed,
+                            split_mode=args.split, device=args.device, progress=progress)
+    print(studies.format_grid_table(rows), end="")
+    _info(f"ranking written to {args.out / 'grid.csv'}")
+    return 0
+
+
+def cmd_physics(args: argparse.Namespace) -> int:
+    import json
+
+    from .core import analysis
+
+    run = core.load_run(args.run_dir)
+    data = run.load_dataset()
+    tortuosity = not args.no_tortuosity
+    every = analysis.select_windows(np.arange(len(data)), args.max_windows, args.seed)
+    val = analysis.select_windows(run.val_idx, args.max_windows, args.seed)
+    windows = np.union1d(every, val)
+    splits = {int(i): "train" for i in run.train_idx} | {int(i): "val" for i in run.val_idx}
+    _info(f"{len(windows)} of {len(data)} windows (original and reconstruction"
+          + (", with tortuosity" if tortuosity else ", no tortuosity") + ")")
+    step = max(1, len(windows) // 20)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            _info(f"  {done}/{total} windows")
+
+    rows = analysis.window_metrics(data, windows, run.model, tortuosity=tortuosity,
+                                   splits=splits, progress=progress)
+    analysis.write_metrics_csv(args.run_dir / "metrics.csv", rows)
+    comparison = analysis.physics_comparison(
+        data, run.val_idx, run.model, tortuosity=tortuosity, max_windows=args.max_windows,
+        seed=args.seed, rows=rows)
+    core.checkpoint.atomic_write_text(args.run_dir / "physics.json",
+                                      json.dumps(_json_safe(comparison), indent=1))
+    markdown = analysis.comparison_markdown(comparison)
+    core.checkpoint.atomic_write_text(args.run_dir / "physics.md", markdown)
+    selected = [r for r in rows if r["window"] in set(int(i) for i in every)]
+    latents = core.encode_windows(run.model, data)[[r["window"] for r in selected]]
+    extra = {"z": np.array([r["z"] for r in selected], dtype=float),
+             "calendered": np.array([{"CAL": 1.0, "UNCAL": 0.0}.get(r["tag"], np.nan)
+                                     for r in selected])}
+    names, rho, p = analysis.latent_metric_correlations(latents, selected, extra)
+    analysis.write_correlations_csv(args.run_dir / "correlations.csv", names, rho, p)
+    print(markdown)
+    print(f"Strongest latent-metric correlations (Spearman, {len(selected)} windows):")
+    for j, name, r, pv in analysis.strongest_correlations(names, rho, p, top=args.top):
+        print(f"  z{j + 1:<3} {name:<28} rho = {r:+.3f}  p = {core.evaluation.format_p(pv)}")
+    _info(f"wrote metrics.csv, physics.json, physics.md and correlations.csv in {args.run_dir}")
+    return 0
+
+
+def _json_safe(value):
+    """NaN and inf become null, so that the file is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def cmd_gui(args: argparse.Namespace) -> int:

@@ -392,7 +392,11 @@ class DataPanel(QWidget):
             entry.use = False
             if entry._notified_error != entry.error:
                 entry._notified_error = entry.error
-                show_error(entry.error)
+                # A layer that merely is not an electrode stack (2D, RGB, grey levels) gets a
+                # quiet note; a mapping the user asked for and that fails is an error.
+                notify = show_info if first and entry.override is None else show_error
+                notify(f"{entry.layer.name}: not used as an electrode stack: {entry.error}"
+                       if notify is show_info else entry.error)
             return
         entry.error = entry._notified_error = ""
         entry.fractions = volume_fractions(entry.converted.labels)

@@ -48,6 +48,7 @@ from ..core import ElectrodeCAEError, EpochReport, RunFolderError, TrainConfigEr
 from ..core.model import CONV_LAYER_CHOICES
 from .loss_plot import LossPlot
 from .state import CAEState, ModelSettings
+from .window_close import WindowCloseWatcher
 
 if TYPE_CHECKING:
     import napari
@@ -304,6 +305,7 @@ class TrainingPanel(QWidget):
         self._training_job: TrainedRun | None = None
         self._before_training: _StateSnapshot | None = None
         self._training_failed = False
+        self._training_error = ""
         self._stop_requested = False
         self._napari_progress = None
         self._evaluating_model = None
@@ -328,6 +330,8 @@ class TrainingPanel(QWidget):
         ]
         for signal, slot in self._state_connections:
             signal.connect(slot)
+        # a docked panel gets no close event when the viewer closes: stop training then
+        self._close_watcher = WindowCloseWatcher(self, self.shutdown)
 
     # ---------------------------------------------------------------------------- widgets
 
@@ -622,6 +626,7 @@ class TrainingPanel(QWidget):
         self._before_training = _StateSnapshot(s.model, s.history, s.latents, s.report)
         self._training_job = job
         self._training_failed = False
+        self._training_error = ""
         self._stop_requested = False
         s.train_config = job.config
         s.model = job.model
@@ -678,9 +683,10 @@ class TrainingPanel(QWidget):
         if self._closed:
             return
         if isinstance(exc, ElectrodeCAEError):
-            self._report_error(str(exc))
+            self._training_error = str(exc)
         else:
-            self._report_error(f"training failed: {type(exc).__name__}: {exc}")
+            self._training_error = f"training failed: {type(exc).__name__}: {exc}"
+        self._report_error(self._training_error)
 
     def _close_napari_progress(self) -> None:
         if self._napari_progress is not None:
@@ -696,10 +702,13 @@ class TrainingPanel(QWidget):
         s.training = False
         history = s.history
         if not history:
-            self._restore(self._before_training)
+            snapshot = self._before_training
+            self._restore(snapshot)
+            kept = "stopped before the first epoch finished; the previous model is kept"
             if not self._training_failed:
-                self._set_status("stopped before the first epoch finished; "
-                                 "the previous model is kept")
+                self._set_status(kept)
+            self._evaluate_restored(
+                snapshot, f"{self._training_error}\n{kept}" if self._training_error else kept)
             self._update_buttons()
             return
         self.trained_run = job
@@ -708,9 +717,25 @@ class TrainingPanel(QWidget):
         ended = "stopped" if last.epoch < last.epochs else "finished"
         summary = (f"{ended} after {last.epoch}/{last.epochs} epochs · best val "
                    f"{last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)")
+        if self._training_error:  # keep the reason in the status once the evaluation is in
+            summary = f"{self._training_error}\n{summary}"
         if not self._training_failed:
             self._set_status(summary + " · evaluating…")
         self._start_evaluation(job, summary)
+
+    def _evaluate_restored(self, snapshot: _StateSnapshot | None, summary: str) -> None:
+        """Evaluate a restored model again if Train cut its evaluation short.
+
+        Train pressed while the previous model was still being evaluated replaces that model,
+        so its evaluation result is dropped; when the new training stops before its first
+        epoch, the previous model comes back without latents or report.
+        """
+        run = self.trained_run
+        if (snapshot is None or snapshot.model is None or snapshot.report is not None
+                or run is None or run.model is not snapshot.model
+                or self._evaluating_model is snapshot.model):
+            return
+        self._start_evaluation(run, summary)
 
     def _restore(self, snapshot: _StateSnapshot | None) -> None:
         if snapshot is None:

@@ -11,6 +11,7 @@ from .errors import (
     RunFolderError,
     StackReadError,
     TrainConfigError,
+    TrainingMemoryError,
     WindowSpecError,
 )
 from .evaluation import EvaluationReport, compare_window, evaluate, mse_statistics, reconstruct
@@ -58,5 +59,13 @@ from .training import (
     window_mse,
 )
 from .windows import WindowDataset, WindowSpec, count_dataset_windows, count_windows, split
+from . import analysis, studies  # noqa: E402  (need the names above)
+from .analysis import (
+    latent_metric_correlations,
+    physics_comparison,
+    strongest_correlations,
+    window_metrics,
+)
+from .studies import CASE_STUDIES, run_grid, run_study
 
 __all__ = [name for name in dir() if not name.startswith("_")]

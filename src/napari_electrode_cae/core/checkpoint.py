@@ -1,36 +1,61 @@
 """Atomic, safe saving and loading of model weights.
 
-Weights are written to a temporary file in the target folder and moved into place with
-``os.replace``, so a crash mid-write leaves the previous file intact. Loading uses
+Weights are written to a temporary file in the target folder (``.NAME.XXXX.tmp``), flushed to
+disk and moved into place with ``os.replace``, so a crash or a kill mid-write leaves the previous
+file intact. Loading reads the target name only, never a temporary file; temporary files that a
+killed writer left behind are removed by the next successful save of the same file. Loading uses
 ``torch.load(..., weights_only=True)``, which refuses pickled code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import pickle
+import re
+import struct
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from .errors import RunFolderError
 
+#: A temporary file of a save untouched for this long belongs to a writer that was killed (a
+#: live writer keeps changing its file); the next save of the same target removes it.
+STALE_TEMPORARY_S = 60.0
 
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.NAME.*.tmp`` files next to ``path`` not modified for :data:`STALE_TEMPORARY_S`."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(handle)`` on a temp file next to ``path``, fsync, then ``os.replace`` it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path)
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    _atomic_write(Path(path), lambda handle: handle.write(payload))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -39,16 +64,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def _atomic_torch_save(obj: object, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(_to_cpu(obj), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    cpu_obj = _to_cpu(obj)
+    _atomic_write(Path(path), lambda handle: torch.save(cpu_obj, handle))
+
+
+#: What torch.load raises for a truncated or damaged file (found by loading randomly corrupted
+#: and truncated checkpoints: the zip reader and the weights-only unpickler fail in many ways).
+_LOAD_ERRORS = (
+    RuntimeError, EOFError, OSError, ValueError, LookupError, TypeError, AttributeError,
+    AssertionError, ArithmeticError, MemoryError, struct.error,
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The gist of a torch loading error in one line, without terminal colour codes.
+
+    torch's refusal to unpickle spans many lines and suggests ``weights_only=False``, which
+    would run the file's code; only the reason (``WeightsUnpickler error: ...``) is kept.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = [reason[1]] if reason else [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    sentence = re.match(r"(.*?\.)(?:\s|$)", lines[0])  # the first sentence, without advice
+    return sentence[1] if sentence else lines[0]
 
 
 def _safe_torch_load(path: Path, what: str) -> object:
@@ -58,10 +98,11 @@ def _safe_torch_load(path: Path, what: str) -> object:
         raise RunFolderError(f"{what} {path} not found") from None
     except pickle.UnpicklingError as exc:
         raise RunFolderError(
-            f"{path} is not a plain {what} (refused to unpickle it: {exc})"
+            f"{path} is not a plain {what}: it holds pickled objects or code, so it was refused "
+            f"({_one_line(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise RunFolderError(f"{path} is not a readable {what}: {exc}") from exc
+    except _LOAD_ERRORS as exc:
+        raise RunFolderError(f"{path} is not a readable {what}: {_one_line(exc)}") from exc
 
 
 def save_state_dict(state: dict, path: str | Path) -> None:
@@ -113,4 +154,46 @@ def load_training_state(path: str | Path) -> dict:
                 "history"}
     if not isinstance(state, dict) or not required <= set(state):
         raise RunFolderError(f"{path} is not a training checkpoint (missing fields)")
+    problem = _training_state_problem(state)
+    if problem:
+        raise RunFolderError(f"{path} is not a valid training checkpoint: {problem}")
     return state
+
+
+#: Fields of one history row of a training checkpoint (those of training.EpochReport).
+HISTORY_FIELDS = ("epoch", "epochs", "train_mse", "val_mse", "seconds", "best_epoch",
+                  "best_val_mse")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_weights(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def _training_state_problem(state: dict) -> str:
+    """What is wrong with the fields of a loaded training state ("" if nothing)."""
+    if not _is_int(state["epoch"]) or state["epoch"] < 0:
+        return f"epoch is {state['epoch']!r}, not a whole number"
+    if not _is_int(state["best_epoch"]) or not _is_number(state["best_val_mse"]):
+        return "best_epoch or best_val_mse is not a number"
+    if not (_is_weights(state["model"]) and _is_weights(state["best_model"])):
+        return "model or best_model is not a dict of weight tensors"
+    optimiser = state["optimiser"]
+    if not (isinstance(optimiser, dict) and {"state", "param_groups"} <= set(optimiser)):
+        return "optimiser is not an optimiser state"
+    history = state["history"]
+    if not isinstance(history, list) or not all(
+        isinstance(row, dict) and set(row) == set(HISTORY_FIELDS)
+        and all(_is_number(v) for v in row.values()) for row in history
+    ):
+        return f"history is not a list of rows with the fields {', '.join(HISTORY_FIELDS)}"
+    return ""

@@ -37,3 +37,11 @@ class RunFolderError(ElectrodeCAEError):
 
 class StackWriteError(ElectrodeCAEError):
     """An electrode stack could not be written."""
+
+
+class TrainingMemoryError(ElectrodeCAEError):
+    """Training or validation ran out of memory (GPU or host) for the chosen batch and window.
+
+    The message names the device, batch size and window shape and suggests a smaller batch or
+    crop; the model keeps the best weights found before the failure.
+    """

