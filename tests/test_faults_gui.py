@@ -53,8 +53,13 @@ def docked_widget(viewer, epochs: int, batch_size: int = 2) -> ElectrodeCAEWidge
 
 
 def assert_no_workers_left(qtbot) -> None:
-    """No worker thread runs; napari forgets the workers once their last signals are delivered."""
-    assert QThreadPool.globalInstance().activeThreadCount() == 0
+    """No worker thread runs; napari forgets the workers once their last signals are delivered.
+
+    A pool thread counts as active until it has returned from the finished runnable, a moment
+    after the worker's own signals, so wait for the count rather than sampling it once.
+    """
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0,
+                    timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not WorkerBase._worker_set, timeout=WAIT_MS)
 
 

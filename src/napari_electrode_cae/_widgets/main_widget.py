@@ -1,4 +1,4 @@
-"""The plugin's main dock widget: one CAEState shared by five panels in tabs."""
+"""The plugin's main dock widget: one CAEState shared by six panels in tabs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from .data_panel import DataPanel
 from .latent_panel import LatentPanel
+from .physics_panel import PhysicsPanel
 from .results_panel import ResultsPanel
 from .state import CAEState
 from .training_panel import TrainingPanel
+from .window_close import WindowCloseWatcher
 from .windows_panel import WindowsPanel
 
 if TYPE_CHECKING:
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class ElectrodeCAEWidget(QWidget):
-    """Data → Windows → Model & training → Results → Latent explorer, in tabs.
+    """Data → Windows → Model & training → Results → Latent explorer → Physics, in tabs.
 
     Parameters
     ----------
@@ -35,6 +37,7 @@ class ElectrodeCAEWidget(QWidget):
         self.training_panel = TrainingPanel(napari_viewer, self.state)
         self.results_panel = ResultsPanel(napari_viewer, self.state)
         self.latent_panel = LatentPanel(napari_viewer, self.state)
+        self.physics_panel = PhysicsPanel(napari_viewer, self.state)
         self.tabs = QTabWidget()
         for panel, title in (
             (self.data_panel, "Data"),
@@ -42,17 +45,21 @@ class ElectrodeCAEWidget(QWidget):
             (self.training_panel, "Train"),
             (self.results_panel, "Results"),
             (self.latent_panel, "Latents"),
+            (self.physics_panel, "Physics"),
         ):
             self.tabs.addTab(panel, title)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         self.setMinimumWidth(380)
+        # A docked widget gets no close event when napari's window closes: watch the window so
+        # that every panel's workers stop with the viewer.
+        self._close_watcher = WindowCloseWatcher(self, self.shutdown)
 
     @property
     def panels(self) -> tuple[QWidget, ...]:
         return (self.data_panel, self.windows_panel, self.training_panel, self.results_panel,
-                self.latent_panel)
+                self.latent_panel, self.physics_panel)
 
     def shutdown(self) -> None:
         """Stop every background worker and wait for it (called on close and by tests)."""
