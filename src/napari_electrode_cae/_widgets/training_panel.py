@@ -59,6 +59,9 @@ SHUTDOWN_TIMEOUT_S = 60.0
 _ERROR_STYLE = "color: #e8655a;"
 
 
+#: Seconds between updates of napari's progress bar while training.
+_PROGRESS_INTERVAL_S = 0.25
+
 class TrainingRunError(ElectrodeCAEError):
     """Training, evaluation or saving failed inside torch or the file system.
 
@@ -308,6 +311,9 @@ class TrainingPanel(QWidget):
         self._training_error = ""
         self._stop_requested = False
         self._napari_progress = None
+        # napari's activity-dock progress bar costs ~10 ms per update: batch it
+        self._progress_pending = 0
+        self._progress_flushed_at = 0.0
         self._evaluating_model = None
         self._saving = False
         #: The current model with what it was trained on (set after training or opening a run).
@@ -651,6 +657,7 @@ class TrainingPanel(QWidget):
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
         self._napari_progress = progress(total=total, desc="Training CAE")
+        self._progress_pending, self._progress_flushed_at = 0, time.monotonic()
         self._set_status(f"training on {device.type}: {len(job.train_idx)} training and "
                          f"{len(job.val_idx)} validation windows, {n_batches} batches/epoch…")
         s.training = True
@@ -662,13 +669,21 @@ class TrainingPanel(QWidget):
             return
         if isinstance(report, core.BatchReport):
             self.progress_bar.setValue((report.epoch - 1) * report.batches + report.batch)
-            if self._napari_progress is not None:
-                self._napari_progress.update(1)
+            self._progress_pending += 1
+            if time.monotonic() - self._progress_flushed_at > _PROGRESS_INTERVAL_S:
+                self._flush_napari_progress()
             return
+        self._flush_napari_progress()
         history = (*self.state.history, report)
         self.state.history = history
         if not self._stop_requested:
             self._set_status(format_epoch_status(history))
+
+    def _flush_napari_progress(self) -> None:
+        if self._napari_progress is not None and self._progress_pending:
+            self._napari_progress.update(self._progress_pending)
+        self._progress_pending = 0
+        self._progress_flushed_at = time.monotonic()
 
     def _on_stop_clicked(self) -> None:
         if self._training_worker is None:
