@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from napari_electrode_cae import cli, core
-from napari_electrode_cae.core import checkpoint
 from napari_electrode_cae.core.checkpoint import (
     HISTORY_FIELDS,
     load_state_dict,

@@ -6,7 +6,6 @@ stride 2, crop 16, hidden 16, latent 3). Every test waits for its workers.
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest

@@ -59,7 +59,6 @@ from .training import (
     window_mse,
 )
 from .windows import WindowDataset, WindowSpec, count_dataset_windows, count_windows, split
-from . import analysis, studies  # noqa: E402  (need the names above)
 from .analysis import (
     latent_metric_correlations,
     physics_comparison,
