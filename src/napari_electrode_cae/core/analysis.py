@@ -35,16 +35,8 @@ from scipy import stats
 from .checkpoint import atomic_write_text
 from .evaluation import reconstruct
 from .model import ConvAutoEncoder3d
-from .physics import (
-    AXIS_NAMES,
-    connected_fraction,
-    compare_metrics,
-    interface_area_density,
-    microstructure_metrics,
-    specific_surface_area,
-    triple_phase_boundary_density,
-)
-from .stack import snap_to_phases, volume_fractions
+from .physics import compare_metrics, microstructure_metrics
+from .stack import snap_to_phases
 from .windows import WindowDataset
 
 #: Columns of a :func:`window_metrics` row that describe the window, not its physics.
@@ -106,18 +98,8 @@ def volume_metrics(
         (fractions 0..1, surface densities µm⁻¹, TPB density µm⁻², connected fractions 0..1,
         tortuosity factor), in its order; without ``tortuosity_pore_*`` if ``tortuosity=False``.
     """
-    if tortuosity:
-        return microstructure_metrics(labels, voxel_size_um, axis, device=device)
-    suffix = AXIS_NAMES[axis]
-    metrics = {f"{name}_fraction": value for name, value in volume_fractions(labels).items()}
-    metrics["ssa_active_per_um"] = specific_surface_area(labels, "active", voxel_size_um)
-    metrics["ssa_pore_solid_per_um"] = interface_area_density(
-        labels, "pore", ("cbd", "active"), voxel_size_um
-    )
-    metrics["tpb_density_per_um2"] = triple_phase_boundary_density(labels, voxel_size_um)
-    for name in ("pore", "active", "cbd"):
-        metrics[f"{name}_connected_fraction_{suffix}"] = connected_fraction(labels, name, axis)
-    return metrics
+    return microstructure_metrics(labels, voxel_size_um, axis, device=device,
+                                  with_tortuosity=tortuosity)
 
 
 @dataclass(frozen=True)

@@ -679,8 +679,11 @@ def microstructure_metrics(
     axis: int = 0,
     *,
     device: Any = None,
+    with_tortuosity: bool = True,
 ) -> dict[str, float]:
     """All descriptors of one volume (window) in one dict.
+
+    ``with_tortuosity=False`` leaves out ``tortuosity_pore_*``, the only slow one.
 
     Parameters
     ----------
@@ -716,7 +719,8 @@ def microstructure_metrics(
     metrics["tpb_density_per_um2"] = triple_phase_boundary_density(labels, vs)
     for name in ("pore", "active", "cbd"):
         metrics[f"{name}_connected_fraction_{suffix}"] = connected_fraction(labels, name, axis)
-    metrics[f"tortuosity_pore_{suffix}"] = tortuosity(labels, "pore", axis, device=device)
+    if with_tortuosity:
+        metrics[f"tortuosity_pore_{suffix}"] = tortuosity(labels, "pore", axis, device=device)
     return metrics
 
 
