@@ -20,9 +20,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelConfigError
+from .folded_conv import conv2d_stride2, conv_transpose2d_stride2
 
 CONV_LAYER_CHOICES = (3, 4, 5)
 _CHANNELS_LAST = torch.channels_last
+_CONTIGUOUS = torch.contiguous_format
+
+
+def default_memory_formats(conv_layers: int) -> list[torch.memory_format]:
+    """Per-layer memory formats of the folded path: encoder convolutions, then decoder ones.
+
+    Channels-last only pays for the decoder's second-to-last transposed convolution (16 -> 8
+    channels on the paper's shapes); everything else runs fastest in the contiguous layout.
+    """
+    decoder = [_CONTIGUOUS] * conv_layers
+    if conv_layers >= 2:
+        decoder[-2] = _CHANNELS_LAST
+    return [_CONTIGUOUS] * conv_layers + decoder
 
 
 @dataclass(frozen=True)
@@ -144,8 +158,13 @@ class ConvAutoEncoder3d(nn.Module):
         self.encoder = nn.Sequential(*encoder)
         self.decoder = nn.Sequential(*decoder)
         #: Run the convolutions as 2D convolutions over folded depth (same parameters, same
-        #: function, several times faster on CPU); False runs the plain Conv3d modules.
+        #: function, faster on CPU); False runs the plain Conv3d modules.
         self.fold_depth = True
+        #: Memory format of each folded convolution's input and gradient: encoder layers,
+        #: then decoder layers (measured per layer by benchmarks/layer_formats.py).
+        self.memory_formats = default_memory_formats(conv_layers)
+        #: Slices sent through the in-plane layers together (None: all at once).
+        self.slice_chunk: int | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -159,18 +178,25 @@ class ConvAutoEncoder3d(nn.Module):
             return self.encoder(x)
         convs = [m for m in self.encoder if isinstance(m, nn.Conv3d)]
         n, _, depth, height, width = x.shape
-        # (N, 1, l, H, W) -> (N*l, 1, H, W): the (1, 3, 3) layers see each slice as an image;
-        # channels-last memory halves the time of these small-channel convolutions on CPU.
-        h = x.reshape(n * depth, 1, height, width).contiguous(memory_format=_CHANNELS_LAST)
-        for conv in convs[:-1]:
-            h = F.relu(F.conv2d(h, conv.weight.squeeze(2), conv.bias, stride=2))
+        formats = self.memory_formats
+        # (N, 1, l, H, W) -> (N*l, 1, H, W): the (1, 3, 3) layers see each slice as an image.
+        slices = x.reshape(n * depth, 1, height, width)
+        chunks = []
+        for start in range(0, n * depth, self.slice_chunk or n * depth):
+            # a few slices at a time through all in-plane layers: each layer's input is
+            # still in the CPU cache when the next layer reads it
+            h = slices[start : start + (self.slice_chunk or n * depth)]
+            for i, conv in enumerate(convs[:-1]):
+                h = conv2d_stride2(h, conv.weight.squeeze(2), conv.bias, True, formats[i])
+            chunks.append(h)
+        h = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         # (N*l, C, h, w) -> (N, l*C, h, w), channels ordered (depth, channel): the (l, 3, 3)
         # convolution over the whole depth is a 2D convolution over l*C input channels.
         last = convs[-1]
         c = h.shape[1]
         h = h.contiguous().reshape(n, depth * c, h.shape[2], h.shape[3])
         weight = last.weight.permute(0, 2, 1, 3, 4).reshape(last.out_channels, depth * c, 3, 3)
-        h = F.relu(F.conv2d(h, weight, last.bias, stride=2))
+        h = conv2d_stride2(h, weight, last.bias, True, formats[len(convs) - 1])
         head = self.encoder[len(convs) * 2:]  # Flatten, Linear, ReLU, Linear
         return head(h)
 
@@ -183,20 +209,24 @@ class ConvAutoEncoder3d(nn.Module):
         n, depth = z.shape[0], self.config.window_length
         h = h.reshape(n, channels, size, size)
         convs = [m for m in self.decoder if isinstance(m, nn.ConvTranspose3d)]
+        sizes = in_plane_sizes(self.config.crop, self.config.conv_layers)[::-1]
+        formats = self.memory_formats[len(convs):]
         first = convs[0]
         c = first.out_channels
         # (l, 3, 3) transposed convolution from depth 1 to l: a 2D transposed convolution to
         # l*C output channels ordered (depth, channel).
         weight = first.weight.permute(0, 2, 1, 3, 4).reshape(channels, depth * c, 3, 3)
-        h = F.conv_transpose2d(h, weight, first.bias.repeat(depth), stride=2,
-                               output_padding=first.output_padding[1])
-        h = F.relu(h).reshape(n * depth, c, h.shape[2], h.shape[3])
-        h = h.contiguous(memory_format=_CHANNELS_LAST)
-        for i, conv in enumerate(convs[1:], start=1):
-            h = F.conv_transpose2d(h, conv.weight.squeeze(2), conv.bias, stride=2,
-                                   output_padding=conv.output_padding[1])
-            if i < len(convs) - 1:
-                h = F.relu(h)
+        h = conv_transpose2d_stride2(h, weight, first.bias.repeat(depth), sizes[1], True,
+                                     formats[0])
+        slices = h.contiguous().reshape(n * depth, c, h.shape[2], h.shape[3])
+        chunks = []
+        for start in range(0, n * depth, self.slice_chunk or n * depth):
+            h = slices[start : start + (self.slice_chunk or n * depth)]
+            for i, conv in enumerate(convs[1:], start=1):
+                h = conv_transpose2d_stride2(h, conv.weight.squeeze(2), conv.bias,
+                                             sizes[i + 1], i < len(convs) - 1, formats[i])
+            chunks.append(h)
+        h = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         return h.contiguous().reshape(n, 1, depth, h.shape[2], h.shape[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,152 @@
+"""Stride-2, 3×3 convolutions of the CAE as 2D operations with hand-picked kernels.
+
+The paper's (1, 3, 3) layers act on every slice alike, so :mod:`.model` runs them as 2D
+convolutions over the slices of all windows; the (l, 3, 3) layers become 2D convolutions over
+l·C channels. These two autograd functions compute exactly the same function and gradients as
+``F.conv2d`` / ``F.conv_transpose2d`` (stride 2, no padding) followed by an optional ReLU, but
+choose faster routes through PyTorch's CPU kernels (oneDNN), measured on the paper's shapes:
+
+* a transposed convolution with a bias is 3-4× slower than the same one without a bias plus an
+  in-place bias add, so the bias is added separately;
+* the backward pass of a transposed convolution is an ordinary forward convolution (input
+  gradient) and a weight gradient, both much faster than autograd's transposed backward;
+* the ReLU runs in place on the fresh convolution output, and its mask is applied in the
+  backward pass of the same node (one tensor fewer per layer);
+* gradients are put into one memory format per layer before the kernels see them, so oneDNN
+  does not reorder them behind our back.
+
+Nothing here is CPU specific: on CUDA the same calls go to cuDNN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_STRIDE = [2, 2]
+_PADDING = [0, 0]
+_DILATION = [1, 1]
+
+
+def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dL/dweight of ``conv2d(inp, weight, stride=2)`` given ``grad_out`` (no bias)."""
+    return torch.ops.aten.convolution_backward(
+        grad_out, inp, weight, None, _STRIDE, _PADDING, _DILATION, False, [0, 0], 1,
+        [False, True, False],
+    )[1]
+
+
+# (output phase a, row u of the 2×2 sub-kernel, row k of the 3×3 kernel): output row 2m + a of
+# a stride-2 transposed convolution reads input rows m - 1 + u of the input padded by one.
+_SUBPIXEL_TAPS = ((0, 0, 2), (0, 1, 0), (1, 1, 1))
+
+
+_PAIR_DTYPES = {2: torch.int32, 4: torch.int64, 8: torch.complex128}
+
+
+def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C_in, C_out, 3, 3) stride-2 transposed-convolution weight -> (4·C_out, C_in, 2, 2).
+
+    Output channels are ordered (a, b, c): phase row, phase column, channel. A 2×2 convolution
+    with this weight over the input padded by one computes all four output phases at once.
+    """
+    c_in, c_out = weight.shape[:2]
+    out = weight.new_zeros(2, 2, c_out, c_in, 2, 2)
+    for a, u, ka in _SUBPIXEL_TAPS:
+        for b, v, kb in _SUBPIXEL_TAPS:
+            out[a, b, :, :, u, v] = weight[:, :, ka, kb].t()
+    return out.reshape(4 * c_out, c_in, 2, 2)
+
+
+def _one_channel_transposed(x, weight, bias, out_size: int) -> torch.Tensor:
+    """Stride-2 transposed convolution to one output channel as a sub-pixel convolution.
+
+    oneDNN's transposed kernel is slow for a single output channel (the decoder's last layer:
+    2× the time of this route on the paper's shapes). A 2×2 convolution to the four output
+    phases, then one interleaving copy, gives the same values.
+    """
+    n, _, h, w = x.shape
+    phases = F.conv2d(x.contiguous(memory_format=torch.channels_last), subpixel_weight(weight),
+                      bias.repeat(4), padding=1)
+    # channels-last phases: memory (n, m, k, a, b). Read each (b = 0, 1) pair as one item twice
+    # as wide so that the interleave (n, m, k, a) -> (n, m, a, k) moves whole pairs.
+    pair_type = _PAIR_DTYPES[phases.element_size()]
+    pairs = phases.permute(0, 2, 3, 1).contiguous().view(pair_type)  # (n, h+1, w+1, 2)
+    out = torch.empty((n, h + 1, 2, w + 1), dtype=pair_type, device=x.device)
+    out.copy_(pairs.permute(0, 1, 3, 2))
+    out = out.view(x.dtype).view(n, 1, 2 * h + 2, 2 * w + 2)
+    return out[:, :, :out_size, :out_size]
+
+
+class Conv2dStride2(torch.autograd.Function):
+    """``relu?(conv2d(x, weight, bias, stride=2))`` with a pinned memory format."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, relu: bool, memory_format: torch.memory_format):
+        x = x.contiguous(memory_format=memory_format)
+        y = F.conv2d(x, weight, bias, stride=2)
+        if relu:
+            y.relu_()
+        ctx.relu, ctx.memory_format = relu, memory_format
+        ctx.save_for_backward(x, weight, y if relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, y, 0)
+        grad = grad.contiguous(memory_format=ctx.memory_format)
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]], _STRIDE, _PADDING, _DILATION, False, [0, 0], 1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+        )
+        return gx, gw, gb, None, None
+
+
+class ConvTranspose2dStride2(torch.autograd.Function):
+    """``relu?(conv_transpose2d(x, weight, bias, stride=2))`` cropped/padded to ``out_size``.
+
+    ``out_size`` is the output edge: 2·(in - 1) + 3 plus an output padding of 0 or 1.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, out_size: int, relu: bool,
+                memory_format: torch.memory_format):
+        x = x.contiguous(memory_format=memory_format)
+        if weight.shape[1] == 1 and x.shape[-1] == x.shape[-2]:
+            y = _one_channel_transposed(x, weight, bias, out_size)
+        else:
+            pad = out_size - (2 * (x.shape[-1] - 1) + 3)
+            y = F.conv_transpose2d(x, weight, None, stride=2, output_padding=pad)
+            y.add_(bias.view(1, -1, 1, 1))
+        if relu:
+            y.relu_()
+        ctx.relu, ctx.memory_format = relu, memory_format
+        ctx.save_for_backward(x, weight, y if relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, y, 0)
+        grad = grad.contiguous(memory_format=ctx.memory_format)
+        # The adjoint of a transposed convolution is the forward convolution with the same
+        # weight; its weight gradient is that convolution's, with the roles of x and grad
+        # swapped. (A last output row/column added by the output padding is never read.)
+        gx = F.conv2d(grad, weight, None, stride=2) if ctx.needs_input_grad[0] else None
+        gw = _weight_grad(x, grad, weight) if ctx.needs_input_grad[1] else None
+        gb = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None, None
+
+
+def conv2d_stride2(x, weight, bias, relu=True, memory_format=torch.contiguous_format):
+    """Apply :class:`Conv2dStride2`."""
+    return Conv2dStride2.apply(x, weight, bias, relu, memory_format)
+
+
+def conv_transpose2d_stride2(x, weight, bias, out_size, relu=True,
+                             memory_format=torch.contiguous_format):
+    """Apply :class:`ConvTranspose2dStride2`."""
+    return ConvTranspose2dStride2.apply(x, weight, bias, out_size, relu, memory_format)

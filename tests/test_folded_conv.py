@@ -1,0 +1,57 @@
+"""The hand-routed stride-2 convolutions equal PyTorch's own, values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_electrode_cae.core.folded_conv import conv2d_stride2, conv_transpose2d_stride2
+
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.mark.parametrize("memory_format", FORMATS)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("size, cin, cout", [(7, 1, 3), (8, 2, 4), (11, 3, 2)])
+def test_conv2d_stride2_matches_conv2d_and_passes_gradcheck(size, cin, cout, relu,
+                                                            memory_format):
+    torch.manual_seed(0)
+    x = torch.randn(2, cin, size, size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cout, cin, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, w, b, stride=2)
+    ref = F.relu(ref) if relu else ref
+    out = conv2d_stride2(x, w, b, relu, memory_format)
+    torch.testing.assert_close(out, ref)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: conv2d_stride2(x, w, b, relu, memory_format), (x, w, b)
+    )
+
+
+@pytest.mark.parametrize("memory_format", FORMATS)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("size, pad, cin, cout", [(3, 0, 2, 1), (5, 1, 2, 1), (4, 1, 1, 3), (5, 1, 3, 2),
+                                                  (6, 0, 2, 2)])
+def test_conv_transpose2d_stride2_matches_and_passes_gradcheck(size, pad, cin, cout, relu,
+                                                               memory_format):
+    torch.manual_seed(0)
+    x = torch.randn(2, cin, size, size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cin, cout, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    out_size = 2 * (size - 1) + 3 + pad
+    ref = F.conv_transpose2d(x, w, b, stride=2, output_padding=pad)
+    ref = F.relu(ref) if relu else ref
+    out = conv_transpose2d_stride2(x, w, b, out_size, relu, memory_format)
+    assert out.shape[-2:] == (out_size, out_size)
+    torch.testing.assert_close(out, ref)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: conv_transpose2d_stride2(x, w, b, out_size, relu, memory_format),
+        (x, w, b),
+    )
+
+
+def test_input_gradient_is_skipped_when_not_needed():
+    x = torch.randn(1, 1, 9, 9)
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    b = torch.zeros(4, requires_grad=True)
+    conv2d_stride2(x, w, b).sum().backward()
+    assert x.grad is None and w.grad is not None and b.grad is not None
