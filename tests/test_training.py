@@ -148,3 +148,41 @@ def test_resume_reaches_the_same_weights_and_history(tiny_stacks, tmp_path):
         [r.val_mse for r in full.history], rel=1e-6)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, full_state[key])
+
+
+def test_inference_batch_is_capped_by_voxels():
+    from napari_electrode_cae.core.training import INFERENCE_CHUNK_VOXELS, inference_batch_size
+
+    assert inference_batch_size(8, (24, 224, 224)) == 2  # paper windows: 2 at a time
+    assert inference_batch_size(8, (4, 224, 224)) == 8  # l = 4: unchanged
+    assert inference_batch_size(8, (8, 64, 64)) == 8  # quick preset: unchanged
+    assert inference_batch_size(1, (4, 16, 16)) == 1
+    assert inference_batch_size(64, (24, 224, 224)) * 24 * 224 * 224 <= INFERENCE_CHUNK_VOXELS
+    assert inference_batch_size(8, (48, 448, 448)) == 1  # larger than the cap: one at a time
+
+
+def test_window_mse_and_latents_in_voxel_capped_chunks_match(tiny_stacks, monkeypatch):
+    from napari_electrode_cae.core import encode_windows, evaluate, window_mse
+    from napari_electrode_cae.core import training as training_module
+
+    model, data = _setup(tiny_stacks)
+    train_idx, val_idx = split(data, 0.15, 0)
+    mse = window_mse(model, data, train_idx, 8)
+    latents = encode_windows(model, data, 8)
+    report = evaluate(model, data, train_idx, val_idx)
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: seen.append(len(x)) or forward(x))
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda x: seen.append(len(x)) or encode(x))
+    # a cap of 3 windows' voxels: chunks of 3 instead of 8, same numbers
+    monkeypatch.setattr(training_module, "INFERENCE_CHUNK_VOXELS", 3 * 4 * 16 * 16)
+    np.testing.assert_allclose(window_mse(model, data, train_idx, 8), mse, rtol=1e-5)
+    assert seen and max(seen) == 3
+    seen.clear()
+    np.testing.assert_allclose(encode_windows(model, data, 8), latents, rtol=1e-5, atol=1e-6)
+    assert seen and max(seen) == 3
+    chunked = evaluate(model, data, train_idx, val_idx)
+    assert chunked.mse.n_train == report.mse.n_train and chunked.window == report.window
+    for name in ("train_mean", "train_std", "val_mean", "val_std", "p_value"):
+        assert getattr(chunked.mse, name) == pytest.approx(getattr(report.mse, name), rel=1e-5)

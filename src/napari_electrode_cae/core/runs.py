@@ -31,7 +31,7 @@ from .errors import ElectrodeCAEError, RunFolderError
 from .evaluation import EvaluationReport
 from .model import ConvAutoEncoder3d, ModelConfig
 from .stack import ElectrodeStack
-from .training import EpochReport, TrainConfig
+from .training import EpochReport, TrainConfig, inference_batch_size
 from .windows import WindowDataset, WindowSpec
 
 RUN_FORMAT = "napari-electrode-cae run"
@@ -172,9 +172,14 @@ def write_report(run_dir: str | Path, report: EvaluationReport) -> None:
 def encode_windows(
     model: ConvAutoEncoder3d, data: WindowDataset, batch_size: int = 8
 ) -> np.ndarray:
-    """Latent features of every window of ``data``: float32 (n_windows, latent_dim)."""
+    """Latent features of every window of ``data``: float32 (n_windows, latent_dim).
+
+    Windows are encoded ``batch_size`` at a time, fewer for large windows (see
+    :func:`~.training.inference_batch_size`).
+    """
     model.eval()
     device = next(model.parameters()).device
+    batch_size = inference_batch_size(batch_size, data.spec.window_shape())
     out = np.empty((len(data), model.config.latent_dim), dtype=np.float32)
     for start in range(0, len(data), batch_size):
         idx = range(start, min(start + batch_size, len(data)))

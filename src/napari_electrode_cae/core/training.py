@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .allocator import reuse_freed_memory
 from .checkpoint import load_training_state, save_state_dict, save_training_state
 from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
 from .model import ConvAutoEncoder3d
@@ -153,6 +154,15 @@ def available_devices() -> list[str]:
     return found + ["cpu"]
 
 
+def make_optimiser(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam as in the paper, as one fused kernel where this torch has it (same update rule,
+    3-4x less time per step than the per-parameter loop; same state-dict layout)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without it
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) so that model initialisation and training are repeatable."""
     torch.manual_seed(seed)
@@ -232,7 +242,7 @@ def train(
         )
     device = resolve_device(config.device)
     model.to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimiser = make_optimiser(model, config.lr)
     loss_fn = nn.MSELoss()
     n_batches = math.ceil(len(train_idx) / config.batch_size)
     history: list[EpochReport] = []
@@ -261,6 +271,8 @@ def train(
         first_epoch = saved["epoch"] + 1
     finished = False
     stage = "training"
+    keep_buffers = reuse_freed_memory()  # released in the finally below
+    keep_buffers.__enter__()
     try:
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
@@ -311,6 +323,7 @@ def train(
             out_of_memory_message(device, config.batch_size, spec.window_shape(), stage)
         ) from exc.with_traceback(None)
     finally:
+        keep_buffers.__exit__(None, None, None)
         model.load_state_dict(best_state)
         model.eval()
     return TrainResult(
@@ -361,6 +374,32 @@ def run_training(
             return stop.value
 
 
+#: Most voxels that validation, evaluation and encoding push through the model at once: two
+#: paper windows (l = 24, crop 224). A batch of 8 such windows needs 220-290 MiB of
+#: activations, 2 need 55-75 MiB (less than one training step), at about the same speed on a
+#: CPU; windows of the quick preset (8 x 64 x 64) still go 8 or more at a time.
+INFERENCE_CHUNK_VOXELS = 2 * 24 * 224 * 224
+
+
+def inference_batch_size(batch_size: int, window_shape: Sequence[int]) -> int:
+    """Windows per inference chunk: ``batch_size``, capped at :data:`INFERENCE_CHUNK_VOXELS`.
+
+    Parameters
+    ----------
+    batch_size : int
+        The requested number of windows per chunk.
+    window_shape : sequence of 3 int
+        (l, crop, crop) of one window.
+
+    Returns
+    -------
+    int
+        At least 1, at most ``batch_size``.
+    """
+    voxels = max(1, math.prod(int(n) for n in window_shape))
+    return max(1, min(int(batch_size), INFERENCE_CHUNK_VOXELS // voxels))
+
+
 @torch.inference_mode()
 def window_mse(
     model: ConvAutoEncoder3d,
@@ -368,12 +407,17 @@ def window_mse(
     indices: Sequence[int],
     batch_size: int = 8,
 ) -> np.ndarray:
-    """Per-window reconstruction MSE (network values) for windows ``indices``; float64 (n,)."""
+    """Per-window reconstruction MSE (network values) for windows ``indices``; float64 (n,).
+
+    Windows go through the model ``batch_size`` at a time, fewer for large windows (see
+    :func:`inference_batch_size`), so the memory peak does not grow with ``batch_size``.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = np.empty(len(indices), dtype=np.float64)
     indices = np.asarray(indices, dtype=np.int64)
+    batch_size = inference_batch_size(batch_size, data.spec.window_shape())
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         x = data.batch(chunk).to(device)

@@ -1,0 +1,78 @@
+"""Keep freed activation buffers in the process while training (glibc only).
+
+Every training step allocates and frees the same few tens of MiB-sized tensors. With glibc's
+default settings, blocks that big are returned to the kernel when freed and faulted in again,
+page by page, on the next step: on the paper's shapes that is ~60,000 page faults and 40-80 %
+more time per step on a 2-core CPU. Raising glibc's mmap and trim thresholds for the duration
+of training keeps those blocks in the heap for reuse; afterwards the thresholds go back to
+glibc's defaults and the kept memory is handed back (``malloc_trim``). Peak memory is
+unchanged: the buffers are reused, not added.
+
+Nothing happens on other C libraries, or when the user tunes malloc through the environment
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP_BYTES = 256 * 2**20  # larger than any single activation of the paper model (~20 MiB)
+_DEFAULT_BYTES = 128 * 2**10  # glibc's initial values for both thresholds
+_ENV_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+_lock = threading.Lock()
+_users = 0
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux") or any(k in os.environ for k in _ENV_SETTINGS):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt  # noqa: B018 - missing on musl and friends
+        libc.malloc_trim
+        libc.gnu_get_libc_version
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _set_thresholds(libc: ctypes.CDLL, value: int) -> bool:
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, value)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, value)
+    )
+
+
+@contextlib.contextmanager
+def reuse_freed_memory() -> Iterator[bool]:
+    """Within the block, glibc keeps freed large blocks for reuse; yields whether it applies.
+
+    Re-entrant and thread-safe: the thresholds are raised by the first user and restored by
+    the last one.
+    """
+    global _users
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    with _lock:
+        applied = _set_thresholds(libc, _KEEP_BYTES) if _users == 0 else True
+        if applied:
+            _users += 1
+    try:
+        yield applied
+    finally:
+        if applied:
+            with _lock:
+                _users -= 1
+                if _users == 0:
+                    _set_thresholds(libc, _DEFAULT_BYTES)
+                    libc.malloc_trim(0)

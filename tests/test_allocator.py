@@ -1,0 +1,84 @@
+"""Training keeps freed large buffers for reuse instead of faulting them in every step."""
+
+import resource
+import sys
+
+import pytest
+import torch
+
+from napari_electrode_cae.core import allocator
+from napari_electrode_cae.core.allocator import reuse_freed_memory
+
+BIG = 48 * 2**20  # bytes: larger than glibc's default (and dynamic, ≤ 32 MiB) mmap threshold
+
+
+def _faults_of_second_allocation() -> int:
+    # torch, not numpy: numpy asks for transparent huge pages, which fault 2 MiB at a time
+    torch.ones(BIG // 4)  # allocate, touch, free
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(BIG // 4)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.fixture
+def no_malloc_env(monkeypatch):
+    for name in allocator._ENV_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_freed_blocks_are_reused_inside_and_returned_after(no_malloc_env):
+    if allocator._glibc() is None:
+        pytest.skip("not glibc")
+    outside = _faults_of_second_allocation()
+    with reuse_freed_memory() as applied:
+        assert applied
+        inside = _faults_of_second_allocation()
+    after = _faults_of_second_allocation()
+    pages = BIG // resource.getpagesize()
+    assert outside > pages // 2  # glibc's default: the block is unmapped and faulted in again
+    assert inside < pages // 20  # kept in the heap and reused
+    assert after > pages // 2  # defaults restored
+
+
+def test_nested_and_repeated_use_restores_once(no_malloc_env, monkeypatch):
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(allocator, "_glibc", lambda: FakeLibc())
+    with reuse_freed_memory() as outer:
+        with reuse_freed_memory() as inner:
+            assert outer and inner
+        assert ("trim", 0) not in calls  # the outer user still trains
+    assert calls.count(("trim", 0)) == 1
+    raised = [c for c in calls if c[0] == "mallopt" and c[2] == allocator._KEEP_BYTES]
+    restored = [c for c in calls if c[0] == "mallopt" and c[2] == allocator._DEFAULT_BYTES]
+    assert len(raised) == 2 and len(restored) == 2  # both thresholds, once each
+
+
+def test_user_malloc_settings_are_left_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1073741824")
+    with reuse_freed_memory() as applied:
+        assert not applied
+
+
+def test_failed_mallopt_changes_nothing(no_malloc_env, monkeypatch):
+    class RefusingLibc:
+        def mallopt(self, param, value):
+            return 0
+
+        def malloc_trim(self, pad):  # pragma: no cover - must not be called
+            raise AssertionError("trim without a change")
+
+    monkeypatch.setattr(allocator, "_glibc", lambda: RefusingLibc())
+    with reuse_freed_memory() as applied:
+        assert not applied
+    assert allocator._users == 0
