@@ -55,3 +55,28 @@ def test_input_gradient_is_skipped_when_not_needed():
     b = torch.zeros(4, requires_grad=True)
     conv2d_stride2(x, w, b).sum().backward()
     assert x.grad is None and w.grad is not None and b.grad is not None
+
+
+def test_weight_gradient_in_batch_slices_is_the_same(monkeypatch):
+    from napari_electrode_cae.core import folded_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 9, 9, dtype=torch.float64)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    xt = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    wt = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    bt = torch.randn(1, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for chunk in (10**9, 50):  # one call, then slices of one or two items
+        monkeypatch.setattr(folded_conv, "WEIGHT_GRAD_CHUNK", chunk)
+        for p in (w, b, wt, bt):
+            p.grad = None
+        conv2d_stride2(x, w, b).square().sum().backward()
+        conv_transpose2d_stride2(xt, wt, bt, 10, relu=False).square().sum().backward()
+        grads.append([p.grad.clone() for p in (w, b, wt, bt)])
+    for one, sliced in zip(*grads):
+        torch.testing.assert_close(sliced, one)
+    ref = torch.autograd.grad(F.conv2d(x, w, b, stride=2).relu().square().sum(), (w, b))
+    torch.testing.assert_close(grads[1][0], ref[0])
+    torch.testing.assert_close(grads[1][1], ref[1])

@@ -5,11 +5,13 @@ default settings, blocks that big are returned to the kernel when freed and faul
 page by page, on the next step: on the paper's shapes that is ~60,000 page faults and 40-80 %
 more time per step on a 2-core CPU. Raising glibc's mmap and trim thresholds for the duration
 of training keeps those blocks in the heap for reuse; afterwards the thresholds go back to
-glibc's defaults and the kept memory is handed back (``malloc_trim``). Peak memory is
-unchanged: the buffers are reused, not added.
+glibc's defaults and the kept memory is handed back (``malloc_trim``). The price is some heap
+fragmentation: the peak RSS of a paper-sized training run is ~45 MiB higher
+(``benchmarks/memory_training.py``).
 
-Nothing happens on other C libraries, or when the user tunes malloc through the environment
-(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``).
+Nothing happens on other C libraries, when the user tunes malloc through the environment
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``), or with
+``ELECTRODE_CAE_KEEP_BUFFERS=0`` (lower peak memory, slower steps).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ _users = 0
 
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux") or any(k in os.environ for k in _ENV_SETTINGS):
+        return None
+    if os.environ.get("ELECTRODE_CAE_KEEP_BUFFERS", "1").strip() in ("0", "false", "no"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

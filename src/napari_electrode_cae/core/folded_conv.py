@@ -28,12 +28,44 @@ _PADDING = [0, 0]
 _DILATION = [1, 1]
 
 
-def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """dL/dweight of ``conv2d(inp, weight, stride=2)`` given ``grad_out`` (no bias)."""
-    return torch.ops.aten.convolution_backward(
-        grad_out, inp, weight, None, _STRIDE, _PADDING, _DILATION, False, [0, 0], 1,
-        [False, True, False],
-    )[1]
+def _relu_backward(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Zero ``grad`` where the ReLU output ``y`` is 0; in place when ``grad`` is dense.
+
+    Inside the auto-encoder the incoming gradient of a ReLU layer is always the input gradient
+    that the next layer's backward has just made (every activation has one consumer), so
+    masking it in place saves one activation-sized buffer per layer. Expanded or overlapping
+    gradients (e.g. from ``y.sum().backward()``) get a new tensor.
+    """
+    dense = grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)
+    if dense and grad.shape == y.shape and grad.requires_grad is False:
+        return torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
+    return torch.ops.aten.threshold_backward(grad, y, 0)
+
+
+#: Largest activation (elements) handed to oneDNN's weight-gradient kernel in one call. oneDNN
+#: reorders its operands into channel blocks of 16, so an 8-channel activation briefly takes
+#: twice its size; slicing the batch bounds that scratch memory (the sum of the slices'
+#: gradients is the gradient).
+WEIGHT_GRAD_CHUNK = 2**22
+
+
+def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
+                 with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """dL/dweight (and dL/dbias) of ``conv2d(inp, weight, stride=2)`` given ``grad_out``."""
+    n = grad_out.shape[0]
+    per_item = max(grad_out[0].numel(), inp[0].numel())
+    step = max(1, min(n, WEIGHT_GRAD_CHUNK // max(per_item, 1)))
+    gw = gb = None
+    for start in range(0, n, step):
+        _, w_part, b_part = torch.ops.aten.convolution_backward(
+            grad_out[start : start + step], inp[start : start + step], weight,
+            [weight.shape[0]] if with_bias else None, _STRIDE, _PADDING, _DILATION, False,
+            [0, 0], 1, [False, True, with_bias],
+        )
+        gw = w_part if gw is None else gw.add_(w_part)
+        if with_bias:
+            gb = b_part if gb is None else gb.add_(b_part)
+    return gw, gb
 
 
 # (output phase a, row u of the 2×2 sub-kernel, row k of the 3×3 kernel): output row 2m + a of
@@ -95,11 +127,14 @@ class Conv2dStride2(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, y = ctx.saved_tensors
         if ctx.relu:
-            grad = torch.ops.aten.threshold_backward(grad, y, 0)
+            grad = _relu_backward(grad, y)
         grad = grad.contiguous(memory_format=ctx.memory_format)
+        if not ctx.needs_input_grad[0]:  # the first layer: weights only, in slices
+            gw, gb = _weight_grad(grad, x, weight, with_bias=True)
+            return None, gw, gb, None, None
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.shape[0]], _STRIDE, _PADDING, _DILATION, False, [0, 0], 1,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+            [True, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
         )
         return gx, gw, gb, None, None
 
@@ -130,13 +165,13 @@ class ConvTranspose2dStride2(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, y = ctx.saved_tensors
         if ctx.relu:
-            grad = torch.ops.aten.threshold_backward(grad, y, 0)
+            grad = _relu_backward(grad, y)
         grad = grad.contiguous(memory_format=ctx.memory_format)
         # The adjoint of a transposed convolution is the forward convolution with the same
         # weight; its weight gradient is that convolution's, with the roles of x and grad
         # swapped. (A last output row/column added by the output padding is never read.)
         gx = F.conv2d(grad, weight, None, stride=2) if ctx.needs_input_grad[0] else None
-        gw = _weight_grad(x, grad, weight) if ctx.needs_input_grad[1] else None
+        gw = _weight_grad(x, grad, weight)[0] if ctx.needs_input_grad[1] else None
         gb = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
 

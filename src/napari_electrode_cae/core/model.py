@@ -23,20 +23,18 @@ from .errors import ModelConfigError
 from .folded_conv import conv2d_stride2, conv_transpose2d_stride2
 
 CONV_LAYER_CHOICES = (3, 4, 5)
-_CHANNELS_LAST = torch.channels_last
 _CONTIGUOUS = torch.contiguous_format
 
 
 def default_memory_formats(conv_layers: int) -> list[torch.memory_format]:
     """Per-layer memory formats of the folded path: encoder convolutions, then decoder ones.
 
-    Channels-last only pays for the decoder's second-to-last transposed convolution (16 -> 8
-    channels on the paper's shapes); everything else runs fastest in the contiguous layout.
+    The contiguous layout for every layer: on the paper's shapes it beat every mix with
+    channels-last in a per-layer search of the whole training step, at 1 and 2 threads
+    (``benchmarks/layer_formats.py``); channels-last also costs a reordered copy of each
+    gradient.
     """
-    decoder = [_CONTIGUOUS] * conv_layers
-    if conv_layers >= 2:
-        decoder[-2] = _CHANNELS_LAST
-    return [_CONTIGUOUS] * conv_layers + decoder
+    return [_CONTIGUOUS] * (2 * conv_layers)
 
 
 @dataclass(frozen=True)
@@ -163,8 +161,6 @@ class ConvAutoEncoder3d(nn.Module):
         #: Memory format of each folded convolution's input and gradient: encoder layers,
         #: then decoder layers (measured per layer by benchmarks/layer_formats.py).
         self.memory_formats = default_memory_formats(conv_layers)
-        #: Slices sent through the in-plane layers together (None: all at once).
-        self.slice_chunk: int | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -180,16 +176,9 @@ class ConvAutoEncoder3d(nn.Module):
         n, _, depth, height, width = x.shape
         formats = self.memory_formats
         # (N, 1, l, H, W) -> (N*l, 1, H, W): the (1, 3, 3) layers see each slice as an image.
-        slices = x.reshape(n * depth, 1, height, width)
-        chunks = []
-        for start in range(0, n * depth, self.slice_chunk or n * depth):
-            # a few slices at a time through all in-plane layers: each layer's input is
-            # still in the CPU cache when the next layer reads it
-            h = slices[start : start + (self.slice_chunk or n * depth)]
-            for i, conv in enumerate(convs[:-1]):
-                h = conv2d_stride2(h, conv.weight.squeeze(2), conv.bias, True, formats[i])
-            chunks.append(h)
-        h = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        h = x.reshape(n * depth, 1, height, width)
+        for i, conv in enumerate(convs[:-1]):
+            h = conv2d_stride2(h, conv.weight.squeeze(2), conv.bias, True, formats[i])
         # (N*l, C, h, w) -> (N, l*C, h, w), channels ordered (depth, channel): the (l, 3, 3)
         # convolution over the whole depth is a 2D convolution over l*C input channels.
         last = convs[-1]
@@ -218,15 +207,10 @@ class ConvAutoEncoder3d(nn.Module):
         weight = first.weight.permute(0, 2, 1, 3, 4).reshape(channels, depth * c, 3, 3)
         h = conv_transpose2d_stride2(h, weight, first.bias.repeat(depth), sizes[1], True,
                                      formats[0])
-        slices = h.contiguous().reshape(n * depth, c, h.shape[2], h.shape[3])
-        chunks = []
-        for start in range(0, n * depth, self.slice_chunk or n * depth):
-            h = slices[start : start + (self.slice_chunk or n * depth)]
-            for i, conv in enumerate(convs[1:], start=1):
-                h = conv_transpose2d_stride2(h, conv.weight.squeeze(2), conv.bias,
-                                             sizes[i + 1], i < len(convs) - 1, formats[i])
-            chunks.append(h)
-        h = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        h = h.contiguous().reshape(n * depth, c, h.shape[2], h.shape[3])
+        for i, conv in enumerate(convs[1:], start=1):
+            h = conv_transpose2d_stride2(h, conv.weight.squeeze(2), conv.bias, sizes[i + 1],
+                                         i < len(convs) - 1, formats[i])
         return h.contiguous().reshape(n, 1, depth, h.shape[2], h.shape[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
