@@ -355,13 +355,14 @@ def test_gui_command_reads_stacks_then_launches_and_runs(monkeypatch, tmp_path, 
     (args, kwargs), run = calls
     (stack,) = args[0]
     assert isinstance(stack, core.ElectrodeStack) and stack.voxel_size_um == 0.25
-    assert kwargs == {"run_dir": run_dir, "sample": True, "show": True}
+    assert kwargs == {"run_dir": run_dir, "sample": True, "show": True, "freeze_gc": True}
     assert run == "run"
     assert "x: 4x8x8 voxels" in capsys.readouterr().err
 
     calls.clear()
     assert cli.main(["gui", "--no-sample"]) == 0
-    assert calls[0] == (([],), {"run_dir": None, "sample": False, "show": True})
+    assert calls[0] == (([],), {"run_dir": None, "sample": False, "show": True,
+                                "freeze_gc": True})
 
 
 def test_gui_command_reports_bad_input_in_one_line(tmp_path, capsys):

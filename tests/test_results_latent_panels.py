@@ -113,6 +113,30 @@ def test_runner_is_latest_wins(qtbot, runner_class):
     assert not runner.worker_alive
 
 
+def test_thread_runner_hands_over_only_the_newest_result(qtbot):
+    """Results finished while the main thread is busy do not pile up in its event queue."""
+    import threading
+    import time
+
+    results = []
+    runner = ThreadRunner(results.append)
+    first_running = threading.Event()
+
+    def first():
+        first_running.set()
+        time.sleep(0.05)
+        return "first"
+
+    runner.submit(first)
+    assert first_running.wait(10.0)
+    runner.submit(lambda: "second")  # pending while the first runs
+    time.sleep(0.3)  # both finish; the main thread takes nothing meanwhile
+    qtbot.waitUntil(lambda: runner.idle, timeout=WAIT_MS)
+    assert results == ["second"]
+    assert runner.counts.completed == 1 and runner.counts.superseded == 1
+    runner.shutdown()
+
+
 def test_thread_runner_gives_its_pool_thread_back_when_idle(qtbot, monkeypatch):
     from napari_electrode_cae._widgets import live_decoder
 
@@ -126,6 +150,40 @@ def test_thread_runner_gives_its_pool_thread_back_when_idle(qtbot, monkeypatch):
     qtbot.waitUntil(lambda: runner.idle, timeout=WAIT_MS)
     runner.shutdown()
     assert results == [1, 2] and not runner.worker_alive
+
+
+def test_turn_queue_runs_one_step_at_a_time_round_robin(qtbot):
+    """Panels sharing a TurnQueue take turns: one step of one of them per event-loop turn."""
+    from qtpy.QtCore import QObject
+
+    from napari_electrode_cae._widgets.turns import TurnQueue, TurnScheduler
+
+    owner = QObject()
+    queue = TurnQueue(owner)
+    ran = []
+
+    def steps(name, n):
+        left = [n]
+
+        def step():
+            ran.append(name)
+            left[0] -= 1
+            return left[0] > 0
+
+        return step
+
+    a = TurnScheduler(steps("a", 3), owner, queue)
+    b = TurnScheduler(steps("b", 2), owner, queue)
+    c = TurnScheduler(steps("c", 5), owner, queue)
+    a.schedule()
+    b.schedule()
+    a.schedule()  # already waiting: once
+    c.schedule()
+    c.stop()  # dropped, and later schedules are ignored
+    c.schedule()
+    assert ran == [] and a.pending and b.pending and not c.pending
+    qtbot.waitUntil(lambda: not a.pending and not b.pending, timeout=WAIT_MS)
+    assert ran == ["a", "b", "a", "b", "a"]
 
 
 # ------------------------------------------------------------------------------- results panel
@@ -147,7 +205,7 @@ def test_results_panel_shows_window_side_by_side(make_napari_viewer, qtbot, trai
                                 name=_layers.WINDOW_OUTLINE_LAYER)
     state = make_state(trained)
     panel = ResultsPanel(viewer, state)
-    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel._runner.idle,
+    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
                     timeout=WAIT_MS)
     outline.visible = True  # the Windows panel re-shows its outline on each selection
     assert not outline.visible and viewer.canvas.grid.shape == (1, 2)
@@ -166,7 +224,7 @@ def test_results_panel_shows_window_side_by_side(make_napari_viewer, qtbot, trai
     target = int(state.split.val[0]) if int(state.split.val[0]) != 0 else int(state.split.val[-1])
     state.selected_window = target
     assert panel.window_spin.value() == target
-    qtbot.waitUntil(lambda: panel._runner.idle and panel._last_result.index == target,
+    qtbot.waitUntil(lambda: panel.idle and panel._last_result.index == target,
                     timeout=WAIT_MS)
     assert viewer.layers[_layers.RECONSTRUCTION_LAYER] is recon
     np.testing.assert_array_equal(original.data, state.dataset.view(target))
@@ -177,13 +235,32 @@ def test_results_panel_shows_window_side_by_side(make_napari_viewer, qtbot, trai
 
     # the continuous values join the grid; side by side off restores the stack layer
     panel.values_check.setChecked(True)
+    qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
     assert viewer.layers[_layers.RECONSTRUCTION_VALUES_LAYER].data.dtype == np.float32
+    assert viewer.layers.index(_layers.RECONSTRUCTION_VALUES_LAYER) \
+        == viewer.layers.index(_layers.RECONSTRUCTION_LAYER) + 1
     assert viewer.canvas.grid.shape == (1, 3)
     panel.side_by_side_check.setChecked(False)
     assert not viewer.canvas.grid.enabled and viewer.layers[stack.name].visible
     assert outline.visible
     panel.three_d_check.setChecked(True)
     assert viewer.dims.ndisplay == 3
+    panel.shutdown()
+
+
+def test_window_layers_keep_their_grid_order(make_napari_viewer, qtbot, trained):
+    """A decoded layer made first (the Latents panel was faster) stays right of the others."""
+    viewer = make_napari_viewer()
+    state = make_state(trained)
+    decoded = _layers.add_phase_labels(viewer, np.zeros((4, 16, 16), np.uint8),
+                                       _layers.DECODED_LAYER, 1.0)
+    panel = ResultsPanel(viewer, state)
+    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
+                    timeout=WAIT_MS)
+    names = [layer.name for layer in viewer.layers]
+    assert names == [_layers.ORIGINAL_LAYER, _layers.RECONSTRUCTION_LAYER, _layers.DECODED_LAYER]
+    assert viewer.layers[_layers.DECODED_LAYER] is decoded
+    assert viewer.canvas.grid.shape == (1, 3)
     panel.shutdown()
 
 
@@ -221,7 +298,7 @@ def test_results_panel_spin_random_and_click_select_windows(make_napari_viewer, 
         click.type = "mouse_press"
         picked = state.dataset.origin(state.selected_window)
         assert (picked[3] <= 20 < picked[3] + 16) == (moves == 0)
-    qtbot.waitUntil(lambda: panel._runner.idle and panel._last_result is not None
+    qtbot.waitUntil(lambda: panel.idle and panel._last_result is not None
                     and panel._last_result.index == state.selected_window, timeout=WAIT_MS)
     panel.shutdown()
 
@@ -237,7 +314,7 @@ def test_latent_panel_sliders_decode_live(make_napari_viewer, qtbot, trained):
     state.model_version += 1
     assert len(panel.sliders) == model.config.latent_dim
     np.testing.assert_allclose(panel.latent_vector(), latents[0], atol=1e-2)
-    qtbot.waitUntil(lambda: _layers.DECODED_LAYER in viewer.layers and panel.decoder.idle,
+    qtbot.waitUntil(lambda: _layers.DECODED_LAYER in viewer.layers and panel.idle,
                     timeout=WAIT_MS)
     layer = viewer.layers[_layers.DECODED_LAYER]
     assert layer.data.shape == (4, 16, 16)
@@ -246,7 +323,7 @@ def test_latent_panel_sliders_decode_live(make_napari_viewer, qtbot, trained):
     before = layer.data.copy()
     slider = panel.sliders[1]
     slider.setValue(slider.maximum())
-    qtbot.waitUntil(lambda: panel.decoder.idle, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
     assert viewer.layers[_layers.DECODED_LAYER] is layer
     expected = decode_directly(model, panel.latent_vector())
     np.testing.assert_array_equal(layer.data, expected)
@@ -258,7 +335,7 @@ def test_latent_panel_sliders_decode_live(make_napari_viewer, qtbot, trained):
     low, high = slider.minimum(), slider.maximum()
     for value in np.linspace(high, low, moves):
         slider.setValue(float(value))
-    qtbot.waitUntil(lambda: panel.decoder.idle, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
     assert panel.latent_vector()[1] == pytest.approx(low, abs=1e-3)
     np.testing.assert_array_equal(layer.data, decode_directly(model, panel.latent_vector()))
     assert panel.decoder.jobs_run - done_before < moves
@@ -269,7 +346,7 @@ def test_latent_panel_sliders_decode_live(make_napari_viewer, qtbot, trained):
     panel.reset_button.click()
     np.testing.assert_allclose(panel.latent_vector(), latents[2], atol=1e-2)
     assert "2" in panel.reset_button.text()
-    qtbot.waitUntil(lambda: panel.decoder.idle, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
     panel.shutdown()
     assert not panel.decoder.worker_alive
 
@@ -280,7 +357,7 @@ def test_panels_wait_while_a_new_model_is_trained(make_napari_viewer, qtbot, tra
     viewer = make_napari_viewer()
     state = make_state(trained)
     results, latent = ResultsPanel(viewer, state), LatentPanel(viewer, state)
-    qtbot.waitUntil(lambda: results._runner.idle and latent.decoder.idle, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: results.idle and latent.idle, timeout=WAIT_MS)
     training = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=16,
                                       latent_dim=2)
     state.model, state.latents, state.report = training, None, None
@@ -288,13 +365,75 @@ def test_panels_wait_while_a_new_model_is_trained(make_napari_viewer, qtbot, tra
     assert latent.status_label.text() == MODEL_PENDING_MESSAGE
     assert not latent.slider_box.isEnabled() and len(latent.sliders) == 3
     state.selected_window = 1  # nothing is decoded or reconstructed with the old weights now
-    assert results._runner.idle and latent.decoder.idle
+    assert results.idle and latent.idle
     state.latents = core.encode_windows(training, state.dataset)
     state.model_version += 1  # training finished
     assert len(latent.sliders) == 2 and latent.slider_box.isEnabled()
-    qtbot.waitUntil(lambda: results._runner.idle and latent.decoder.idle
+    qtbot.waitUntil(lambda: results.idle and latent.idle and results._last_result is not None
                     and results._last_result.index == 1, timeout=WAIT_MS)
     assert results.status_label.text().startswith("showing window 1")
+    results.shutdown()
+    latent.shutdown()
+
+
+def perturbed(model, scale: float = 0.05):
+    """A copy of ``model`` with noise on every weight (a 'retrained' model of the same shape)."""
+    import copy
+
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return other.eval()
+
+
+def test_window_layers_are_made_once_and_reused(make_napari_viewer, qtbot, trained):
+    """Results and Latents as tabs (Results shown): the original, reconstruction and decoded
+    layers share one side-by-side grid; a new model of the same shape updates their data
+    instead of adding layers, the decoded one too while its tab is hidden."""
+    from qtpy.QtWidgets import QTabWidget
+
+    stack, model, latents, _ = trained
+    viewer = make_napari_viewer()
+    viewer.add_labels(stack.labels, name=stack.name, scale=(stack.voxel_size_um,) * 3)
+    state = make_state(trained)
+    results, latent = ResultsPanel(viewer, state), LatentPanel(viewer, state)
+    tabs = QTabWidget()
+    tabs.addTab(results, "Results")
+    tabs.addTab(latent, "Latents")
+    qtbot.addWidget(tabs)
+    tabs.show()
+
+    def settled():
+        return results.idle and latent.idle
+
+    names = (_layers.ORIGINAL_LAYER, _layers.RECONSTRUCTION_LAYER, _layers.DECODED_LAYER)
+    qtbot.waitUntil(lambda: all(name in viewer.layers for name in names) and settled(),
+                    timeout=WAIT_MS)
+    assert viewer.canvas.grid.enabled and viewer.canvas.grid.shape == (1, 3)
+    assert not viewer.layers[stack.name].visible
+    layers = [viewer.layers[name] for name in names]
+    assert all(layer.name_overlay.visible for layer in layers)
+    positions = [viewer.layers.index(name) for name in names]  # the grid's cell order
+    assert positions == sorted(positions), "original, reconstruction, decoded: left to right"
+    np.testing.assert_array_equal(layers[2].data, decode_directly(model, latent.latent_vector()))
+
+    # trained again (same shapes): the same layer objects get the new model's data
+    second = perturbed(model)
+    second_latents = core.encode_windows(second, state.dataset)
+    state.model = second
+    state.latents = second_latents
+    state.model_version += 1  # both panels submit work at once: not settled until shown
+    qtbot.waitUntil(settled, timeout=WAIT_MS)
+    assert [viewer.layers[name] for name in names] == layers
+    index = state.selected_window
+    expected = core.snap_to_phases(core.reconstruct(second, state.dataset[index]))
+    np.testing.assert_array_equal(layers[1].data, expected)
+    np.testing.assert_array_equal(layers[2].data,
+                                  decode_directly(second, latent.latent_vector()))
+    np.testing.assert_allclose(latent.latent_vector(), second_latents[index], atol=1e-2)
+    assert viewer.canvas.grid.shape == (1, 3)
     results.shutdown()
     latent.shutdown()
 

@@ -61,6 +61,8 @@ def test_train_runs_evaluates_and_updates_state(make_napari_viewer, qtbot, error
     assert len(state.history) == 2
     assert all(isinstance(r, core.EpochReport) for r in state.history)
     assert panel.loss_plot.point_count() == (2, 2)
+    # the progress bar is repainted at most every PROGRESS_INTERVAL_S, but ends on the last batch
+    assert panel.progress_bar.value() == panel.progress_bar.maximum() > 0
     assert state.latents.shape == (len(state.dataset), 3)
     assert isinstance(state.report, core.EvaluationReport)
     assert versions == [1]

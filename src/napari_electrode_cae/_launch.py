@@ -6,6 +6,7 @@ no event loop). napari is imported inside :func:`launch`, so importing this modu
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ def launch(
     phases: Mapping[Any, str] | str | None = None,
     voxel_size_um: float | None = None,
     calendered: bool | None = None,
+    freeze_gc: bool = False,
 ) -> tuple[Any, Any]:
     """Open a napari viewer with electrode stacks loaded and the Electrode CAE widget docked.
 
@@ -51,6 +53,10 @@ def launch(
         and close the viewer themselves.
     phases, voxel_size_um, calendered
         Passed to :func:`napari_electrode_cae.core.read_stack` for every path in ``stacks``.
+    freeze_gc : bool
+        Call :func:`freeze_long_lived_objects` once the viewer and the widget exist and before
+        the stack layers are added (``electrode-cae gui`` does; a process that opens and closes
+        many viewers, such as the test suite, should not).
 
     Returns
     -------
@@ -84,6 +90,10 @@ def launch(
 
     viewer = napari.Viewer(title="napari: Electrode CAE", show=show)
     try:
+        # The widget first, then the data: what exists before the stacks can be frozen.
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, WIDGET_NAME)
+        if freeze_gc:
+            freeze_long_lived_objects()
         if loaded:
             for i, stack in enumerate(loaded):
                 viewer.add_labels(stack.labels, visible=i == 0, **labels_layer_kwargs(stack))
@@ -93,13 +103,28 @@ def launch(
                     layer.visible = i == 0
         if len(viewer.layers):
             viewer.layers.selection.active = viewer.layers[0]  # the visible one
-        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, WIDGET_NAME)
         if run_dir is not None:
             _open_run(widget, Path(run_dir))
     except BaseException:
         viewer.close()
         raise
     return viewer, widget
+
+
+def freeze_long_lived_objects() -> None:
+    """Take every object alive now out of the cyclic garbage collector's full collections.
+
+    With napari, Qt, vispy, torch and matplotlib loaded and a viewer open, Python tracks about
+    650,000 objects, and every full (oldest-generation) collection walks all of them: 300-480 ms
+    on a busy 2-core CPU, with the GIL held, so the GUI thread stops for that long (measured
+    when the first results create their layers and grid, see
+    ``benchmarks/gui_stall_training.py``). Frozen objects (:func:`gc.freeze`) are skipped by the
+    collector; they are still freed by reference counting, but cyclic garbage among them is
+    never reclaimed. Call this once, when what exists is meant to live as long as the process
+    (modules, the viewer, the docked widget) and before data layers that a user may delete.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _open_run(widget: Any, run_dir: Path) -> None:

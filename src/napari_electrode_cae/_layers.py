@@ -61,16 +61,25 @@ def stack_metadata(stack: ElectrodeStack) -> dict[str, Any]:
 
 
 def add_phase_labels(viewer: Any, labels: np.ndarray, name: str, voxel_size_um: float,
-                     **kwargs: Any) -> Any:
-    """Add (or update in place) a phase Labels layer called ``name``; returns the layer."""
+                     index: int | None = None, **kwargs: Any) -> Any:
+    """Add (or update in place) a phase Labels layer called ``name``; returns the layer.
+
+    A new layer goes on top of the layer list, or at position ``index``; one that replaces a
+    layer of another shape takes that layer's position.
+    """
+    from napari.layers import Labels
+
     if name in viewer.layers:
         layer = viewer.layers[name]
         if layer.data.shape == labels.shape:
             layer.data = labels
             return layer
+        index = viewer.layers.index(layer)
         viewer.layers.remove(layer)
-    return viewer.add_labels(labels, name=name, scale=(voxel_size_um,) * 3, units="µm",
-                             colormap=phase_colormap(), **kwargs)
+    layer = Labels(labels, name=name, scale=(voxel_size_um,) * 3, units="µm",
+                   colormap=phase_colormap(), **kwargs)
+    viewer.layers.insert(len(viewer.layers) if index is None else index, layer)
+    return layer
 
 
 def stack_from_layer(layer: Any, phases: dict[int, str] | None = None) -> ElectrodeStack:

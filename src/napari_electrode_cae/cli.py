@@ -552,7 +552,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
     from ._launch import launch  # imports napari (Qt) only now
 
     stacks = _read_stacks(args)  # before any window opens; reports each phase mapping
-    launch(stacks, run_dir=args.run, sample=not args.no_sample, show=True)
+    launch(stacks, run_dir=args.run, sample=not args.no_sample, show=True, freeze_gc=True)
     import napari
 
     napari.run()

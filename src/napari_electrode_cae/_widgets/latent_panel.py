@@ -5,6 +5,14 @@ the distribution of all encoded windows. Moving one decodes the vector with an e
 the model in a background worker, latest-wins (see :mod:`.live_decoder`), and writes the snapped
 phases into the ``_layers.DECODED_LAYER`` Labels layer in place, placed at the selected window so
 it shows up in the Results panel's side-by-side grid next to the original and reconstruction.
+
+Latest wins on the GUI side too: decoded volumes finished while the GUI thread paints do not
+pile up (the runner hands over only the newest). A new model's first decode runs at once, even
+while the panel is hidden: the decoded layer then exists before the Results panel builds its
+side-by-side grid, which is built once with three cells. (Made later, when the Latents tab is
+first shown, the layer would force napari to rebuild the grid: a second expensive GUI-thread
+call and repaint, 250-350 ms on a busy 2-core CPU with software OpenGL, measured with
+``benchmarks/gui_stall_training.py``.)
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from ..core.model import ConvAutoEncoder3d
 from ..core.runs import latents_table
 from .live_decoder import RUNNERS, DecodedVolume, decode_latent, model_snapshot
 from .results_panel import MODEL_PENDING_MESSAGE, NO_MODEL_MESSAGE, window_translate
+from .turns import TurnQueue, TurnScheduler
 
 if TYPE_CHECKING:
     import napari
@@ -93,6 +102,9 @@ class LatentPanel(QWidget):
         The plugin's shared state.
     runner : {"thread", "chained"}
         Background runner for the decoder (see :mod:`.live_decoder`).
+    turns : TurnQueue, optional
+        Event-loop turns shared with other panels for expensive layer work (see
+        :mod:`.turns`); by default the panel's own.
 
     Attributes
     ----------
@@ -100,13 +112,14 @@ class LatentPanel(QWidget):
         Emitted after a decoded volume has been written into the decoded layer.
     latency_log : list or None
         If a list, each shown decode appends ``(result, delivered_at, layer_updated_at)`` with
-        ``time.perf_counter()`` times (for benchmarks).
+        ``time.perf_counter()`` times (for benchmarks); ``delivered_at`` is when the result
+        reached the main thread, ``layer_updated_at`` when the layer's data was replaced.
     """
 
     decoded = Signal(object)
 
     def __init__(self, viewer: napari.Viewer, state: CAEState, parent: QWidget | None = None,
-                 runner: str = DEFAULT_RUNNER) -> None:
+                 runner: str = DEFAULT_RUNNER, turns: TurnQueue | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
@@ -116,6 +129,8 @@ class LatentPanel(QWidget):
         self.sliders: list[QLabeledDoubleSlider] = []
         self._slider_rows: list[QWidget] = []
         self.latency_log: list | None = None
+        self._to_add: tuple[DecodedVolume, float] | None = None  # (result, delivered at)
+        self._steps = TurnScheduler(self._add_decoded_layer, self, turns)
         self._build_ui()
         self._connections = [
             (state.events.model_version, self._on_model_version_changed),
@@ -172,7 +187,9 @@ class LatentPanel(QWidget):
                                       and self.state.dataset is not None)
 
     def _rebuild_sliders(self, k: int) -> None:
-        """Replace the sliders by ``k`` new ones (k = 0 removes them)."""
+        """Replace the sliders by ``k`` new ones (k = 0 removes them); kept if there are k."""
+        if k == len(self.sliders) and k > 0:
+            return
         for row in self._slider_rows:
             self.slider_grid.removeWidget(row)
             row.deleteLater()
@@ -280,21 +297,57 @@ class LatentPanel(QWidget):
         self.decoder.submit(decode_latent, self._snapshot, self.latent_vector(),
                             time.perf_counter())
 
+    @property
+    def idle(self) -> bool:
+        """True when no decode is running or waiting and the layer shows the newest one."""
+        return self.decoder.idle and self._to_add is None
+
     # ------------------------------------------------------------------------------ results
     def _on_decoded(self, result: DecodedVolume) -> None:
-        """Main thread: write the decoded phases into the decoded layer in place."""
+        """Main thread: write the decoded phases into the decoded layer, in place.
+
+        napari's ``layer.data`` setter (the translate only if the window moved). Making the
+        layer (the first time, or when the window shape changed) is expensive: it waits for an
+        event-loop turn of its own.
+        """
         delivered = time.perf_counter()
         if self._snapshot is None or len(result.latent) != len(self.sliders):
             return  # decoded with a model that has since been replaced
+        name = _layers.DECODED_LAYER
+        if name not in self.viewer.layers or self.viewer.layers[name].data.shape \
+                != result.labels.shape:
+            self._to_add = (result, delivered)
+            self._steps.schedule()
+            return
+        self._to_add = None
+        self._show_decoded(result, delivered)
+
+    def _add_decoded_layer(self) -> bool:
+        """Turn step: make the decoded layer with the newest decoded volume."""
+        if self._to_add is not None:
+            result, delivered = self._to_add
+            self._to_add = None
+            if self._snapshot is not None and len(result.latent) == len(self.sliders):
+                self._show_decoded(result, delivered)
+        return False
+
+    def _show_decoded(self, result: DecodedVolume, delivered: float) -> None:
+        """Write ``result`` into the decoded layer (made if missing) and the fractions line."""
         dataset, index = self.state.dataset, self.state.selected_window
         if dataset is not None and self.state.model_matches_dataset() and index < len(dataset):
             voxel, translate = dataset.voxel_size_um, window_translate(dataset, index)
         else:
             voxel, translate = DEFAULT_VOXEL_SIZE_UM, (0.0, 0.0, 0.0)
-        layer = _layers.add_phase_labels(self.viewer, result.labels, _layers.DECODED_LAYER,
-                                         voxel, translate=translate)
-        layer.translate = translate
-        layer.name_overlay.visible = self.viewer.canvas.grid.enabled
+        name = _layers.DECODED_LAYER
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape \
+                == result.labels.shape:
+            layer = self.viewer.layers[name]
+            layer.data = result.labels
+            if not np.allclose(layer.translate, translate):
+                layer.translate = translate
+        else:
+            _layers.add_phase_labels(self.viewer, result.labels, name, voxel,
+                                     translate=translate)
         if self.latency_log is not None:
             self.latency_log.append((result, delivered, time.perf_counter()))
         f = result.fractions
@@ -353,6 +406,8 @@ class LatentPanel(QWidget):
     # ------------------------------------------------------------------------------ cleanup
     def shutdown(self) -> None:
         """Stop the decoder worker, wait for it and disconnect from the state."""
+        self._steps.stop()
+        self._to_add = None
         self.decoder.shutdown()
         for signal, slot in self._connections:
             signal.disconnect(slot)

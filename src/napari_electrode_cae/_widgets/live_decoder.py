@@ -3,15 +3,17 @@
 A slider drag produces dozens of value changes per second; decoding each one would queue work
 and make the view lag further and further behind. The runners here keep at most one job running
 and at most one pending: a submission while a job runs only replaces the pending job, and when
-the running job finishes the newest pending one starts. Dragging therefore never queues work,
-and the last value always gets decoded.
+the running job finishes the newest pending one starts. Results do not queue either: at most
+one result is on its way to the main thread, and a result finished while the main thread is
+busy (painting, say) replaces one it has not taken yet. Dragging therefore never queues work,
+and the last value always gets decoded and shown.
 
 Two runners with the same interface:
 
 * :class:`ChainedRunner` starts one napari ``create_worker`` per job and chains the next one
   from the main thread when a job finishes;
-* :class:`ThreadRunner` keeps one long-lived generator worker that waits for jobs and yields
-  results (no per-job thread-pool start).
+* :class:`ThreadRunner` keeps one long-lived generator worker that waits for jobs and hands
+  results over through a one-slot mailbox (no per-job thread-pool start).
 
 ``benchmarks/live_decode.py`` measures both. Workers never touch Qt objects or the viewer;
 results reach ``on_result`` in the main thread through the worker's signals. The module imports
@@ -142,7 +144,8 @@ class RunnerCounts:
     """Bookkeeping of a runner (main-thread view).
 
     ``requests`` = every submission; ``superseded`` = submissions replaced by a newer one before
-    they started; ``completed`` = jobs whose result (or failure) reached the main thread.
+    they started, or whose result was replaced by a newer one before the main thread took it;
+    ``completed`` = jobs whose result (or failure) reached the main thread.
     """
 
     requests: int = 0
@@ -282,16 +285,22 @@ class ChainedRunner(_RunnerBase):
 class ThreadRunner(_RunnerBase):
     """Latest-wins runner with one long-lived napari generator worker.
 
-    The worker waits for a job, runs it and yields the result; submissions while it runs replace
-    the pending job. While the main thread writes one result into a layer, the worker already
-    decodes the next vector. The worker ends after :data:`IDLE_EXIT_S` without work and is
-    started again by the next submission. Same interface as :class:`ChainedRunner`.
+    The worker waits for a job, runs it and puts the result into a one-slot mailbox; submissions
+    while it runs replace the pending job. While the main thread writes one result into a layer,
+    the worker already decodes the next vector. A yielded token tells the main thread to take the
+    mailbox's result; only one token is on its way at a time, so results finished while the main
+    thread is busy never pile up in its event queue (the newest replaces the one not yet taken).
+    The worker ends after :data:`IDLE_EXIT_S` without work and is started again by the next
+    submission. Same interface as :class:`ChainedRunner`.
     """
 
     def __init__(self, on_result, on_error=None) -> None:
         super().__init__(on_result, on_error)
         self._wake = threading.Condition(self._lock)
         self._pending: tuple | None = None
+        self._mailbox: tuple | None = None  # (result,) finished, not yet taken
+        self._dropped = 0  # results replaced in the mailbox before the main thread took them
+        self._token_sent = False  # a "take the mailbox" token is on its way
         self._serving = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -314,7 +323,7 @@ class ThreadRunner(_RunnerBase):
         from napari.qt.threading import create_worker
 
         worker = create_worker(self._serve, _start_thread=False)
-        worker.yielded.connect(self._deliver)
+        worker.yielded.connect(self._take)
         worker.errored.connect(self._on_worker_errored)
         worker.finished.connect(self._on_worker_finished)
         self._worker = worker
@@ -342,9 +351,28 @@ class ThreadRunner(_RunnerBase):
                         return
                     function, args = self._pending
                     self._pending = None
-                yield _call_job(function, args)
+                result = _call_job(function, args)
+                with self._wake:
+                    if self._mailbox is not None:
+                        self._dropped += 1  # the main thread has not taken the previous one
+                    self._mailbox = (result,)
+                    send, self._token_sent = not self._token_sent, True
+                if send:
+                    yield None  # a token: the main thread takes the newest result
         finally:
             self._stopped.set()
+
+    def _take(self, _token: Any = None) -> None:
+        """Main thread: take the newest finished result from the mailbox and deliver it."""
+        with self._wake:
+            box, self._mailbox = self._mailbox, None
+            dropped, self._dropped = self._dropped, 0
+            self._token_sent = False
+        if self._closed:
+            return
+        self.counts.superseded += dropped
+        if box is not None:
+            self._deliver(box[0])
 
     def _should_stop(self, worker) -> bool:
         return self._closed or (worker is not None and worker.abort_requested)

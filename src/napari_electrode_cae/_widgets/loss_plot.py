@@ -7,7 +7,10 @@ Kept cheap so that a stream of epochs never stalls the GUI:
 * the axis limits move in 1-2-5 steps (epochs 10, 20, 50, …; MSE 0.1, 0.2, 0.5, …), so they
   rarely change; while they stay put only the lines are redrawn onto a cached background
   (blitting, a few ms) instead of a full figure draw (ticks, labels, legend: 50-100 ms on a
-  busy 2-core CPU).
+  busy 2-core CPU);
+* the blitted image reaches the screen with the window's next ordinary repaint
+  (``canvas.update()``), not with matplotlib's ``blit``, which repaints at once, inside the
+  slot (with software OpenGL a repaint of the napari window costs 10-30 ms).
 """
 
 from __future__ import annotations
@@ -203,7 +206,7 @@ class LossPlot(QWidget):
             return
         self.canvas.restore_region(self._background)
         self._draw_lines()
-        self.canvas.blit(self.figure.bbox)
+        self.canvas.update()  # paintEvent copies the Agg buffer; no repaint inside this slot
         self.blits += 1
 
     def _on_full_draw(self, _event) -> None:

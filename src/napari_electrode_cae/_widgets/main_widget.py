@@ -12,6 +12,7 @@ from .physics_panel import PhysicsPanel
 from .results_panel import ResultsPanel
 from .state import CAEState
 from .training_panel import TrainingPanel
+from .turns import TurnQueue
 from .window_close import WindowCloseWatcher
 from .windows_panel import WindowsPanel
 
@@ -35,8 +36,10 @@ class ElectrodeCAEWidget(QWidget):
         self.data_panel = DataPanel(napari_viewer, self.state)
         self.windows_panel = WindowsPanel(napari_viewer, self.state)
         self.training_panel = TrainingPanel(napari_viewer, self.state)
-        self.results_panel = ResultsPanel(napari_viewer, self.state)
-        self.latent_panel = LatentPanel(napari_viewer, self.state)
+        # Layer work of the Results and Latents panels: one expensive napari call per turn.
+        self.turns = TurnQueue(self)
+        self.results_panel = ResultsPanel(napari_viewer, self.state, turns=self.turns)
+        self.latent_panel = LatentPanel(napari_viewer, self.state, turns=self.turns)
         self.physics_panel = PhysicsPanel(napari_viewer, self.state)
         self.tabs = QTabWidget()
         for panel, title in (

@@ -6,12 +6,16 @@ of the model and compares it with the original (``core.compare_window``); a main
 writes the original, the reconstruction snapped to phases and, optionally, the continuous
 reconstruction into three layers that are created once and updated in place. "Side by side"
 turns on napari's grid mode (linked cameras and slice) and hides the full-stack layers while it
-is on. The statistics tables show the set-level MSE statistics of ``state.report`` (Table 6) and
-the shown window's comparison (Table 7 plus phase checks).
+is on. Each expensive napari call (adding a layer, switching the grid on or re-shaping it, a
+name overlay) gets an event-loop turn of its own (:class:`.turns.TurnScheduler`), so showing the
+first result never freezes the viewer for the sum of them; later results only replace the
+layers' data. The statistics tables show the set-level MSE statistics of ``state.report``
+(Table 6) and the shown window's comparison (Table 7 plus phase checks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +41,7 @@ from ..core import WindowDataset, compare_window, reconstruct, snap_to_phases
 from ..core.evaluation import WindowComparison, format_p
 from ..core.model import ConvAutoEncoder3d
 from .live_decoder import ChainedRunner, model_snapshot
+from .turns import TurnQueue, TurnScheduler
 
 if TYPE_CHECKING:
     import napari
@@ -225,10 +230,13 @@ class ResultsPanel(QWidget):
         The viewer the window layers are drawn into.
     state : CAEState
         The plugin's shared state.
+    turns : TurnQueue, optional
+        Event-loop turns shared with other panels for expensive layer work (see
+        :mod:`.turns`); by default the panel's own.
     """
 
     def __init__(self, viewer: napari.Viewer, state: CAEState,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, turns: TurnQueue | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
@@ -239,7 +247,11 @@ class ResultsPanel(QWidget):
         self._hidden_layers: list[str] = []  # full-stack layers hidden by side-by-side
         self._watched_outline: Any = None  # outline layer kept hidden while side by side
         self._shown_origin: tuple | None = None
-        self._last_result: WindowResult | None = None
+        self._last_result: WindowResult | None = None  # the result the layers show
+        self._pending_result: WindowResult | None = None  # arrived, not shown yet
+        self._enter_pending = False  # go side by side once the window layers exist
+        self._focus_pending = False  # fit the camera / slice to the window
+        self._steps = TurnScheduler(self._apply_step, self, turns)
         self._build_ui()
         self._connections = [
             (state.events.model_version, self._on_model_version_changed),
@@ -382,22 +394,22 @@ class ResultsPanel(QWidget):
 
     def _on_side_by_side_toggled(self, checked: bool) -> None:
         if checked and self._window_layers():
-            self._enter_side_by_side()
+            self._enter_pending = True
+            self._steps.schedule()
         elif not checked:
+            self._enter_pending = False
             self._leave_side_by_side()
 
     def _on_values_toggled(self, checked: bool) -> None:
         name = _layers.RECONSTRUCTION_VALUES_LAYER
-        if checked and self._last_result is not None:
-            self._show_values(self._last_result)
-        elif not checked and name in self.viewer.layers:
+        if not checked and name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self._update_grid_shape()
+        self._steps.schedule()  # adds the layer when checked; the grid shape follows
 
     def _on_layers_changed(self, _event: Any = None) -> None:
         if self._hidden_layers or self.viewer.canvas.grid.enabled:
             self._watch_outline()
-        self._update_grid_shape()
+        self._steps.schedule()  # grid shape and name overlays follow, each in a turn of its own
 
     def _watch_outline(self) -> None:
         """Keep the Windows panel's outline layer hidden while side by side.
@@ -537,55 +549,148 @@ class ResultsPanel(QWidget):
         show_error(str(exc))
 
     def _on_window_result(self, result: WindowResult) -> None:
-        """Main thread: show a finished reconstruction (dropped if the dataset was replaced)."""
-        dataset = self.state.dataset
-        if result.dataset is not dataset or self._problem():
+        """Main thread: a reconstruction is ready; shown now, or over the next turns.
+
+        When the window layers exist, its data replace theirs now (cheap); otherwise layers,
+        grid and name overlays follow, one expensive call per event-loop turn. Dropped if the
+        dataset was replaced meanwhile; replaces a result not shown yet.
+        """
+        if result.dataset is not self.state.dataset or self._problem():
             return
-        self._last_result = result
-        first_time = not self._window_layers()
-        self._show_window_layers(result)
-        if first_time and self.side_by_side_check.isChecked():
-            self._enter_side_by_side()
-        origin = dataset.origin(result.index)
-        if origin != self._shown_origin:
-            self._shown_origin = origin
-            self._focus_on_window()
-        self._show_comparison(result)
-        self._update_grid_shape()
-        pending = "" if self._runner.idle else " (newer window pending …)"
-        self.status_label.setText(f"showing window {result.index}{pending}")
+        if _layers.ORIGINAL_LAYER not in self.viewer.layers \
+                and self.side_by_side_check.isChecked():
+            # the first window (the Latents panel's decoded layer may exist already): side by
+            # side once the window layers exist
+            self._enter_pending = True
+        self._pending_result = result
+        if self._next_piece() is None:
+            self._steps.run_now()
+        else:
+            self._steps.schedule()
+
+    @property
+    def idle(self) -> bool:
+        """True when no reconstruction is running or waiting and the layers show the newest."""
+        return self._runner.idle and self._pending_result is None and not self._steps.pending
 
     # ------------------------------------------------------------------------------- layers
     def _window_layers(self) -> list[Any]:
         return [self.viewer.layers[n] for n in WINDOW_LAYER_NAMES if n in self.viewer.layers]
 
-    def _show_window_layers(self, result: WindowResult) -> None:
-        voxel = result.dataset.voxel_size_um
-        translate = window_translate(result.dataset, result.index)
-        for name, labels in ((_layers.ORIGINAL_LAYER, result.original),
-                             (_layers.RECONSTRUCTION_LAYER, result.labels)):
-            layer = _layers.add_phase_labels(self.viewer, labels, name, voxel,
-                                             translate=translate)
-            layer.translate = translate
-            layer.name_overlay.visible = self.viewer.canvas.grid.enabled
-        if self.values_check.isChecked():
-            self._show_values(result)
+    def _current(self, result: WindowResult | None) -> WindowResult | None:
+        """``result`` if it still belongs to the current dataset and model, else None."""
+        if result is None or result.dataset is not self.state.dataset or self._problem():
+            return None
+        return result
 
-    def _show_values(self, result: WindowResult) -> None:
-        name = _layers.RECONSTRUCTION_VALUES_LAYER
-        translate = window_translate(result.dataset, result.index)
+    def _next_piece(self) -> Callable[[], Any] | None:
+        """The next expensive call towards showing the newest result; None if only cheap work
+        (the layers' data, the tables, the camera) is left.
+
+        In order: a missing window layer, going side by side (stack layers hidden, grid on),
+        the grid shape, one name overlay.
+        """
+        result = self._pending_result = self._current(self._pending_result)
+        source = result if result is not None else self._current(self._last_result)
+        if source is not None:
+            name = self._missing_layer(source)
+            if name is not None:
+                return lambda: self._add_window_layer(name, source)
+        if self._enter_pending:
+            if self.side_by_side_check.isChecked() and self._window_layers():
+                return self._enter_side_by_side
+            self._enter_pending = False
+        grid = self.viewer.canvas.grid
+        if grid.enabled:
+            shape = grid_shape(sum(1 for layer in self.viewer.layers if layer.visible))
+            if tuple(grid.shape) != shape:
+                return lambda: self._set_grid_shape(shape)
+        for layer in self._window_layers():
+            if layer.name_overlay.visible != grid.enabled:
+                return lambda: setattr(layer.name_overlay, "visible", grid.enabled)
+        return None
+
+    def _apply_step(self) -> bool:
+        """Do the next piece of showing the newest result; True if more remains.
+
+        One expensive napari call (see :meth:`_next_piece`), or else the new data of all window
+        layers at once (in place), or else the camera.
+        """
+        piece = self._next_piece()
+        if piece is not None:
+            piece()
+            return True
+        result = self._pending_result
+        if result is not None:
+            self._pending_result = None
+            self._show_result(result)
+            return self._focus_pending
+        if self._focus_pending:
+            self._focus_pending = False
+            self._focus_on_window()
+        return False
+
+    def _missing_layer(self, source: WindowResult) -> str | None:
+        """Name of the first window layer that is missing or has another shape."""
+        wanted = [(_layers.ORIGINAL_LAYER, source.original),
+                  (_layers.RECONSTRUCTION_LAYER, source.labels)]
+        if self.values_check.isChecked():
+            wanted.append((_layers.RECONSTRUCTION_VALUES_LAYER, source.values))
+        for name, data in wanted:
+            if name not in self.viewer.layers or self.viewer.layers[name].data.shape \
+                    != data.shape:
+                return name
+        return None
+
+    def _add_window_layer(self, name: str, source: WindowResult) -> None:
+        """Add (or replace, if its shape changed) the window layer ``name`` for ``source``.
+
+        The window layers keep the order of WINDOW_LAYER_NAMES in the layer list (and so in
+        the grid: original, reconstruction, values, decoded), whichever is made first.
+        """
+        from napari.layers import Image
+
+        voxel = source.dataset.voxel_size_um
+        translate = window_translate(source.dataset, source.index)
         if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = result.values
-            layer.translate = translate
+            self.viewer.layers.remove(name)
+        later = WINDOW_LAYER_NAMES[WINDOW_LAYER_NAMES.index(name) + 1:]
+        above = [self.viewer.layers.index(n) for n in later if n in self.viewer.layers]
+        index = min(above) if above else len(self.viewer.layers)
+        if name != _layers.RECONSTRUCTION_VALUES_LAYER:
+            labels = source.original if name == _layers.ORIGINAL_LAYER else source.labels
+            _layers.add_phase_labels(self.viewer, labels, name, voxel, index=index,
+                                     translate=translate)
             return
-        voxel = result.dataset.voxel_size_um
-        index = self.viewer.layers.index(_layers.RECONSTRUCTION_LAYER) + 1
-        layer = self.viewer.add_image(result.values, name=name, colormap="gray",
-                                      contrast_limits=(-1.0, 1.0), scale=(voxel,) * 3,
-                                      units="µm", translate=translate)
-        layer.name_overlay.visible = self.viewer.canvas.grid.enabled
-        self.viewer.layers.move(self.viewer.layers.index(layer), index)
+        layer = Image(source.values, name=name, colormap="gray", contrast_limits=(-1.0, 1.0),
+                      scale=(voxel,) * 3, units="µm", translate=translate)
+        self.viewer.layers.insert(index, layer)
+
+    def _set_grid_shape(self, shape: tuple[int, int]) -> None:
+        self.viewer.canvas.grid.shape = shape
+        self._focus_pending = True
+
+    def _show_result(self, result: WindowResult) -> None:
+        """Write ``result`` into the existing window layers (in place) and the tables."""
+        self._last_result = result
+        translate = window_translate(result.dataset, result.index)
+        for name, data in ((_layers.ORIGINAL_LAYER, result.original),
+                           (_layers.RECONSTRUCTION_LAYER, result.labels),
+                           (_layers.RECONSTRUCTION_VALUES_LAYER, result.values)):
+            if name not in self.viewer.layers:
+                continue
+            layer = self.viewer.layers[name]
+            if layer.data is not data:
+                layer.data = data
+            if not np.allclose(layer.translate, translate):
+                layer.translate = translate
+        origin = result.dataset.origin(result.index)
+        if origin != self._shown_origin:
+            self._shown_origin = origin
+            self._focus_pending = True
+        self._show_comparison(result)
+        pending = "" if self._runner.idle else " (newer window pending …)"
+        self.status_label.setText(f"showing window {result.index}{pending}")
 
     def _focus_on_window(self) -> None:
         """Move the slice into the window if it is outside; in the grid, fit the camera to it."""
@@ -603,42 +708,32 @@ class ResultsPanel(QWidget):
             # tiny); the layers outside the windows are hidden in side-by-side mode.
             self.viewer.reset_view()
 
-    def _show_layer_names(self, visible: bool) -> None:
-        """Name overlays label the grid cells; overlaid on the stack they would only clutter."""
-        for layer in self._window_layers():
-            layer.name_overlay.visible = visible
-
     def _enter_side_by_side(self) -> None:
-        """Grid mode with only the window layers visible (others hidden, to be restored)."""
+        """Grid mode with only the window layers visible (others hidden, to be restored).
+
+        The grid gets its final shape before it is switched on, so it is built once.
+        """
+        self._enter_pending = False
         for layer in list(self.viewer.layers):
             if layer.name not in WINDOW_LAYER_NAMES and layer.visible:
                 layer.visible = False
                 self._hidden_layers.append(layer.name)
-        self.viewer.canvas.grid.enabled = True
+        grid = self.viewer.canvas.grid
+        grid.shape = grid_shape(sum(1 for layer in self.viewer.layers if layer.visible))
+        grid.enabled = True
         self._watch_outline()
-        self._show_layer_names(True)
-        self._update_grid_shape()
-        self._focus_on_window()
+        self._focus_pending = True
 
     def _leave_side_by_side(self) -> None:
         """Back to one view: restore the hidden layers and show the whole scene."""
         self.viewer.canvas.grid.enabled = False
         self._unwatch_outline()
-        self._show_layer_names(False)
         for name in self._hidden_layers:
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = True
         self._hidden_layers = []
         self.viewer.fit_to_view()
-
-    def _update_grid_shape(self) -> None:
-        if not self.viewer.canvas.grid.enabled:
-            return
-        n_visible = sum(1 for layer in self.viewer.layers if layer.visible)
-        shape = grid_shape(n_visible)
-        if tuple(self.viewer.canvas.grid.shape) != tuple(shape):
-            self.viewer.canvas.grid.shape = shape
-            self.viewer.reset_view()
+        self._steps.schedule()  # the name overlays go, one per turn
 
     # --------------------------------------------------------------------------- statistics
     def _show_comparison(self, result: WindowResult) -> None:
@@ -657,6 +752,7 @@ class ResultsPanel(QWidget):
     # ------------------------------------------------------------------------------ cleanup
     def shutdown(self) -> None:
         """Stop the reconstruction worker, wait for it and disconnect from state and viewer."""
+        self._steps.stop()
         self._runner.shutdown()
         self._unwatch_outline()
         for signal, slot in self._connections:
