@@ -1,29 +1,48 @@
-"""Speed and memory users feel, against the researcher-style baseline, in one table.
+"""Speed and memory users feel, against the researcher-style baseline, in one table (issue 4).
 
-Run: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 python benchmarks/run.py``
-(add ``--quick`` for a smaller stack and fewer steps). Both implementations run in the same
-process with the same threads, interleaved, and the table reports their ratio. Memory figures
-come from fresh subprocesses so that one measurement cannot inflate the next.
+Run: ``python benchmarks/run.py`` (about 10 minutes; ``--quick`` for fewer steps and a
+3-epoch GUI run, ``--no-gui`` / ``--no-memory`` to skip parts). Under no display the napari
+figures run under ``xvfb-run``.
+
+* Training throughput: baseline (``benchmarks/baseline.py``: materialised windows, DataLoader,
+  plain Conv3d, Adam) and ours (``WindowDataset.batch``, folded model, ``core.train``'s
+  optimiser) in one fresh process each, interleaved, same initial weights; twice: with glibc's
+  malloc pinned through ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (the way to compare
+  two implementations on this machine), and with glibc's defaults as users run it (ours then
+  keeps its buffers the way ``core.train`` does, ``core.allocator``).
+* Decode latency and the stride-1 data-set memory, in this process / fresh subprocesses.
+* Peak RSS of a whole training run: ``benchmarks/memory_training.py`` (glibc default).
+* Live decode, GUI stalls and launch → first reconstruction: ``live_decode.py``,
+  ``gui_stall_training.py`` and ``time_to_first_result.py``.
+
+Prints progress rows on stderr and the table on stdout: figure, target, baseline, ours, ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from baseline import BaselineCAE, baseline_loader  # noqa: E402
+from baseline import BaselineCAE, baseline_loader, materialise_windows  # noqa: E402
 
 from napari_electrode_cae import core  # noqa: E402
+from napari_electrode_cae.core.allocator import reuse_freed_memory  # noqa: E402
 
 MEMORY_PROBE = r"""
 import json, resource, sys
@@ -55,37 +74,63 @@ def memory(size: int, which: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def train_speed(length: int, steps: int, rounds: int) -> tuple[float, float, float]:
-    """windows/s of baseline and ours (same init, same batches), and their max loss gap."""
+def train_speed(length: int, steps: int, rounds: int,
+                keep_buffers: bool = False) -> tuple[float, float, float]:
+    """windows/s of the baseline and of our training step, and their max output gap.
+
+    Both draw batches of 2 windows (l, 224, 224) from the same random three-phase stack: the
+    baseline from a DataLoader over materialised float32 copies, ours with
+    ``WindowDataset.batch`` from the uint8 stack (the data path of ``core.train``), with the
+    optimiser ``core.train`` uses. Same initial weights; rounds are interleaved.
+    ``keep_buffers``: our steps run inside ``core.allocator.reuse_freed_memory()`` as in
+    ``core.train`` (only matters when glibc's malloc is not pinned through the environment).
+    """
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (64, 224, 224), dtype=np.uint8)
+    data = core.WindowDataset([core.ElectrodeStack(labels)], core.WindowSpec(length, 1, 224))
+    loader = baseline_loader(materialise_windows(labels, length, 1, 224), 2)
     torch.manual_seed(0)
     ours = core.ConvAutoEncoder3d(length, 224, 3, 128, 10)
     base = BaselineCAE(length)
     base.load_state_dict(ours.state_dict())
-    x_all = torch.randn(2 * steps, 1, length, 224, 224).sign()
+    opt_base = torch.optim.Adam(base.parameters(), lr=1e-4)
+    opt_ours = core.training.make_optimiser(ours, 1e-4)
+    order = np.random.default_rng(1).permutation(len(data))
     loss_fn = torch.nn.MSELoss()
-    opts = {id(m): torch.optim.Adam(m.parameters(), lr=1e-4) for m in (ours, base)}
-    rates: dict[int, list[float]] = {id(ours): [], id(base): []}
-    gap = 0.0
-    for _ in range(rounds):
-        for model in (base, ours):
-            opt = opts[id(model)]
-            # the baseline draws shuffled batches from a DataLoader over materialised windows
-            batches = (iter(baseline_loader(x_all, 2)) if model is base else
-                       (x_all[2 * i : 2 * i + 2] for i in range(steps)))
+
+    def run(model, optimiser, batches) -> float:
+        allocator = reuse_freed_memory() if keep_buffers and model is ours else nullcontext()
+        with allocator:
             start = time.perf_counter()
             for _ in range(steps):
                 x = next(batches)
-                if isinstance(x, (list, tuple)):
-                    x = x[0]
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), x)
-                loss.backward()
-                opt.step()
-            rates[id(model)].append(2 * steps / (time.perf_counter() - start))
+                optimiser.zero_grad(set_to_none=True)
+                loss_fn(model(x), x).backward()
+                optimiser.step()
+            return 2 * steps / (time.perf_counter() - start)
+
+    def our_batches():
+        while True:
+            for i in range(0, len(order) - 1, 2):
+                yield data.batch(order[i : i + 2])
+
+    def base_batches():
+        while True:
+            for (x,) in loader:
+                yield x
+
+    rates = {"base": [], "ours": []}
+    ours_iter, base_iter = our_batches(), base_batches()
+    run(base, opt_base, base_iter)  # warm-up (oneDNN primitive creation)
+    run(ours, opt_ours, ours_iter)
+    for _ in range(rounds):
+        rates["base"].append(run(base, opt_base, base_iter))
+        rates["ours"].append(run(ours, opt_ours, ours_iter))
     with torch.no_grad():
-        x = x_all[:2]
+        x = data.batch([0, 1])
+        ours.load_state_dict(base.state_dict())
         gap = float((ours(x) - base(x)).abs().max())
-    return statistics.median(rates[id(base)]), statistics.median(rates[id(ours)]), gap
+    return statistics.median(rates["base"]), statistics.median(rates["ours"]), gap
 
 
 def decode_latency(length: int, repeats: int) -> tuple[float, float]:
@@ -106,36 +151,149 @@ def decode_latency(length: int, repeats: int) -> tuple[float, float]:
     return statistics.median(times["base"]) * 1e3, statistics.median(times["ours"]) * 1e3
 
 
+PINNED = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    return env | extra
+
+
+def script_lines(command: list[str], env: dict[str, str] | None = None,
+                 timeout: float = 1800) -> dict[str, str]:
+    """Run a benchmark script; its ``name: value`` lines as a dict (last one wins)."""
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    found = {}
+    for line in out.stdout.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and value.strip():
+            found[name.strip()] = value.strip()
+    return found
+
+
+def gui_command(script: str, *args: str) -> list[str]:
+    """Run a GUI benchmark under Xvfb when there is no display."""
+    command = [sys.executable, str(HERE / script), *args]
+    if not os.environ.get("DISPLAY") and shutil.which("xvfb-run"):
+        command = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", *command]
+    return command
+
+
+def number(text: str) -> float:
+    """The first number in ``text`` ('53.2 ms (p95 60)' -> 53.2)."""
+    return float(re.search(r"-?\d+(?:\.\d+)?", text.replace(",", "")).group())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--no-gui", action="store_true",
+                        help="skip the napari figures (live decode, stalls, first result)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-RSS-of-a-training-run figures")
+    parser.add_argument("--train-child", nargs=2, metavar=("L", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps, rounds = (3, 2) if args.quick else (8, 3)
+    if args.train_child:  # one training comparison in this (fresh) process
+        length, mode = int(args.train_child[0]), args.train_child[1]
+        base, ours, gap = train_speed(length, steps, rounds, keep_buffers=mode == "default")
+        print(json.dumps({"base": base, "ours": ours, "gap": gap}))
+        return
     size = 256
-
     rows = []
-    for length in (24, 4):
-        base, ours, gap = train_speed(length, steps, rounds)
-        rows.append((f"training windows/s, l={length}, crop 224, batch 2", "≥ 2× baseline",
-                     f"{base:.1f}", f"{ours:.1f}", f"{ours / base:.2f}×",
-                     f"max |Δoutput| {gap:.1e}"))
-    for length in (24,):
-        base, ours = decode_latency(length, 20)
-        rows.append((f"decode one latent vector, l={length} (ms)", "—", f"{base:.1f}",
-                     f"{ours:.1f}", f"{base / ours:.2f}× faster", ""))
+
+    def row(figure, target, base, ours, ratio, note=""):
+        rows.append((figure, target, base, ours, ratio, note))
+        print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+
+    for mode, label in (("pinned", "allocator pinned"), ("default", "glibc default")):
+        env = clean_env(**PINNED) if mode == "pinned" else clean_env()
+        for length in (24, 4):
+            out = subprocess.run(
+                [sys.executable, __file__, "--threads", str(args.threads),
+                 "--train-child", str(length), mode] + (["--quick"] if args.quick else []),
+                capture_output=True, text=True, env=env, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            row(f"training windows/s, l={length}, crop 224, batch 2 ({label})",
+                "≥ 2× baseline", f"{r['base']:.1f}", f"{r['ours']:.1f}",
+                f"{r['ours'] / r['base']:.2f}×", f"max |Δoutput| {r['gap']:.1e}")
+
+    base, ours = decode_latency(24, 20)
+    row("decode one latent vector, l=24 (ms)", "—", f"{base:.1f}", f"{ours:.1f}",
+        f"{base / ours:.2f}× faster")
     mem_base, mem_ours = memory(size, "baseline"), memory(size, "ours")
-    rows.append((f"stride-1 l=24 data set over a {size}³ stack: added RSS (MiB)",
-                 f"≤ {0.1 * mem_ours['stack_mib']:.1f} (10 % of stack)",
-                 f"{mem_base['added_mib']:.0f}", f"{mem_ours['added_mib']:.2f}",
-                 f"{mem_base['added_mib'] / max(mem_ours['added_mib'], 1e-3):.0f}× less", ""))
+    row(f"stride-1 l=24 data set over a {size}³ stack: added RSS (MiB)",
+        f"≤ {0.1 * mem_ours['stack_mib']:.1f} (10 % of stack)",
+        f"{mem_base['added_mib']:.0f}", f"{mem_ours['added_mib']:.2f}",
+        f"{mem_base['added_mib'] / max(mem_ours['added_mib'], 1e-3):.0f}× less")
+
+    if not args.no_memory:
+        for case, what in (("paper", "l=24, 256³ stack"), ("l4", "l=4, 256³ stack"),
+                           ("quick", "quick preset, sample data")):
+            found = script_lines([sys.executable, str(HERE / "memory_training.py"),
+                                  "--case", case, "--alloc", "default"]
+                                 + (["--quick-epochs", "5"] if args.quick else []),
+                                 env=clean_env())
+            excess = number(found["verdict"].split("=", 1)[1])
+            no_dynamo = number(found["the same without torch's lazy torch._dynamo import"])
+            row(f"peak RSS of a training run above import + stack + model, {what} (MiB)",
+                "≤ 300", "—", f"{no_dynamo:.0f}", "",
+                f"{excess:.0f} when torch.optim's one-off lazy import of torch._dynamo "
+                f"({excess - no_dynamo:.0f} MiB) is charged to the run; glibc default; "
+                "train + evaluate + save run")
+
+    if not args.no_gui:
+        add_gui_rows(row, args.quick)
 
     header = ("figure", "target", "baseline", "ours", "ratio", "note")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print(f"torch {torch.__version__}, {args.threads} threads, {torch.get_num_threads()} used")
-    for row in (header, *rows):
-        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}")
+    for r in (header, *rows):
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+def add_gui_rows(row, quick: bool) -> None:
+    """Live decode, GUI stalls and time to first result, from the napari benchmark scripts.
+
+    Each script runs in its own process (under Xvfb when there is no display), with the
+    environment of this one.
+    """
+    live = script_lines(gui_command("live_decode.py"))
+    for name in ("quick", "paper"):
+        bare = number(live[f"[{name}] bare decode"])
+        ready = number(live[f"[{name}/thread] slider → decoded array (worker)"])
+        layer = number(live[f"[{name}/thread] slider → layer data updated"])
+        napari_ms = number(live[f"[{name}] napari layer.data update"])
+        overhead = number(live[f"[{name}/thread] plugin overhead on top of napari's update"])
+        row(f"live decode, {name} model: slider → decoded array (ms, median)",
+            "≤ 1.2× bare decode", f"{bare:.1f} (bare decode)", f"{ready:.1f}",
+            f"{ready / bare:.2f}×", f"slider → layer shown {layer:.1f} ms")
+        row(f"live decode, {name} model: plugin time on top of napari's layer update (ms)",
+            "≤ 10", f"{napari_ms:.1f} (napari alone)", f"{overhead:.1f}", "",
+            "median; layer shown − array ready − napari's own update")
+        row(f"GUI stall while dragging a latent slider at 60 Hz, {name} model (ms)", "≤ 50",
+            f"{number(live[f'[{name}] napari alone, 60 Hz layer.data updates, max stall']):.0f}"
+            " (napari alone)", f"{number(live[f'[{name}/thread] 60 Hz drag max stall']):.0f}",
+            "", live[f"[{name}/thread] 60 Hz drag"].split(";")[0])
+    epochs = ["--epochs", "3"] if quick else []
+    stalls = script_lines(gui_command("gui_stall_training.py", *epochs))
+    for phase in ("train press", "epochs", "first results", "latents tab", "slider drag"):
+        key = f"{phase} max stall"
+        if key in stalls:
+            row(f"longest GUI stall: {phase} (ms, 10 ms QTimer)", "≤ 50",
+                f"{number(stalls['idle max stall']):.0f} (idle viewer)" if "idle max stall"
+                in stalls else "—", f"{number(stalls[key]):.0f}", "",
+                stalls.get(f"{phase} longest plugin call", ""))
+    first = script_lines(gui_command("time_to_first_result.py", *epochs))
+    row("README launch → first reconstruction, quick preset, sample data (s)", "< 120", "—",
+        f"{number(first['launch to first reconstruction']):.0f}", "",
+        first.get("training 80 epochs of the quick preset", "") if not quick else "3 epochs")
 
 
 if __name__ == "__main__":
