@@ -80,3 +80,15 @@ def test_weight_gradient_in_batch_slices_is_the_same(monkeypatch):
     ref = torch.autograd.grad(F.conv2d(x, w, b, stride=2).relu().square().sum(), (w, b))
     torch.testing.assert_close(grads[1][0], ref[0])
     torch.testing.assert_close(grads[1][1], ref[1])
+
+
+def test_layers_without_bias_or_trainable_bias():
+    x = torch.randn(2, 1, 9, 9)
+    w = torch.randn(3, 1, 3, 3, requires_grad=True)
+    conv2d_stride2(x, w, None).sum().backward()
+    ref = torch.autograd.grad(F.conv2d(x, w, None, stride=2).relu().sum(), w)[0]
+    torch.testing.assert_close(w.grad, ref)
+    frozen = torch.zeros(3)  # a bias that does not train
+    w.grad = None
+    conv2d_stride2(x, w, frozen).sum().backward()
+    torch.testing.assert_close(w.grad, ref)

@@ -130,7 +130,7 @@ class Conv2dStride2(torch.autograd.Function):
             grad = _relu_backward(grad, y)
         grad = grad.contiguous(memory_format=ctx.memory_format)
         if not ctx.needs_input_grad[0]:  # the first layer: weights only, in slices
-            gw, gb = _weight_grad(grad, x, weight, with_bias=True)
+            gw, gb = _weight_grad(grad, x, weight, with_bias=ctx.needs_input_grad[2])
             return None, gw, gb, None, None
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.shape[0]], _STRIDE, _PADDING, _DILATION, False, [0, 0], 1,
