@@ -73,9 +73,6 @@ def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor
 _SUBPIXEL_TAPS = ((0, 0, 2), (0, 1, 0), (1, 1, 1))
 
 
-_PAIR_DTYPES = {2: torch.int32, 4: torch.int64, 8: torch.complex128}
-
-
 def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
     """(C_in, C_out, 3, 3) stride-2 transposed-convolution weight -> (4·C_out, C_in, 2, 2).
 
@@ -88,6 +85,10 @@ def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
         for b, v, kb in _SUBPIXEL_TAPS:
             out[a, b, :, :, u, v] = weight[:, :, ka, kb].t()
     return out.reshape(4 * c_out, c_in, 2, 2)
+
+
+#: An integer/complex type twice as wide as a float type of the given item size.
+_PAIR_DTYPES = {2: torch.int32, 4: torch.int64, 8: torch.complex128}
 
 
 def _one_channel_transposed(x, weight, bias, out_size: int) -> torch.Tensor:
@@ -110,6 +111,23 @@ def _one_channel_transposed(x, weight, bias, out_size: int) -> torch.Tensor:
     return out[:, :, :out_size, :out_size]
 
 
+def _finish_forward(ctx, x, weight, y, relu: bool, memory_format) -> torch.Tensor:
+    """Apply the ReLU in place and save what the backward pass needs."""
+    if relu:
+        y.relu_()
+    ctx.relu, ctx.memory_format = relu, memory_format
+    ctx.save_for_backward(x, weight, y if relu else None)
+    return y
+
+
+def _incoming_grad(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Saved input and weight, and ``grad`` through the ReLU in the layer's memory format."""
+    x, weight, y = ctx.saved_tensors
+    if ctx.relu:
+        grad = _relu_backward(grad, y)
+    return x, weight, grad.contiguous(memory_format=ctx.memory_format)
+
+
 class Conv2dStride2(torch.autograd.Function):
     """``relu?(conv2d(x, weight, bias, stride=2))`` with a pinned memory format."""
 
@@ -117,18 +135,11 @@ class Conv2dStride2(torch.autograd.Function):
     def forward(ctx, x, weight, bias, relu: bool, memory_format: torch.memory_format):
         x = x.contiguous(memory_format=memory_format)
         y = F.conv2d(x, weight, bias, stride=2)
-        if relu:
-            y.relu_()
-        ctx.relu, ctx.memory_format = relu, memory_format
-        ctx.save_for_backward(x, weight, y if relu else None)
-        return y
+        return _finish_forward(ctx, x, weight, y, relu, memory_format)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, y = ctx.saved_tensors
-        if ctx.relu:
-            grad = _relu_backward(grad, y)
-        grad = grad.contiguous(memory_format=ctx.memory_format)
+        x, weight, grad = _incoming_grad(ctx, grad)
         if not ctx.needs_input_grad[0]:  # the first layer: weights only, in slices
             gw, gb = _weight_grad(grad, x, weight, with_bias=ctx.needs_input_grad[2])
             return None, gw, gb, None, None
@@ -155,18 +166,11 @@ class ConvTranspose2dStride2(torch.autograd.Function):
             pad = out_size - (2 * (x.shape[-1] - 1) + 3)
             y = F.conv_transpose2d(x, weight, None, stride=2, output_padding=pad)
             y.add_(bias.view(1, -1, 1, 1))
-        if relu:
-            y.relu_()
-        ctx.relu, ctx.memory_format = relu, memory_format
-        ctx.save_for_backward(x, weight, y if relu else None)
-        return y
+        return _finish_forward(ctx, x, weight, y, relu, memory_format)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, y = ctx.saved_tensors
-        if ctx.relu:
-            grad = _relu_backward(grad, y)
-        grad = grad.contiguous(memory_format=ctx.memory_format)
+        x, weight, grad = _incoming_grad(ctx, grad)
         # The adjoint of a transposed convolution is the forward convolution with the same
         # weight; its weight gradient is that convolution's, with the roles of x and grad
         # swapped. (A last output row/column added by the output padding is never read.)
