@@ -321,7 +321,6 @@ class TrainingPanel(QWidget):
         #: The current model with what it was trained on (set after training or opening a run).
         self.trained_run: TrainedRun | None = None
 
-        _import_optimizer_modules()
         self._build_widgets()
         self._show_model_settings(state.model_settings)
         self._show_train_config(state.train_config)
@@ -951,16 +950,6 @@ class TrainingPanel(QWidget):
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def _import_optimizer_modules() -> None:
-    """Create a throw-away Adam optimiser so that its lazy imports happen now.
-
-    torch imports torch._dynamo (about a second) when the first optimiser is created. Done in
-    the training thread, that import holds the GIL long enough to freeze the GUI for several
-    hundred ms; done here, once, it is part of opening the panel.
-    """
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
 def _close_generator(generator) -> None:
