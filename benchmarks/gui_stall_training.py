@@ -158,7 +158,7 @@ def instrument_plugin(log: CallLog) -> None:
                                        "_on_worker_finished"],
         latent_panel.LatentPanel: ["_on_slider_moved"],
         results_panel.ResultsPanel: ["_on_ndisplay_changed"],
-        loss_plot.LossPlot: ["_redraw", "_on_full_draw"],
+        loss_plot.LossPlot: ["_redraw", "paintEvent"],
     }
     for cls, names in entry_points.items():
         for name in names:
