@@ -38,8 +38,9 @@ the five longest gaps with their phase. Run under a display, e.g.::
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 \\
         xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/gui_stall_training.py --epochs 3
 
-Options: ``--no-freeze-gc`` (the plugin opened from napari's Plugins menu, where nothing
-freezes the objects of the imports: full GC runs take 300-480 ms), ``--3d`` (3D view before
+Options: ``--no-freeze-gc`` (nothing freezes the objects of the imports: full GC runs take
+300-480 ms), ``--plugins-menu`` (the widget freezes them one turn after docking, as when opened
+from napari's Plugins menu with the stacks already loaded), ``--3d`` (3D view before
 training; software OpenGL makes every 3D repaint of the grid slow), ``--all-cores`` (train with
 all of torch's threads instead of the panel's one-core-free policy), ``--threads N``.
 """
@@ -289,7 +290,10 @@ def main() -> None:
     parser.add_argument("--second-run", action="store_true",
                         help="train a second time (layers exist: updated in place)")
     parser.add_argument("--no-freeze-gc", action="store_true",
-                        help="do not freeze the long-lived objects (napari's Plugins menu)")
+                        help="nothing freezes the long-lived objects (launch(freeze_gc=False))")
+    parser.add_argument("--plugins-menu", action="store_true",
+                        help="as opened from napari's Plugins menu: the stacks are loaded "
+                             "before the widget freezes (DockedGCFreeze)")
     parser.add_argument("--3d", dest="three_d", action="store_true", help="3D view")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads before training (default: torch's choice)")
@@ -310,7 +314,10 @@ def main() -> None:
         training_panel.gui_torch_threads = lambda device: torch.get_num_threads()
     calls, gcs = CallLog(), GCLog()
     instrument_plugin(calls)
-    viewer, widget = launch(show=True, freeze_gc=not args.no_freeze_gc)
+    viewer, widget = launch(show=True, freeze_gc=not (args.no_freeze_gc or args.plugins_menu))
+    if args.plugins_menu:  # the layers exist when the widget's deferred freeze runs
+        widget.gc_freeze.enabled = True
+        widget.gc_freeze.apply()
     state = widget.state
     train, results, latent = widget.training_panel, widget.results_panel, widget.latent_panel
     viewer.window._qt_window.resize(1500, 950)
@@ -385,7 +392,8 @@ def main() -> None:
     n_batches = -(-len(state.split.train) // state.train_config.batch_size)
     lines = [
         f"torch threads for training: {training_panel.gui_torch_threads(torch.device('cpu'))}",
-        f"gc frozen at launch: {not args.no_freeze_gc}",
+        "gc frozen: " + ("no" if args.no_freeze_gc else "after docking, stacks included"
+                         if args.plugins_menu else "at launch, before the stacks"),
         f"view: {'3D' if args.three_d else '2D'}",
         f"windows: {len(state.dataset)} ({len(state.split.train)} train, "
         f"{len(state.split.val)} val), {n_batches} batches/epoch",

@@ -26,3 +26,12 @@ def tiny_stack() -> ElectrodeStack:
 @pytest.fixture
 def tiny_stacks() -> list[ElectrodeStack]:
     return [make_stack(seed=0, name="cal"), make_stack(seed=1, name="uncal", calendered=False)]
+
+
+@pytest.fixture(autouse=True)
+def _no_gc_freeze_on_dock(monkeypatch):
+    """The suite opens and closes many viewers: do not freeze the GC when a widget docks
+    (``tests/test_gc_freeze.py`` turns it on where it is the subject)."""
+    from napari_electrode_cae._widgets import gc_freeze
+
+    monkeypatch.setattr(gc_freeze, "FREEZE_WHEN_DOCKED", False)

@@ -94,6 +94,8 @@ def launch(
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, WIDGET_NAME)
         if freeze_gc:
             freeze_long_lived_objects()
+        else:  # nor after docking, as a widget opened from the Plugins menu does
+            widget.gc_freeze.enabled = False
         if loaded:
             for i, stack in enumerate(loaded):
                 viewer.add_labels(stack.labels, visible=i == 0, **labels_layer_kwargs(stack))

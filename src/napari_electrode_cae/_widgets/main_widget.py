@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from .data_panel import DataPanel
+from .gc_freeze import DockedGCFreeze
 from .latent_panel import LatentPanel
 from .physics_panel import PhysicsPanel
 from .results_panel import ResultsPanel
@@ -58,6 +59,8 @@ class ElectrodeCAEWidget(QWidget):
         # A docked widget gets no close event when napari's window closes: watch the window so
         # that every panel's workers stop with the viewer.
         self._close_watcher = WindowCloseWatcher(self, self.shutdown)
+        # Opened from the Plugins menu: keep full GC runs (300-480 ms) off the session.
+        self.gc_freeze = DockedGCFreeze(napari_viewer, self)
 
     @property
     def panels(self) -> tuple[QWidget, ...]:
@@ -68,6 +71,7 @@ class ElectrodeCAEWidget(QWidget):
         """Stop every background worker and wait for it (called on close and by tests)."""
         for panel in self.panels:
             panel.shutdown()
+        self.gc_freeze.release()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.shutdown()
