@@ -189,7 +189,7 @@ def test_save_then_open_run_in_fresh_viewer(make_napari_viewer, qtbot, errors, t
 
     viewer2, state2 = make_napari_viewer(), CAEState()
     panel2 = TrainingPanel(viewer2, state2)
-    assert panel2.open_run(run_dir)
+    assert panel2.open_run(run_dir) is not None  # read in a worker
     wait_idle(qtbot, panel2)
 
     assert errors == []
@@ -214,24 +214,30 @@ def test_save_then_open_run_in_fresh_viewer(make_napari_viewer, qtbot, errors, t
     assert panel2.loss_plot.point_count() == (2, 2)
     assert (panel2.hidden_spin.value(), panel2.epochs_spin.value()) == (16, 2)
 
-    assert panel2.open_run(run_dir)  # the stacks are in the viewer now: no new layers
+    assert panel2.open_run(run_dir) is not None  # the stacks are in the viewer: no new layers
     wait_idle(qtbot, panel2)
     assert len(viewer2.layers) == 2
     panel.shutdown()
     panel2.shutdown()
 
 
-def test_open_non_run_folder_changes_nothing(make_napari_viewer, errors, tmp_path):
+def test_open_non_run_folder_changes_nothing(make_napari_viewer, qtbot, errors, tmp_path):
     state = tiny_state()
     viewer = make_napari_viewer()
     panel = TrainingPanel(viewer, state)
     before = (state.stacks, state.window, state.model, state.history, state.model_version,
               state.run_dir, state.dataset)
 
-    assert not panel.open_run(tmp_path)
-    assert not panel.open_run(tmp_path / "missing")
+    for folder in (tmp_path, tmp_path / "missing"):  # the folder is read in a worker
+        worker = panel.open_run(folder)
+        assert worker is not None and panel.opening
+        assert not panel.open_button.isEnabled() and not panel.train_button.isEnabled()
+        assert "opening run" in panel.status_label.text()
+        wait_idle(qtbot, panel)
+        assert not panel.opening and panel.open_button.isEnabled()
     assert len(errors) == 2 and "not a run folder" in errors[0]
     assert "does not exist" in errors[1]
+    assert errors[1] in panel.status_label.text()
     assert (state.stacks, state.window, state.model, state.history, state.model_version,
             state.run_dir, state.dataset) == before
     assert len(viewer.layers) == 0

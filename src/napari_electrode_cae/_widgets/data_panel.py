@@ -6,11 +6,19 @@ pore/CBD/active volume fractions and the phase mapping of the converted stack. S
 mapped to phases by :func:`napari_electrode_cae._layers.stack_from_layer`; the mapping of the
 selected row can be overridden with text like ``"0=pore,85=active,170=cbd"``. Layers that cannot
 be converted show their error in their row and cannot be used; their data is never modified.
+
+Converting a big layer (phase counts, mapping, validation, volume fractions) takes seconds, so a
+layer with more than :data:`SYNC_CONVERT_MAX_VOXELS` voxels is converted in a background worker
+(when it is added, when its data are replaced and when its phase mapping is set); its row says
+"converting …" meanwhile and cannot be checked, and a result that no longer fits the layer (its
+data, mapping or name changed meanwhile, or it was removed) is dropped (converted again if the
+layer is still there). Smaller layers are converted at once, on the GUI thread (well under 50 ms).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -65,17 +73,21 @@ PLUGIN_OUTPUT_LAYERS = frozenset(
 TAGS: tuple[tuple[str, bool | None], ...] = (("?", None), ("CAL", True), ("UNCAL", False))
 #: File dialog filter of the stacks :func:`napari_electrode_cae.core.read_stack` reads.
 FILE_FILTER = "Electrode stacks (*.tif *.tiff *.npy);;All files (*)"
-#: Most seconds :meth:`DataPanel.shutdown` waits for a reading worker (one file is not
-#: interruptible).
+#: Most seconds :meth:`DataPanel.shutdown` waits for a reading or converting worker (one file
+#: or one layer is not interruptible).
 SHUTDOWN_WAIT_S = 60.0
+#: Layers with more voxels than this are converted in a background worker; smaller ones at once
+#: (about 10 ns a voxel on a 2-core CPU: 2 M voxels take some 20 ms).
+SYNC_CONVERT_MAX_VOXELS = 2_000_000
 
 _COL_NAME, _COL_TAG, _COL_SHAPE, _COL_FRACTIONS, _COL_MAPPING = range(5)
 _HEADERS = ("Use · layer", "Tag", "Z×Y×X", "Pore/CBD/AM %", "Phase mapping")
 _ERROR_COLOR = QColor(230, 80, 80)
 _ERROR_STYLE = "color: rgb(230, 80, 80);"
+_BUSY_COLOR = QColor(150, 150, 150)
 
 
-@dataclass
+@dataclass(eq=False)
 class LayerEntry:
     """What the Data panel knows about one candidate layer.
 
@@ -95,6 +107,8 @@ class LayerEntry:
         Why the layer cannot be used ("" if it can).
     stack : ElectrodeStack or None
         ``converted`` with the layer's current name and tag (what goes into ``state.stacks``).
+    converting : bool
+        True while a background worker converts the layer (``converted`` is None meanwhile).
     """
 
     layer: Any
@@ -108,6 +122,14 @@ class LayerEntry:
     _source_override: tuple | None = None
     _converted_once: bool = False
     _notified_error: str = ""
+    _job: _ConversionJob | None = None
+    _use_chosen: bool = False  # ``use`` set while the first conversion ran: keep it
+    _use_if_usable: bool = False  # check the layer when its pending conversion succeeds
+
+    @property
+    def converting(self) -> bool:
+        """True while a background worker converts the layer."""
+        return self._job is not None
 
     @property
     def converted_source(self) -> str:
@@ -123,6 +145,45 @@ class LayerEntry:
     def used(self) -> bool:
         """True if the stack goes into ``state.stacks``."""
         return self.use and self.stack is not None
+
+
+@dataclass(frozen=True)
+class LayerSnapshot:
+    """What a conversion reads of a layer, taken on the GUI thread: a worker never touches a
+    napari layer (it only reads the data array, which napari does not replace in place)."""
+
+    name: str
+    data: Any
+    metadata: dict
+    scale: tuple
+    multiscale: bool = False
+    rgb: bool = False
+
+    @classmethod
+    def of(cls, layer: Any) -> LayerSnapshot:
+        return cls(layer.name, layer.data, dict(layer.metadata), tuple(layer.scale),
+                   bool(getattr(layer, "multiscale", False)), bool(getattr(layer, "rgb", False)))
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """A layer's stack and volume fractions, or why it cannot be used."""
+
+    stack: ElectrodeStack | None = None
+    fractions: dict[str, float] | None = None
+    error: str = ""
+    unexpected: bool = False  # not an ElectrodeCAEError: always an error notification
+
+
+@dataclass(eq=False)
+class _ConversionJob:
+    """One background conversion of an entry: what it converts (to tell a stale result)."""
+
+    entry: LayerEntry
+    snapshot: LayerSnapshot
+    override_key: tuple | None
+    first: bool
+    worker: Any = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +241,34 @@ def convert_layer(layer: Any, override: dict[int, str] | None) -> ElectrodeStack
     return _layers.stack_from_layer(layer, override)
 
 
+def conversion_of(layer: Any, override: dict[int, str] | None) -> ConversionResult:
+    """:func:`convert_layer` and the volume fractions; an ElectrodeCAEError becomes ``error``."""
+    try:
+        stack = convert_layer(layer, override)
+    except ElectrodeCAEError as exc:
+        return ConversionResult(error=str(exc))
+    return ConversionResult(stack, volume_fractions(stack.labels))
+
+
+def convert_in_worker(snapshot: LayerSnapshot,
+                      override: dict[int, str] | None) -> ConversionResult:
+    """:func:`conversion_of` for a worker thread: any failure (e.g. MemoryError) is returned."""
+    try:
+        return conversion_of(snapshot, override)
+    except Exception as exc:  # noqa: BLE001 (reported in the layer's row, nothing is lost)
+        return ConversionResult(
+            error=f"layer {snapshot.name!r} could not be converted: {type(exc).__name__}: {exc}",
+            unexpected=True,
+        )
+
+
+def layer_voxels(layer: Any) -> int:
+    """Number of values in ``layer.data`` (0 for multiscale data)."""
+    if getattr(layer, "multiscale", False):
+        return 0
+    return math.prod(getattr(layer.data, "shape", ()) or (0,))
+
+
 def read_stacks(paths: Sequence[str]) -> Iterator[ReadResult]:
     """Read each path with :func:`~napari_electrode_cae.core.read_stack` (worker generator).
 
@@ -224,12 +313,19 @@ class DataPanel(QWidget):
         self._workers: list = []
         self._closing = False
         self._filling_table = False
+        self._pushing = False
         self._layer_callbacks: dict[int, tuple[Any, Any]] = {}
         self._build_ui()
         layer_events = viewer.layers.events
         for emitter in (layer_events.inserted, layer_events.removed, layer_events.moved):
             emitter.connect(self._on_layers_changed)
+        state.events.stack_layers.connect(self._on_state_stack_layers)
         self._sync_entries()
+
+    @property
+    def idle(self) -> bool:
+        """True when no reading or converting worker of this panel is running."""
+        return not self._workers
 
     # ---------------------------------------------------------------------------------- UI
 
@@ -285,6 +381,9 @@ class DataPanel(QWidget):
         self.load_status_label = QLabel()
         self.load_status_label.setWordWrap(True)
         self.load_status_label.hide()
+        self.convert_status_label = QLabel()
+        self.convert_status_label.setWordWrap(True)
+        self.convert_status_label.hide()
 
         self.summary_label = QLabel()
         self.summary_label.setWordWrap(True)
@@ -292,6 +391,7 @@ class DataPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(open_row)
         layout.addWidget(self.load_status_label)
+        layout.addWidget(self.convert_status_label)
         layout.addWidget(self.table, 1)
         layout.addLayout(mapping_row)
         layout.addWidget(self.details_label)
@@ -304,7 +404,12 @@ class DataPanel(QWidget):
         self._sync_entries()
 
     def _sync_entries(self) -> None:
-        """Match ``entries`` to the viewer's candidate layers, refresh the table and state."""
+        """Match ``entries`` to the viewer's candidate layers, refresh the table and state.
+
+        The state is written only if the used stacks changed here: a layer another panel adds
+        (the window outline, from inside a state event) leaves the state as it is.
+        """
+        before = self._used_view()
         known = {id(entry.layer): entry for entry in self.entries}
         entries = []
         for layer in self.viewer.layers:
@@ -321,7 +426,13 @@ class DataPanel(QWidget):
         for entry in self.entries:
             self._refresh_entry(entry)
         self._fill_table()
-        self._push_state()
+        if self._used_view() != before:
+            self._push_state()
+
+    def _used_view(self) -> list[tuple[int, int]]:
+        """Identity of what this panel would put into the state (entries, their stacks)."""
+        return [(id(entry), id(entry.stack)) for entry in self.entries if entry.used
+                or entry.converting]
 
     def _connect_layer(self, layer: Any) -> None:
         def on_name(event: Any = None) -> None:
@@ -365,13 +476,22 @@ class DataPanel(QWidget):
     # ------------------------------------------------------------------------- conversion
 
     def _refresh_entry(self, entry: LayerEntry) -> None:
-        """Convert the layer if its data or mapping changed, then update name and tag."""
-        override_key = tuple(sorted(entry.override.items())) if entry.override else None
+        """Convert the layer if its data or mapping changed, then update name and tag.
+
+        A big layer is converted in a worker: ``entry.stack`` is None until its result is in.
+        """
+        if entry._job is not None:  # its result is checked against the layer when it arrives
+            entry.stack = None
+            return
+        override_key = self._override_key(entry)
         data = entry.layer.data
         if not entry._converted_once or entry._source_data is not data \
                 or entry._source_override != override_key:
-            self._convert(entry)
             entry._source_data, entry._source_override = data, override_key
+            if layer_voxels(entry.layer) > SYNC_CONVERT_MAX_VOXELS:
+                self._start_conversion(entry, override_key)
+                return
+            self._convert(entry)
         if entry.converted is None:
             entry.stack = None
             return
@@ -380,28 +500,123 @@ class DataPanel(QWidget):
         if stack is None or stack.labels is not entry.converted.labels \
                 or stack.phase_mapping != entry.converted.phase_mapping \
                 or (stack.name, stack.calendered) != (name, tag):
-            entry.stack = dataclasses.replace(entry.converted, name=name, calendered=tag)
+            entry.stack = self._stack_in_state(entry.converted, name, tag) or \
+                dataclasses.replace(entry.converted, name=name, calendered=tag)
+
+    @staticmethod
+    def _override_key(entry: LayerEntry) -> tuple | None:
+        return tuple(sorted(entry.override.items())) if entry.override else None
+
+    def _stack_in_state(self, converted: ElectrodeStack, name: str,
+                        tag: bool | None) -> ElectrodeStack | None:
+        """The stack of layer ``name`` in ``state.stacks`` if it is ``converted`` renamed.
+
+        Another panel (Open run) may have put the layer's stack into the state already; keeping
+        that object leaves the dataset as it is when this panel catches up.
+        """
+        for stack, layer_name in zip(self.state.stacks, self.state.stack_layers):
+            if layer_name == name and stack.labels is converted.labels \
+                    and (stack.name, stack.calendered) == (name, tag) \
+                    and stack.phase_mapping == converted.phase_mapping \
+                    and stack.voxel_size_um == converted.voxel_size_um:
+                return stack
+        return None
 
     def _convert(self, entry: LayerEntry) -> None:
+        """Convert ``entry.layer`` at once, on the GUI thread."""
         first = not entry._converted_once
+        self._apply_conversion(entry, conversion_of(entry.layer, entry.override), first)
+
+    def _apply_conversion(self, entry: LayerEntry, result: ConversionResult,
+                          first: bool) -> None:
         entry._converted_once = True
-        try:
-            entry.converted = convert_layer(entry.layer, entry.override)
-        except ElectrodeCAEError as exc:
-            entry.converted, entry.fractions, entry.error = None, None, str(exc)
+        if result.error:
+            entry.converted, entry.fractions, entry.error = None, None, result.error
             entry.use = False
             if entry._notified_error != entry.error:
                 entry._notified_error = entry.error
                 # A layer that merely is not an electrode stack (2D, RGB, grey levels) gets a
                 # quiet note; a mapping the user asked for and that fails is an error.
-                notify = show_info if first and entry.override is None else show_error
-                notify(f"{entry.layer.name}: not used as an electrode stack: {entry.error}"
-                       if notify is show_info else entry.error)
+                quiet = first and entry.override is None and not result.unexpected
+                if quiet:
+                    show_info(f"{entry.layer.name}: not used as an electrode stack: "
+                              f"{entry.error}")
+                else:
+                    show_error(entry.error)
             return
+        entry.converted = result.stack
         entry.error = entry._notified_error = ""
-        entry.fractions = volume_fractions(entry.converted.labels)
-        if first:
+        entry.fractions = result.fractions
+        if first and not entry._use_chosen:
             entry.use = self._looks_like_electrode(entry)
+
+    # ------------------------------------------------------------- background conversion
+
+    def _start_conversion(self, entry: LayerEntry, override_key: tuple | None) -> None:
+        """Convert ``entry.layer`` in a worker; the row shows "converting …" meanwhile."""
+        job = _ConversionJob(entry, LayerSnapshot.of(entry.layer), override_key,
+                             first=not entry._converted_once)
+        entry.converted, entry.fractions, entry.stack, entry.error = None, None, None, ""
+        override = dict(entry.override) if entry.override else None
+        worker = create_worker(convert_in_worker, job.snapshot, override, _ignore_errors=True)
+        job.worker = worker
+        worker.returned.connect(lambda result, job=job: self._on_converted(job, result))
+        worker.finished.connect(lambda job=job: self._on_conversion_finished(job))
+        entry._job = job
+        self._workers.append(worker)
+        worker.start()
+
+    def _is_current(self, entry: LayerEntry) -> bool:
+        return any(e is entry for e in self.entries)
+
+    def _on_converted(self, job: _ConversionJob, result: ConversionResult) -> None:
+        """A worker's result: applied if it still fits the layer, else converted again."""
+        entry = job.entry
+        if self._closing or entry._job is not job:
+            return
+        entry._job = None
+        if not self._is_current(entry):
+            return  # the layer was removed meanwhile
+        layer = entry.layer
+        if layer.data is not job.snapshot.data or layer.name != job.snapshot.name \
+                or self._override_key(entry) != job.override_key:
+            entry._source_data = None  # stale: convert what the layer holds now
+        else:
+            self._apply_conversion(entry, result, job.first)
+            if entry.usable and entry._use_if_usable:
+                entry.use = True
+            entry._use_if_usable = False
+        self._refresh_entry(entry)
+        self._fill_table()
+        self._push_state()
+
+    def _on_conversion_finished(self, job: _ConversionJob) -> None:
+        if job.worker in self._workers:
+            self._workers.remove(job.worker)
+        entry = job.entry
+        if entry._job is not job:
+            self._update_convert_status()
+            return
+        # Finished without a result (only if the worker itself failed).
+        entry._job = None
+        if self._closing or not self._is_current(entry):
+            return
+        self._apply_conversion(entry, ConversionResult(
+            error=f"layer {entry.layer.name!r}: the conversion stopped without a result",
+            unexpected=True), job.first)
+        self._refresh_entry(entry)
+        self._fill_table()
+        self._push_state()
+
+    def _update_convert_status(self) -> None:
+        busy = [e for e in self.entries if e.converting]
+        if not busy:
+            self.convert_status_label.hide()
+            return
+        names = ", ".join(f"{e.layer.name} ({'×'.join(map(str, e.layer.data.shape))})"
+                          for e in busy)
+        self.convert_status_label.setText(f"Converting {names} in the background …")
+        self.convert_status_label.show()
 
     @staticmethod
     def _looks_like_electrode(entry: LayerEntry) -> bool:
@@ -425,6 +640,7 @@ class DataPanel(QWidget):
         finally:
             self._filling_table = False
         self._update_mapping_editor()
+        self._update_convert_status()
 
     def _fill_row(self, row: int, entry: LayerEntry) -> None:
         name_item = QTableWidgetItem(entry.layer.name)
@@ -432,6 +648,10 @@ class DataPanel(QWidget):
         if entry.usable:
             name_item.setFlags(flags | Qt.ItemIsUserCheckable)
             name_item.setCheckState(Qt.Checked if entry.use else Qt.Unchecked)
+        elif entry.converting:  # the box shows the intended state; set_used may change it
+            name_item.setFlags(flags)
+            name_item.setCheckState(Qt.Checked if entry.use else Qt.Unchecked)
+            name_item.setForeground(_BUSY_COLOR)
         else:
             name_item.setFlags(flags)
             name_item.setForeground(_ERROR_COLOR)
@@ -454,6 +674,8 @@ class DataPanel(QWidget):
         error_column = _COL_FRACTIONS if entry.error else _COL_MAPPING
         if entry.error:
             mapping_item.setForeground(_ERROR_COLOR)
+        elif entry.converting:
+            mapping_item.setForeground(_BUSY_COLOR)
         self.table.setItem(row, error_column, mapping_item)
         span = _COL_MAPPING - _COL_FRACTIONS + 1
         if (self.table.columnSpan(row, _COL_FRACTIONS) > 1) != bool(entry.error):
@@ -473,7 +695,7 @@ class DataPanel(QWidget):
                 lambda index, layer=entry.layer: self._on_tag_changed(layer, TAGS[index][1])
             )
             self.table.setCellWidget(row, _COL_TAG, combo)
-        combo.setEnabled(entry.usable)
+        combo.setEnabled(entry.usable or entry.converting)
         index = [value for _, value in TAGS].index(layer_tag(entry.layer))
         if combo.currentIndex() != index:
             combo.blockSignals(True)
@@ -483,12 +705,16 @@ class DataPanel(QWidget):
 
     @staticmethod
     def _fractions_text(entry: LayerEntry) -> str:
+        if entry.converting:
+            return "…"
         if entry.fractions is None:
             return "—"
         return "/".join(f"{100 * entry.fractions[p]:.0f}" for p in ("pore", "cbd", "active"))
 
     @staticmethod
     def _mapping_text(entry: LayerEntry) -> str:
+        if entry.converting:
+            return "converting …"
         if entry.error:
             prefix = f"{entry.converted_source}: "
             error = entry.error[len(prefix):] if entry.error.startswith(prefix) else entry.error
@@ -536,12 +762,18 @@ class DataPanel(QWidget):
 
     def _update_mapping_editor(self) -> None:
         entry = self.selected_entry()
+        editable = entry is not None and not entry.converting
         for widget in (self.mapping_edit, self.apply_mapping_button):
-            widget.setEnabled(entry is not None)
-        self.auto_mapping_button.setEnabled(entry is not None and entry.override is not None)
+            widget.setEnabled(editable)
+        self.auto_mapping_button.setEnabled(editable and entry.override is not None)
         if entry is None:
             self.mapping_edit.clear()
             self._show_details("Select a layer to see or change its phase mapping.")
+            return
+        if entry.converting:
+            self.mapping_edit.setText(format_mapping(entry.override or {}))
+            self._show_details(f"{entry.layer.name}: converting "
+                               f"{'×'.join(map(str, entry.layer.data.shape))} voxels …")
             return
         mapping = entry.override or (entry.converted.phase_mapping if entry.usable else {})
         self.mapping_edit.setText(format_mapping(mapping))
@@ -560,7 +792,7 @@ class DataPanel(QWidget):
 
     def _on_apply_mapping_clicked(self) -> None:
         entry = self.selected_entry()
-        if entry is None:
+        if entry is None or entry.converting:
             return
         try:
             mapping = parse_phase_mapping(self.mapping_edit.text())
@@ -572,54 +804,113 @@ class DataPanel(QWidget):
 
     def _on_auto_mapping_clicked(self) -> None:
         entry = self.selected_entry()
-        if entry is not None:
+        if entry is not None and not entry.converting:
             self.set_phase_mapping(entry.layer.name, None)
 
     def set_phase_mapping(self, name: str, mapping: dict[int, str] | None) -> None:
         """Override the phase mapping of layer ``name`` (None: back to the default).
 
         A mapping that does not fit the layer's values leaves the layer unusable, with the
-        reason shown in its row.
+        reason shown in its row. A big layer is converted in a worker (see :attr:`idle`).
         """
         entry = next(e for e in self.entries if e.layer.name == name)
-        was_used = entry.use or not entry.usable
+        was_used = entry.use or (not entry.usable and not entry.converting)
         entry.override = dict(mapping) if mapping else None
         self._refresh_entry(entry)
-        if entry.usable and was_used:
+        if entry.converting:
+            entry._use_if_usable = was_used
+        elif entry.usable and was_used:
             entry.use = True
         self._fill_table()
         self._push_state()
 
     def set_used(self, name: str, use: bool) -> None:
-        """Check or uncheck the layer called ``name`` (ignored for layers with an error)."""
+        """Check or uncheck the layer called ``name`` (ignored for layers with an error).
+
+        For a layer being converted, this is what happens once its conversion succeeds.
+        """
         row = next(i for i, e in enumerate(self.entries) if e.layer.name == name)
         item = self.table.item(row, _COL_NAME)
-        if self.entries[row].usable:
+        entry = self.entries[row]
+        if entry.usable:
             item.setCheckState(Qt.Checked if use else Qt.Unchecked)
+        elif entry.converting:
+            entry.use, entry._use_chosen, entry._use_if_usable = use, True, False
+            self._fill_table()
 
     # ------------------------------------------------------------------------------ state
 
     def _push_state(self) -> None:
         """Write the used stacks to ``state`` and rebuild the dataset, if they changed."""
-        used = [entry for entry in self.entries if entry.used]
-        stacks = tuple(entry.stack for entry in used)
-        names = tuple(entry.layer.name for entry in used)
-        self._update_summary(used)
+        pairs = self._used_stacks()
+        stacks = tuple(stack for _, stack in pairs)
+        names = tuple(name for name, _ in pairs)
+        self._update_summary(pairs)
         same = len(stacks) == len(self.state.stacks) and all(
             a is b for a, b in zip(stacks, self.state.stacks)
         )
         if same and names == tuple(self.state.stack_layers):
             return
-        self.state.stack_layers = names
-        self.state.stacks = stacks
+        self._pushing = True
+        try:
+            self.state.stack_layers = names
+            self.state.stacks = stacks
+        finally:
+            self._pushing = False
         self.state.rebuild_dataset()
 
-    def _update_summary(self, used: list[LayerEntry]) -> None:
-        if not used:
-            self.summary_label.setText("No electrode stack selected: check at least one layer.")
+    def _used_stacks(self) -> list[tuple[str, ElectrodeStack]]:
+        """(layer name, stack) of each used layer, in layer order.
+
+        A checked layer being converted keeps the stack the state holds for it if that stack
+        is the layer's data itself and no mapping was set (Open run put it there): what the
+        conversion gives, so the dataset need not go and come back.
+        """
+        pairs = []
+        for entry in self.entries:
+            if entry.used:
+                pairs.append((entry.layer.name, entry.stack))
+            elif entry.converting and entry.use and entry.override is None:
+                for stack, name in zip(self.state.stacks, self.state.stack_layers):
+                    if name == entry.layer.name and stack.labels is entry.layer.data:
+                        pairs.append((name, stack))
+                        break
+        return pairs
+
+    def _on_state_stack_layers(self, _event: Any = None) -> None:
+        """Another panel chose the stacks (Open run): check exactly their layers.
+
+        A layer still being converted is checked (or not) once its conversion is in, and then
+        keeps the stack object the state already holds (see :meth:`_stack_in_state`).
+        """
+        if self._pushing or self._closing:
             return
-        parts = [f"{e.layer.name} ({e.stack.tag}, {'×'.join(map(str, e.stack.shape))})"
-                 for e in used]
+        wanted = set(self.state.stack_layers)
+        changed = False
+        for entry in self.entries:
+            use = entry.layer.name in wanted
+            if entry.converting:
+                entry._use_chosen, entry._use_if_usable = True, False
+            elif not entry.usable:
+                continue
+            elif use:  # the state's own stack object, if it is this layer's
+                entry.stack = self._stack_in_state(entry.converted, entry.layer.name,
+                                                   layer_tag(entry.layer)) or entry.stack
+            changed |= entry.use != use
+            entry.use = use
+        if changed:
+            self._fill_table()
+        self._update_summary(self._used_stacks())
+
+    def _update_summary(self, used: list[tuple[str, ElectrodeStack]]) -> None:
+        if not used:
+            self.summary_label.setText(
+                "No electrode stack selected yet: a layer is being converted."
+                if any(entry.converting for entry in self.entries)
+                else "No electrode stack selected: check at least one layer.")
+            return
+        parts = [f"{name} ({stack.tag}, {'×'.join(map(str, stack.shape))})"
+                 for name, stack in used]
         self.summary_label.setText(f"Using {len(used)} stack(s): " + ", ".join(parts))
 
     # ---------------------------------------------------------------------------- loading
@@ -681,13 +972,15 @@ class DataPanel(QWidget):
     # --------------------------------------------------------------------------- shutdown
 
     def shutdown(self) -> None:
-        """Stop reading workers, wait for them and disconnect from the viewer (idempotent)."""
+        """Stop reading and converting workers, wait for them (their results are dropped) and
+        disconnect from the viewer and the state (idempotent)."""
         if self._closing:
             return
         self._closing = True
         for worker in list(self._workers):
             worker.quit()
         wait_for_workers(self._workers, SHUTDOWN_WAIT_S)
+        self.state.events.stack_layers.disconnect(self._on_state_stack_layers)
         layer_events = self.viewer.layers.events
         for emitter in (layer_events.inserted, layer_events.removed, layer_events.moved):
             emitter.disconnect(self._on_layers_changed)

@@ -8,7 +8,8 @@ thread for 80-190 ms when Train was pressed, and every update of it runs a neste
 ``processEvents`` inside the slot. When training ends (finished, stopped or failed after at
 least one epoch) a second worker encodes every window and evaluates the model off the GUI
 thread; its result sets ``state.latents`` and ``state.report`` and bumps
-``state.model_version``.
+``state.model_version``. Open run… reads the run folder (weights, stacks, windows) in a worker
+too; its result is applied on the GUI thread.
 """
 
 from __future__ import annotations
@@ -171,6 +172,70 @@ class _StateSnapshot:
     report: Any
 
 
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run folder read by :func:`load_run_folder` (in a worker), ready to be applied."""
+
+    run: core.Run
+    dataset: core.WindowDataset
+    history: tuple[EpochReport, ...]
+    #: Viewer layer name -> the data object (as it was when Open started) found equal to the
+    #: run's stack of that name: such a layer is reused, not added again.
+    same_layers: dict[str, Any]
+
+
+def load_run_folder(path: str | Path, layer_data: dict[str, Any]) -> LoadedRun:
+    """Read the run folder ``path`` with its stacks and check them (runs in a worker).
+
+    ``layer_data`` maps the viewer's layer names to their data; the stacks equal to a layer of
+    their name are listed in ``same_layers``.
+
+    Raises
+    ------
+    RunFolderError
+        And other ElectrodeCAEError, KeyError, TypeError or ValueError for a bad folder (as
+        :func:`napari_electrode_cae.core.load_run`).
+    """
+    run = core.load_run(path)
+    dataset = run.load_dataset()
+    _check_split_fits(run, len(dataset))
+    history = history_from_rows(run.history, run.train_config.epochs)
+    same = {}
+    for stack in dataset.stacks:
+        name = stack.name or "electrode"
+        data = layer_data.get(name)
+        if data is not None and _same_labels(data, stack.labels):
+            same[name] = data
+    return LoadedRun(run, dataset, history, same)
+
+
+def _same_labels(data: Any, labels: np.ndarray) -> bool:
+    """Whether layer ``data`` holds ``labels``; compared slab by slab (little extra memory).
+
+    False for data that are not one array of that shape (multiscale, shapes, unreadable).
+    """
+    if getattr(data, "shape", None) != labels.shape:
+        return False
+    step = max(1, (1 << 22) // max(1, math.prod(labels.shape[1:])))
+    try:
+        for start in range(0, labels.shape[0], step):
+            if not np.array_equal(np.asarray(data[start:start + step]),
+                                  labels[start:start + step]):
+                return False
+    except Exception:  # noqa: BLE001 (a layer we cannot compare is simply not reused)
+        return False
+    return True
+
+
+def open_run_error_message(path: str | Path, exc: BaseException) -> str:
+    """What Open run says about a folder it could not open."""
+    if isinstance(exc, ElectrodeCAEError):
+        return str(exc)
+    if isinstance(exc, (KeyError, TypeError, ValueError)):
+        return f"invalid run folder {path}: {type(exc).__name__}: {exc}"
+    return f"could not open run {path}: {type(exc).__name__}: {exc}"
+
+
 def history_from_rows(rows: Sequence[dict], epochs: int) -> tuple[EpochReport, ...]:
     """EpochReports from history.csv rows (epoch, train_mse, val_mse, seconds, best_val_mse).
 
@@ -316,6 +381,7 @@ class TrainingPanel(QWidget):
         self._stop_requested = False
         self._evaluating_model = None
         self._saving = False
+        self._opening: object | None = None  # the Open run request whose worker runs
         self._progress_value = 0
         self._progress_shown_at = 0.0
         #: The current model with what it was trained on (set after training or opening a run).
@@ -544,8 +610,13 @@ class TrainingPanel(QWidget):
 
     @property
     def is_busy(self) -> bool:
-        """True while a training, evaluation or saving worker of this panel is running."""
+        """True while a training, evaluation, saving or run-opening worker is running."""
         return bool(self._workers)
+
+    @property
+    def opening(self) -> bool:
+        """True while a run folder is being read (see :meth:`open_run`)."""
+        return self._opening is not None
 
     def _set_status(self, text: str) -> None:
         self.status_label.setStyleSheet("")
@@ -558,12 +629,13 @@ class TrainingPanel(QWidget):
 
     def _update_buttons(self) -> None:
         training = self._training_worker is not None
-        self.train_button.setEnabled(not training)
+        opening = self._opening is not None
+        self.train_button.setEnabled(not training and not opening)
         self.stop_button.setEnabled(training and not self._stop_requested)
-        self.open_button.setEnabled(not training)
+        self.open_button.setEnabled(not training and not opening)
         self.save_button.setEnabled(
-            not training and not self._saving and self._evaluating_model is None
-            and self.trained_run is not None
+            not training and not opening and not self._saving
+            and self._evaluating_model is None and self.trained_run is not None
         )
         for widget in (self.preset_combo, self.conv_layers_combo, self.hidden_spin,
                        self.latent_spin, self.epochs_spin, self.batch_spin, self.lr_spin,
@@ -590,7 +662,7 @@ class TrainingPanel(QWidget):
     # ---------------------------------------------------------------------- training
 
     def _on_train_clicked(self) -> None:
-        if self._training_worker is not None:
+        if self._training_worker is not None or self._opening is not None:
             return
         try:
             job = self._prepare_training()
@@ -855,38 +927,65 @@ class TrainingPanel(QWidget):
         if path:
             self.open_run(path)
 
-    def open_run(self, path: str | Path) -> bool:
-        """Load the run folder ``path``: its stacks, windows, model, settings and history.
+    def open_run(self, path: str | Path):
+        """Open the run folder ``path``: its stacks, windows, model, settings and history.
 
-        Stacks not yet in the viewer are added as Labels layers. The latents and the report are
-        then computed in a worker, and ``state.model_version`` is bumped. On a bad folder an
-        error notification is shown and neither the viewer nor the state change.
+        The folder is read in a worker (weights and stacks: seconds for big stacks); Train,
+        Save and Open are disabled meanwhile. Its result is then applied on the GUI thread:
+        stacks not yet in the viewer are added as Labels layers, the state is set, and the
+        latents and the report are computed in another worker, after which
+        ``state.model_version`` is bumped. On a bad folder an error notification is shown and
+        neither the viewer nor the state change. A run opened while another is being read
+        replaces it (the older result is dropped), as does closing the panel.
 
         Returns
         -------
-        bool
-            True if the run was opened.
+        napari.qt.threading.FunctionWorker or None
+            The started worker (tests wait for :attr:`is_busy` to clear), or None if training
+            runs (an error is shown).
         """
         if self._training_worker is not None:
             self._report_error("stop training before opening a run")
-            return False
-        try:
-            run = core.load_run(path)
-            dataset = run.load_dataset()
-            _check_split_fits(run, len(dataset))
-            history = history_from_rows(run.history, run.train_config.epochs)
-        except (ElectrodeCAEError, KeyError, TypeError, ValueError) as exc:
-            message = str(exc) if isinstance(exc, ElectrodeCAEError) else (
-                f"invalid run folder {path}: {type(exc).__name__}: {exc}")
-            self._report_error(message)
-            return False
-        self._apply_run(run, dataset, history)
-        return True
+            return None
+        request = object()
+        # Layer data are taken here, on the GUI thread; the worker only compares arrays.
+        layer_data = {layer.name: layer.data for layer in self.viewer.layers
+                      if not getattr(layer, "multiscale", False)}
+        worker = self._start_worker(
+            load_run_folder, path, layer_data,
+            on_returned=lambda loaded: self._on_run_loaded(request, loaded),
+            on_errored=lambda exc: self._on_open_errored(request, path, exc),
+            on_finished=lambda: self._on_open_finished(request),
+        )
+        self._opening = request
+        self._set_status(f"opening run {path} …")
+        self._update_buttons()
+        worker.start()
+        return worker
+
+    def _on_run_loaded(self, request: object, loaded: LoadedRun) -> None:
+        if self._closed or request is not self._opening:
+            return  # closed, or another run was opened meanwhile
+        if self._training_worker is not None:
+            self._report_error("stop training before opening a run")
+            return
+        self._apply_run(loaded.run, loaded.dataset, loaded.history, loaded.same_layers)
+
+    def _on_open_errored(self, request: object, path: str | Path, exc: BaseException) -> None:
+        if not self._closed and request is self._opening:
+            self._report_error(open_run_error_message(path, exc))
+
+    def _on_open_finished(self, request: object) -> None:
+        if request is self._opening:
+            self._opening = None
+        self._update_buttons()
 
     def _apply_run(self, run: core.Run, dataset: core.WindowDataset,
-                   history: tuple[EpochReport, ...]) -> None:
+                   history: tuple[EpochReport, ...],
+                   same_layers: dict[str, Any] | None = None) -> None:
         s, c = self.state, run.train_config
-        layer_names = tuple(self._ensure_stack_layer(stack) for stack in dataset.stacks)
+        layer_names = tuple(self._ensure_stack_layer(stack, same_layers or {})
+                            for stack in dataset.stacks)
         s.stacks = tuple(dataset.stacks)
         s.stack_layers = layer_names
         s.split_mode = c.split
@@ -914,13 +1013,16 @@ class TrainingPanel(QWidget):
         self.progress_bar.reset()
         self._start_evaluation(self.trained_run, summary)
 
-    def _ensure_stack_layer(self, stack: core.ElectrodeStack) -> str:
-        """Name of a viewer layer holding ``stack``; adds a Labels layer if there is none."""
+    def _ensure_stack_layer(self, stack: core.ElectrodeStack,
+                            same_layers: dict[str, Any]) -> str:
+        """Name of a viewer layer holding ``stack``; adds a Labels layer if there is none.
+
+        ``same_layers`` (layer name -> data found equal in the worker) spares comparing again.
+        """
         name = stack.name or "electrode"
         if name in self.viewer.layers:
             data = self.viewer.layers[name].data
-            if getattr(data, "shape", None) == stack.shape and np.array_equal(
-                    np.asarray(data), stack.labels):
+            if same_layers.get(name) is data or _same_labels(data, stack.labels):
                 return name
         return self.viewer.add_labels(stack.labels, **labels_layer_kwargs(stack)).name
 
