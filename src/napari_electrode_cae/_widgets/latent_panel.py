@@ -2,27 +2,48 @@
 
 Sliders start at the selected window's code (``state.latents[state.selected_window]``) and span
 the distribution of all encoded windows. Moving one decodes the vector with an eval snapshot of
-the model in a background worker, latest-wins (see :mod:`.live_decoder`), and writes the snapped
-phases into the ``_layers.DECODED_LAYER`` Labels layer in place, placed at the selected window so
-it shows up in the Results panel's side-by-side grid next to the original and reconstruction.
+the model and writes the snapped phases into the ``_layers.DECODED_LAYER`` Labels layer in
+place, placed at the selected window so it shows up in the Results panel's side-by-side grid
+next to the original and reconstruction.
+
+Where the decode runs depends on what it costs (:attr:`LatentPanel.decodes_inline`):
+
+* cheap decodes (estimated below :data:`INLINE_DECODE_MAX_S`, or :data:`DRAG_INLINE_MAX_S`
+  while a slider is held down) run on the GUI thread, in the turn of the slider move: nothing
+  repaints meanwhile, so slider → decoded array is the bare decode time. In a worker the same
+  decode would compete for the 2 cores and the GIL with napari repainting the previous result
+  (software OpenGL) and take several times as long. Moves made while an inline decode's turn
+  is not over only replace the pending vector, which the next turn decodes: latest wins, one
+  decode per event-loop turn;
+* expensive ones (and a model's first decode, which builds oneDNN's kernels) run in a
+  background runner, latest-wins (see :mod:`.live_decoder`), with all cores but one, so that a
+  drag stays fluid.
+
+The layer is updated in place (:func:`update_labels_in_place`): napari's ``layer.data = ...``
+would recompute the viewer's dimensions and rebuild the layer's colormap shader each time.
 
 Latest wins on the GUI side too: decoded volumes finished while the GUI thread paints do not
-pile up (the runner hands over only the newest). A new model's first decode runs at once, even
-while the panel is hidden: the decoded layer then exists before the Results panel builds its
-side-by-side grid, which is built once with three cells. (Made later, when the Latents tab is
-first shown, the layer would force napari to rebuild the grid: a second expensive GUI-thread
-call and repaint, 250-350 ms on a busy 2-core CPU with software OpenGL, measured with
+pile up (the runner hands over only the newest), and a runner result overtaken by a newer
+inline decode is dropped. A new model's first decode runs at once, even while the panel is
+hidden: the decoded layer then exists before the Results panel builds its side-by-side grid,
+which is built once with three cells. (Made later, when the Latents tab is first shown, the
+layer would force napari to rebuild the grid: a second expensive GUI-thread call and repaint,
+250-350 ms on a busy 2-core CPU with software OpenGL, measured with
 ``benchmarks/gui_stall_training.py``.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+import torch
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
     QGridLayout,
@@ -56,6 +77,19 @@ if TYPE_CHECKING:
 DEFAULT_RUNNER = "thread"
 #: Half-width of a slider's range when no encoded windows are available.
 FALLBACK_HALF_RANGE = 3.0
+#: Decodes estimated to take less than this many seconds run on the GUI thread, in the turn of
+#: the slider move (see :class:`LatentPanel`); slower ones run in the background runner.
+INLINE_DECODE_MAX_S = 0.030
+#: While a slider is held down (dragged), only decodes estimated below this run inline. Such a
+#: turn also carries napari's layer update (3-5 ms) and then the window's repaint (20-45 ms
+#: with software OpenGL on 2 cores), and the GUI thread must not block for more than 50 ms.
+DRAG_INLINE_MAX_S = 0.010
+#: The decode-time estimate is the lowest CPU time of this many recent decodes of the model.
+ESTIMATE_WINDOW = 8
+#: Inline decodes estimated to take less than this many seconds use one torch thread: after the
+#: GUI thread was idle, waking torch's second thread on an idle (virtual) CPU costs more than it
+#: saves (a 1 ms decode took ~11 ms with two threads after a 100 ms pause, 2 ms with one).
+SINGLE_THREAD_MAX_S = 0.005
 
 
 def latent_ranges(latents: np.ndarray | None, k: int) -> np.ndarray:
@@ -87,6 +121,59 @@ def slider_decimals(low: float, high: float) -> int:
     return int(np.clip(np.ceil(-np.log10(width / 200.0)), 2, 6))
 
 
+def _is_napari_object(obj: Any) -> bool:
+    module = type(obj).__module__
+    return module == "napari" or module.startswith("napari.")
+
+
+def update_labels_in_place(layer: Any, labels: np.ndarray) -> bool:
+    """Copy ``labels`` into a Labels layer's own array and redraw it; False if it cannot.
+
+    ``layer.data = labels`` makes napari treat the data as new: the viewer recomputes its
+    dimensions and the vispy layer rebuilds its label colormap, whose new shader program is
+    compiled at the next paint. For a volume of the same shape and dtype none of that is
+    needed: napari's documented way to show data changed in place is ``layer.refresh()``
+    (re-slice, texture upload, thumbnail). The layer's ``data`` event is still emitted, for
+    listeners outside napari (the Physics panel follows the decoded layer through it), with
+    napari's own callbacks blocked: they only matter when the shape, dtype or dimensions change.
+    On a 2-core CPU with software OpenGL this halves napari's update (6 → 3 ms) and cuts the
+    next repaint from ~16 to ~3 ms (``benchmarks/live_decode.py``).
+
+    Parameters
+    ----------
+    layer : napari.layers.Labels
+        The layer; its ``data`` must be a writable numpy array that nobody else holds (make the
+        layer with a copy).
+    labels : numpy.ndarray
+        New values, same shape and dtype as ``layer.data``.
+
+    Returns
+    -------
+    bool
+        False (nothing changed) if ``layer.data`` is not a writable array of that shape and
+        dtype; the caller then sets ``layer.data``.
+    """
+    data = layer.data
+    if not (isinstance(data, np.ndarray) and data.shape == labels.shape
+            and data.dtype == labels.dtype and data.flags.writeable):
+        return False
+    np.copyto(data, labels)
+    try:
+        layer.refresh(extent=False)  # same shape: the extent cannot have changed
+    except TypeError:  # napari without refresh keywords
+        layer.refresh()
+    emitter = layer.events.data
+    with contextlib.ExitStack() as blocked:
+        for callback in emitter.callbacks:
+            if isinstance(callback, tuple):  # (weak reference to the owner, method name)
+                owner = callback[0]()
+                method = getattr(owner, callback[1], None) if owner is not None else None
+                if method is not None and _is_napari_object(owner):
+                    blocked.enter_context(emitter.blocker(method))
+        emitter(value=data)
+    return True
+
+
 class LatentPanel(QWidget):
     """Sliders for the latent features and a live decoded volume.
 
@@ -105,11 +192,20 @@ class LatentPanel(QWidget):
     turns : TurnQueue, optional
         Event-loop turns shared with other panels for expensive layer work (see
         :mod:`.turns`); by default the panel's own.
+    inline_max_s, drag_inline_max_s : float
+        Decode on the GUI thread when the decode-time estimate is below ``inline_max_s``, or
+        below ``drag_inline_max_s`` while a slider is held down (see :attr:`decodes_inline`);
+        0 sends every decode to the runner.
 
     Attributes
     ----------
     decoded : Signal(DecodedVolume)
         Emitted after a decoded volume has been written into the decoded layer.
+    worker_threads : int
+        Intra-op torch threads of the runner's decodes: all cores but one (at least one), so
+        that the GUI thread and the OpenGL rasteriser keep a core while the worker decodes.
+    inline_decodes : int
+        Number of decodes run on the GUI thread so far.
     latency_log : list or None
         If a list, each shown decode appends ``(result, delivered_at, layer_updated_at)`` with
         ``time.perf_counter()`` times (for benchmarks); ``delivered_at`` is when the result
@@ -119,11 +215,28 @@ class LatentPanel(QWidget):
     decoded = Signal(object)
 
     def __init__(self, viewer: napari.Viewer, state: CAEState, parent: QWidget | None = None,
-                 runner: str = DEFAULT_RUNNER, turns: TurnQueue | None = None) -> None:
+                 runner: str = DEFAULT_RUNNER, turns: TurnQueue | None = None,
+                 inline_max_s: float = INLINE_DECODE_MAX_S,
+                 drag_inline_max_s: float = DRAG_INLINE_MAX_S) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
         self.decoder = RUNNERS[runner](self._on_decoded, self._on_decode_error)
+        self.inline_max_s = inline_max_s
+        self.drag_inline_max_s = drag_inline_max_s
+        self.worker_threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
+        self.inline_decodes = 0
+        self._closed = False
+        self._decode_times: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
+        self._inline_pending: tuple[np.ndarray, float] | None = None  # (latent, requested at)
+        self._snapshot_taken_at = 0.0  # perf_counter() when the current snapshot was taken
+        self._shown_requested_at = 0.0  # request time of the newest decode shown
+        # Runs once the events queued behind an inline decode are handled: while it is active,
+        # slider moves only replace the pending vector (one decode per event-loop turn).
+        self._inline_turn = QTimer(self)
+        self._inline_turn.setSingleShot(True)
+        self._inline_turn.setInterval(0)
+        self._inline_turn.timeout.connect(self._on_inline_turn)
         self._snapshot: ConvAutoEncoder3d | None = None
         self._snapshot_source: ConvAutoEncoder3d | None = None  # state.model it was copied from
         self.sliders: list[QLabeledDoubleSlider] = []
@@ -229,6 +342,9 @@ class LatentPanel(QWidget):
         model = self.state.model
         self._snapshot = None if model is None else model_snapshot(model)
         self._snapshot_source = model
+        self._decode_times.clear()  # the first decode of the new model runs in the worker
+        self._snapshot_taken_at = time.perf_counter()
+        self._inline_pending = None
         k = 0 if model is None else model.config.latent_dim
         self._rebuild_sliders(k)
         if model is None:
@@ -292,27 +408,95 @@ class LatentPanel(QWidget):
         self._request_decode()
 
     def _request_decode(self) -> None:
-        if not self._snapshot_is_current() or not self.sliders:
+        if self._closed or not self._snapshot_is_current() or not self.sliders:
             return
-        self.decoder.submit(decode_latent, self._snapshot, self.latent_vector(),
-                            time.perf_counter())
+        latent, requested = self.latent_vector(), time.perf_counter()
+        if self._inline_turn.isActive():  # decoded inline in this turn: the newest waits
+            self._inline_pending = (latent, requested)
+        elif self.decodes_inline:
+            self._decode_inline(latent, requested)
+        else:
+            self.decoder.submit(decode_latent, self._snapshot, latent, requested,
+                                self.worker_threads)
+
+    @property
+    def decode_estimate_s(self) -> float | None:
+        """Expected GUI-thread time of a decode of the current model, in seconds.
+
+        The lowest CPU time of the decoding thread over the last :data:`ESTIMATE_WINDOW`
+        decodes; None before the model's first decode. CPU time, not wall time: a worker's
+        decode during a drag waits for a core and for the GIL while napari repaints and takes
+        up to 5× its CPU time, and other work on the CPU only ever makes a decode slower.
+        """
+        return min(self._decode_times) if self._decode_times else None
+
+    @property
+    def dragging(self) -> bool:
+        """True while a slider is held down."""
+        return any(slider.isSliderDown() for slider in self.sliders)
+
+    @property
+    def decodes_inline(self) -> bool:
+        """True if the next slider move is decoded on the GUI thread, in its own turn.
+
+        A decode estimated to take less than ``inline_max_s`` (``drag_inline_max_s`` during a
+        drag) is cheaper there than in a worker, where it would compete for the CPU and the GIL
+        with napari repainting the previous result and take several times as long. A model's
+        first decode (oneDNN builds its kernels then) always runs in the runner. A runner
+        result requested before an inline decode that is already shown is dropped (see
+        :meth:`_on_decoded`).
+        """
+        estimate = self.decode_estimate_s
+        limit = self.drag_inline_max_s if self.dragging else self.inline_max_s
+        return estimate is not None and estimate < limit
+
+    def _decode_inline(self, latent: np.ndarray, requested: float) -> None:
+        """Decode ``latent`` now and show it; later moves in this turn wait for the next one."""
+        self._inline_turn.start()
+        self.inline_decodes += 1
+        estimate = self.decode_estimate_s
+        threads = 1 if estimate is not None and estimate < SINGLE_THREAD_MAX_S else None
+        try:
+            result = decode_latent(self._snapshot, latent, requested, threads)
+        except (ElectrodeCAEError, RuntimeError) as exc:  # as the runner reports them
+            self._on_decode_error(exc)
+            return
+        self._on_decoded(result)
+
+    def _on_inline_turn(self) -> None:
+        """The turn after an inline decode: decode the newest vector that waited for it."""
+        pending, self._inline_pending = self._inline_pending, None
+        if pending is None or self._closed or not self._snapshot_is_current() \
+                or len(pending[0]) != len(self.sliders):
+            return
+        if self.decodes_inline:
+            self._decode_inline(*pending)
+        else:
+            self.decoder.submit(decode_latent, self._snapshot, *pending, self.worker_threads)
 
     @property
     def idle(self) -> bool:
         """True when no decode is running or waiting and the layer shows the newest one."""
-        return self.decoder.idle and self._to_add is None
+        return self.decoder.idle and self._to_add is None and self._inline_pending is None
 
     # ------------------------------------------------------------------------------ results
     def _on_decoded(self, result: DecodedVolume) -> None:
         """Main thread: write the decoded phases into the decoded layer, in place.
 
-        napari's ``layer.data`` setter (the translate only if the window moved). Making the
-        layer (the first time, or when the window shape changed) is expensive: it waits for an
-        event-loop turn of its own.
+        Called with a runner's result or right after an inline decode. Records the decode's
+        CPU time for :attr:`decode_estimate_s`, drops a runner result that a newer inline
+        decode overtook, and updates the layer with :func:`update_labels_in_place` (the
+        translate only if the window moved). Making the layer (the first time, or when the
+        window shape changed) is expensive: it waits for an event-loop turn of its own.
         """
         delivered = time.perf_counter()
         if self._snapshot is None or len(result.latent) != len(self.sliders):
             return  # decoded with a model that has since been replaced
+        if result.requested_at >= self._snapshot_taken_at:  # timed with the current model
+            self._decode_times.append(result.cpu_seconds)
+        if result.requested_at < self._shown_requested_at:
+            return  # a runner result overtaken by a newer inline decode
+        self._shown_requested_at = result.requested_at
         name = _layers.DECODED_LAYER
         if name not in self.viewer.layers or self.viewer.layers[name].data.shape \
                 != result.labels.shape:
@@ -342,11 +526,12 @@ class LatentPanel(QWidget):
         if name in self.viewer.layers and self.viewer.layers[name].data.shape \
                 == result.labels.shape:
             layer = self.viewer.layers[name]
-            layer.data = result.labels
+            if not update_labels_in_place(layer, result.labels):
+                layer.data = result.labels.copy()  # the layer's own array, updated in place
             if not np.allclose(layer.translate, translate):
                 layer.translate = translate
         else:
-            _layers.add_phase_labels(self.viewer, result.labels, name, voxel,
+            _layers.add_phase_labels(self.viewer, result.labels.copy(), name, voxel,
                                      translate=translate)
         if self.latency_log is not None:
             self.latency_log.append((result, delivered, time.perf_counter()))
@@ -406,8 +591,11 @@ class LatentPanel(QWidget):
     # ------------------------------------------------------------------------------ cleanup
     def shutdown(self) -> None:
         """Stop the decoder worker, wait for it and disconnect from the state."""
+        self._closed = True
         self._steps.stop()
         self._to_add = None
+        self._inline_turn.stop()
+        self._inline_pending = None
         self.decoder.shutdown()
         for signal, slot in self._connections:
             signal.disconnect(slot)

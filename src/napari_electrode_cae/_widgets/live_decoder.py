@@ -15,14 +15,17 @@ Two runners with the same interface:
 * :class:`ThreadRunner` keeps one long-lived generator worker that waits for jobs and hands
   results over through a one-slot mailbox (no per-job thread-pool start).
 
-``benchmarks/live_decode.py`` measures both. Workers never touch Qt objects or the viewer;
-results reach ``on_result`` in the main thread through the worker's signals. The module imports
-no Qt itself (only napari's threading helpers, lazily), so the decode helpers can be used and
-tested headless.
+``benchmarks/live_decode.py`` measures both. :func:`decode_latent` is the job of the Latents
+panel (which also calls it on the GUI thread when a decode is cheap); it reports the wall and
+the CPU time of the decode. Workers never touch Qt objects or the viewer; results reach
+``on_result`` in the main thread through the worker's signals. The module imports no Qt itself
+(only napari's threading helpers, lazily), so the decode helpers can be used and tested
+headless.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -63,6 +66,9 @@ class DecodedVolume:
         ``time.perf_counter()`` when the vector was submitted (0 if unknown).
     finished_at : float
         ``time.perf_counter()`` when the decoded array was ready in the worker thread.
+    cpu_seconds : float
+        CPU time of the decoding thread for the decoder and snapping (``time.thread_time()``):
+        unlike ``decode_seconds``, not inflated by waiting for a CPU core or the GIL.
     """
 
     latent: np.ndarray
@@ -71,6 +77,7 @@ class DecodedVolume:
     decode_seconds: float
     requested_at: float = 0.0
     finished_at: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,8 +98,26 @@ def model_snapshot(model: ConvAutoEncoder3d) -> ConvAutoEncoder3d:
     return snapshot
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` intra-op torch threads in this thread (None: unchanged).
+
+    torch's thread count applies to the thread that sets it; it is restored afterwards.
+    """
+    previous = torch.get_num_threads()
+    if threads is None or threads == previous:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def decode_latent(
-    model: ConvAutoEncoder3d, latent: np.ndarray, requested_at: float = 0.0
+    model: ConvAutoEncoder3d, latent: np.ndarray, requested_at: float = 0.0,
+    threads: int | None = None,
 ) -> DecodedVolume:
     """Decode one latent vector with ``model`` and snap it to phases.
 
@@ -104,6 +129,8 @@ def decode_latent(
         (k,) latent features, k = ``model.config.latent_dim``.
     requested_at : float
         ``time.perf_counter()`` of the request, passed through for latency measurements.
+    threads : int, optional
+        Intra-op torch threads for this decode (default: the calling thread's setting).
 
     Returns
     -------
@@ -111,12 +138,12 @@ def decode_latent(
         uint8 (l, crop, crop) phase ids and their volume fractions.
     """
     latent = np.asarray(latent, dtype=np.float32).reshape(-1)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.thread_time()
     device = next(model.parameters()).device
-    with torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         values = model.decode(torch.from_numpy(latent)[None].to(device))[0, 0]
         labels = snap_to_phases(values.float().cpu().numpy())
-    finished = time.perf_counter()
+    finished, cpu_finished = time.perf_counter(), time.thread_time()
     return DecodedVolume(
         latent=latent,
         labels=labels,
@@ -124,6 +151,7 @@ def decode_latent(
         decode_seconds=finished - start,
         requested_at=requested_at,
         finished_at=finished,
+        cpu_seconds=cpu_finished - cpu_start,
     )
 
 
