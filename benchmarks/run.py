@@ -6,10 +6,11 @@ figures run under ``xvfb-run``.
 
 * Training throughput: baseline (``benchmarks/baseline.py``: materialised windows, DataLoader,
   plain Conv3d, Adam) and ours (``WindowDataset.batch``, folded model, ``core.train``'s
-  optimiser) in one fresh process each, interleaved, same initial weights; twice: with glibc's
-  malloc pinned through ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (the way to compare
-  two implementations on this machine), and with glibc's defaults as users run it (ours then
-  keeps its buffers the way ``core.train`` does, ``core.allocator``).
+  optimiser), same initial weights; twice: with glibc's malloc pinned through
+  ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (the way to compare two implementations
+  on this machine; both interleaved in one fresh process), and with glibc's defaults as users
+  run it (ours then keeps its buffers the way ``core.train`` does, ``core.allocator``, which
+  changes the process's malloc thresholds, so each runs in a fresh process of its own).
 * Decode latency and the stride-1 data-set memory, in this process / fresh subprocesses.
 * Peak RSS of a whole training run: ``benchmarks/memory_training.py`` (glibc default).
 * Live decode, GUI stalls and launch → first reconstruction: ``live_decode.py``,
@@ -74,16 +75,20 @@ def memory(size: int, which: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def train_speed(length: int, steps: int, rounds: int,
-                keep_buffers: bool = False) -> tuple[float, float, float]:
+def train_speed(length: int, steps: int, rounds: int, keep_buffers: bool = False,
+                which: str = "both") -> tuple[float | None, float | None, float | None]:
     """windows/s of the baseline and of our training step, and their max output gap.
 
     Both draw batches of 2 windows (l, 224, 224) from the same random three-phase stack: the
     baseline from a DataLoader over materialised float32 copies, ours with
     ``WindowDataset.batch`` from the uint8 stack (the data path of ``core.train``), with the
     optimiser ``core.train`` uses. Same initial weights; rounds are interleaved.
-    ``keep_buffers``: our steps run inside ``core.allocator.reuse_freed_memory()`` as in
-    ``core.train`` (only matters when glibc's malloc is not pinned through the environment).
+    ``keep_buffers``: with ``which="ours"``, the whole measurement runs inside
+    ``core.allocator.reuse_freed_memory()`` as ``core.train`` does (only matters when glibc's
+    malloc is not pinned through the environment).
+    ``which``: "both" (interleaved), or only "base" / "ours" (the others are None); with
+    glibc's defaults each runs in a process of its own, because ``reuse_freed_memory`` leaves
+    the process's malloc thresholds where they would be after a training run.
     """
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (64, 224, 224), dtype=np.uint8)
@@ -99,15 +104,13 @@ def train_speed(length: int, steps: int, rounds: int,
     loss_fn = torch.nn.MSELoss()
 
     def run(model, optimiser, batches) -> float:
-        allocator = reuse_freed_memory() if keep_buffers and model is ours else nullcontext()
-        with allocator:
-            start = time.perf_counter()
-            for _ in range(steps):
-                x = next(batches)
-                optimiser.zero_grad(set_to_none=True)
-                loss_fn(model(x), x).backward()
-                optimiser.step()
-            return 2 * steps / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(steps):
+            x = next(batches)
+            optimiser.zero_grad(set_to_none=True)
+            loss_fn(model(x), x).backward()
+            optimiser.step()
+        return 2 * steps / (time.perf_counter() - start)
 
     def our_batches():
         while True:
@@ -119,18 +122,26 @@ def train_speed(length: int, steps: int, rounds: int,
             for (x,) in loader:
                 yield x
 
-    rates = {"base": [], "ours": []}
-    ours_iter, base_iter = our_batches(), base_batches()
-    run(base, opt_base, base_iter)  # warm-up (oneDNN primitive creation)
-    run(ours, opt_ours, ours_iter)
-    for _ in range(rounds):
-        rates["base"].append(run(base, opt_base, base_iter))
-        rates["ours"].append(run(ours, opt_ours, ours_iter))
-    with torch.no_grad():
-        x = data.batch([0, 1])
-        ours.load_state_dict(base.state_dict())
-        gap = float((ours(x) - base(x)).abs().max())
-    return statistics.median(rates["base"]), statistics.median(rates["ours"]), gap
+    sides = {"base": (base, opt_base, base_batches()), "ours": (ours, opt_ours, our_batches())}
+    if which != "both":
+        sides = {which: sides[which]}
+    rates = {name: [] for name in sides}
+    # as core.train: one reuse_freed_memory() around the whole run (ours alone in its process)
+    allocator = reuse_freed_memory() if keep_buffers and which == "ours" else nullcontext()
+    with allocator:
+        for model, optimiser, batches in sides.values():
+            run(model, optimiser, batches)  # warm-up (oneDNN primitive creation)
+        for _ in range(rounds):
+            for name, (model, optimiser, batches) in sides.items():
+                rates[name].append(run(model, optimiser, batches))
+    gap = None
+    if which == "both":
+        with torch.no_grad():
+            x = data.batch([0, 1])
+            ours.load_state_dict(base.state_dict())
+            gap = float((ours(x) - base(x)).abs().max())
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    return median.get("base"), median.get("ours"), gap
 
 
 def decode_latency(length: int, repeats: int) -> tuple[float, float]:
@@ -195,13 +206,15 @@ def main() -> None:
                         help="skip the napari figures (live decode, stalls, first result)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-RSS-of-a-training-run figures")
-    parser.add_argument("--train-child", nargs=2, metavar=("L", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", nargs=3, metavar=("L", "MODE", "WHICH"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps, rounds = (3, 2) if args.quick else (8, 3)
     if args.train_child:  # one training comparison in this (fresh) process
-        length, mode = int(args.train_child[0]), args.train_child[1]
-        base, ours, gap = train_speed(length, steps, rounds, keep_buffers=mode == "default")
+        length, mode, which = int(args.train_child[0]), args.train_child[1], args.train_child[2]
+        base, ours, gap = train_speed(length, steps, rounds, keep_buffers=mode == "default",
+                                      which=which)
         print(json.dumps({"base": base, "ours": ours, "gap": gap}))
         return
     size = 256
@@ -214,14 +227,22 @@ def main() -> None:
     for mode, label in (("pinned", "allocator pinned"), ("default", "glibc default")):
         env = clean_env(**PINNED) if mode == "pinned" else clean_env()
         for length in (24, 4):
-            out = subprocess.run(
-                [sys.executable, __file__, "--threads", str(args.threads),
-                 "--train-child", str(length), mode] + (["--quick"] if args.quick else []),
-                capture_output=True, text=True, env=env, check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            def child(which: str) -> dict:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--threads", str(args.threads), "--train-child",
+                     str(length), mode, which] + (["--quick"] if args.quick else []),
+                    capture_output=True, text=True, env=env, check=True)
+                return json.loads(out.stdout.strip().splitlines()[-1])
+
+            if mode == "pinned":  # interleaved in one process
+                r = child("both")
+                note = f"max |Δoutput| {r['gap']:.1e}; interleaved in one process"
+            else:  # one fresh process each: ours changes the process's malloc thresholds
+                r = {"base": child("base")["base"], "ours": child("ours")["ours"]}
+                note = "one fresh process each"
             row(f"training windows/s, l={length}, crop 224, batch 2 ({label})",
                 "≥ 2× baseline", f"{r['base']:.1f}", f"{r['ours']:.1f}",
-                f"{r['ours'] / r['base']:.2f}×", f"max |Δoutput| {r['gap']:.1e}")
+                f"{r['ours'] / r['base']:.2f}×", note)
 
     base, ours = decode_latency(24, 20)
     row("decode one latent vector, l=24 (ms)", "—", f"{base:.1f}", f"{ours:.1f}",

@@ -5,7 +5,8 @@ default settings, blocks that big are returned to the kernel when freed and faul
 page by page, on the next step: on the paper's shapes that is ~60,000 page faults and 40-80 %
 more time per step on a 2-core CPU. Raising glibc's mmap and trim thresholds for the duration
 of training keeps those blocks in the heap for reuse; afterwards the thresholds go back to
-glibc's defaults and the kept memory is handed back (``malloc_trim``). The price is some heap
+where glibc's own dynamic thresholds settle in such a process (32 MiB / 64 MiB) and the kept
+memory is handed back (``malloc_trim``). The price is some heap
 fragmentation: the peak RSS of a paper-sized training run is ~45 MiB higher
 (``benchmarks/memory_training.py``).
 
@@ -27,7 +28,12 @@ from collections.abc import Iterator
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _KEEP_BYTES = 256 * 2**20  # larger than any single activation of the paper model (~20 MiB)
-_DEFAULT_BYTES = 128 * 2**10  # glibc's initial values for both thresholds
+# Afterwards: where glibc's dynamic thresholds settle in a process that frees large tensors
+# (mmap threshold raised to the largest freed block, at most 32 MiB; trim threshold twice
+# that). Any mallopt call switches the dynamic adjustment off for good, so restoring glibc's
+# initial 128 KiB would leave every later block over 128 KiB mmapped and faulted in anew.
+_RESTORE_MMAP_BYTES = 32 * 2**20
+_RESTORE_TRIM_BYTES = 64 * 2**20
 _ENV_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 _lock = threading.Lock()
@@ -49,9 +55,9 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def _set_thresholds(libc: ctypes.CDLL, value: int) -> bool:
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, value)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, value)
+def _set_thresholds(libc: ctypes.CDLL, mmap_bytes: int, trim_bytes: int) -> bool:
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_bytes)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, trim_bytes)
     )
 
 
@@ -68,7 +74,7 @@ def reuse_freed_memory() -> Iterator[bool]:
         yield False
         return
     with _lock:
-        applied = _set_thresholds(libc, _KEEP_BYTES) if _users == 0 else True
+        applied = _set_thresholds(libc, _KEEP_BYTES, _KEEP_BYTES) if _users == 0 else True
         if applied:
             _users += 1
     try:
@@ -78,5 +84,5 @@ def reuse_freed_memory() -> Iterator[bool]:
             with _lock:
                 _users -= 1
                 if _users == 0:
-                    _set_thresholds(libc, _DEFAULT_BYTES)
+                    _set_thresholds(libc, _RESTORE_MMAP_BYTES, _RESTORE_TRIM_BYTES)
                     libc.malloc_trim(0)
