@@ -35,82 +35,16 @@ before/after comparison).
 from __future__ import annotations
 
 import argparse
-import functools
-import inspect
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-STALL_MS = 50.0
-
-
-class TickRecorder:
-    """Records the gaps between the ticks of a 10 ms QTimer on the main thread."""
-
-    def __init__(self, interval_ms: int = 10) -> None:
-        from qtpy.QtCore import QTimer
-
-        self.ends: list[float] = []
-        self.gaps: list[float] = []
-        self._last = time.perf_counter()
-        self.timer = QTimer()
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.gaps.append(now - self._last)
-        self.ends.append(now)
-        self._last = now
-
-    def start(self) -> None:
-        self._last = time.perf_counter()
-        self.timer.start()
-
-    def stop(self) -> None:
-        self.timer.stop()
-
-
-class CallLog:
-    """Durations of top-level GUI-thread calls into the plugin (wrapped methods)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[float, float, str]] = []  # (start, seconds, name)
-        self._depth = 0
-        self._main = threading.main_thread().ident
-
-    def wrap(self, cls: type, name: str) -> None:
-        function = getattr(cls, name, None)
-        if function is None:  # a method of another version of the panel
-            return
-        params = list(inspect.signature(function).parameters.values())
-        varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
-        n_positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                           for p in params)
-        label = f"{cls.__name__}.{name}"
-
-        @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            if not varargs:  # Qt passes extra signal arguments (e.g. `checked`) if it can
-                args = args[:n_positional]
-            if threading.get_ident() != self._main:
-                return function(*args, **kwargs)
-            self._depth += 1
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    self.calls.append((start, time.perf_counter() - start, label))
-
-        setattr(cls, name, wrapper)
+from gui_stall_training import STALL_MS, CallLog, Driver, TickRecorder
 
 
 def instrument_plugin(log: CallLog) -> None:
@@ -127,50 +61,6 @@ def instrument_plugin(log: CallLog) -> None:
     for cls, names in entry_points.items():
         for name in names:
             log.wrap(cls, name)
-
-
-class Driver:
-    """Runs the Qt event loop until conditions hold; starts actions from inside the loop."""
-
-    def __init__(self) -> None:
-        from qtpy.QtCore import QEventLoop, QTimer
-
-        self._loop = QEventLoop()
-        self._poll = QTimer()
-        self._poll.setInterval(20)
-        self._condition = lambda: True
-        self._deadline = 0.0
-        self._poll.timeout.connect(self._check)
-
-    def _check(self) -> None:
-        if self._condition() or time.perf_counter() > self._deadline:
-            self._loop.quit()
-
-    def run_until(self, condition, timeout_s: float) -> bool:
-        self._condition = condition
-        self._deadline = time.perf_counter() + timeout_s
-        self._poll.start()
-        self._loop.exec()
-        self._poll.stop()
-        return bool(condition())
-
-    def settle(self, seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        self.run_until(lambda: time.perf_counter() >= end, seconds + 1.0)
-
-    def call_in_loop(self, action) -> float:
-        """Run ``action()`` in an event-loop turn of its own; returns when it started."""
-        from qtpy.QtCore import QTimer
-
-        started: list[float] = []
-
-        def run() -> None:
-            started.append(time.perf_counter())
-            action()
-
-        QTimer.singleShot(0, run)
-        self.run_until(lambda: bool(started), 10.0)
-        return started[0]
 
 
 def three_phase_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

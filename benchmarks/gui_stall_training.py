@@ -97,7 +97,9 @@ class CallLog:
         self._main = threading.main_thread().ident
 
     def wrap(self, cls: type, name: str) -> None:
-        function = getattr(cls, name)
+        function = getattr(cls, name, None)
+        if function is None:  # a method of another version of the panel
+            return
         params = list(inspect.signature(function).parameters.values())
         varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
         n_positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
