@@ -355,9 +355,17 @@ def test_gui_command_reads_stacks_then_launches_and_runs(monkeypatch, tmp_path, 
     (args, kwargs), run = calls
     (stack,) = args[0]
     assert isinstance(stack, core.ElectrodeStack) and stack.voxel_size_um == 0.25
-    assert kwargs == {"run_dir": run_dir, "sample": True, "show": True, "freeze_gc": True}
+    assert kwargs == {"run_dir": run_dir, "sample": False, "show": True, "freeze_gc": True}
     assert run == "run"
     assert "x: 4x8x8 voxels" in capsys.readouterr().err
+
+    calls.clear()  # a run folder brings its own stacks: no sample stacks beside them
+    assert cli.main(["gui", "--run", str(run_dir)]) == 0
+    assert calls[0] == (([],), {"run_dir": run_dir, "sample": False, "show": True,
+                                "freeze_gc": True})
+    calls.clear()
+    assert cli.main(["gui"]) == 0
+    assert calls[0][1]["sample"] is True
 
     calls.clear()
     assert cli.main(["gui", "--no-sample"]) == 0

@@ -236,14 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_physics)
 
     p = sub.add_parser("gui", help="open napari with the Electrode CAE widget",
-                       description="Open napari with STACKs loaded (with none: the synthetic "
-                       "CAL and UNCAL sample stacks) and the Electrode CAE widget docked.")
+                       description="Open napari with STACKs loaded (with none and no --run: "
+                       "the synthetic CAL and UNCAL sample stacks) and the Electrode CAE widget "
+                       "docked.")
     p.add_argument("stacks", nargs="*", type=Path, metavar="STACK",
                    help="multi-page TIFF, folder of TIFF slices, or .npy")
     p.add_argument("--run", type=Path, metavar="RUN_DIR",
                    help="run folder to open in the Train panel")
     p.add_argument("--no-sample", action="store_true",
-                   help="with no STACK, start empty instead of loading the sample stacks")
+                   help="with no STACK and no --run, start empty instead of loading the "
+                   "sample stacks")
     _add_stack_args(p)
     p.set_defaults(func=cmd_gui)
     return parser
@@ -552,7 +554,9 @@ def cmd_gui(args: argparse.Namespace) -> int:
     from ._launch import launch  # imports napari (Qt) only now
 
     stacks = _read_stacks(args)  # before any window opens; reports each phase mapping
-    launch(stacks, run_dir=args.run, sample=not args.no_sample, show=True, freeze_gc=True)
+    # a run folder brings its own stacks: no sample stacks beside them
+    launch(stacks, run_dir=args.run, sample=not args.no_sample and args.run is None, show=True,
+           freeze_gc=True)
     import napari
 
     napari.run()
