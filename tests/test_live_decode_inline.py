@@ -245,3 +245,17 @@ def test_no_decodes_after_shutdown(make_napari_viewer, qtbot, model):
     slider = panel.sliders[0]
     slider.setValue(slider.maximum())
     assert panel.inline_decodes == 0 and panel.idle and not panel.decoder.worker_alive
+
+
+def test_update_in_place_on_a_napari_without_per_callback_blockers(make_napari_viewer,
+                                                                     monkeypatch):
+    """Another napari's emitter without ``blocker``: its callbacks run, the update still works."""
+    viewer = make_napari_viewer()
+    array = np.zeros((4, 8, 8), np.uint8)
+    layer = viewer.add_labels(array.copy())
+    heard = []
+    layer.events.data.connect(lambda event: heard.append(event.value))
+    monkeypatch.delattr(type(layer.events.data), "blocker")
+    new = np.ones((4, 8, 8), np.uint8)
+    assert update_labels_in_place(layer, new)
+    assert np.array_equal(layer.data, new) and len(heard) == 1

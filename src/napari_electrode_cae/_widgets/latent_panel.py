@@ -163,13 +163,17 @@ def update_labels_in_place(layer: Any, labels: np.ndarray) -> bool:
     except TypeError:  # napari without refresh keywords
         layer.refresh()
     emitter = layer.events.data
+    # napari's EventEmitter keeps (weak reference to the owner, method name) tuples and has a
+    # per-callback blocker; another napari may not: then its callbacks simply run (slower,
+    # still correct).
+    blocker = getattr(emitter, "blocker", None)
     with contextlib.ExitStack() as blocked:
-        for callback in emitter.callbacks:
-            if isinstance(callback, tuple):  # (weak reference to the owner, method name)
+        for callback in getattr(emitter, "callbacks", ()) if blocker is not None else ():
+            if isinstance(callback, tuple) and len(callback) == 2 and callable(callback[0]):
                 owner = callback[0]()
                 method = getattr(owner, callback[1], None) if owner is not None else None
                 if method is not None and _is_napari_object(owner):
-                    blocked.enter_context(emitter.blocker(method))
+                    blocked.enter_context(blocker(method))
         emitter(value=data)
     return True
 
