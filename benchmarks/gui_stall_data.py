@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gui_stall_training import STALL_MS, CallLog, Driver, TickRecorder
+from gui_stall_training import CallLog, Driver, TickRecorder, stall_lines
 
 
 def instrument_plugin(log: CallLog) -> None:
@@ -97,16 +97,7 @@ def make_run(folder: Path, shape: tuple[int, int, int]) -> Path:
 
 def phase_lines(name: str, start: float, end: float, done: float, ticks: TickRecorder,
                 calls: CallLog) -> list[str]:
-    gaps = [g * 1e3 for t, g in zip(ticks.ends, ticks.gaps) if start < t <= end]
-    in_phase = [(s, d, n) for s, d, n in calls.calls if start <= s and s + d <= end]
-    lines = [f"{name} max stall: {max(gaps, default=0.0):.1f} ms",
-             f"{name} stalls over {STALL_MS:.0f} ms: {sum(g > STALL_MS for g in gaps)} "
-             f"of {len(gaps)} ticks"]
-    if in_phase:
-        _, seconds, what = max(in_phase, key=lambda c: c[1])
-        lines.append(f"{name} longest plugin call: {seconds * 1e3:.1f} ms ({what})")
-    else:
-        lines.append(f"{name} longest plugin call: 0.0 ms")
+    lines, _ = stall_lines(name, start, end, ticks, calls)
     lines.append(f"{name} seconds: {done - start:.2f}")
     return lines
 

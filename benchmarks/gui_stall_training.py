@@ -265,11 +265,12 @@ class NapariUpdates:
         return self.count >= self.n
 
 
-def phase_lines(name: str, start: float, end: float, ticks: TickRecorder, calls: CallLog,
-                gcs: GCLog) -> list[str]:
+def stall_lines(name: str, start: float, end: float, ticks: TickRecorder,
+                calls: CallLog) -> tuple[list[str], list[tuple[float, float, str]]]:
+    """Max stall, stalls over STALL_MS and the longest plugin call of one phase; and the
+    plugin calls that ended in it."""
     gaps = [g * 1e3 for t, g in zip(ticks.ends, ticks.gaps) if start < t <= end]
     in_phase = [(s, d, n) for s, d, n in calls.calls if start < s + d <= end]
-    runs = [d for s, d, _ in gcs.runs if start < s + d <= end]
     lines = [f"{name} max stall: {max(gaps, default=0.0):.1f} ms",
              f"{name} stalls over {STALL_MS:.0f} ms: {sum(g > STALL_MS for g in gaps)} "
              f"of {len(gaps)} ticks"]
@@ -278,6 +279,13 @@ def phase_lines(name: str, start: float, end: float, ticks: TickRecorder, calls:
         lines.append(f"{name} longest plugin call: {seconds * 1e3:.1f} ms ({what})")
     else:
         lines.append(f"{name} longest plugin call: 0.0 ms")
+    return lines, in_phase
+
+
+def phase_lines(name: str, start: float, end: float, ticks: TickRecorder, calls: CallLog,
+                gcs: GCLog) -> list[str]:
+    lines, in_phase = stall_lines(name, start, end, ticks, calls)
+    runs = [d for s, d, _ in gcs.runs if start < s + d <= end]
     lines.append(f"{name} plugin calls over {STALL_MS:.0f} ms: "
                  f"{sum(d * 1e3 > STALL_MS for _, d, _ in in_phase)}")
     lines.append(f"{name} longest GC pause: {max(runs, default=0.0) * 1e3:.1f} ms")

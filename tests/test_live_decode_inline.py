@@ -13,6 +13,7 @@ from napari_electrode_cae._widgets.live_decoder import decode_latent
 from napari_electrode_cae._widgets.state import CAEState
 
 from .conftest import make_stack
+from .test_results_latent_panels import decode_directly
 
 SPEC = core.WindowSpec(length=4, stride=2, crop=16)
 WAIT_MS = 20_000
@@ -38,11 +39,6 @@ def make_state(model) -> CAEState:
     state.model_version += 1
     return state
 
-
-def decode_directly(model, latent) -> np.ndarray:
-    with torch.inference_mode():
-        values = model.decode(torch.from_numpy(np.asarray(latent, np.float32))[None])
-    return core.snap_to_phases(values[0, 0].numpy())
 
 
 def settled_panel(viewer, qtbot, model, **kwargs) -> LatentPanel:
