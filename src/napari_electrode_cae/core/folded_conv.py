@@ -15,7 +15,10 @@ choose faster routes through PyTorch's CPU kernels (oneDNN), measured on the pap
 * gradients are put into one memory format per layer before the kernels see them, so oneDNN
   does not reorder them behind our back.
 
-Nothing here is CPU specific: on CUDA the same calls go to cuDNN.
+Nothing here is CPU specific: on CUDA the same calls go to cuDNN. Under ``torch.autocast``
+(mixed precision) both functions cast their input, weight and bias to the autocast type, as
+autocast does for ``F.conv2d``; the backward pass then runs in that type and autograd hands the
+float32 weights float32 gradients.
 """
 
 from __future__ import annotations
@@ -111,6 +114,16 @@ def _one_channel_transposed(x, weight, bias, out_size: int) -> torch.Tensor:
     return out[:, :, :out_size, :out_size]
 
 
+def _autocast_operands(x, weight, bias):
+    """``x``, ``weight`` and ``bias`` in the autocast type of ``x``'s device, if autocast is on
+    there (what autocast would do for ``F.conv2d``, which it cannot see inside a Function)."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 def _finish_forward(ctx, x, weight, y, relu: bool, memory_format) -> torch.Tensor:
     """Apply the ReLU in place and save what the backward pass needs."""
     if relu:
@@ -133,6 +146,7 @@ class Conv2dStride2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, relu: bool, memory_format: torch.memory_format):
+        x, weight, bias = _autocast_operands(x, weight, bias)
         x = x.contiguous(memory_format=memory_format)
         y = F.conv2d(x, weight, bias, stride=2)
         return _finish_forward(ctx, x, weight, y, relu, memory_format)
@@ -159,6 +173,7 @@ class ConvTranspose2dStride2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, out_size: int, relu: bool,
                 memory_format: torch.memory_format):
+        x, weight, bias = _autocast_operands(x, weight, bias)
         x = x.contiguous(memory_format=memory_format)
         if weight.shape[1] == 1 and x.shape[-1] == x.shape[-2]:
             y = _one_channel_transposed(x, weight, bias, out_size)

@@ -8,6 +8,7 @@ holds the best-validation weights seen so far, in every case.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -23,10 +24,16 @@ from .adam import FusedAdam
 from .allocator import reuse_freed_memory
 from .checkpoint import load_training_state, save_state_dict, save_training_state
 from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
+from .feeding import BatchFeeder
 from .model import ConvAutoEncoder3d
+from .train_step import TrainingStep, autocast_for  # noqa: F401 (autocast_for: re-exported)
 from .windows import SPLIT_MODES, WindowDataset, split
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: "fp32": plain float32 (the paper's numerics). "bf16": mixed precision, the convolutions and
+#: linear layers in bfloat16 under ``torch.autocast`` with float32 weights, optimiser and loss
+#: (no loss scaling needed: bfloat16 has float32's exponent range). Meant for GPUs.
+PRECISION_CHOICES = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,10 @@ class TrainConfig:
         Split mode, see :func:`napari_electrode_cae.core.windows.split`.
     device : {"auto", "cpu", "cuda", "mps"}
         ``"auto"`` picks CUDA, then MPS, then the CPU.
+    precision : {"fp32", "bf16"}
+        ``"bf16"``: mixed precision for the training steps (see :data:`PRECISION_CHOICES`);
+        validation always runs in float32. Pays on GPUs with bfloat16 units; on most CPUs it
+        is slower than fp32.
     """
 
     epochs: int = 5
@@ -58,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     split: str = "random"
     device: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -74,6 +86,10 @@ class TrainConfig:
             raise TrainConfigError(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
         if self.device not in DEVICE_CHOICES:
             raise TrainConfigError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise TrainConfigError(
+                f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,12 +97,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class BatchReport:
-    """Progress inside an epoch (only yielded with ``yield_batches=True``)."""
+    """Progress inside an epoch (only yielded with ``yield_batches=True``).
+
+    ``batch_loss`` is the batch's loss as a float or, from :func:`train`, as a 0-d tensor on
+    the training device: reading :attr:`loss` waits for the GPU, so a progress bar that only
+    counts batches never makes the GPU wait.
+    """
 
     epoch: int
     batch: int  # 1-based
     batches: int
-    loss: float
+    batch_loss: float | torch.Tensor = field(repr=False)
+
+    @property
+    def loss(self) -> float:
+        """The batch's MSE loss (network values)."""
+        return float(self.batch_loss)
 
 
 @dataclass(frozen=True)
@@ -160,6 +186,21 @@ def make_optimiser(model: nn.Module, lr: float) -> FusedAdam:
     state-dict layout as ``torch.optim.Adam(fused=True)``, whose checkpoints it loads and vice
     versa), without ``torch.optim``'s import of ``torch._dynamo`` (~67 MiB); see ``core.adam``."""
     return FusedAdam(model.parameters(), lr=lr)
+
+
+@contextlib.contextmanager
+def cudnn_autotune(device: torch.device):
+    """On CUDA, let cuDNN time its algorithms once per shape (every batch has the same shape)
+    for the duration of a run; the previous setting is restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def seed_everything(seed: int) -> None:
@@ -242,7 +283,6 @@ def train(
     device = resolve_device(config.device)
     model.to(device)
     optimiser = make_optimiser(model, config.lr)
-    loss_fn = nn.MSELoss()
     n_batches = math.ceil(len(train_idx) / config.batch_size)
     history: list[EpochReport] = []
     best_state = copy.deepcopy(model.state_dict())
@@ -272,27 +312,31 @@ def train(
     stage = "training"
     keep_buffers = reuse_freed_memory()  # released in the finally below
     keep_buffers.__enter__()
+    autotune = cudnn_autotune(device)
+    autotune.__enter__()
+    feeder = step = None
     try:
+        feeder = BatchFeeder(data, device)
+        step = TrainingStep(model, optimiser, device, config.precision, config.batch_size)
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             model.train()
             # one generator per epoch, so a resumed run shuffles exactly like an unbroken one
             order = np.random.default_rng((config.seed, epoch)).permutation(train_idx)
-            total = 0.0
+            # summed on the device in float64: a GPU is not made to wait for every batch's loss
+            # (only a GUI asking for each batch's loss reads it), and on the CPU the sum is the
+            # same as Python's float sum
+            total = torch.zeros((), dtype=torch.float64, device=device)
             for b in range(n_batches):
                 batch_idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-                x = data.batch(batch_idx).to(device, non_blocking=True)
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), x)
-                loss.backward()
-                optimiser.step()
-                loss_value = float(loss.detach())
-                total += loss_value * len(batch_idx)
+                loss = step(feeder(batch_idx))
+                total += loss.double() * len(batch_idx)
                 if yield_batches:
-                    yield BatchReport(epoch, b + 1, n_batches, loss_value)
-            train_mse = total / len(train_idx)
+                    yield BatchReport(epoch, b + 1, n_batches, loss)
+            train_mse = float(total) / len(train_idx)
             stage = "validation"
-            val_mse = float(np.mean(window_mse(model, data, val_idx, config.batch_size)))
+            val_mse = float(np.mean(window_mse(model, data, val_idx, config.batch_size,
+                                               feeder=feeder)))
             stage = "training"
             if val_mse < best_val:
                 best_val, best_epoch = val_mse, epoch
@@ -322,6 +366,11 @@ def train(
             out_of_memory_message(device, config.batch_size, spec.window_shape(), stage)
         ) from exc.with_traceback(None)
     finally:
+        if feeder is not None:
+            feeder.release()
+        if step is not None:
+            step.release()
+        autotune.__exit__(None, None, None)
         keep_buffers.__exit__(None, None, None)
         model.load_state_dict(best_state)
         model.eval()
@@ -405,11 +454,15 @@ def window_mse(
     data: WindowDataset,
     indices: Sequence[int],
     batch_size: int = 8,
+    *,
+    feeder: BatchFeeder | None = None,
 ) -> np.ndarray:
     """Per-window reconstruction MSE (network values) for windows ``indices``; float64 (n,).
 
     Windows go through the model ``batch_size`` at a time, fewer for large windows (see
     :func:`inference_batch_size`), so the memory peak does not grow with ``batch_size``.
+    ``feeder``: a :class:`BatchFeeder` of ``data`` for the model's device (``core.train``
+    passes its own); by default one is made for this call.
     """
     was_training = model.training
     model.eval()
@@ -417,10 +470,14 @@ def window_mse(
     out = np.empty(len(indices), dtype=np.float64)
     indices = np.asarray(indices, dtype=np.int64)
     batch_size = inference_batch_size(batch_size, data.spec.window_shape())
+    if feeder is None:
+        feeder = BatchFeeder(data, device, mode="host" if len(indices) <= batch_size else None)
+    errors = []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        x = data.batch(chunk).to(device)
-        err = (model(x) - x).pow(2).flatten(1).mean(1)
-        out[start : start + len(chunk)] = err.double().cpu().numpy()
+        x = feeder(chunk)
+        errors.append((model(x) - x).pow(2).flatten(1).mean(1).double())
+    if errors:  # one copy back at the end: the GPU is not made to wait for every chunk
+        out[:] = torch.cat(errors).cpu().numpy()
     model.train(was_training)
     return out
