@@ -11,8 +11,10 @@ Converting a big layer (phase counts, mapping, validation, volume fractions) tak
 layer with more than :data:`SYNC_CONVERT_MAX_VOXELS` voxels is converted in a background worker
 (when it is added, when its data are replaced and when its phase mapping is set); its row says
 "converting …" meanwhile and cannot be checked, and a result that no longer fits the layer (its
-data, mapping or name changed meanwhile, or it was removed) is dropped (converted again if the
-layer is still there). Smaller layers are converted at once, on the GUI thread (well under 50 ms).
+data or mapping changed meanwhile, or it was removed) is dropped (converted again if the layer is
+still there); a rename alone keeps the result (the stack takes the new name, as for a small
+layer). While a conversion is pending ``state.converting_layers`` names the layers, and the Train
+panel waits. Smaller layers are converted at once, on the GUI thread (well under 50 ms).
 """
 
 from __future__ import annotations
@@ -578,8 +580,9 @@ class DataPanel(QWidget):
         if not self._is_current(entry):
             return  # the layer was removed meanwhile
         layer = entry.layer
-        if layer.data is not job.snapshot.data or layer.name != job.snapshot.name \
-                or self._override_key(entry) != job.override_key:
+        # A rename alone does not make the result stale: _refresh_entry gives the stack the
+        # layer's current name (as for a renamed small layer, which is not converted again).
+        if layer.data is not job.snapshot.data or self._override_key(entry) != job.override_key:
             entry._source_data = None  # stale: convert what the layer holds now
         else:
             self._apply_conversion(entry, result, job.first)
@@ -610,6 +613,9 @@ class DataPanel(QWidget):
 
     def _update_convert_status(self) -> None:
         busy = [e for e in self.entries if e.converting]
+        if not self._closing:
+            # Train waits while a result may still change the stacks (and so the dataset).
+            self.state.converting_layers = tuple(e.layer.name for e in busy)
         if not busy:
             self.convert_status_label.hide()
             return
@@ -980,6 +986,7 @@ class DataPanel(QWidget):
         for worker in list(self._workers):
             worker.quit()
         wait_for_workers(self._workers, SHUTDOWN_WAIT_S)
+        self.state.converting_layers = ()  # their results were dropped
         self.state.events.stack_layers.disconnect(self._on_state_stack_layers)
         layer_events = self.viewer.layers.events
         for emitter in (layer_events.inserted, layer_events.removed, layer_events.moved):

@@ -15,9 +15,10 @@ Where the decode runs depends on what it costs (:attr:`LatentPanel.decodes_inlin
   (software OpenGL) and take several times as long. Moves made while an inline decode's turn
   is not over only replace the pending vector, which the next turn decodes: latest wins, one
   decode per event-loop turn;
-* expensive ones (and a model's first decode, which builds oneDNN's kernels) run in a
-  background runner, latest-wins (see :mod:`.live_decoder`), with all cores but one, so that a
-  drag stays fluid.
+* expensive ones (and a model's first decode, which builds oneDNN's kernels, and every decode
+  while a model is being trained: the estimate is CPU time, and training then competes for the
+  cores) run in a background runner, latest-wins (see :mod:`.live_decoder`), with all cores but
+  one (set once per worker thread), so that a drag stays fluid.
 
 The layer is updated in place (:func:`update_labels_in_place`): napari's ``layer.data = ...``
 would recompute the viewer's dimensions and rebuild the layer's colormap shader each time.
@@ -61,7 +62,13 @@ from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, RunFolderError
 from ..core.checkpoint import atomic_write_text
 from ..core.model import ConvAutoEncoder3d
 from ..core.runs import latents_table
-from .live_decoder import RUNNERS, DecodedVolume, decode_latent, model_snapshot
+from .live_decoder import (
+    RUNNERS,
+    DecodedVolume,
+    decode_latent,
+    model_snapshot,
+    use_torch_threads,
+)
 from .results_panel import MODEL_PENDING_MESSAGE, NO_MODEL_MESSAGE, window_translate
 from .turns import TurnQueue, TurnScheduler
 
@@ -158,6 +165,11 @@ def update_labels_in_place(layer: Any, labels: np.ndarray) -> bool:
             and data.dtype == labels.dtype and data.flags.writeable):
         return False
     np.copyto(data, labels)
+    # The undo history holds the values painted over in the old content: undoing after this
+    # would write them into the new one. napari's own places that replace a Labels layer's
+    # content wholesale (a new layer, editable turned off) reset it; so does this.
+    if hasattr(layer, "_reset_history"):
+        layer._reset_history()
     try:
         layer.refresh(extent=False)  # same shape: the extent cannot have changed
     except TypeError:  # napari without refresh keywords
@@ -225,7 +237,8 @@ class LatentPanel(QWidget):
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
-        self.decoder = RUNNERS[runner](self._on_decoded, self._on_decode_error)
+        self.decoder = RUNNERS[runner](self._on_decoded, self._on_decode_error,
+                                       thread_setup=self._setup_decoder_thread)
         self.inline_max_s = inline_max_s
         self.drag_inline_max_s = drag_inline_max_s
         self.worker_threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
@@ -371,6 +384,15 @@ class LatentPanel(QWidget):
         if self._snapshot_is_current():
             self.reset_to_window()
 
+    def _setup_decoder_thread(self) -> None:
+        """Runner worker thread, when it starts: ``worker_threads`` torch threads from now on.
+
+        Once per worker thread, not around every decode: ``torch.set_num_threads`` clears the
+        thread's oneDNN cache, and where the count is process-wide it is left alone (a training
+        worker's count must not change; see :func:`.live_decoder.use_torch_threads`).
+        """
+        use_torch_threads(self.worker_threads)
+
     # ------------------------------------------------------------------------------ sliders
     def latent_vector(self) -> np.ndarray:
         """The sliders' current values as a float32 (k,) vector."""
@@ -420,8 +442,7 @@ class LatentPanel(QWidget):
         elif self.decodes_inline:
             self._decode_inline(latent, requested)
         else:
-            self.decoder.submit(decode_latent, self._snapshot, latent, requested,
-                                self.worker_threads)
+            self.decoder.submit(decode_latent, self._snapshot, latent, requested)
 
     @property
     def decode_estimate_s(self) -> float | None:
@@ -446,10 +467,14 @@ class LatentPanel(QWidget):
         A decode estimated to take less than ``inline_max_s`` (``drag_inline_max_s`` during a
         drag) is cheaper there than in a worker, where it would compete for the CPU and the GIL
         with napari repainting the previous result and take several times as long. A model's
-        first decode (oneDNN builds its kernels then) always runs in the runner. A runner
-        result requested before an inline decode that is already shown is dropped (see
+        first decode (oneDNN builds its kernels then) always runs in the runner, and so does
+        every decode while a model is being trained (``state.training``): the estimate is CPU
+        time, and with training on the other cores a GUI-thread decode would take longer. A
+        runner result requested before an inline decode that is already shown is dropped (see
         :meth:`_on_decoded`).
         """
+        if self.state.training:
+            return False
         estimate = self.decode_estimate_s
         limit = self.drag_inline_max_s if self.dragging else self.inline_max_s
         return estimate is not None and estimate < limit
@@ -476,7 +501,7 @@ class LatentPanel(QWidget):
         if self.decodes_inline:
             self._decode_inline(*pending)
         else:
-            self.decoder.submit(decode_latent, self._snapshot, *pending, self.worker_threads)
+            self.decoder.submit(decode_latent, self._snapshot, *pending)
 
     @property
     def idle(self) -> bool:
@@ -489,15 +514,18 @@ class LatentPanel(QWidget):
 
         Called with a runner's result or right after an inline decode. Records the decode's
         CPU time for :attr:`decode_estimate_s`, drops a runner result that a newer inline
-        decode overtook, and updates the layer with :func:`update_labels_in_place` (the
-        translate only if the window moved). Making the layer (the first time, or when the
-        window shape changed) is expensive: it waits for an event-loop turn of its own.
+        decode overtook or that was requested before the current model snapshot was taken (an
+        older model's, even of the same latent size), and updates the layer with
+        :func:`update_labels_in_place` (the translate only if the window moved). Making the
+        layer (the first time, or when the window shape changed) is expensive: it waits for an
+        event-loop turn of its own.
         """
         delivered = time.perf_counter()
         if self._snapshot is None or len(result.latent) != len(self.sliders):
             return  # decoded with a model that has since been replaced
-        if result.requested_at >= self._snapshot_taken_at:  # timed with the current model
-            self._decode_times.append(result.cpu_seconds)
+        if result.requested_at < self._snapshot_taken_at:
+            return  # requested before the current snapshot: an older model (same latent size)
+        self._decode_times.append(result.cpu_seconds)  # timed with the current model
         if result.requested_at < self._shown_requested_at:
             return  # a runner result overtaken by a newer inline decode
         self._shown_requested_at = result.requested_at
@@ -515,7 +543,8 @@ class LatentPanel(QWidget):
         if self._to_add is not None:
             result, delivered = self._to_add
             self._to_add = None
-            if self._snapshot is not None and len(result.latent) == len(self.sliders):
+            if self._snapshot is not None and len(result.latent) == len(self.sliders) \
+                    and result.requested_at >= self._snapshot_taken_at:  # not an older model's
                 self._show_decoded(result, delivered)
         return False
 

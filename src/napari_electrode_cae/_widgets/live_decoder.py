@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -98,21 +99,71 @@ def model_snapshot(model: ConvAutoEncoder3d) -> ConvAutoEncoder3d:
     return snapshot
 
 
+#: Serialises the read-compare-set steps below, so that two threads changing torch's thread
+#: count (a decoder, a training worker) cannot interleave them.
+_TORCH_THREADS_LOCK = threading.Lock()
+
+
+@functools.cache
+def per_thread_torch_threads() -> bool:
+    """True if ``torch.set_num_threads`` changes only the calling thread's intra-op count.
+
+    So with ATen's OpenMP backend (the pip and conda builds): it sets the calling thread's
+    OpenMP ``nthreads`` (and the default of threads that have not used torch yet), and other
+    threads keep theirs. With the native or TBB backend it resizes the one shared pool, for
+    every thread.
+    """
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def set_torch_threads(threads: int) -> int:
+    """Set torch's intra-op thread count to ``threads`` and return the count before.
+
+    Not called when the count is already ``threads``: every ``torch.set_num_threads`` also
+    clears the thread's oneDNN convolution cache.
+    """
+    with _TORCH_THREADS_LOCK:
+        previous = torch.get_num_threads()
+        if threads != previous:
+            torch.set_num_threads(threads)
+        return previous
+
+
+def restore_torch_threads(threads: int, previous: int) -> None:
+    """Undo :func:`set_torch_threads` (which set ``threads``): back to ``previous``, unless the
+    count is no longer ``threads`` (someone set another meanwhile: that one stays)."""
+    with _TORCH_THREADS_LOCK:
+        if threads != previous and torch.get_num_threads() == threads:
+            torch.set_num_threads(previous)
+
+
+def use_torch_threads(threads: int | None) -> None:
+    """Give the calling worker thread ``threads`` intra-op torch threads from now on.
+
+    For a runner's worker thread, once when it starts (not around every job, and not
+    restored). Does nothing for None, or where the count is process-wide (see
+    :func:`per_thread_torch_threads`): a decoder must not change the threads of a training run.
+    """
+    if threads is not None and per_thread_torch_threads():
+        set_torch_threads(threads)
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None):
     """Run the block with ``threads`` intra-op torch threads in this thread (None: unchanged).
 
-    torch's thread count applies to the thread that sets it; it is restored afterwards.
+    Only where the count is per thread (see :func:`per_thread_torch_threads`); elsewhere it
+    would change every thread's count, a training worker's included, and the block runs with
+    the count as it is. Restored afterwards, unless another count was set meanwhile.
     """
-    previous = torch.get_num_threads()
-    if threads is None or threads == previous:
+    if threads is None or not per_thread_torch_threads():
         yield
         return
-    torch.set_num_threads(threads)
+    previous = set_torch_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        restore_torch_threads(threads, previous)
 
 
 def decode_latent(
@@ -130,7 +181,9 @@ def decode_latent(
     requested_at : float
         ``time.perf_counter()`` of the request, passed through for latency measurements.
     threads : int, optional
-        Intra-op torch threads for this decode (default: the calling thread's setting).
+        Intra-op torch threads for this decode (default: the calling thread's setting); see
+        :func:`torch_threads` (nothing changes where the count is process-wide). A runner's
+        worker instead sets its thread's count once (``thread_setup``).
 
     Returns
     -------
@@ -187,15 +240,21 @@ class RunnerCounts:
 
 
 class _RunnerBase:
-    """Shared interface of the runners: ``submit``, ``idle``, ``counts``, ``shutdown``."""
+    """Shared interface of the runners: ``submit``, ``idle``, ``counts``, ``shutdown``.
+
+    ``thread_setup``, if given, is called in a worker thread before its first job (e.g.
+    ``lambda: use_torch_threads(n)``); it must be cheap to call again.
+    """
 
     def __init__(
         self,
         on_result: Callable[[Any], None],
         on_error: Callable[[Exception], None] | None = None,
+        thread_setup: Callable[[], None] | None = None,
     ) -> None:
         self._on_result = on_result
         self._on_error = on_error
+        self._thread_setup = thread_setup
         self.counts = RunnerCounts()
         self._lock = threading.Lock()
         self._closed = False
@@ -231,10 +290,12 @@ class ChainedRunner(_RunnerBase):
         Called in the main thread with each job's return value.
     on_error : callable, optional
         Called in the main thread with a job's ElectrodeCAEError or RuntimeError.
+    thread_setup : callable, optional
+        Called in the worker thread before each job (jobs may run in different pool threads).
     """
 
-    def __init__(self, on_result, on_error=None) -> None:
-        super().__init__(on_result, on_error)
+    def __init__(self, on_result, on_error=None, thread_setup=None) -> None:
+        super().__init__(on_result, on_error, thread_setup)
         self._pending: tuple | None = None
         self._worker = None
         self._job_running = False
@@ -271,6 +332,8 @@ class ChainedRunner(_RunnerBase):
             self._job_running = True
             self._job_done.clear()
         try:
+            if self._thread_setup is not None:
+                self._thread_setup()
             return _call_job(function, args)
         finally:
             self._job_done.set()
@@ -319,11 +382,12 @@ class ThreadRunner(_RunnerBase):
     mailbox's result; only one token is on its way at a time, so results finished while the main
     thread is busy never pile up in its event queue (the newest replaces the one not yet taken).
     The worker ends after :data:`IDLE_EXIT_S` without work and is started again by the next
-    submission. Same interface as :class:`ChainedRunner`.
+    submission. Same interface as :class:`ChainedRunner`; ``thread_setup`` runs once each time
+    the worker starts.
     """
 
-    def __init__(self, on_result, on_error=None) -> None:
-        super().__init__(on_result, on_error)
+    def __init__(self, on_result, on_error=None, thread_setup=None) -> None:
+        super().__init__(on_result, on_error, thread_setup)
         self._wake = threading.Condition(self._lock)
         self._pending: tuple | None = None
         self._mailbox: tuple | None = None  # (result,) finished, not yet taken
@@ -366,6 +430,8 @@ class ThreadRunner(_RunnerBase):
             self._serving = True
             self._stopped.clear()
         try:
+            if self._thread_setup is not None:
+                self._thread_setup()  # once for this worker thread, not around every job
             while True:
                 with self._wake:
                     idle_since = time.monotonic()

@@ -5,7 +5,9 @@ listen to ``state.events.<field>``. No Qt here: the state is plain data plus psy
 it can be unit-tested without a viewer. Field summary:
 
 * data: ``stacks`` (the electrode stacks picked in the Data panel, as ElectrodeStack objects in
-  memory, phase ids 0/1/2) and ``stack_layers`` (the napari layer name each came from);
+  memory, phase ids 0/1/2), ``stack_layers`` (the napari layer name each came from) and
+  ``converting_layers`` (names of the layers the Data panel converts in the background: their
+  results may still change ``stacks``, so Train waits until it is empty);
 * windows: ``window`` (WindowSpec), ``val_fraction``, ``split_mode``, ``seed``, and the derived
   ``dataset`` (WindowDataset or None), ``split`` (WindowSplit or None) and ``window_error``
   (why no dataset could be built, "" if fine);
@@ -73,6 +75,7 @@ class CAEState:
 
     stacks: tuple = ()
     stack_layers: tuple = ()
+    converting_layers: tuple = ()
     window: WindowSpec = _QUICK.window
     val_fraction: float = 0.15
     split_mode: str = "random"

@@ -50,6 +50,7 @@ from .. import core
 from .._layers import labels_layer_kwargs
 from ..core import ElectrodeCAEError, EpochReport, RunFolderError, TrainConfigError
 from ..core.model import CONV_LAYER_CHOICES
+from .live_decoder import restore_torch_threads, set_torch_threads
 from .loss_plot import LossPlot
 from .state import CAEState, ModelSettings
 from .window_close import WindowCloseWatcher
@@ -94,25 +95,26 @@ def _training_steps(reports, threads: int):
     """Re-yield the reports of a ``core.train`` generator, with ``threads`` torch threads.
 
     Runs in the worker thread: torch's thread count applies to the thread that sets it (and
-    becomes the default of threads started later), so it is set here and restored at the end.
-    Closing this generator closes ``reports`` (core.train then restores
-    the best weights). superqt's GeneratorWorker swallows a RuntimeError raised by its
-    generator (emitting neither ``errored`` nor ``finished``), so torch errors (e.g. CUDA out of
-    memory) are re-raised as TrainingRunError.
+    becomes the default of threads started later; with a non-OpenMP torch, to every thread),
+    so it is set here and restored at the end, unless another count was set meanwhile (see
+    :func:`.live_decoder.restore_torch_threads`; where the count is shared, the Latents
+    panel's decodes leave it alone). Closing this generator closes ``reports`` (core.train
+    then restores the best weights). superqt's GeneratorWorker swallows a RuntimeError raised
+    by its generator (emitting neither ``errored`` nor ``finished``), so torch errors (e.g.
+    CUDA out of memory) are re-raised as TrainingRunError.
 
     Returns
     -------
     TrainResult
         The return value of ``reports``.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    previous = set_torch_threads(threads)
     try:
         return (yield from reports)
     except RuntimeError as exc:
         raise TrainingRunError(f"training failed: {exc}") from exc
     finally:
-        torch.set_num_threads(previous)
+        restore_torch_threads(threads, previous)
 
 
 def _drive(steps):
@@ -400,6 +402,7 @@ class TrainingPanel(QWidget):
             (state.events.window, self._on_state_window),
             (state.events.training, self._on_state_training),
             (state.events.history, self._on_state_history),
+            (state.events.converting_layers, self._on_state_converting_layers),
         ]
         for signal, slot in self._state_connections:
             signal.connect(slot)
@@ -415,7 +418,9 @@ class TrainingPanel(QWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setFormat("%v / %m batches")
         self.progress_bar.setValue(0)
-        self.status_label = QLabel("Choose settings and press Train.")
+        # _set_status/_report_error keep the text; _show_status adds the Data-panel note.
+        self._status_text, self._status_error = "Choose settings and press Train.", False
+        self.status_label = QLabel(self._status_text)
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         theme = get_theme(self.viewer.theme if self.viewer.theme != "system" else "dark")
@@ -606,6 +611,10 @@ class TrainingPanel(QWidget):
     def _on_state_history(self, history: tuple) -> None:
         self.loss_plot.set_history(history)
 
+    def _on_state_converting_layers(self, _names: tuple) -> None:
+        self._update_buttons()
+        self._show_status()
+
     # ------------------------------------------------------------------------ status
 
     @property
@@ -619,18 +628,37 @@ class TrainingPanel(QWidget):
         return self._opening is not None
 
     def _set_status(self, text: str) -> None:
-        self.status_label.setStyleSheet("")
-        self.status_label.setText(text)
+        self._status_text, self._status_error = text, False
+        self._show_status()
 
     def _report_error(self, message: str) -> None:
-        self.status_label.setStyleSheet(_ERROR_STYLE)
-        self.status_label.setText(message)
+        self._status_text, self._status_error = message, True
+        self._show_status()
         show_error(message)
+
+    def _conversion_wait_message(self) -> str:
+        """Why Train waits for the Data panel ("" if it does not)."""
+        names = self.state.converting_layers
+        if not names:
+            return ""
+        return (f"Train waits for the Data tab to finish converting {', '.join(names)} in the "
+                "background …")
+
+    def _show_status(self) -> None:
+        """The last status (or error), and below it why Train waits, while it does."""
+        text, wait = self._status_text, self._conversion_wait_message()
+        if wait:
+            text = f"{text}\n{wait}" if text else wait
+        self.status_label.setStyleSheet(_ERROR_STYLE if self._status_error else "")
+        self.status_label.setText(text)
 
     def _update_buttons(self) -> None:
         training = self._training_worker is not None
         opening = self._opening is not None
-        self.train_button.setEnabled(not training and not opening)
+        # A conversion finishing during training would rebuild the dataset under it.
+        converting = bool(self.state.converting_layers)
+        self.train_button.setEnabled(not training and not opening and not converting)
+        self.train_button.setToolTip(self._conversion_wait_message())
         self.stop_button.setEnabled(training and not self._stop_requested)
         self.open_button.setEnabled(not training and not opening)
         self.save_button.setEnabled(
@@ -662,7 +690,8 @@ class TrainingPanel(QWidget):
     # ---------------------------------------------------------------------- training
 
     def _on_train_clicked(self) -> None:
-        if self._training_worker is not None or self._opening is not None:
+        if self._training_worker is not None or self._opening is not None \
+                or self.state.converting_layers:
             return
         try:
             job = self._prepare_training()
@@ -842,18 +871,25 @@ class TrainingPanel(QWidget):
         self._evaluating_model = model
         worker = self._start_worker(
             _evaluate_model, model, run.dataset, run.train_idx, run.val_idx, run.config.seed,
-            on_returned=lambda result: self._on_evaluation_returned(model, summary, result),
+            on_returned=lambda result: self._on_evaluation_returned(run, summary, result),
             on_errored=self._on_evaluation_errored,
             on_finished=lambda: self._on_evaluation_finished(model),
         )
         self._update_buttons()
         worker.start()
 
-    def _on_evaluation_returned(self, model, summary: str, result) -> None:
-        if self._closed or model is not self.state.model:
+    def _on_evaluation_returned(self, run: TrainedRun, summary: str, result) -> None:
+        if self._closed or run.model is not self.state.model:
             return  # a newer model replaced this one meanwhile
         latents, report = result
         s = self.state
+        if s.dataset is not run.dataset:
+            # The windows were rebuilt while the model trained or was evaluated (e.g. a Data
+            # panel conversion finished): latents and report describe the old windows.
+            s.model_version += 1  # the weights are final all the same
+            self._set_status(f"{summary}\nthe windows changed meanwhile: latents and "
+                             "evaluation of the old windows dropped (train again)")
+            return
         s.latents = latents
         s.report = report
         s.model_version += 1
