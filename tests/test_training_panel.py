@@ -278,3 +278,32 @@ def test_shutdown_stops_and_waits_for_training(make_napari_viewer, qtbot, errors
     assert not state.training and not panel.is_busy
     assert len(state.history) < 1000
     panel.shutdown()  # a second call is harmless
+
+
+def test_precision_field_trains_in_bf16_and_round_trips(make_napari_viewer, qtbot, errors,
+                                                        tmp_path):
+    state = tiny_state(epochs=2)
+    panel = TrainingPanel(make_napari_viewer(), state)
+    assert panel.precision_combo.currentData() == "fp32"  # the paper's numerics by default
+    panel.precision_combo.setCurrentIndex(panel.precision_combo.findData("bf16"))
+    assert state.train_config.precision == "bf16"
+    panel.train_button.click()
+    assert "training on cpu in bf16" in panel.status_label.text()
+    assert not panel.precision_combo.isEnabled()  # not changed under a running training
+    wait_idle(qtbot, panel)
+    assert errors == [] and len(state.history) == 2
+    assert all(np.isfinite(r.val_mse) for r in state.history)
+    assert panel.precision_combo.isEnabled()
+    assert panel.save_run(tmp_path / "run") is not None
+    wait_idle(qtbot, panel)
+
+    state2 = CAEState()
+    panel2 = TrainingPanel(make_napari_viewer(), state2)
+    assert panel2.open_run(tmp_path / "run") is not None
+    wait_idle(qtbot, panel2)
+    assert state2.train_config.precision == "bf16"
+    assert panel2.precision_combo.currentData() == "bf16"
+    panel2.apply_preset("quick")  # a preset keeps the chosen precision, like the device
+    assert state2.train_config.precision == "bf16"
+    panel.shutdown()
+    panel2.shutdown()

@@ -476,11 +476,19 @@ class TrainingPanel(QWidget):
         for device in core.available_devices():
             self.device_combo.addItem(device, device)
         self.device_combo.setToolTip("Where to train; auto picks CUDA, then MPS, then the CPU")
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItem("fp32 (as the paper)", "fp32")
+        self.precision_combo.addItem("bf16 mixed precision", "bf16")
+        self.precision_combo.setToolTip(
+            "fp32: plain float32. bf16: convolutions and linear layers in bfloat16 with float32 "
+            "weights and validation; 1.3-1.4x faster on CPUs with AVX512-BF16 or AMX, no faster "
+            "for this model on an H200 (TF32 is already on)")
         form = QFormLayout()
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Batch size", self.batch_spin)
         form.addRow("Learning rate", self.lr_spin)
         form.addRow("Device", self.device_combo)
+        form.addRow("Precision", self.precision_combo)
         box = QGroupBox("Training")
         box.setLayout(form)
         return box
@@ -493,6 +501,7 @@ class TrainingPanel(QWidget):
         for spin in (self.epochs_spin, self.batch_spin, self.lr_spin):
             spin.valueChanged.connect(self._on_train_field_changed)
         self.device_combo.currentIndexChanged.connect(self._on_train_field_changed)
+        self.precision_combo.currentIndexChanged.connect(self._on_train_field_changed)
         self.train_button.clicked.connect(self._on_train_clicked)
         self.stop_button.clicked.connect(self._on_stop_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)
@@ -518,6 +527,7 @@ class TrainingPanel(QWidget):
             epochs=self.epochs_spin.value(), batch_size=self.batch_spin.value(),
             lr=float(self.lr_spin.value()), val_fraction=float(s.val_fraction),
             seed=int(s.seed), split=s.split_mode, device=self.device_combo.currentData(),
+            precision=self.precision_combo.currentData(),
         )
 
     def _show_model_settings(self, settings: ModelSettings) -> None:
@@ -529,13 +539,16 @@ class TrainingPanel(QWidget):
             self.latent_spin.setValue(settings.latent_dim)
 
     def _show_train_config(self, config: core.TrainConfig) -> None:
-        widgets = (self.epochs_spin, self.batch_spin, self.lr_spin, self.device_combo)
+        widgets = (self.epochs_spin, self.batch_spin, self.lr_spin, self.device_combo,
+                   self.precision_combo)
         with _signals_blocked(*widgets):
             self.epochs_spin.setValue(config.epochs)
             self.batch_spin.setValue(config.batch_size)
             self.lr_spin.setValue(config.lr)
             index = self.device_combo.findData(config.device)
             self.device_combo.setCurrentIndex(max(index, 0))
+            index = self.precision_combo.findData(config.precision)
+            self.precision_combo.setCurrentIndex(max(index, 0))
 
     def _update_preset_combo(self) -> None:
         name = matching_preset(self.state.model_settings, self.state.train_config,
@@ -576,6 +589,7 @@ class TrainingPanel(QWidget):
                 epochs=preset.train.epochs, batch_size=preset.train.batch_size,
                 lr=preset.train.lr, val_fraction=s.val_fraction, seed=s.seed,
                 split=s.split_mode, device=self.device_combo.currentData(),
+                precision=self.precision_combo.currentData(),
             )
         except TrainConfigError as exc:
             self._report_error(str(exc))
@@ -667,7 +681,7 @@ class TrainingPanel(QWidget):
         )
         for widget in (self.preset_combo, self.conv_layers_combo, self.hidden_spin,
                        self.latent_spin, self.epochs_spin, self.batch_spin, self.lr_spin,
-                       self.device_combo):
+                       self.device_combo, self.precision_combo):
             widget.setEnabled(not training)
 
     def _start_worker(self, function, *args, on_yielded=None, on_returned=None,
@@ -759,7 +773,8 @@ class TrainingPanel(QWidget):
         self.progress_bar.setRange(0, total)
         self._progress_value = 0
         self._show_progress(0)
-        self._set_status(f"training on {device.type}: {len(job.train_idx)} training and "
+        where = device.type + (" in bf16" if job.config.precision == "bf16" else "")
+        self._set_status(f"training on {where}: {len(job.train_idx)} training and "
                          f"{len(job.val_idx)} validation windows, {n_batches} batches/epoch…")
         s.training = True
         self._update_buttons()
