@@ -5,8 +5,8 @@ Run: ``python benchmarks/run.py`` (about 10 minutes; ``--quick`` for fewer steps
 figures run under ``xvfb-run``.
 
 * Training throughput: baseline (``benchmarks/baseline.py``: materialised windows, DataLoader,
-  plain Conv3d, Adam) and ours (``WindowDataset.batch``, folded model, ``core.train``'s
-  optimiser), same initial weights; twice: with glibc's malloc pinned through
+  plain Conv3d, Adam) and ours (``core.train``'s ``BatchFeeder`` and ``TrainingStep``: folded
+  model, fused Adam), same initial weights; twice: with glibc's malloc pinned through
   ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (the way to compare two implementations
   on this machine; both interleaved in one fresh process), and with glibc's defaults as users
   run it (ours then keeps its buffers the way ``core.train`` does, ``core.allocator``, which
@@ -44,6 +44,8 @@ from baseline import BaselineCAE, baseline_loader, materialise_windows  # noqa: 
 
 from napari_electrode_cae import core  # noqa: E402
 from napari_electrode_cae.core.allocator import reuse_freed_memory  # noqa: E402
+from napari_electrode_cae.core.feeding import BatchFeeder  # noqa: E402
+from napari_electrode_cae.core.train_step import TrainingStep  # noqa: E402
 
 MEMORY_PROBE = r"""
 import json, resource, sys
@@ -80,9 +82,9 @@ def train_speed(length: int, steps: int, rounds: int, keep_buffers: bool = False
     """windows/s of the baseline and of our training step, and their max output gap.
 
     Both draw batches of 2 windows (l, 224, 224) from the same random three-phase stack: the
-    baseline from a DataLoader over materialised float32 copies, ours with
-    ``WindowDataset.batch`` from the uint8 stack (the data path of ``core.train``), with the
-    optimiser ``core.train`` uses. Same initial weights; rounds are interleaved.
+    baseline from a DataLoader over materialised float32 copies, ours from the uint8 stack
+    through ``core.train``'s ``BatchFeeder`` and ``TrainingStep`` (its step and optimiser).
+    Same initial weights; rounds are interleaved.
     ``keep_buffers``: with ``which="ours"``, the whole measurement runs inside
     ``core.allocator.reuse_freed_memory()`` as ``core.train`` does (only matters when glibc's
     malloc is not pinned through the environment).
@@ -99,41 +101,46 @@ def train_speed(length: int, steps: int, rounds: int, keep_buffers: bool = False
     base = BaselineCAE(length)
     base.load_state_dict(ours.state_dict())
     opt_base = torch.optim.Adam(base.parameters(), lr=1e-4)
-    opt_ours = core.training.make_optimiser(ours, 1e-4)
+    # ours: the step and the batches exactly as core.train makes them
+    our_step = TrainingStep(ours, core.training.make_optimiser(ours, 1e-4),
+                            torch.device("cpu"), "fp32", 2)
+    feeder = BatchFeeder(data, torch.device("cpu"))
     order = np.random.default_rng(1).permutation(len(data))
     loss_fn = torch.nn.MSELoss()
 
-    def run(model, optimiser, batches) -> float:
+    def base_step(x) -> None:
+        opt_base.zero_grad(set_to_none=True)
+        loss_fn(base(x), x).backward()
+        opt_base.step()
+
+    def run(step, batches) -> float:
         start = time.perf_counter()
         for _ in range(steps):
-            x = next(batches)
-            optimiser.zero_grad(set_to_none=True)
-            loss_fn(model(x), x).backward()
-            optimiser.step()
+            step(next(batches))
         return 2 * steps / (time.perf_counter() - start)
 
     def our_batches():
         while True:
             for i in range(0, len(order) - 1, 2):
-                yield data.batch(order[i : i + 2])
+                yield feeder(order[i : i + 2])
 
     def base_batches():
         while True:
             for (x,) in loader:
                 yield x
 
-    sides = {"base": (base, opt_base, base_batches()), "ours": (ours, opt_ours, our_batches())}
+    sides = {"base": (base_step, base_batches()), "ours": (our_step, our_batches())}
     if which != "both":
         sides = {which: sides[which]}
     rates = {name: [] for name in sides}
     # as core.train: one reuse_freed_memory() around the whole run (ours alone in its process)
     allocator = reuse_freed_memory() if keep_buffers and which == "ours" else nullcontext()
     with allocator:
-        for model, optimiser, batches in sides.values():
-            run(model, optimiser, batches)  # warm-up (oneDNN primitive creation)
+        for step, batches in sides.values():
+            run(step, batches)  # warm-up (oneDNN primitive creation)
         for _ in range(rounds):
-            for name, (model, optimiser, batches) in sides.items():
-                rates[name].append(run(model, optimiser, batches))
+            for name, (step, batches) in sides.items():
+                rates[name].append(run(step, batches))
     gap = None
     if which == "both":
         with torch.no_grad():
