@@ -26,18 +26,12 @@ from napari_electrode_cae._widgets.training_panel import TrainingPanel
 
 from .test_background_loading import WINDOW, Gate, add_electrode, entry_named
 from .test_live_decode_inline import make_state as latent_state
+from .test_live_decode_inline import model  # noqa: F401 (the shared module-scoped fixture)
 from .test_live_decode_inline import settled_panel
 from .test_results_latent_panels import decode_directly
 from .test_training_panel import tiny_state
 
 WAIT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def model():
-    core.seed_everything(0)
-    return core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=16,
-                                  latent_dim=3).eval()
 
 
 @pytest.fixture
