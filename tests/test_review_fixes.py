@@ -57,7 +57,6 @@ def test_train_waits_for_a_background_conversion(make_napari_viewer, qtbot, monk
         qtbot.waitUntil(lambda: data.idle, timeout=WAIT_MS)
         assert state.dataset is not None and state.converting_layers == ()
         assert train.train_button.isEnabled()
-        status = train.status_label.text()
 
         gate = Gate(monkeypatch)
         add_electrode(viewer, "UNCAL", seed=1, name="second")
@@ -67,11 +66,20 @@ def test_train_waits_for_a_background_conversion(make_napari_viewer, qtbot, monk
         assert "second" in train.status_label.text()
         train._on_train_clicked()  # refused as well when called directly
         assert not state.training and not train.is_busy
+        # Open run waits too: the conversion's result would overwrite the opened run
+        assert not train.open_button.isEnabled()
+        assert "Open run waits" in train.open_button.toolTip()
+        assert train.open_run("any/run/folder") is None and not train.is_busy
+        assert errors == ["wait until the Data tab has converted second before opening a run"]
+        errors.clear()
 
         gate.open()
         qtbot.waitUntil(lambda: data.idle, timeout=WAIT_MS)
         assert state.converting_layers == () and train.train_button.isEnabled()
-        assert train.status_label.text() == status
+        assert train.open_button.isEnabled() and train.open_button.toolTip() == ""
+        # the last status (the refused Open run's reason) stays; the wait line is gone
+        assert train.status_label.text() == (
+            "wait until the Data tab has converted second before opening a run")
         assert state.stack_layers == ("first", "second") and errors == []
     finally:
         train.shutdown()

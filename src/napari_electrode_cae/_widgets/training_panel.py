@@ -674,7 +674,9 @@ class TrainingPanel(QWidget):
         self.train_button.setEnabled(not training and not opening and not converting)
         self.train_button.setToolTip(self._conversion_wait_message())
         self.stop_button.setEnabled(training and not self._stop_requested)
-        self.open_button.setEnabled(not training and not opening)
+        # an opened run would be overwritten by the conversion's result too
+        self.open_button.setEnabled(not training and not opening and not converting)
+        self.open_button.setToolTip(self._conversion_wait_message().replace("Train", "Open run"))
         self.save_button.setEnabled(
             not training and not opening and not self._saving
             and self._evaluating_model is None and self.trained_run is not None
@@ -993,10 +995,15 @@ class TrainingPanel(QWidget):
         -------
         napari.qt.threading.FunctionWorker or None
             The started worker (tests wait for :attr:`is_busy` to clear), or None if training
-            runs (an error is shown).
+            runs or the Data tab still converts a layer (an error is shown).
         """
         if self._training_worker is not None:
             self._report_error("stop training before opening a run")
+            return None
+        if self.state.converting_layers:
+            self._report_error(
+                "wait until the Data tab has converted "
+                f"{', '.join(self.state.converting_layers)} before opening a run")
             return None
         request = object()
         # Layer data are taken here, on the GUI thread; the worker only compares arrays.
