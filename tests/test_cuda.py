@@ -327,3 +327,74 @@ def test_cuda_graph_is_recorded_and_replayed(data):
     before = [p.detach().clone() for p in model.parameters()]
     step(data.batch([0, 1]).cuda())
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+# -- review fixes: devices without float64/autocast, read-only stacks, graph fallbacks ------
+
+
+def test_bf16_is_refused_where_it_cannot_run():
+    from napari_electrode_cae.core.training import check_precision
+
+    check_precision("bf16", torch.device("cpu"))  # fine
+    check_precision("fp32", torch.device("mps"))  # fp32 runs anywhere
+    with pytest.raises(core.TrainConfigError, match="not on mps; use precision fp32"):
+        check_precision("bf16", torch.device("mps"))
+
+
+def test_folded_convolutions_run_on_devices_without_autocast():
+    """Autocast is only asked about on the CPU and CUDA (torch 2.4 raises for other device
+    types, e.g. MPS); the meta device stands in for them here."""
+    with torch.device("meta"):
+        model = core.ConvAutoEncoder3d(4, 32, 3, 16, 4)
+        y = model(torch.zeros(2, 1, 4, 32, 32))
+    assert y.shape == (2, 1, 4, 32, 32) and y.device.type == "meta"
+
+
+def test_resident_feeder_reads_a_read_only_memory_mapped_stack_quietly(tmp_path):
+    import warnings
+
+    path = tmp_path / "stack.npy"
+    np.save(path, make_stack((12, 32, 32)).labels)
+    labels = np.load(path, mmap_mode="r")
+    assert not labels.flags.writeable
+    data = core.WindowDataset([core.ElectrodeStack(labels)], core.WindowSpec(4, 2, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feeder = BatchFeeder(data, "cpu", mode="resident")
+    assert torch.equal(feeder([0, 2]), data.batch([0, 2]))
+
+
+@cuda
+def test_cuda_training_goes_on_eagerly_when_recording_fails(data, monkeypatch):
+    from napari_electrode_cae.core import train_step
+
+    def broken_record(self, x):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(train_step.TrainingStep, "_record", broken_record)
+    steps = []
+    real_init = train_step.TrainingStep.__init__
+
+    def keep(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        steps.append(self)
+
+    monkeypatch.setattr(train_step.TrainingStep, "__init__", keep)
+    result = core.run_training(small_model(), data,
+                               core.TrainConfig(epochs=4, device="cuda", val_fraction=0.4))
+    assert len(result.history) == 4 and all(np.isfinite(r.val_mse) for r in result.history)
+    assert steps[0].graph is None and "not permitted" in steps[0].graph_error
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+
+
+@cuda
+def test_cuda_graph_is_skipped_when_a_step_takes_much_of_the_gpu(data, monkeypatch):
+    from napari_electrode_cae.core import train_step
+
+    monkeypatch.setattr(train_step, "GRAPH_MEMORY_FRACTION", 0.0)
+    model = small_model().cuda()
+    step = train_step.TrainingStep(model, core.training.make_optimiser(model, 1e-3),
+                                   torch.device("cuda"), "fp32", 2)
+    for i in range(train_step.WARMUP_STEPS + 2):
+        assert torch.isfinite(step(data.batch([i % 4, (i + 1) % 4]).cuda()))
+    assert not step.replaying and "peaked at" in step.graph_error

@@ -18,6 +18,7 @@ All three give the same values as ``WindowDataset.batch`` (tested, on CUDA by
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -71,9 +72,13 @@ class BatchFeeder:
             raise ValueError("staged feeding (pinned buffers) needs a CUDA device")
         self._stacks: list[torch.Tensor] = []
         if self.mode == "resident":
-            # np.ascontiguousarray reads a memory-mapped stack once; the device copy is uint8
-            self._stacks = [torch.from_numpy(np.ascontiguousarray(s.labels)).to(self.device)
-                            for s in data.stacks]
+            # np.ascontiguousarray reads a memory-mapped stack once; the device copy is uint8.
+            # A read-only (memory-mapped) stack is only read here: torch's warning about
+            # non-writable arrays does not apply.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writ")
+                self._stacks = [torch.from_numpy(np.ascontiguousarray(s.labels)).to(self.device)
+                                for s in data.stacks]
         self._pinned: dict[int, list] = {}  # batch size -> [buffer, event] x 2
         self._turn = 0
 

@@ -9,8 +9,9 @@ batch of that size: one launch per step. Batches of another size (the last of an
 every step off CUDA run eagerly. The replayed step computes what the eager one computes, with
 the same kernels (tested in ``tests/test_cuda.py``).
 
-If recording fails (a torch that cannot capture some operation), training goes on eagerly and
-:attr:`TrainingStep.graph_error` says why.
+If recording fails (a torch that cannot capture some operation), or the warm-up steps used more
+than :data:`GRAPH_MEMORY_FRACTION` of the GPU's memory (the graph keeps a step's memory
+reserved), training goes on eagerly and :attr:`TrainingStep.graph_error` says why.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from torch import nn
 USE_CUDA_GRAPHS = True
 #: Eager full-size steps before recording (cuDNN autotuning, optimiser state, allocator).
 WARMUP_STEPS = 3
+#: No graph when the warm-up steps peaked above this share of the GPU's memory: the graph
+#: keeps a step's activations reserved, and the eager last batch and the validation need
+#: theirs on top.
+GRAPH_MEMORY_FRACTION = 0.4
 
 
 def autocast_for(device: torch.device, precision: str, cache: bool = True):
@@ -66,6 +71,7 @@ class TrainingStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_error: str | None = None
         self._warm = 0
+        self._side: torch.cuda.Stream | None = None
         self._static_x: torch.Tensor | None = None
         self._static_loss: torch.Tensor | None = None
 
@@ -81,19 +87,34 @@ class TrainingStep:
             self._static_x.copy_(x)
             self.graph.replay()
             return self._static_loss.clone()  # the static loss is overwritten next time
+        main = torch.cuda.current_stream(self.device)
         if self._warm < WARMUP_STEPS:
             self._warm += 1
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
+            if self._side is None:
+                self._side = torch.cuda.Stream(self.device)
+            self._side.wait_stream(main)
+            with torch.cuda.stream(self._side):
                 loss = self._eager(x)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            main.wait_stream(self._side)
+            loss.record_stream(main)  # made on the side stream, used on the main one
             return loss
+        peak, total = torch.cuda.max_memory_allocated(self.device), self._total_memory()
+        if peak > GRAPH_MEMORY_FRACTION * total:
+            self.use_graph = False
+            self.graph_error = (f"not recorded: a step peaked at {peak / 2**20:.0f} MiB of "
+                                f"{total / 2**20:.0f} MiB; the graph would keep that reserved")
+            return self._eager(x)
         try:
             self._record(x)
         except RuntimeError as exc:  # go on eagerly; nothing of the step was applied
-            self.graph, self.use_graph = None, False
-            self.graph_error = " ".join(str(exc).split())[:200]
+            # A failed recording can leave this thread on the capture stream: go back to the
+            # stream it was on and let everything queued there finish.
+            torch.cuda.set_stream(main)
+            torch.cuda.synchronize(self.device)
+            self.graph, self._static_x, self._static_loss = None, None, None
+            self.use_graph = False
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            self.graph_error = " ".join(str(cause).split())[:200]
             return self._eager(x)
         self._static_x.copy_(x)
         self.graph.replay()
@@ -113,7 +134,9 @@ class TrainingStep:
         self._static_x.copy_(x)
         graph = torch.cuda.CUDAGraph()
         self.optimiser.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
+        # thread_local: a GPU allocation by another thread (a GUI decode) meanwhile does not
+        # invalidate the recording
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             with autocast_for(self.device, self.precision, cache=False):
                 loss = self.loss_fn(self.model(self._static_x).float(), self._static_x)
             loss.backward()
@@ -123,6 +146,9 @@ class TrainingStep:
         # eager steps that follow
         self._static_loss = loss.detach()
         self.graph = graph
+
+    def _total_memory(self) -> int:
+        return torch.cuda.get_device_properties(self.device).total_memory
 
     def release(self) -> None:
         """Drop the graph and its memory pool."""

@@ -188,6 +188,22 @@ def make_optimiser(model: nn.Module, lr: float) -> FusedAdam:
     return FusedAdam(model.parameters(), lr=lr)
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raise :class:`TrainConfigError` if ``precision`` cannot run on ``device``."""
+    if precision != "bf16":
+        return
+    if device.type not in ("cpu", "cuda"):
+        raise TrainConfigError(
+            f"bf16 mixed precision runs on the CPU or a CUDA GPU, not on {device.type}; "
+            "use precision fp32"
+        )
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainConfigError(
+            f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16 support; "
+            "use precision fp32"
+        )
+
+
 @contextlib.contextmanager
 def cudnn_autotune(device: torch.device):
     """On CUDA, let cuDNN time its algorithms once per shape (every batch has the same shape)
@@ -281,6 +297,10 @@ def train(
             f"{len(val_idx)} validation"
         )
     device = resolve_device(config.device)
+    check_precision(config.precision, device)
+    # where the epoch's loss is summed in float64: the device itself, except on Apple MPS,
+    # which has no float64
+    sum_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     model.to(device)
     optimiser = make_optimiser(model, config.lr)
     n_batches = math.ceil(len(train_idx) / config.batch_size)
@@ -326,11 +346,11 @@ def train(
             # summed on the device in float64: a GPU is not made to wait for every batch's loss
             # (only a GUI asking for each batch's loss reads it), and on the CPU the sum is the
             # same as Python's float sum
-            total = torch.zeros((), dtype=torch.float64, device=device)
+            total = torch.zeros((), dtype=torch.float64, device=sum_device)
             for b in range(n_batches):
                 batch_idx = order[b * config.batch_size : (b + 1) * config.batch_size]
                 loss = step(feeder(batch_idx))
-                total += loss.double() * len(batch_idx)
+                total += loss.to(sum_device, torch.float64) * len(batch_idx)
                 if yield_batches:
                     yield BatchReport(epoch, b + 1, n_batches, loss)
             train_mse = float(total) / len(train_idx)
@@ -476,8 +496,8 @@ def window_mse(
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         x = feeder(chunk)
-        errors.append((model(x) - x).pow(2).flatten(1).mean(1).double())
+        errors.append((model(x) - x).pow(2).flatten(1).mean(1))
     if errors:  # one copy back at the end: the GPU is not made to wait for every chunk
-        out[:] = torch.cat(errors).cpu().numpy()
+        out[:] = torch.cat(errors).cpu().double().numpy()  # on the CPU: MPS has no float64
     model.train(was_training)
     return out
