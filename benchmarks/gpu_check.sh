@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU verification in one go (what ran on the lent H200): the CUDA tests with the core's
-# training/model/optimiser tests, then the CUDA training benchmark. Needs only torch, numpy,
+# training/model/optimiser/physics tests, the CUDA training benchmark, and the physics timings
+# with the tortuosity solver on the GPU. Needs only torch, numpy,
 # scipy, tifffile, tqdm and pytest (no napari): run from the repository root,
 #   bash benchmarks/gpu_check.sh [cuda_training.py options]
 set -uo pipefail
@@ -10,9 +11,11 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_training.py \
-    tests/test_folded_conv.py tests/test_model.py tests/test_adam.py
+    tests/test_folded_conv.py tests/test_model.py tests/test_adam.py tests/test_physics.py
 tests=$?
 $PY benchmarks/cuda_training.py "$@"
 bench=$?
+# the tortuosity solver on the GPU against scipy's on the CPU, one paper-sized window
+$PY benchmarks/physics_speed.py --threads 2 --repeat 2 --torch-device cuda || bench=1
 echo "tests rc=$tests benchmark rc=$bench"
 exit $(( tests || bench ))

@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from napari_electrode_cae import cli
@@ -166,6 +167,20 @@ def test_cli_physics_end_to_end(tmp_path, capsys):
         corr = list(csv.DictReader(handle))
     assert {r["metric"] for r in corr} >= {"pore_fraction", "z", "calendered"}
     assert len({r["latent"] for r in corr}) == 3
+
+    # the tortuosity solvers give the same metrics (auto = torch on a GPU if any, else scipy)
+    taus = {}
+    for device in ("scipy", "cpu", "auto"):
+        assert cli.main(["physics", str(run_dir), "--max-windows", "2",
+                         "--device", device]) == 0
+        with (run_dir / "metrics.csv").open() as handle:
+            taus[device] = [float(r["tortuosity_pore_z"]) for r in csv.DictReader(handle)]
+    assert taus["cpu"] == pytest.approx(taus["scipy"], rel=1e-4)
+    assert taus["auto"] == pytest.approx(taus["scipy"], rel=1e-4)
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert cli.main(["physics", str(run_dir), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_cli_physics_bad_run_dir_is_one_line(tmp_path, capsys):

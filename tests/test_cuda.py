@@ -398,3 +398,15 @@ def test_cuda_graph_is_skipped_when_a_step_takes_much_of_the_gpu(data, monkeypat
     for i in range(train_step.WARMUP_STEPS + 2):
         assert torch.isfinite(step(data.batch([i % 4, (i + 1) % 4]).cuda()))
     assert not step.replaying and "peaked at" in step.graph_error
+
+
+@cuda
+def test_cuda_tortuosity_solver_matches_the_scipy_solver():
+    from napari_electrode_cae.core.physics import tortuosity
+
+    from .test_physics import blob, staircase
+
+    labels = blob(7, 0.40, 2.0, 0.12)
+    assert tortuosity(labels, "pore", 2, device="cuda") == pytest.approx(3.047942399, rel=2e-5)
+    assert tortuosity(labels, "pore", 2, device="auto") == pytest.approx(3.047942399, rel=2e-5)
+    assert tortuosity(staircase(), device="cuda") == pytest.approx((7 / 4) ** 2, rel=1e-9)

@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analyse a seeded random subset of at most N windows (and of N "
                    "validation windows for the comparison)")
     p.add_argument("--seed", type=int, default=0, help="seed of those subsets")
+    p.add_argument("--device", choices=("auto", "scipy", "cpu", "cuda"), default="auto",
+                   help="tortuosity solver: auto (default) = torch on a CUDA GPU if there is "
+                   "one, else scipy; scipy; or torch on cpu/cuda")
     p.add_argument("--top", type=_positive_int, default=5,
                    help="strongest correlations to print (default 5)")
     p.set_defaults(func=cmd_physics)
@@ -519,12 +522,13 @@ def cmd_physics(args: argparse.Namespace) -> int:
         if done % step == 0 or done == total:
             _info(f"  {done}/{total} windows")
 
+    device = None if args.device == "scipy" else args.device
     rows = analysis.window_metrics(data, windows, run.model, tortuosity=tortuosity,
-                                   splits=splits, progress=progress)
+                                   splits=splits, progress=progress, device=device)
     analysis.write_metrics_csv(args.run_dir / "metrics.csv", rows)
     comparison = analysis.physics_comparison(
         data, run.val_idx, run.model, tortuosity=tortuosity, max_windows=args.max_windows,
-        seed=args.seed, rows=rows)
+        seed=args.seed, rows=rows, device=device)
     core.checkpoint.atomic_write_text(args.run_dir / "physics.json",
                                       json.dumps(_json_safe(comparison), indent=1))
     markdown = analysis.comparison_markdown(comparison)
