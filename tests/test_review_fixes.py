@@ -154,7 +154,12 @@ def test_the_decoder_sets_its_worker_threads_once(make_napari_viewer, qtbot, mod
 
     assert len(decode_threads) == 5 and set(decode_threads) == {panel.worker_threads}
     assert threading.get_ident() not in calls and torch.get_num_threads() == main_threads
-    assert all(len(counts) <= 1 for counts in calls.values()), dict(calls)
+    # per worker thread: set once when the worker starts and given back once when it ends
+    # (the pool thread goes back to the pool), not around each of the 5 decodes
+    for counts in calls.values():
+        assert counts[0::2] == [panel.worker_threads] * len(counts[0::2]), dict(calls)
+        assert all(c != panel.worker_threads for c in counts[1::2]), dict(calls)  # restores
+    assert sum(len(counts) for counts in calls.values()) <= 4, dict(calls)
 
 
 def test_a_decode_leaves_the_threads_training_asked_for(make_napari_viewer, qtbot, model,
@@ -303,3 +308,45 @@ def test_a_rename_does_not_restart_a_conversion(make_napari_viewer, qtbot, monke
         assert state.converting_layers == ()
     finally:
         data.shutdown()
+
+
+@pytest.mark.parametrize("runner_class", ["ThreadRunner", "ChainedRunner"])
+def test_runner_pool_threads_get_their_torch_thread_count_back(qtbot, runner_class):
+    """The decoder's worker runs in a napari pool thread that later runs other jobs (an
+    evaluation, physics metrics): they must not inherit the decoder's thread count."""
+    from napari.qt.threading import create_worker
+
+    runner_type = getattr(live_decoder_module, runner_class)
+    seen, results = [], []
+
+    def job():
+        seen.append(torch.get_num_threads())
+        return len(seen)
+
+    start = torch.get_num_threads()
+    runner = runner_type(results.append,
+                         thread_setup=lambda: live_decoder_module.use_torch_threads(1))
+    try:
+        runner.submit(job)
+        qtbot.waitUntil(lambda: runner.idle and results == [1], timeout=WAIT_MS)
+    finally:
+        runner.shutdown()
+    if live_decoder_module.per_thread_torch_threads():
+        assert seen == [1]  # the job ran with the decoder's count
+    # every pool thread (the one that ran the job among them) has the count it had before:
+    # one job per pool thread, all held at a barrier so that no thread runs two of them
+    pool = QThreadPool.globalInstance()
+    pool.waitForDone(WAIT_MS)
+    n = pool.maxThreadCount()
+    barrier, counts = threading.Barrier(n, timeout=WAIT_MS / 1000), []
+
+    def pool_count():
+        barrier.wait()
+        return torch.get_num_threads()
+
+    workers = [create_worker(pool_count, _start_thread=False) for _ in range(n)]
+    for worker in workers:
+        worker.returned.connect(counts.append)
+        worker.start()
+    qtbot.waitUntil(lambda: len(counts) == n, timeout=WAIT_MS)
+    assert set(counts) == {start}

@@ -384,14 +384,14 @@ class LatentPanel(QWidget):
         if self._snapshot_is_current():
             self.reset_to_window()
 
-    def _setup_decoder_thread(self) -> None:
+    def _setup_decoder_thread(self):
         """Runner worker thread, when it starts: ``worker_threads`` torch threads from now on.
 
         Once per worker thread, not around every decode: ``torch.set_num_threads`` clears the
         thread's oneDNN cache, and where the count is process-wide it is left alone (a training
         worker's count must not change; see :func:`.live_decoder.use_torch_threads`).
         """
-        use_torch_threads(self.worker_threads)
+        return use_torch_threads(self.worker_threads)  # the runner undoes it at the end
 
     # ------------------------------------------------------------------------------ sliders
     def latent_vector(self) -> np.ndarray:

@@ -137,15 +137,22 @@ def restore_torch_threads(threads: int, previous: int) -> None:
             torch.set_num_threads(previous)
 
 
-def use_torch_threads(threads: int | None) -> None:
-    """Give the calling worker thread ``threads`` intra-op torch threads from now on.
+def use_torch_threads(threads: int | None) -> Callable[[], None] | None:
+    """Give the calling worker thread ``threads`` intra-op torch threads until undone.
 
-    For a runner's worker thread, once when it starts (not around every job, and not
-    restored). Does nothing for None, or where the count is process-wide (see
+    For a runner's worker thread, once when it starts (not around every job). Returns the
+    undo, which the runner calls in the same thread when its worker function ends: the worker
+    runs in a pool thread that later runs other jobs (an evaluation, the Physics tab's metrics),
+    which must not inherit the decoder's count. None if nothing changed: for None, for the
+    count the thread has already, or where the count is process-wide (see
     :func:`per_thread_torch_threads`): a decoder must not change the threads of a training run.
     """
-    if threads is not None and per_thread_torch_threads():
-        set_torch_threads(threads)
+    if threads is None or not per_thread_torch_threads():
+        return None
+    previous = set_torch_threads(threads)
+    if previous == threads:
+        return None
+    return functools.partial(restore_torch_threads, threads, previous)
 
 
 @contextlib.contextmanager
@@ -243,7 +250,8 @@ class _RunnerBase:
     """Shared interface of the runners: ``submit``, ``idle``, ``counts``, ``shutdown``.
 
     ``thread_setup``, if given, is called in a worker thread before its first job (e.g.
-    ``lambda: use_torch_threads(n)``); it must be cheap to call again.
+    ``lambda: use_torch_threads(n)``); it must be cheap to call again. If it returns a
+    callable, that is called in the same thread when the worker function ends (the undo).
     """
 
     def __init__(
@@ -291,7 +299,8 @@ class ChainedRunner(_RunnerBase):
     on_error : callable, optional
         Called in the main thread with a job's ElectrodeCAEError or RuntimeError.
     thread_setup : callable, optional
-        Called in the worker thread before each job (jobs may run in different pool threads).
+        Called in the worker thread before each job (jobs may run in different pool threads);
+        a callable it returns is called after the job, in that thread.
     """
 
     def __init__(self, on_result, on_error=None, thread_setup=None) -> None:
@@ -331,11 +340,14 @@ class ChainedRunner(_RunnerBase):
                 return None
             self._job_running = True
             self._job_done.clear()
+        undo = None
         try:
             if self._thread_setup is not None:
-                self._thread_setup()
+                undo = self._thread_setup()
             return _call_job(function, args)
         finally:
+            if callable(undo):  # the pool thread goes back to the pool as it came
+                undo()
             self._job_done.set()
 
     def _on_worker_errored(self, _exc: Exception) -> None:
@@ -429,9 +441,10 @@ class ThreadRunner(_RunnerBase):
                 return
             self._serving = True
             self._stopped.clear()
+        undo = None
         try:
             if self._thread_setup is not None:
-                self._thread_setup()  # once for this worker thread, not around every job
+                undo = self._thread_setup()  # once for this worker thread, not around every job
             while True:
                 with self._wake:
                     idle_since = time.monotonic()
@@ -454,6 +467,8 @@ class ThreadRunner(_RunnerBase):
                 if send:
                     yield None  # a token: the main thread takes the newest result
         finally:
+            if callable(undo):  # the pool thread goes back to the pool as it came
+                undo()
             self._stopped.set()
 
     def _take(self, _token: Any = None) -> None:
