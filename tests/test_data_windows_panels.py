@@ -106,9 +106,15 @@ def test_tag_combo_writes_metadata_and_stack_tag(panels):
 def test_renaming_a_layer_renames_its_stack(panels):
     viewer, state, _, _ = panels
     layer = add_electrode(viewer)
+    source = state.stacks[0].source  # the generator's provenance, kept by a rename
     layer.name = "my electrode"
     assert state.stack_layers == ("my electrode",)
-    assert state.stacks[0].name == "my electrode"
+    assert state.stacks[0].name == "my electrode" and state.stacks[0].source == source
+    # a stack known only as a layer is named after it, and a rename renames that too
+    plain = viewer.add_labels(make_stack(SHAPE, seed=3).labels, name="drawn")
+    assert state.stacks[1].source == "layer:drawn"
+    plain.name = "drawn by hand"
+    assert state.stacks[1].source == "layer:drawn by hand"
 
 
 def test_image_layer_with_grey_values_is_mapped_and_can_be_overridden(panels):

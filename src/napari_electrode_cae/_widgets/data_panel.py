@@ -502,8 +502,13 @@ class DataPanel(QWidget):
         if stack is None or stack.labels is not entry.converted.labels \
                 or stack.phase_mapping != entry.converted.phase_mapping \
                 or (stack.name, stack.calendered) != (name, tag):
+            # a stack made from the layer itself names its source after the layer: a rename
+            # renames that too (a file path stays as it is)
+            source = entry.converted.source
+            if source.startswith("layer:"):
+                source = f"layer:{name}"
             entry.stack = self._stack_in_state(entry.converted, name, tag) or \
-                dataclasses.replace(entry.converted, name=name, calendered=tag)
+                dataclasses.replace(entry.converted, name=name, calendered=tag, source=source)
 
     @staticmethod
     def _override_key(entry: LayerEntry) -> tuple | None:
