@@ -11,9 +11,8 @@ largest output difference to the baseline (same weights) and the decode latency.
 * ``ours``: what ``core.train`` does (``core.feeding.BatchFeeder`` cuts batches out of the
   uint8 stack resident on the GPU, folded model, fused Adam, cuDNN autotuning, the loss
   summed on the device; on CUDA the step replayed from a CUDA graph, ``core.train_step``);
-  ``eager``: the same without the graph; ``+sync``: as the GUI, which reads every batch's loss;
-  ``bf16``: mixed precision (``TrainConfig(precision="bf16")``); ``cl``: channels-last
-  activations; ``conv3d``: the model's plain Conv3d modules instead of the folded 2D route;
+  ``eager``: the same without the graph; ``+sync``: reading every batch's loss (as a script
+  printing it would); ``bf16``: mixed precision (``TrainConfig(precision="bf16")``); ``conv3d``: the model's plain Conv3d modules instead of the folded 2D route;
   ``staged``: pinned host buffers and non-blocking copies instead of the resident stack.
 * ``train()``: one full ``core.train`` run (validation each epoch included) for realism.
 """
@@ -21,7 +20,6 @@ largest output difference to the baseline (same weights) and the decode latency.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -130,13 +128,11 @@ def main() -> None:
         base_rate = rate
 
         # -- ours ----------------------------------------------------------------------
-        def ours(precision="fp32", batch=2, read_loss=False, formats=None, fold=True,
-                 mode="resident", graph=True):
+        def ours(precision="fp32", batch=2, read_loss=False, fold=True, mode="resident",
+                 graph=True):
             model = core.ConvAutoEncoder3d(length, 224, 3, 128, 10).to(device)
             model.load_state_dict(init)
             model.fold_depth = fold
-            if formats is not None:
-                model.memory_formats = [formats] * len(model.memory_formats)
             optimiser = core.training.make_optimiser(model, 1e-4)
             feeder = BatchFeeder(data, device, mode=mode)
             train_step = TrainingStep(model, optimiser, device, precision, batch,
@@ -235,9 +231,6 @@ def main() -> None:
                   f"val MSE {[round(r.val_mse, 4) for r in result.history]}; "
                   f"cudnn.benchmark restored: {torch.backends.cudnn.benchmark is False}",
                   flush=True)
-        del base, opt, loader
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

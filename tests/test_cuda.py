@@ -14,7 +14,8 @@ import torch
 from napari_electrode_cae import core
 from napari_electrode_cae.cli import main as cli_main
 from napari_electrode_cae.core.feeding import BatchFeeder, choose_mode, stack_bytes
-from napari_electrode_cae.core.training import autocast_for, cudnn_autotune
+from napari_electrode_cae.core.train_step import autocast_for
+from napari_electrode_cae.core.training import cudnn_autotune
 
 from .conftest import make_stack
 

@@ -258,7 +258,7 @@ class _RunnerBase:
         self,
         on_result: Callable[[Any], None],
         on_error: Callable[[Exception], None] | None = None,
-        thread_setup: Callable[[], None] | None = None,
+        thread_setup: Callable[[], Callable[[], None] | None] | None = None,
     ) -> None:
         self._on_result = on_result
         self._on_error = on_error

@@ -650,13 +650,13 @@ class TrainingPanel(QWidget):
         self._show_status()
         show_error(message)
 
-    def _conversion_wait_message(self) -> str:
-        """Why Train waits for the Data panel ("" if it does not)."""
+    def _conversion_wait_message(self, action: str = "Train") -> str:
+        """Why ``action`` (Train, Open run) waits for the Data panel ("" if it does not)."""
         names = self.state.converting_layers
         if not names:
             return ""
-        return (f"Train waits for the Data tab to finish converting {', '.join(names)} in the "
-                "background …")
+        return (f"{action} waits for the Data tab to finish converting {', '.join(names)} in "
+                "the background …")
 
     def _show_status(self) -> None:
         """The last status (or error), and below it why Train waits, while it does."""
@@ -676,7 +676,7 @@ class TrainingPanel(QWidget):
         self.stop_button.setEnabled(training and not self._stop_requested)
         # an opened run would be overwritten by the conversion's result too
         self.open_button.setEnabled(not training and not opening and not converting)
-        self.open_button.setToolTip(self._conversion_wait_message().replace("Train", "Open run"))
+        self.open_button.setToolTip(self._conversion_wait_message("Open run"))
         self.save_button.setEnabled(
             not training and not opening and not self._saving
             and self._evaluating_model is None and self.trained_run is not None

@@ -84,9 +84,7 @@ class TrainingStep:
         if not self.use_graph or x.shape[0] != self.batch_size:
             return self._eager(x)
         if self.graph is not None:
-            self._static_x.copy_(x)
-            self.graph.replay()
-            return self._static_loss.clone()  # the static loss is overwritten next time
+            return self._replay(x)
         main = torch.cuda.current_stream(self.device)
         if self._warm < WARMUP_STEPS:
             self._warm += 1
@@ -116,9 +114,12 @@ class TrainingStep:
             cause = exc.__context__ if exc.__context__ is not None else exc
             self.graph_error = " ".join(str(cause).split())[:200]
             return self._eager(x)
+        return self._replay(x)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
         self._static_x.copy_(x)
         self.graph.replay()
-        return self._static_loss.clone()
+        return self._static_loss.clone()  # the static loss is overwritten by the next replay
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
         self.optimiser.zero_grad(set_to_none=True)

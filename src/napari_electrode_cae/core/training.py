@@ -26,7 +26,7 @@ from .checkpoint import load_training_state, save_state_dict, save_training_stat
 from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
 from .feeding import BatchFeeder
 from .model import ConvAutoEncoder3d
-from .train_step import TrainingStep, autocast_for  # noqa: F401 (autocast_for: re-exported)
+from .train_step import TrainingStep
 from .windows import SPLIT_MODES, WindowDataset, split
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -330,14 +330,14 @@ def train(
         first_epoch = saved["epoch"] + 1
     finished = False
     stage = "training"
-    keep_buffers = reuse_freed_memory()  # released in the finally below
-    keep_buffers.__enter__()
-    autotune = cudnn_autotune(device)
-    autotune.__enter__()
-    feeder = step = None
+    resources = contextlib.ExitStack()  # closed in the finally below, last in first out
+    resources.enter_context(reuse_freed_memory())
+    resources.enter_context(cudnn_autotune(device))
     try:
         feeder = BatchFeeder(data, device)
+        resources.callback(feeder.release)
         step = TrainingStep(model, optimiser, device, config.precision, config.batch_size)
+        resources.callback(step.release)
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             model.train()
@@ -386,12 +386,7 @@ def train(
             out_of_memory_message(device, config.batch_size, spec.window_shape(), stage)
         ) from exc.with_traceback(None)
     finally:
-        if feeder is not None:
-            feeder.release()
-        if step is not None:
-            step.release()
-        autotune.__exit__(None, None, None)
-        keep_buffers.__exit__(None, None, None)
+        resources.close()
         model.load_state_dict(best_state)
         model.eval()
     return TrainResult(
@@ -490,7 +485,7 @@ def window_mse(
     out = np.empty(len(indices), dtype=np.float64)
     indices = np.asarray(indices, dtype=np.int64)
     batch_size = inference_batch_size(batch_size, data.spec.window_shape())
-    if feeder is None:
+    if feeder is None:  # one chunk: not worth putting the stacks on a GPU first
         feeder = BatchFeeder(data, device, mode="host" if len(indices) <= batch_size else None)
     errors = []
     for start in range(0, len(indices), batch_size):
