@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from napari_electrode_cae.core import ConvAutoEncoder3d, ModelConfigError, count_parameters
-from napari_electrode_cae.core.model import layer_summary
+from napari_electrode_cae.core.model import layer_summary, resolve_layout
 
 
 def _rows(model):
@@ -86,15 +86,27 @@ def test_folded_depth_path_is_the_same_function_and_gradient(layers, length, cro
     model = ConvAutoEncoder3d(length, crop=crop, conv_layers=layers, hidden=16, latent_dim=4)
     x = torch.randn(3, 1, length, crop, crop)
     results = []
-    for fold in (False, True):
-        model.fold_depth = fold
+    for fold, layout in ((False, "auto"), (True, "contiguous"), (True, "channels_last")):
+        model.fold_depth, model.layout = fold, layout
         model.zero_grad()
         z = model.encode(x)
         y = model.decode(z)
         ((y - x) ** 2).mean().backward()
         results.append((z.detach(), y.detach(), [p.grad.clone() for p in model.parameters()]))
-    (z0, y0, g0), (z1, y1, g1) = results
-    torch.testing.assert_close(z1, z0, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-6)
-    for a, b in zip(g0, g1):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-6)
+    (z0, y0, g0), *folded = results
+    for z1, y1, g1 in folded:
+        torch.testing.assert_close(z1, z0, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-6)
+        for a, b in zip(g0, g1):
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-6)
+
+
+def test_layout_is_chosen_by_device_and_checked():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_layout("auto", cpu) == "channels_last"
+    assert resolve_layout("auto", cuda) == "contiguous"  # the route measured with CUDA graphs
+    assert resolve_layout("contiguous", cpu) == "contiguous"
+    model = ConvAutoEncoder3d(2, crop=16, hidden=8, latent_dim=2)
+    model.layout = "nhwc"
+    with pytest.raises(ModelConfigError, match="layout must be one of"):
+        model.encode(torch.zeros(1, 1, 2, 16, 16))

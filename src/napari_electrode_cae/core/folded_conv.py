@@ -1,18 +1,27 @@
-"""Stride-2, 3×3 convolutions of the CAE as 2D operations with hand-picked kernels.
+"""Stride-2, 3×3 convolutions of the CAE with hand-picked kernels and memory layouts.
 
 The paper's (1, 3, 3) layers act on every slice alike, so :mod:`.model` runs them as 2D
-convolutions over the slices of all windows; the (l, 3, 3) layers become 2D convolutions over
-l·C channels. These two autograd functions compute exactly the same function and gradients as
-``F.conv2d`` / ``F.conv_transpose2d`` (stride 2, no padding) followed by an optional ReLU, but
-choose faster routes through PyTorch's CPU kernels (oneDNN), measured on the paper's shapes:
+convolutions over the slices of all windows; the (l, 3, 3) layers that fold the window depth run
+either as 3D convolutions (channels-last layout) or as 2D convolutions over l·C channels
+(contiguous layout). The two autograd functions here compute exactly the same function and
+gradients as ``F.conv2d``/``F.conv3d`` and ``F.conv_transpose2d``/``F.conv_transpose3d`` (stride 2
+in-plane, 1 in depth, no padding) followed by an optional ReLU, but choose faster routes through
+PyTorch's CPU kernels (oneDNN), measured on the paper's shapes:
 
+* in the channels-last layout (NHWC / NDHWC) oneDNN's transposed convolutions and weight
+  gradients on 8-16 channels run 2-4× faster than in NCHW; a one-channel tensor is the same
+  memory in both layouts, so it is only given channels-last strides (no copy), which is what makes
+  the layout pay: the 19 MiB activations next to the one-channel input and output are never
+  reordered;
 * a transposed convolution with a bias is 3-4× slower than the same one without a bias plus an
   in-place bias add, so the bias is added separately;
 * the backward pass of a transposed convolution is an ordinary forward convolution (input
   gradient) and a weight gradient, both much faster than autograd's transposed backward;
+* a transposed convolution to one output channel (the decoder's last layer) runs as a 2×2
+  convolution to the four output phases and one interleaving copy;
 * the ReLU runs in place on the fresh convolution output, and its mask is applied in the
   backward pass of the same node (one tensor fewer per layer);
-* gradients are put into one memory format per layer before the kernels see them, so oneDNN
+* gradients are put into the layer's memory format before the kernels see them, so oneDNN
   does not reorder them behind our back.
 
 Nothing here is CPU specific: on CUDA the same calls go to cuDNN. Under ``torch.autocast``
@@ -26,9 +35,33 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_STRIDE = [2, 2]
-_PADDING = [0, 0]
-_DILATION = [1, 1]
+
+def _geometry(weight: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
+    """Stride, padding and dilation of a 2D (3×3) or 3D (d×3×3) layer: stride 2 in-plane."""
+    if weight.dim() == 4:
+        return [2, 2], [0, 0], [1, 1]
+    return [1, 2, 2], [0, 0, 0], [1, 1, 1]
+
+
+def in_layout(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``t`` dense in ``memory_format``, with channels-last strides when that is asked for.
+
+    A tensor with one channel is channels-last contiguous already, but keeps its NCHW strides
+    and oneDNN would then pick NCHW kernels (and reorder the other operand); such a tensor gets
+    channels-last strides over the same memory.
+    """
+    t = t.contiguous(memory_format=memory_format)
+    if memory_format in (torch.channels_last, torch.channels_last_3d) and t.shape[1] == 1:
+        sizes = t.shape
+        strides = [1] * t.dim()  # channels innermost, then the spatial axes, then N
+        step = 1
+        for d in range(t.dim() - 1, 1, -1):
+            strides[d] = step
+            step *= sizes[d]
+        strides[0] = step
+        if list(t.stride()) != strides:
+            t = t.as_strided(sizes, strides)
+    return t
 
 
 def _relu_backward(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -54,7 +87,8 @@ WEIGHT_GRAD_CHUNK = 2**22
 
 def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
                  with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """dL/dweight (and dL/dbias) of ``conv2d(inp, weight, stride=2)`` given ``grad_out``."""
+    """dL/dweight (and dL/dbias) of the stride-2 ``conv(inp, weight)`` given ``grad_out``."""
+    stride, padding, dilation = _geometry(weight)
     n = grad_out.shape[0]
     per_item = max(grad_out[0].numel(), inp[0].numel())
     step = max(1, min(n, WEIGHT_GRAD_CHUNK // max(per_item, 1)))
@@ -62,8 +96,8 @@ def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor
     for start in range(0, n, step):
         _, w_part, b_part = torch.ops.aten.convolution_backward(
             grad_out[start : start + step], inp[start : start + step], weight,
-            [weight.shape[0]] if with_bias else None, _STRIDE, _PADDING, _DILATION, False,
-            [0, 0], 1, [False, True, with_bias],
+            [weight.shape[0]] if with_bias else None, stride, padding, dilation, False,
+            [0] * len(stride), 1, [False, True, with_bias],
         )
         gw = w_part if gw is None else gw.add_(w_part)
         if with_bias:
@@ -103,7 +137,7 @@ def _one_channel_transposed(x, weight, bias, out_size: int) -> torch.Tensor:
     """
     n, _, h, w = x.shape
     phases = F.conv2d(x.contiguous(memory_format=torch.channels_last), subpixel_weight(weight),
-                      bias.repeat(4), padding=1)
+                      None if bias is None else bias.repeat(4), padding=1)
     # channels-last phases: memory (n, m, k, a, b). Read each (b = 0, 1) pair as one item twice
     # as wide so that the interleave (n, m, k, a) -> (n, m, a, k) moves whole pairs.
     pair_type = _PAIR_DTYPES[phases.element_size()]
@@ -140,17 +174,32 @@ def _incoming_grad(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     x, weight, y = ctx.saved_tensors
     if ctx.relu:
         grad = _relu_backward(grad, y)
-    return x, weight, grad.contiguous(memory_format=ctx.memory_format)
+    return x, weight, in_layout(grad, ctx.memory_format)
 
 
-class Conv2dStride2(torch.autograd.Function):
-    """``relu?(conv2d(x, weight, bias, stride=2))`` with a pinned memory format."""
+def _conv(x, weight, bias):
+    """The layer's forward convolution (stride 2 in-plane)."""
+    stride = _geometry(weight)[0]
+    conv = F.conv2d if weight.dim() == 4 else F.conv3d
+    return conv(x, weight, bias, stride=stride)
+
+
+def _bias_shape(y: torch.Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (y.dim() - 2)
+
+
+class ConvStride2(torch.autograd.Function):
+    """``relu?(conv(x, weight, bias))``, stride 2 in-plane, with a pinned memory format.
+
+    A 4-D weight (C_out, C_in, 3, 3) is ``F.conv2d`` with stride 2; a 5-D weight
+    (C_out, C_in, d, 3, 3) is ``F.conv3d`` with stride (1, 2, 2).
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, relu: bool, memory_format: torch.memory_format):
         x, weight, bias = _autocast_operands(x, weight, bias)
-        x = x.contiguous(memory_format=memory_format)
-        y = F.conv2d(x, weight, bias, stride=2)
+        x = in_layout(x, memory_format)
+        y = _conv(x, weight, bias)
         return _finish_forward(ctx, x, weight, y, relu, memory_format)
 
     @staticmethod
@@ -159,30 +208,39 @@ class Conv2dStride2(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:  # the first layer: weights only, in slices
             gw, gb = _weight_grad(grad, x, weight, with_bias=ctx.needs_input_grad[2])
             return None, gw, gb, None, None
+        stride, padding, dilation = _geometry(weight)
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]], _STRIDE, _PADDING, _DILATION, False, [0, 0], 1,
-            [True, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+            grad, x, weight, [weight.shape[0]], stride, padding, dilation, False,
+            [0] * len(stride), 1, [True, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
         )
         return gx, gw, gb, None, None
 
 
-class ConvTranspose2dStride2(torch.autograd.Function):
-    """``relu?(conv_transpose2d(x, weight, bias, stride=2))`` cropped/padded to ``out_size``.
+class ConvTransposeStride2(torch.autograd.Function):
+    """``relu?(conv_transpose(x, weight, bias))``, stride 2 in-plane, cropped/padded in-plane to
+    ``out_size``.
 
-    ``out_size`` is the output edge: 2·(in - 1) + 3 plus an output padding of 0 or 1.
+    ``out_size`` is the output edge: 2·(in - 1) + 3 plus an output padding of 0 or 1. A 4-D
+    weight (C_in, C_out, 3, 3) is ``F.conv_transpose2d``; a 5-D weight (C_in, C_out, d, 3, 3)
+    is ``F.conv_transpose3d`` with stride (1, 2, 2) (output depth = input depth + d - 1).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, out_size: int, relu: bool,
                 memory_format: torch.memory_format):
         x, weight, bias = _autocast_operands(x, weight, bias)
-        x = x.contiguous(memory_format=memory_format)
-        if weight.shape[1] == 1 and x.shape[-1] == x.shape[-2]:
+        x = in_layout(x, memory_format)
+        if weight.dim() == 4 and weight.shape[1] == 1 and x.shape[-1] == x.shape[-2]:
             y = _one_channel_transposed(x, weight, bias, out_size)
         else:
             pad = out_size - (2 * (x.shape[-1] - 1) + 3)
-            y = F.conv_transpose2d(x, weight, None, stride=2, output_padding=pad)
-            y.add_(bias.view(1, -1, 1, 1))
+            if weight.dim() == 4:
+                y = F.conv_transpose2d(x, weight, None, stride=2, output_padding=pad)
+            else:
+                y = F.conv_transpose3d(x, weight, None, stride=(1, 2, 2),
+                                       output_padding=(0, pad, pad))
+            if bias is not None:
+                y.add_(bias.view(_bias_shape(y)))
         return _finish_forward(ctx, x, weight, y, relu, memory_format)
 
     @staticmethod
@@ -191,18 +249,19 @@ class ConvTranspose2dStride2(torch.autograd.Function):
         # The adjoint of a transposed convolution is the forward convolution with the same
         # weight; its weight gradient is that convolution's, with the roles of x and grad
         # swapped. (A last output row/column added by the output padding is never read.)
-        gx = F.conv2d(grad, weight, None, stride=2) if ctx.needs_input_grad[0] else None
+        gx = _conv(grad, weight, None) if ctx.needs_input_grad[0] else None
         gw = _weight_grad(x, grad, weight)[0] if ctx.needs_input_grad[1] else None
-        gb = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+        dims = (0,) + tuple(range(2, grad.dim()))
+        gb = grad.sum(dims) if ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
 
 
-def conv2d_stride2(x, weight, bias, relu=True, memory_format=torch.contiguous_format):
-    """Apply :class:`Conv2dStride2`."""
-    return Conv2dStride2.apply(x, weight, bias, relu, memory_format)
+def conv_stride2(x, weight, bias, relu=True, memory_format=torch.contiguous_format):
+    """Apply :class:`ConvStride2`."""
+    return ConvStride2.apply(x, weight, bias, relu, memory_format)
 
 
-def conv_transpose2d_stride2(x, weight, bias, out_size, relu=True,
-                             memory_format=torch.contiguous_format):
-    """Apply :class:`ConvTranspose2dStride2`."""
-    return ConvTranspose2dStride2.apply(x, weight, bias, out_size, relu, memory_format)
+def conv_transpose_stride2(x, weight, bias, out_size, relu=True,
+                           memory_format=torch.contiguous_format):
+    """Apply :class:`ConvTransposeStride2`."""
+    return ConvTransposeStride2.apply(x, weight, bias, out_size, relu, memory_format)

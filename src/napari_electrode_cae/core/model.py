@@ -20,21 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelConfigError
-from .folded_conv import conv2d_stride2, conv_transpose2d_stride2
+from .folded_conv import conv_stride2, conv_transpose_stride2
 
 CONV_LAYER_CHOICES = (3, 4, 5)
-_CONTIGUOUS = torch.contiguous_format
+#: Memory layouts of the folded path (``ConvAutoEncoder3d.layout``); "auto" picks by device.
+LAYOUT_CHOICES = ("auto", "channels_last", "contiguous")
 
 
-def default_memory_formats(conv_layers: int) -> list[torch.memory_format]:
-    """Per-layer memory formats of the folded path: encoder convolutions, then decoder ones.
-
-    The contiguous layout for every layer: on the paper's shapes it beat every mix with
-    channels-last in a per-layer search of the whole training step, at 1 and 2 threads
-    (``benchmarks/layer_formats.py``); channels-last also costs a reordered copy of each
-    gradient.
-    """
-    return [_CONTIGUOUS] * (2 * conv_layers)
+def resolve_layout(layout: str, device: torch.device) -> str:
+    """The layout a forward pass on ``device`` uses: "auto" is channels-last on the CPU
+    (measured there, ``benchmarks/layouts.py``) and contiguous elsewhere (the layout measured
+    on CUDA with the training step's CUDA graph)."""
+    if layout not in LAYOUT_CHOICES:
+        raise ModelConfigError(f"layout must be one of {LAYOUT_CHOICES}, got {layout!r}")
+    if layout == "auto":
+        return "channels_last" if device.type == "cpu" else "contiguous"
+    return layout
 
 
 @dataclass(frozen=True)
@@ -155,12 +156,15 @@ class ConvAutoEncoder3d(nn.Module):
                 decoder.append(nn.ReLU())
         self.encoder = nn.Sequential(*encoder)
         self.decoder = nn.Sequential(*decoder)
-        #: Run the convolutions as 2D convolutions over folded depth (same parameters, same
-        #: function, faster on CPU); False runs the plain Conv3d modules.
+        #: Run the convolutions through :mod:`.folded_conv` (the (1, 3, 3) layers as 2D
+        #: convolutions over the slices of all windows; same parameters, same function,
+        #: faster); False runs the plain Conv3d modules.
         self.fold_depth = True
-        #: Memory format of each folded convolution's input and gradient: encoder layers,
-        #: then decoder layers (measured per layer by benchmarks/layer_formats.py).
-        self.memory_formats = default_memory_formats(conv_layers)
+        #: Memory layout of the folded path, one of :data:`LAYOUT_CHOICES`:
+        #: "channels_last": NHWC in-plane layers, the depth-folding layers as 3D convolutions
+        #: in NDHWC (no copy between them); "contiguous": NCHW, the depth-folding layers as 2D
+        #: convolutions over l·C channels; "auto": :func:`resolve_layout`.
+        self.layout = "auto"
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -174,20 +178,28 @@ class ConvAutoEncoder3d(nn.Module):
             return self.encoder(x)
         convs = [m for m in self.encoder if isinstance(m, nn.Conv3d)]
         n, _, depth, height, width = x.shape
-        formats = self.memory_formats
+        last = convs[-1]
+        channels_last = resolve_layout(self.layout, x.device) == "channels_last"
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         # (N, 1, l, H, W) -> (N*l, 1, H, W): the (1, 3, 3) layers see each slice as an image.
         h = x.reshape(n * depth, 1, height, width)
-        for i, conv in enumerate(convs[:-1]):
-            h = conv2d_stride2(h, conv.weight.squeeze(2), conv.bias, True, formats[i])
-        # (N*l, C, h, w) -> (N, l*C, h, w), channels ordered (depth, channel): the (l, 3, 3)
-        # convolution over the whole depth is a 2D convolution over l*C input channels.
-        last = convs[-1]
-        c = h.shape[1]
-        h = h.contiguous().reshape(n, depth * c, h.shape[2], h.shape[3])
-        weight = last.weight.permute(0, 2, 1, 3, 4).reshape(last.out_channels, depth * c, 3, 3)
-        h = conv2d_stride2(h, weight, last.bias, True, formats[len(convs) - 1])
+        for conv in convs[:-1]:
+            h = conv_stride2(h, conv.weight.squeeze(2), conv.bias, True, fmt)
+        c, size = h.shape[1], h.shape[2]
+        if channels_last:
+            # NHWC memory (N*l, h, w, C) is NDHWC memory of (N, C, l, h, w): the (l, 3, 3)
+            # convolution runs as a 3D one on a view.
+            h = h.permute(0, 2, 3, 1).reshape(n, depth, size, size, c).permute(0, 4, 1, 2, 3)
+            h = conv_stride2(h, last.weight, last.bias, True, torch.channels_last_3d)
+        else:
+            # (N*l, C, h, w) -> (N, l*C, h, w), channels ordered (depth, channel): the (l, 3, 3)
+            # convolution over the whole depth is a 2D convolution over l*C input channels.
+            h = h.contiguous().reshape(n, depth * c, size, size)
+            weight = last.weight.permute(0, 2, 1, 3, 4).reshape(last.out_channels, depth * c,
+                                                                3, 3)
+            h = conv_stride2(h, weight, last.bias, True, fmt)
         head = self.encoder[len(convs) * 2:]  # Flatten, Linear, ReLU, Linear
-        return head(h)
+        return head(h.reshape(n, -1) if channels_last else h)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(N, latent_dim) latent features -> (N, 1, l, crop, crop) network values."""
@@ -196,21 +208,28 @@ class ConvAutoEncoder3d(nn.Module):
         h = self.decoder[:4](z)  # Linear, ReLU, Linear, ReLU
         channels, _, size, _ = self.bottleneck_shape
         n, depth = z.shape[0], self.config.window_length
-        h = h.reshape(n, channels, size, size)
         convs = [m for m in self.decoder if isinstance(m, nn.ConvTranspose3d)]
         sizes = in_plane_sizes(self.config.crop, self.config.conv_layers)[::-1]
-        formats = self.memory_formats[len(convs):]
+        channels_last = resolve_layout(self.layout, z.device) == "channels_last"
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         first = convs[0]
         c = first.out_channels
-        # (l, 3, 3) transposed convolution from depth 1 to l: a 2D transposed convolution to
-        # l*C output channels ordered (depth, channel).
-        weight = first.weight.permute(0, 2, 1, 3, 4).reshape(channels, depth * c, 3, 3)
-        h = conv_transpose2d_stride2(h, weight, first.bias.repeat(depth), sizes[1], True,
-                                     formats[0])
-        h = h.contiguous().reshape(n * depth, c, h.shape[2], h.shape[3])
+        if channels_last:
+            # (l, 3, 3) transposed convolution from depth 1 to l as a 3D one in NDHWC, whose
+            # memory (N, l, h, w, C) is NHWC memory of (N*l, C, h, w).
+            h = conv_transpose_stride2(h.reshape(n, channels, 1, size, size), first.weight,
+                                       first.bias, sizes[1], True, torch.channels_last_3d)
+            h = h.permute(0, 2, 3, 4, 1).reshape(n * depth, sizes[1], sizes[1], c)
+            h = h.permute(0, 3, 1, 2)
+        else:
+            # a 2D transposed convolution to l*C output channels ordered (depth, channel)
+            weight = first.weight.permute(0, 2, 1, 3, 4).reshape(channels, depth * c, 3, 3)
+            h = conv_transpose_stride2(h.reshape(n, channels, size, size), weight,
+                                       first.bias.repeat(depth), sizes[1], True, fmt)
+            h = h.contiguous().reshape(n * depth, c, h.shape[2], h.shape[3])
         for i, conv in enumerate(convs[1:], start=1):
-            h = conv_transpose2d_stride2(h, conv.weight.squeeze(2), conv.bias, sizes[i + 1],
-                                         i < len(convs) - 1, formats[i])
+            h = conv_transpose_stride2(h, conv.weight.squeeze(2), conv.bias, sizes[i + 1],
+                                       i < len(convs) - 1, fmt)
         return h.contiguous().reshape(n, 1, depth, h.shape[2], h.shape[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
