@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelConfigError
+from .few_rows_linear import linear
 from .folded_conv import conv_stride2, conv_transpose_stride2
 
 CONV_LAYER_CHOICES = (3, 4, 5)
@@ -198,14 +199,13 @@ class ConvAutoEncoder3d(nn.Module):
             weight = last.weight.permute(0, 2, 1, 3, 4).reshape(last.out_channels, depth * c,
                                                                 3, 3)
             h = conv_stride2(h, weight, last.bias, True, fmt)
-        head = self.encoder[len(convs) * 2:]  # Flatten, Linear, ReLU, Linear
-        return head(h.reshape(n, -1) if channels_last else h)
+        return _run(self.encoder[len(convs) * 2:], h.reshape(n, -1))  # Linear, ReLU, Linear
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(N, latent_dim) latent features -> (N, 1, l, crop, crop) network values."""
         if not self.fold_depth:
             return self.decoder(z)
-        h = self.decoder[:4](z)  # Linear, ReLU, Linear, ReLU
+        h = _run(self.decoder[:4], z)  # Linear, ReLU, Linear, ReLU
         channels, _, size, _ = self.bottleneck_shape
         n, depth = z.shape[0], self.config.window_length
         convs = [m for m in self.decoder if isinstance(m, nn.ConvTranspose3d)]
@@ -234,6 +234,13 @@ class ConvAutoEncoder3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+def _run(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """Apply ``layers`` in turn, the Linear ones through :func:`.few_rows_linear.linear`."""
+    for layer in layers:
+        h = linear(h, layer) if isinstance(layer, nn.Linear) else layer(h)
+    return h
 
 
 def count_parameters(module: nn.Module) -> int:

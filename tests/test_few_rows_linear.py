@@ -1,0 +1,49 @@
+"""FewRowsLinear is F.linear: same values and gradients, whichever route each product takes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_electrode_cae.core import few_rows_linear
+from napari_electrode_cae.core.few_rows_linear import FewRowsLinear, linear
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("n_in, n_out", [(12, 8), (7, 13), (5, 40), (40, 6)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matches_linear_and_passes_gradcheck(monkeypatch, rows, n_in, n_out, with_bias):
+    # small thresholds so that these sizes take the split routes (40 = 2·20 = 4·10; 13 and 7
+    # leave a remainder / do not divide into blocks)
+    monkeypatch.setattr(few_rows_linear, "SPLIT_INNER_MIN", 4)
+    torch.manual_seed(0)
+    x = torch.randn(rows, n_in, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(n_out, n_in, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(n_out, dtype=torch.float64, requires_grad=True) if with_bias else None
+    torch.testing.assert_close(FewRowsLinear.apply(x, w, b), F.linear(x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: FewRowsLinear.apply(x, w, b), (x, w, b))
+
+
+def test_column_major_input_and_the_dispatch():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    x = torch.randn(6, 2).t()  # column-major rows, as a previous layer's transposed output
+    torch.testing.assert_close(linear(x, layer), layer(x))
+    # many rows, or not 2-D: the ordinary F.linear
+    many = torch.randn(20, 6)
+    assert linear(many, layer).grad_fn.name() != "FewRowsLinearBackward"
+    assert linear(x, layer).grad_fn.name() == "FewRowsLinearBackward"
+    torch.testing.assert_close(linear(torch.randn(2, 3, 6), layer).shape, torch.Size([2, 3, 5]))
+
+
+def test_paper_sized_layers_match_in_float32():
+    """The split routes on the real sizes (11,664 ↔ 128) agree with F.linear in float32."""
+    torch.manual_seed(0)
+    for n_in, n_out in ((11664, 128), (128, 11664)):
+        x = torch.randn(2, n_in, requires_grad=True)
+        w = torch.randn(n_out, n_in, requires_grad=True)
+        b = torch.randn(n_out, requires_grad=True)
+        g = torch.randn(2, n_out)
+        ours = torch.autograd.grad(FewRowsLinear.apply(x, w, b), (x, w, b), g)
+        ref = torch.autograd.grad(F.linear(x, w, b), (x, w, b), g)
+        for a, r in zip(ours, ref):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
