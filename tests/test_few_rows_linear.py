@@ -9,12 +9,13 @@ from napari_electrode_cae.core.few_rows_linear import FewRowsLinear, linear
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3])
-@pytest.mark.parametrize("n_in, n_out", [(12, 8), (7, 13), (5, 40), (40, 6)])
+@pytest.mark.parametrize("n_in, n_out", [(12, 8), (7, 13), (5, 40), (40, 6), (12, 3)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_matches_linear_and_passes_gradcheck(monkeypatch, rows, n_in, n_out, with_bias):
-    # small thresholds so that these sizes take the split routes (40 = 2·20 = 4·10; 13 and 7
-    # leave a remainder / do not divide into blocks)
-    monkeypatch.setattr(few_rows_linear, "SPLIT_INNER_MIN", 4)
+    # a small threshold so that these sizes take the split routes: K = 13, 40 slices of K (13
+    # leaves a remainder), M = 12, 40 column blocks, 7 none; 40 and 8 rows divide into
+    # weight-gradient blocks, 13 and 6 do not
+    monkeypatch.setattr(few_rows_linear, "SPLIT_MIN", 4)
     torch.manual_seed(0)
     x = torch.randn(rows, n_in, dtype=torch.float64, requires_grad=True)
     w = torch.randn(n_out, n_in, dtype=torch.float64, requires_grad=True)

@@ -184,8 +184,19 @@ def _conv(x, weight, bias):
     return conv(x, weight, bias, stride=stride)
 
 
-def _bias_shape(y: torch.Tensor) -> tuple[int, ...]:
-    return (1, -1) + (1,) * (y.dim() - 2)
+def _add_bias_(y: torch.Tensor, bias: torch.Tensor) -> None:
+    """``y += bias`` per channel, in place.
+
+    In a channels-last ``y`` the channels are the innermost 8-16 values, too few for the
+    vectorised broadcast (1.6 ms for the paper's 19 MiB activation); the same add over rows
+    of one image row (W·C values) against the bias repeated W times takes 0.2 ms.
+    """
+    channels, width = y.shape[1], y.shape[-1]
+    order = (0, *range(2, y.dim()), 1)
+    if y.dim() > 2 and y.permute(order).is_contiguous():
+        y.permute(order).view(-1, width * channels).add_(bias.repeat(width))
+    else:
+        y.add_(bias.view((1, -1) + (1,) * (y.dim() - 2)))
 
 
 class ConvStride2(torch.autograd.Function):
@@ -240,7 +251,7 @@ class ConvTransposeStride2(torch.autograd.Function):
                 y = F.conv_transpose3d(x, weight, None, stride=(1, 2, 2),
                                        output_padding=(0, pad, pad))
             if bias is not None:
-                y.add_(bias.view(_bias_shape(y)))
+                _add_bias_(y, bias)
         return _finish_forward(ctx, x, weight, y, relu, memory_format)
 
     @staticmethod
