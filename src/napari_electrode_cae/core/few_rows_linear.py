@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .folded_conv import autocast_operands
+
 #: Below this size of the weight's dimensions the input gradient is one plain product.
 SPLIT_MIN = 2048
 #: Row blocks of the weight gradient (when its row count divides).
@@ -65,9 +67,7 @@ class FewRowsLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        from .folded_conv import _autocast_operands
-
-        x, weight, bias = _autocast_operands(x, weight, bias)
+        x, weight, bias = autocast_operands(x, weight, bias)
         # row-major x, so that MKL sees xᵀ as a transposed operand: with a column-major x
         # (the transposed output of a previous FewRowsLinear) the product is 3-5× slower
         x = x.contiguous()
@@ -81,7 +81,6 @@ class FewRowsLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        g = g.to(weight.dtype)
         gx = _input_grad(g, weight) if ctx.needs_input_grad[0] else None
         gw = _weight_grad(g, x) if ctx.needs_input_grad[1] else None
         gb = g.sum(0) if ctx.needs_input_grad[2] else None

@@ -148,9 +148,10 @@ def _one_channel_transposed(x, weight, bias, out_size: int) -> torch.Tensor:
     return out[:, :, :out_size, :out_size]
 
 
-def _autocast_operands(x, weight, bias):
+def autocast_operands(x, weight, bias):
     """``x``, ``weight`` and ``bias`` in the autocast type of ``x``'s device, if autocast is on
-    there (what autocast would do for ``F.conv2d``, which it cannot see inside a Function)."""
+    there (what autocast would do for ``F.conv2d`` or ``F.linear``, which it cannot see inside
+    a Function)."""
     device_type = x.device.type
     # asked for the CPU and CUDA only: torch 2.4 raises for device types without autocast
     # (MPS got it in 2.5), and core.train runs bf16 only on these two
@@ -208,7 +209,7 @@ class ConvStride2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, relu: bool, memory_format: torch.memory_format):
-        x, weight, bias = _autocast_operands(x, weight, bias)
+        x, weight, bias = autocast_operands(x, weight, bias)
         x = in_layout(x, memory_format)
         y = _conv(x, weight, bias)
         return _finish_forward(ctx, x, weight, y, relu, memory_format)
@@ -239,7 +240,7 @@ class ConvTransposeStride2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, out_size: int, relu: bool,
                 memory_format: torch.memory_format):
-        x, weight, bias = _autocast_operands(x, weight, bias)
+        x, weight, bias = autocast_operands(x, weight, bias)
         x = in_layout(x, memory_format)
         if weight.dim() == 4 and weight.shape[1] == 1 and x.shape[-1] == x.shape[-2]:
             y = _one_channel_transposed(x, weight, bias, out_size)
