@@ -217,7 +217,7 @@ def main() -> None:
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    steps, rounds = (3, 2) if args.quick else (8, 3)
+    steps, rounds = (3, 2) if args.quick else (8, 5)
     if args.train_child:  # one training comparison in this (fresh) process
         length, mode, which = int(args.train_child[0]), args.train_child[1], args.train_child[2]
         base, ours, gap = train_speed(length, steps, rounds, keep_buffers=mode == "default",
