@@ -146,3 +146,9 @@ def test_one_channel_tensors_get_channels_last_strides_over_the_same_memory():
     assert in_layout(x, torch.contiguous_format) is x
     x3 = torch.randn(2, 1, 3, 5, 5)
     assert in_layout(x3, torch.channels_last_3d).stride() == (75, 1, 25, 5, 1)
+    # a slice of a batch (storage offset): the same values, in its own memory
+    sliced = torch.randn(3, 1, 9, 9)[1:]
+    y = in_layout(sliced, torch.channels_last)
+    assert y.data_ptr() == sliced.data_ptr() and torch.equal(y, sliced)
+    torch.testing.assert_close(conv_stride2(sliced, w, None, False, torch.channels_last),
+                               F.conv2d(sliced, w, None, stride=2))
