@@ -33,7 +33,7 @@ def test_column_major_input_and_the_dispatch():
     many = torch.randn(20, 6)
     assert linear(many, layer).grad_fn.name() != "FewRowsLinearBackward"
     assert linear(x, layer).grad_fn.name() == "FewRowsLinearBackward"
-    torch.testing.assert_close(linear(torch.randn(2, 3, 6), layer).shape, torch.Size([2, 3, 5]))
+    assert linear(torch.randn(2, 3, 6), layer).shape == (2, 3, 5)
 
 
 def test_paper_sized_layers_match_in_float32():
@@ -48,3 +48,42 @@ def test_paper_sized_layers_match_in_float32():
         ref = torch.autograd.grad(F.linear(x, w, b), (x, w, b), g)
         for a, r in zip(ours, ref):
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_any_thread_count_gives_the_same_gradients(threads):
+    """The splits follow the thread count; 11,665 divides by none of them."""
+    before = torch.get_num_threads()
+    torch.manual_seed(0)
+    x = torch.randn(2, 11665, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(128, 11665, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 128, dtype=torch.float64)
+    try:
+        torch.set_num_threads(threads)
+        ours = torch.autograd.grad(FewRowsLinear.apply(x, w, None), (x, w), g)
+    finally:
+        torch.set_num_threads(before)
+    ref = torch.autograd.grad(F.linear(x, w), (x, w), g)
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r)
+
+
+def test_bf16_autocast_keeps_float32_gradients_and_float64_inputs():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3000, 4)
+    x = torch.randn(2, 3000, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = linear(x, layer)
+        wide = linear(x.detach().double(), torch.nn.Linear(3000, 4).double())
+    assert y.dtype == torch.bfloat16 and wide.dtype == torch.float64  # as F.linear
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+
+
+def test_second_derivatives_are_refused():
+    x = torch.randn(2, 5, requires_grad=True)
+    w = torch.randn(3, 5, requires_grad=True)
+    (gx,) = torch.autograd.grad(FewRowsLinear.apply(x, w, None).square().sum(), x,
+                                create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
+        gx.sum().backward()

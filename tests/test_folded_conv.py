@@ -152,3 +152,17 @@ def test_one_channel_tensors_get_channels_last_strides_over_the_same_memory():
     assert y.data_ptr() == sliced.data_ptr() and torch.equal(y, sliced)
     torch.testing.assert_close(conv_stride2(sliced, w, None, False, torch.channels_last),
                                F.conv2d(sliced, w, None, stride=2))
+
+
+def test_relu_mask_is_applied_in_place_in_every_dense_layout():
+    from napari_electrode_cae.core.folded_conv import _relu_backward
+
+    for shape, fmt in (((2, 3, 4, 4), torch.channels_last),
+                       ((2, 3, 2, 4, 4), torch.channels_last_3d),
+                       ((2, 3, 4, 4), torch.contiguous_format)):
+        y = torch.randn(shape).relu().contiguous(memory_format=fmt)
+        grad = torch.randn(shape).contiguous(memory_format=fmt)
+        expected = torch.where(y > 0, grad, torch.zeros(()))
+        out = _relu_backward(grad, y)
+        assert out.data_ptr() == grad.data_ptr()
+        torch.testing.assert_close(out, expected)

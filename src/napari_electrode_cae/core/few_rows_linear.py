@@ -10,7 +10,8 @@ read or write 6 MiB at about a third of what the two cores can do. :class:`FewRo
 * forward ``(W xᵀ + b)ᵀ``: one pass over W for all rows (0.2 instead of 1.0 ms for 128 → 11,664);
 * input gradient ``g W`` with a long inner dimension as a batched product over slices of it,
   summed (0.4 instead of 0.9 ms; the sum runs in another order, so equal within float
-  tolerance), with a wide W over blocks of its columns (0.25 instead of 0.38 ms, the same sums);
+  tolerance), with a wide W over blocks of its columns (0.25 instead of 0.38 ms); in bfloat16
+  it stays one product;
 * weight gradient ``gᵀ x`` as a batched product over blocks of its rows (each element is the
   same sum as before, so equal bit for bit).
 """
@@ -31,11 +32,14 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``g @ weight`` ((N, K) @ (K, M)) as a batched product that both cores share.
 
     A long K: a sum of products over slices of K (another summation order). A short K and
-    a wide M: products over blocks of M's columns (the same sums).
+    a wide M: products over blocks of M's columns (the same sums, which MKL may block
+    differently, so equal within float tolerance).
     """
     k, m = weight.shape
-    parts = 2 * max(1, torch.get_num_threads())
-    if g.shape[0] > 8:
+    parts = 2 * torch.get_num_threads()
+    if g.shape[0] > 8 or g.dtype not in (torch.float32, torch.float64):
+        # many rows: MKL does well; reduced precision: the partial products would be rounded
+        # before they are summed
         return g @ weight
     if k >= SPLIT_MIN:
         step = k // parts
@@ -46,7 +50,7 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             out.addmm_(g[:, head:], weight[head:])
         return out
     if m >= SPLIT_MIN and m % parts == 0:
-        blocks = weight.view(k, parts, m // parts).transpose(0, 1)
+        blocks = weight.reshape(k, parts, m // parts).transpose(0, 1)
         out = torch.bmm(g.contiguous().expand(parts, *g.shape), blocks)
         return out.transpose(0, 1).reshape(g.shape[0], m)
     return g @ weight
@@ -79,6 +83,7 @@ class FewRowsLinear(torch.autograd.Function):
         return yt.t()
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         gx = _input_grad(g, weight) if ctx.needs_input_grad[0] else None

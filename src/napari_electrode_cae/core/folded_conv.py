@@ -72,7 +72,8 @@ def _relu_backward(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     masking it in place saves one activation-sized buffer per layer. Expanded or overlapping
     gradients (e.g. from ``y.sum().backward()``) get a new tensor.
     """
-    dense = grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)
+    last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(grad.dim())
+    dense = grad.is_contiguous() or (last is not None and grad.is_contiguous(memory_format=last))
     if dense and grad.shape == y.shape and grad.requires_grad is False:
         return torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
     return torch.ops.aten.threshold_backward(grad, y, 0)
@@ -158,7 +159,11 @@ def autocast_operands(x, weight, bias):
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(device_type)
-    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+    def cast(t):  # as autocast: float32 (and half) tensors only, float64 stays
+        return t.to(dtype) if t is not None and t.dtype in (torch.float32, torch.float16) else t
+
+    return cast(x), cast(weight), cast(bias)
 
 
 def _finish_forward(ctx, x, weight, y, relu: bool, memory_format) -> torch.Tensor:
@@ -215,6 +220,7 @@ class ConvStride2(torch.autograd.Function):
         return _finish_forward(ctx, x, weight, y, relu, memory_format)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight, grad = _incoming_grad(ctx, grad)
         if not ctx.needs_input_grad[0]:  # the first layer: weights only, in slices
@@ -256,6 +262,7 @@ class ConvTransposeStride2(torch.autograd.Function):
         return _finish_forward(ctx, x, weight, y, relu, memory_format)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight, grad = _incoming_grad(ctx, grad)
         # The adjoint of a transposed convolution is the forward convolution with the same

@@ -158,14 +158,25 @@ class ConvAutoEncoder3d(nn.Module):
         self.encoder = nn.Sequential(*encoder)
         self.decoder = nn.Sequential(*decoder)
         #: Run the convolutions through :mod:`.folded_conv` (the (1, 3, 3) layers as 2D
-        #: convolutions over the slices of all windows; same parameters, same function,
-        #: faster); False runs the plain Conv3d modules.
+        #: convolutions over the slices of all windows) and the Linear layers through
+        #: :mod:`.few_rows_linear` (same parameters, same function, faster); False runs the
+        #: plain modules.
         self.fold_depth = True
         #: Memory layout of the folded path, one of :data:`LAYOUT_CHOICES`:
         #: "channels_last": NHWC in-plane layers, the depth-folding layers as 3D convolutions
         #: in NDHWC (no copy between them); "contiguous": NCHW, the depth-folding layers as 2D
         #: convolutions over l·C channels; "auto": :func:`resolve_layout`.
         self.layout = "auto"
+
+    @property
+    def layout(self) -> str:
+        return self._layout
+
+    @layout.setter
+    def layout(self, value: str) -> None:
+        if value not in LAYOUT_CHOICES:
+            raise ModelConfigError(f"layout must be one of {LAYOUT_CHOICES}, got {value!r}")
+        self._layout = value
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -199,7 +210,8 @@ class ConvAutoEncoder3d(nn.Module):
             weight = last.weight.permute(0, 2, 1, 3, 4).reshape(last.out_channels, depth * c,
                                                                 3, 3)
             h = conv_stride2(h, weight, last.bias, True, fmt)
-        return _run(self.encoder[len(convs) * 2:], h.reshape(n, -1))  # Linear, ReLU, Linear
+        z = _run(self.encoder[len(convs) * 2:], h.reshape(n, -1))  # Linear, ReLU, Linear
+        return z.contiguous()  # FewRowsLinear's result is column-major
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(N, latent_dim) latent features -> (N, 1, l, crop, crop) network values."""
