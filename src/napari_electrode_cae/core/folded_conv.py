@@ -51,16 +51,10 @@ def in_layout(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tens
     channels-last strides over the same memory.
     """
     t = t.contiguous(memory_format=memory_format)
-    if memory_format in (torch.channels_last, torch.channels_last_3d) and t.shape[1] == 1:
-        sizes = t.shape
-        strides = [1] * t.dim()  # channels innermost, then the spatial axes, then N
-        step = 1
-        for d in range(t.dim() - 1, 1, -1):
-            strides[d] = step
-            step *= sizes[d]
-        strides[0] = step
-        if list(t.stride()) != strides:
-            t = t.as_strided(sizes, strides)
+    if (memory_format in (torch.channels_last, torch.channels_last_3d) and t.shape[1] == 1
+            and t.stride(1) != 1):
+        # dense apart from the channel axis: a channel stride of 1 is the only change
+        t = t.as_strided(t.shape, (t.stride(0), 1, *t.stride()[2:]))
     return t
 
 
@@ -199,7 +193,7 @@ def _add_bias_(y: torch.Tensor, bias: torch.Tensor) -> None:
     """
     channels, width = y.shape[1], y.shape[-1]
     order = (0, *range(2, y.dim()), 1)
-    if y.dim() > 2 and y.permute(order).is_contiguous():
+    if y.permute(order).is_contiguous():
         y.permute(order).view(-1, width * channels).add_(bias.repeat(width))
     else:
         y.add_(bias.view((1, -1) + (1,) * (y.dim() - 2)))

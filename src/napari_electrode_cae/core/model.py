@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelConfigError
@@ -28,12 +27,16 @@ CONV_LAYER_CHOICES = (3, 4, 5)
 LAYOUT_CHOICES = ("auto", "channels_last", "contiguous")
 
 
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUT_CHOICES:
+        raise ModelConfigError(f"layout must be one of {LAYOUT_CHOICES}, got {layout!r}")
+
+
 def resolve_layout(layout: str, device: torch.device) -> str:
     """The layout a forward pass on ``device`` uses: "auto" is channels-last on the CPU
     (measured there, ``benchmarks/layouts.py``) and contiguous elsewhere (the layout measured
     on CUDA with the training step's CUDA graph)."""
-    if layout not in LAYOUT_CHOICES:
-        raise ModelConfigError(f"layout must be one of {LAYOUT_CHOICES}, got {layout!r}")
+    _check_layout(layout)
     if layout == "auto":
         return "channels_last" if device.type == "cpu" else "contiguous"
     return layout
@@ -174,9 +177,14 @@ class ConvAutoEncoder3d(nn.Module):
 
     @layout.setter
     def layout(self, value: str) -> None:
-        if value not in LAYOUT_CHOICES:
-            raise ModelConfigError(f"layout must be one of {LAYOUT_CHOICES}, got {value!r}")
+        _check_layout(value)
         self._layout = value
+
+    def _in_plane_format(self, device: torch.device) -> torch.memory_format:
+        """Memory format of the (1, 3, 3) layers in a forward pass on ``device``."""
+        if resolve_layout(self.layout, device) == "channels_last":
+            return torch.channels_last
+        return torch.contiguous_format
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -191,14 +199,13 @@ class ConvAutoEncoder3d(nn.Module):
         convs = [m for m in self.encoder if isinstance(m, nn.Conv3d)]
         n, _, depth, height, width = x.shape
         last = convs[-1]
-        channels_last = resolve_layout(self.layout, x.device) == "channels_last"
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        fmt = self._in_plane_format(x.device)
         # (N, 1, l, H, W) -> (N*l, 1, H, W): the (1, 3, 3) layers see each slice as an image.
         h = x.reshape(n * depth, 1, height, width)
         for conv in convs[:-1]:
             h = conv_stride2(h, conv.weight.squeeze(2), conv.bias, True, fmt)
         c, size = h.shape[1], h.shape[2]
-        if channels_last:
+        if fmt == torch.channels_last:
             # NHWC memory (N*l, h, w, C) is NDHWC memory of (N, C, l, h, w): the (l, 3, 3)
             # convolution runs as a 3D one on a view.
             h = h.permute(0, 2, 3, 1).reshape(n, depth, size, size, c).permute(0, 4, 1, 2, 3)
@@ -222,11 +229,10 @@ class ConvAutoEncoder3d(nn.Module):
         n, depth = z.shape[0], self.config.window_length
         convs = [m for m in self.decoder if isinstance(m, nn.ConvTranspose3d)]
         sizes = in_plane_sizes(self.config.crop, self.config.conv_layers)[::-1]
-        channels_last = resolve_layout(self.layout, z.device) == "channels_last"
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        fmt = self._in_plane_format(z.device)
         first = convs[0]
         c = first.out_channels
-        if channels_last:
+        if fmt == torch.channels_last:
             # (l, 3, 3) transposed convolution from depth 1 to l as a 3D one in NDHWC, whose
             # memory (N, l, h, w, C) is NHWC memory of (N*l, C, h, w).
             h = conv_transpose_stride2(h.reshape(n, channels, 1, size, size), first.weight,
