@@ -100,9 +100,11 @@ def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor
     return gw, gb
 
 
-# (output phase a, row u of the 2×2 sub-kernel, row k of the 3×3 kernel): output row 2m + a of
-# a stride-2 transposed convolution reads input rows m - 1 + u of the input padded by one.
-_SUBPIXEL_TAPS = ((0, 0, 2), (0, 1, 0), (1, 1, 1))
+# Row k of the 3×3 kernel that row u of the 2×2 sub-kernel of output phase a takes, for
+# (a, u) = (0, 0), (0, 1), (1, 0), (1, 1); 3 (a zero row) where that phase has no tap. Output
+# row 2m + a of a stride-2 transposed convolution reads input rows m - 1 + u of the input
+# padded by one: phase 0 through kernel rows 2 and 0, phase 1 through row 1 only.
+_SUBPIXEL_ROWS = (2, 0, 3, 1)
 
 
 def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -110,13 +112,14 @@ def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
 
     Output channels are ordered (a, b, c): phase row, phase column, channel. A 2×2 convolution
     with this weight over the input padded by one computes all four output phases at once.
+    Built with two gathers (it runs in every forward pass of the decoder's last layer).
     """
     c_in, c_out = weight.shape[:2]
-    out = weight.new_zeros(2, 2, c_out, c_in, 2, 2)
-    for a, u, ka in _SUBPIXEL_TAPS:
-        for b, v, kb in _SUBPIXEL_TAPS:
-            out[a, b, :, :, u, v] = weight[:, :, ka, kb].t()
-    return out.reshape(4 * c_out, c_in, 2, 2)
+    rows = torch.tensor(_SUBPIXEL_ROWS, device=weight.device)
+    taps = F.pad(weight, (0, 1, 0, 1)).index_select(2, rows).index_select(3, rows)
+    # (C_in, C_out, (a, u), (b, v)) -> (a, b, C_out, C_in, u, v)
+    taps = taps.view(c_in, c_out, 2, 2, 2, 2).permute(2, 4, 1, 0, 3, 5)
+    return taps.reshape(4 * c_out, c_in, 2, 2)
 
 
 #: An integer/complex type twice as wide as a float type of the given item size.
