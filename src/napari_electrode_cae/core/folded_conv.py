@@ -32,6 +32,8 @@ float32 weights float32 gradients.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -107,6 +109,13 @@ def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor
 _SUBPIXEL_ROWS = (2, 0, 3, 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _subpixel_rows(device: torch.device) -> torch.Tensor:
+    """:data:`_SUBPIXEL_ROWS` as an index on ``device``, made once: a CUDA step recorded into a
+    graph must not copy from the host, and the warm-up steps before it make this index."""
+    return torch.tensor(_SUBPIXEL_ROWS, device=device)
+
+
 def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
     """(C_in, C_out, 3, 3) stride-2 transposed-convolution weight -> (4·C_out, C_in, 2, 2).
 
@@ -115,7 +124,7 @@ def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
     Built with two gathers (it runs in every forward pass of the decoder's last layer).
     """
     c_in, c_out = weight.shape[:2]
-    rows = torch.tensor(_SUBPIXEL_ROWS, device=weight.device)
+    rows = _subpixel_rows(weight.device)
     taps = F.pad(weight, (0, 1, 0, 1)).index_select(2, rows).index_select(3, rows)
     # (C_in, C_out, (a, u), (b, v)) -> (a, b, C_out, C_in, u, v)
     taps = taps.view(c_in, c_out, 2, 2, 2, 2).permute(2, 4, 1, 0, 3, 5)
