@@ -41,8 +41,12 @@ the five longest gaps with their phase. Run under a display, e.g.::
 Options: ``--no-freeze-gc`` (nothing freezes the objects of the imports: full GC runs take
 300-480 ms), ``--plugins-menu`` (the widget freezes them one turn after docking, as when opened
 from napari's Plugins menu with the stacks already loaded), ``--3d`` (3D view before
-training; software OpenGL makes every 3D repaint of the grid slow), ``--all-cores`` (train with
-all of torch's threads instead of the panel's one-core-free policy), ``--threads N``.
+training; software OpenGL makes every 3D repaint of the grid slow), ``--threads N``; the
+training's threads: the panel's policy by default (on Linux every core, in a training thread of
+lowered priority), ``--all-cores`` (every core at normal priority) or ``--one-core-free`` (one
+core left free at normal priority, the policy before lowered priorities);
+``--preset paper --stack-shape 40,256,256`` (the paper's model on two synthetic stacks of that
+shape instead of the quick preset on the sample data).
 """
 
 from __future__ import annotations
@@ -307,24 +311,44 @@ def main() -> None:
     parser.add_argument("--3d", dest="three_d", action="store_true", help="3D view")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads before training (default: torch's choice)")
-    parser.add_argument("--all-cores", action="store_true",
-                        help="train with all of torch's threads (the panel leaves one core free)")
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument("--all-cores", action="store_true",
+                        help="train with every core at normal priority")
+    policy.add_argument("--one-core-free", action="store_true",
+                        help="train with one core left free, at normal priority")
     parser.add_argument("--baseline-s", type=float, default=3.0,
                         help="seconds of idle-viewer baseline before training")
     parser.add_argument("--timeout-s", type=float, default=1200.0)
+    parser.add_argument("--preset", choices=("quick", "paper"), default="quick",
+                        help="training preset (paper: l=24, crop 224; needs --stack-shape)")
+    parser.add_argument("--stack-shape", type=lambda t: tuple(int(v) for v in t.split(",")),
+                        default=None, metavar="Z,Y,X",
+                        help="two synthetic CAL/UNCAL stacks of this shape instead of the "
+                             "sample data, e.g. 40,256,256 for the paper preset")
     args = parser.parse_args()
 
     from napari_electrode_cae import _layers
     from napari_electrode_cae._launch import launch
-    from napari_electrode_cae._widgets import training_panel
+    from napari_electrode_cae._widgets import training_panel, training_thread
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.all_cores:
-        training_panel.gui_torch_threads = lambda device: torch.get_num_threads()
+    if args.all_cores or args.one_core_free:  # both at normal priority
+        training_thread.lower_thread_priority = lambda *args: False
+        training_panel.can_lower_thread_priority = lambda: args.all_cores
+        if args.all_cores:
+            training_panel.gui_torch_threads = lambda device: torch.get_num_threads()
     calls, gcs = CallLog(), GCLog()
     instrument_plugin(calls)
-    viewer, widget = launch(show=True, freeze_gc=not (args.no_freeze_gc or args.plugins_menu))
+    stacks = ()
+    if args.stack_shape:
+        from napari_electrode_cae.core import generate_electrode
+
+        stacks = [generate_electrode(args.stack_shape, preset=p, seed=0) for p in ("CAL", "UNCAL")]
+        for stack, name in zip(stacks, ("synthetic_CAL", "synthetic_UNCAL")):
+            stack.name = name
+    viewer, widget = launch(stacks, show=True,
+                            freeze_gc=not (args.no_freeze_gc or args.plugins_menu))
     if args.plugins_menu:  # the layers exist when the widget's deferred freeze runs
         widget.gc_freeze.enabled = True
         widget.gc_freeze.apply()
@@ -335,7 +359,7 @@ def main() -> None:
         viewer.dims.ndisplay = 3
     driver = Driver()
     driver.run_until(lambda: state.dataset is not None, 60.0)
-    train.apply_preset("quick")
+    train.apply_preset(args.preset)
     if args.epochs:
         train.epochs_spin.setValue(args.epochs)
     widget.tabs.setCurrentWidget(train)
@@ -401,7 +425,10 @@ def main() -> None:
 
     n_batches = -(-len(state.split.train) // state.train_config.batch_size)
     lines = [
-        f"torch threads for training: {training_panel.gui_torch_threads(torch.device('cpu'))}",
+        f"torch threads for training: {training_panel.gui_torch_threads(torch.device('cpu'))}"
+        + (" at normal priority" if args.all_cores or args.one_core_free
+           else " in a thread of lowered priority" if training_thread.can_lower_thread_priority()
+           else ""),
         "gc frozen: " + ("no" if args.no_freeze_gc else "after docking, stacks included"
                          if args.plugins_menu else "at launch, before the stacks"),
         f"view: {'3D' if args.three_d else '2D'}",

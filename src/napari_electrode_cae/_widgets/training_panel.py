@@ -51,6 +51,7 @@ from .._layers import labels_layer_kwargs
 from ..core import ElectrodeCAEError, EpochReport, RunFolderError, TrainConfigError
 from ..core.model import CONV_LAYER_CHOICES
 from .live_decoder import restore_torch_threads, set_torch_threads
+from .training_thread import can_lower_thread_priority, run_in_own_thread
 from .loss_plot import LossPlot
 from .state import CAEState, ModelSettings
 from .window_close import WindowCloseWatcher
@@ -81,12 +82,14 @@ class TrainingRunError(ElectrodeCAEError):
 
 
 def gui_torch_threads(device: torch.device) -> int:
-    """Intra-op torch threads for training from the GUI: on the CPU, leave one core free.
+    """Intra-op torch threads for training from the GUI.
 
-    The GUI thread needs a core to stay fluid; torch's default uses every core.
+    Every core (torch's default) where the training thread can run at a lower priority than
+    the GUI thread (Linux, see :mod:`.training_thread`) or off the CPU; elsewhere one core is
+    left free, so that the GUI thread always finds one.
     """
     threads = torch.get_num_threads()
-    if device.type != "cpu":
+    if device.type != "cpu" or can_lower_thread_priority():
         return threads
     return max(1, min(threads, (os.cpu_count() or 1) - 1))
 
@@ -94,9 +97,9 @@ def gui_torch_threads(device: torch.device) -> int:
 def _training_steps(reports, threads: int):
     """Re-yield the reports of a ``core.train`` generator, with ``threads`` torch threads.
 
-    Runs in the worker thread: torch's thread count applies to the thread that sets it (and
-    becomes the default of threads started later; with a non-OpenMP torch, to every thread),
-    so it is set here and restored at the end, unless another count was set meanwhile (see
+    Runs in the training thread (:func:`.training_thread.run_in_own_thread`): torch's thread
+    count applies to the thread that sets it (and becomes the default of threads started
+    later; with a non-OpenMP torch, to every thread), so it is set here and restored at the end, unless another count was set meanwhile (see
     :func:`.live_decoder.restore_torch_threads`; where the count is shared, the Latents
     panel's decodes leave it alone). Closing this generator closes ``reports`` (core.train
     then restores the best weights). superqt's GeneratorWorker swallows a RuntimeError raised
@@ -762,7 +765,8 @@ class TrainingPanel(QWidget):
         device = core.resolve_device(job.config.device)
         reports = core.train(job.model, job.dataset, job.config, train_idx=job.train_idx,
                              val_idx=job.val_idx, yield_batches=True)
-        steps = _training_steps(reports, gui_torch_threads(device))
+        # in a thread of its own at a lower priority, which sets its torch threads itself
+        steps = run_in_own_thread(_training_steps(reports, gui_torch_threads(device)))
         worker = self._start_worker(
             _drive, steps, on_yielded=self._on_training_report,
             on_errored=self._on_training_errored, on_finished=self._on_training_finished,
