@@ -4,7 +4,8 @@ Not a test. Opens napari the way ``electrode-cae gui`` does (the two synthetic s
 the Electrode CAE widget docked, ``launch(freeze_gc=True)``), lets the window settle, and then,
 with a 10 ms QTimer ticking on the GUI thread, does what a newcomer does:
 
-1. presses Train on the ``quick`` preset (``--epochs`` overrides its 80 epochs);
+1. presses Train on the ``quick`` preset (``--preset paper`` for the paper's; ``--epochs``
+   overrides the preset's epochs);
 2. waits for the epochs, then for the evaluation, and shows the Results tab;
 3. waits until the original, the reconstruction and the decoded volume are shown side by side;
 4. shows the Latents tab;
