@@ -335,10 +335,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.all_cores or args.one_core_free:  # both at normal priority
-        training_thread.lower_thread_priority = lambda *args: False
-        training_panel.can_lower_thread_priority = lambda: args.all_cores
+        training_panel.lower_thread_priority = lambda *_: False
         if args.all_cores:
-            training_panel.gui_torch_threads = lambda device: torch.get_num_threads()
+            training_panel.gui_torch_threads = lambda device, lowered, threads: threads
+    used_threads: list[int] = []
+    set_threads = training_panel.set_torch_threads
+
+    def recording_set_threads(threads: int) -> int:  # what the training thread asks for
+        used_threads.append(threads)
+        return set_threads(threads)
+
+    training_panel.set_torch_threads = recording_set_threads
     calls, gcs = CallLog(), GCLog()
     instrument_plugin(calls)
     stacks = ()
@@ -426,7 +433,7 @@ def main() -> None:
 
     n_batches = -(-len(state.split.train) // state.train_config.batch_size)
     lines = [
-        f"torch threads for training: {training_panel.gui_torch_threads(torch.device('cpu'))}"
+        f"torch threads for training: {used_threads[0] if used_threads else '?'}"
         + (" at normal priority" if args.all_cores or args.one_core_free
            else " in a thread of lowered priority" if training_thread.can_lower_thread_priority()
            else ""),
