@@ -51,9 +51,9 @@ from .._layers import labels_layer_kwargs
 from ..core import ElectrodeCAEError, EpochReport, RunFolderError, TrainConfigError
 from ..core.model import CONV_LAYER_CHOICES
 from .live_decoder import restore_torch_threads, set_torch_threads
-from .training_thread import lower_thread_priority, run_in_own_thread
 from .loss_plot import LossPlot
 from .state import CAEState, ModelSettings
+from .training_thread import lower_thread_priority, run_in_own_thread
 from .window_close import WindowCloseWatcher
 
 if TYPE_CHECKING:
