@@ -42,10 +42,8 @@ the five longest gaps with their phase. Run under a display, e.g.::
 Options: ``--no-freeze-gc`` (nothing freezes the objects of the imports: full GC runs take
 300-480 ms), ``--plugins-menu`` (the widget freezes them one turn after docking, as when opened
 from napari's Plugins menu with the stacks already loaded), ``--3d`` (3D view before
-training; software OpenGL makes every 3D repaint of the grid slow), ``--threads N``; the
-training's threads: the panel's policy by default (on Linux every core, in a training thread of
-lowered priority), ``--all-cores`` (every core at normal priority) or ``--one-core-free`` (one
-core left free at normal priority, the policy before lowered priorities);
+training; software OpenGL makes every 3D repaint of the grid slow), ``--all-cores`` (train with
+all of torch's threads instead of the panel's one-core-free policy), ``--threads N``,
 ``--preset paper --stack-shape 40,256,256`` (the paper's model on two synthetic stacks of that
 shape instead of the quick preset on the sample data).
 """
@@ -312,11 +310,8 @@ def main() -> None:
     parser.add_argument("--3d", dest="three_d", action="store_true", help="3D view")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads before training (default: torch's choice)")
-    policy = parser.add_mutually_exclusive_group()
-    policy.add_argument("--all-cores", action="store_true",
-                        help="train with every core at normal priority")
-    policy.add_argument("--one-core-free", action="store_true",
-                        help="train with one core left free, at normal priority")
+    parser.add_argument("--all-cores", action="store_true",
+                        help="train with all of torch's threads (the panel leaves one core free)")
     parser.add_argument("--baseline-s", type=float, default=3.0,
                         help="seconds of idle-viewer baseline before training")
     parser.add_argument("--timeout-s", type=float, default=1200.0)
@@ -330,22 +325,12 @@ def main() -> None:
 
     from napari_electrode_cae import _layers
     from napari_electrode_cae._launch import launch
-    from napari_electrode_cae._widgets import training_panel, training_thread
+    from napari_electrode_cae._widgets import training_panel
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.all_cores or args.one_core_free:  # both at normal priority
-        training_panel.lower_thread_priority = lambda *_: False
-        if args.all_cores:
-            training_panel.gui_torch_threads = lambda device, lowered, threads: threads
-    used_threads: list[int] = []
-    set_threads = training_panel.set_torch_threads
-
-    def recording_set_threads(threads: int) -> int:  # what the training thread asks for
-        used_threads.append(threads)
-        return set_threads(threads)
-
-    training_panel.set_torch_threads = recording_set_threads
+    if args.all_cores:
+        training_panel.gui_torch_threads = lambda device: torch.get_num_threads()
     calls, gcs = CallLog(), GCLog()
     instrument_plugin(calls)
     stacks = ()
@@ -433,10 +418,7 @@ def main() -> None:
 
     n_batches = -(-len(state.split.train) // state.train_config.batch_size)
     lines = [
-        f"torch threads for training: {used_threads[0] if used_threads else '?'}"
-        + (" at normal priority" if args.all_cores or args.one_core_free
-           else " in a thread of lowered priority" if training_thread.can_lower_thread_priority()
-           else ""),
+        f"torch threads for training: {training_panel.gui_torch_threads(torch.device('cpu'))}",
         "gc frozen: " + ("no" if args.no_freeze_gc else "after docking, stacks included"
                          if args.plugins_menu else "at launch, before the stacks"),
         f"view: {'3D' if args.three_d else '2D'}",

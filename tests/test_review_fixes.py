@@ -173,7 +173,7 @@ def test_a_decode_leaves_the_threads_training_asked_for(make_napari_viewer, qtbo
     monkeypatch.setattr(torch, "set_num_threads", lambda n: count.__setitem__("threads", n))
     monkeypatch.setattr(live_decoder_module, "per_thread_torch_threads", lambda: False,
                         raising=False)
-    monkeypatch.setattr(training_panel_module, "gui_torch_threads", lambda *args: 2)
+    monkeypatch.setattr(training_panel_module, "gui_torch_threads", lambda device: 2)
     decoding, release = threading.Event(), threading.Event()
     snap = live_decoder_module.snap_to_phases
 

@@ -53,7 +53,6 @@ from ..core.model import CONV_LAYER_CHOICES
 from .live_decoder import restore_torch_threads, set_torch_threads
 from .loss_plot import LossPlot
 from .state import CAEState, ModelSettings
-from .training_thread import lower_thread_priority, run_in_own_thread
 from .window_close import WindowCloseWatcher
 
 if TYPE_CHECKING:
@@ -81,30 +80,23 @@ class TrainingRunError(ElectrodeCAEError):
 # Work done in worker threads: plain functions of core objects, no Qt, no viewer.
 
 
-def gui_torch_threads(device: torch.device, lowered: bool, threads: int) -> int:
-    """Intra-op torch threads for training from the GUI, out of ``threads`` available.
+def gui_torch_threads(device: torch.device) -> int:
+    """Intra-op torch threads for training from the GUI: on the CPU, leave one core free.
 
-    All of them off the CPU, or where the training thread runs at a lower priority than the
-    GUI thread (``lowered``, see :mod:`.training_thread`); otherwise one core is left free, so
-    that the GUI thread always finds one.
+    The GUI thread needs a core to stay fluid; torch's default uses every core.
     """
-    if device.type != "cpu" or lowered:
+    threads = torch.get_num_threads()
+    if device.type != "cpu":
         return threads
     return max(1, min(threads, (os.cpu_count() or 1) - 1))
 
 
-def _training_steps(reports, device: torch.device, available: int):
-    """Re-yield the reports of a ``core.train`` generator on ``device``.
+def _training_steps(reports, threads: int):
+    """Re-yield the reports of a ``core.train`` generator, with ``threads`` torch threads.
 
-    ``available``: the torch thread count of the GUI thread (a fresh thread's count is the one
-    set last by any thread, e.g. a one-thread decoder).
-
-    Runs in the training thread (:func:`.training_thread.run_in_own_thread`). On the CPU it
-    first lowers that thread's priority (before anything in it touches torch, so that torch's
-    OpenMP threads inherit it), then picks the torch thread count (:func:`gui_torch_threads`).
-    Torch's thread count applies to the thread that sets it (and becomes the default of threads
-    started later; with a non-OpenMP torch, to every thread), so it is set here and restored at
-    the end, unless another count was set meanwhile (see
+    Runs in the worker thread: torch's thread count applies to the thread that sets it (and
+    becomes the default of threads started later; with a non-OpenMP torch, to every thread),
+    so it is set here and restored at the end, unless another count was set meanwhile (see
     :func:`.live_decoder.restore_torch_threads`; where the count is shared, the Latents
     panel's decodes leave it alone). Closing this generator closes ``reports`` (core.train
     then restores the best weights). superqt's GeneratorWorker swallows a RuntimeError raised
@@ -116,8 +108,6 @@ def _training_steps(reports, device: torch.device, available: int):
     TrainResult
         The return value of ``reports``.
     """
-    lowered = device.type == "cpu" and lower_thread_priority()
-    threads = gui_torch_threads(device, lowered, available)
     previous = set_torch_threads(threads)
     try:
         return (yield from reports)
@@ -772,8 +762,7 @@ class TrainingPanel(QWidget):
         device = core.resolve_device(job.config.device)
         reports = core.train(job.model, job.dataset, job.config, train_idx=job.train_idx,
                              val_idx=job.val_idx, yield_batches=True)
-        # in a thread of its own, which lowers its priority and sets its torch threads itself
-        steps = run_in_own_thread(_training_steps(reports, device, torch.get_num_threads()))
+        steps = _training_steps(reports, gui_torch_threads(device))
         worker = self._start_worker(
             _drive, steps, on_yielded=self._on_training_report,
             on_errored=self._on_training_errored, on_finished=self._on_training_finished,
