@@ -12,7 +12,8 @@ largest output difference to the baseline (same weights) and the decode latency.
   uint8 stack resident on the GPU, folded model, fused Adam, cuDNN autotuning, the loss
   summed on the device; on CUDA the step replayed from a CUDA graph, ``core.train_step``);
   ``eager``: the same without the graph; ``+sync``: reading every batch's loss (as a script
-  printing it would); ``bf16``: mixed precision (``TrainConfig(precision="bf16")``); ``conv3d``: the model's plain Conv3d modules instead of the folded 2D route;
+  printing it would); ``bf16``: mixed precision (``TrainConfig(precision="bf16")``);
+  ``conv3d``: the model's plain Conv3d modules instead of the folded 2D route;
   ``staged``: pinned host buffers and non-blocking copies instead of the resident stack.
 * ``train()``: one full ``core.train`` run (validation each epoch included) for realism.
 """

@@ -13,8 +13,8 @@ pinned, on an otherwise idle machine::
 ``--breakdown`` prints where the time of one channels-last step goes: the execution time of
 oneDNN's kernels (from its verbose log, by primitive kind), the fused Adam update, and
 everything else (the Linear layers' MKL products, torch's and oneDNN's per-call set-up, small
-element-wise operations, Python and autograd); then the step time at crop 32, where the arithmetic is negligible and what is
-left is the fixed cost of the step's ~60 torch calls.
+element-wise operations, Python and autograd); then the step time at crop 32, where the
+arithmetic is negligible and what is left is the fixed cost of the step's ~60 torch calls.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import collections
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -97,8 +98,6 @@ def onednn_kernel_ms(run) -> dict[str, float]:
     oneDNN writes its verbose log to the process's standard output from C, so file descriptor
     1 is sent to a temporary file meanwhile.
     """
-    import sys
-
     sys.stdout.flush()
     saved = os.dup(1)
     with tempfile.TemporaryFile(mode="w+") as log:
@@ -156,7 +155,8 @@ def breakdown(step: TrainingStep, x: torch.Tensor, length: int) -> None:
     small = make("channels_last", length, 32, core.ConvAutoEncoder3d(length, 32).state_dict())
     xs = torch.randint(0, 3, (2, 1, length, 32, 32)).float() - 1
     small(xs)
-    print(f"  the same step at crop 32 (fixed per-step cost): {median_ms(lambda: small(xs)):.2f} ms")
+    fixed = median_ms(lambda: small(xs))
+    print(f"  the same step at crop 32 (fixed per-step cost): {fixed:.2f} ms")
 
 
 if __name__ == "__main__":
