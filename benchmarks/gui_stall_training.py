@@ -295,6 +295,35 @@ def phase_lines(name: str, start: float, end: float, ticks: TickRecorder, calls:
     return lines
 
 
+def timeline_lines(phase: str, marks: list[tuple[str, float]], ticks: TickRecorder,
+                   calls: CallLog, gcs: GCLog, t0: float) -> list[str]:
+    """Every gap over STALL_MS in ``phase``, split into the plugin calls and GC runs inside it
+    and the rest (napari's and Qt's own work: repaints, layer events)."""
+    bounds = dict(zip([n for n, _ in marks], zip([s for _, s in marks],
+                                                 [s for _, s in marks[1:]] + [np.inf])))
+    if phase not in bounds:
+        return [f"timeline: no phase {phase!r} (phases: {', '.join(bounds)})"]
+    start, end = bounds[phase]
+    lines = []
+    for t, gap in zip(ticks.ends, ticks.gaps):
+        if not start < t <= end or gap * 1e3 <= STALL_MS:
+            continue
+        begin = t - gap
+        parts = [(s, d, n) for s, d, n in calls.calls if begin <= s and s + d <= t]
+        inside = sum(d for _, d, _ in parts)
+        for s, d, g in gcs.runs:
+            if begin <= s and s + d <= t:
+                parts.append((s, d, f"GC gen {g}"))
+                if not any(cs <= s and s + d <= cs + cd for cs, cd, _ in parts[:-1]):
+                    inside += d  # not already inside a plugin call
+        parts.sort()
+        what = ", ".join(f"{n} {d * 1e3:.0f} ms" for _, d, n in parts
+                         if d >= 0.002) or "no plugin call"
+        lines.append(f"{phase} gap {gap * 1e3:.0f} ms at {begin - t0:.2f} s: {what}; "
+                     f"rest {(gap - inside) * 1e3:.0f} ms")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None,
@@ -321,6 +350,9 @@ def main() -> None:
                         default=None, metavar="Z,Y,X",
                         help="two synthetic CAL/UNCAL stacks of this shape instead of the "
                              "sample data, e.g. 40,256,256 for the paper preset")
+    parser.add_argument("--timeline", metavar="PHASE", default=None,
+                        help="explain every gap over 50 ms in this phase, e.g. 'first "
+                             "results': the plugin calls and GC runs inside it, and the rest")
     args = parser.parse_args()
 
     from napari_electrode_cae import _layers
@@ -436,6 +468,8 @@ def main() -> None:
     if args.second_run:
         reused = all(viewer.layers[layer.name] is layer for layer in layers_before)
         lines.append(f"second run reused the window layers: {'yes' if reused else 'no'}")
+    if args.timeline:
+        lines += timeline_lines(args.timeline, marks, ticks, calls, gcs, t0)
     order = np.argsort(ticks.gaps)[::-1][:5]
     for i in order:
         end = ticks.ends[i]

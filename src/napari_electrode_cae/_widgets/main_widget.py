@@ -8,6 +8,7 @@ from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from .data_panel import DataPanel
 from .gc_freeze import DockedGCFreeze
+from .glyph_warmup import GlyphWarmUp
 from .latent_panel import LatentPanel
 from .physics_panel import PhysicsPanel
 from .results_panel import ResultsPanel
@@ -42,6 +43,8 @@ class ElectrodeCAEWidget(QWidget):
         self.results_panel = ResultsPanel(napari_viewer, self.state, turns=self.turns)
         self.latent_panel = LatentPanel(napari_viewer, self.state, turns=self.turns)
         self.physics_panel = PhysicsPanel(napari_viewer, self.state)
+        # The glyphs of the window layers' names, built while the user looks at the data.
+        self.glyph_warmup = GlyphWarmUp(napari_viewer, self, self.turns)
         self.tabs = QTabWidget()
         for panel, title in (
             (self.data_panel, "Data"),
@@ -69,6 +72,7 @@ class ElectrodeCAEWidget(QWidget):
 
     def shutdown(self) -> None:
         """Stop every background worker and wait for it (called on close and by tests)."""
+        self.glyph_warmup.stop()
         for panel in self.panels:
             panel.shutdown()
         self.gc_freeze.release()
