@@ -15,6 +15,7 @@ layers' data. The statistics tables show the set-level MSE statistics of ``state
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -251,6 +252,7 @@ class ResultsPanel(QWidget):
         self._pending_result: WindowResult | None = None  # arrived, not shown yet
         self._enter_pending = False  # go side by side once the window layers exist
         self._focus_pending = False  # fit the camera / slice to the window
+        self._collected = False  # the garbage collector ran before this burst of layer work
         self._steps = TurnScheduler(self._apply_step, self, turns)
         self._build_ui()
         self._connections = [
@@ -595,6 +597,8 @@ class ResultsPanel(QWidget):
         if source is not None:
             name = self._missing_layer(source)
             if name is not None:
+                if not self._collected:
+                    return self._collect_garbage
                 return lambda: self._add_window_layer(name, source)
         if self._enter_pending:
             if self.side_by_side_check.isChecked() and self._window_layers():
@@ -620,6 +624,7 @@ class ResultsPanel(QWidget):
         if piece is not None:
             piece()
             return True
+        self._collected = False  # the layers exist: the next burst collects again
         result = self._pending_result
         if result is not None:
             self._pending_result = None
@@ -629,6 +634,17 @@ class ResultsPanel(QWidget):
             self._focus_pending = False
             self._focus_on_window()
         return False
+
+    def _collect_garbage(self) -> None:
+        """A full collection in a turn of its own, before the window layers are made.
+
+        Making the layers, the grid and the overlays creates tens of thousands of objects,
+        enough to start a full collection (40-60 ms with the GIL held) in the middle of them,
+        on top of a layer insert and its repaint. Collecting first resets the collector's
+        counts, so the burst runs without one.
+        """
+        self._collected = True
+        gc.collect()
 
     def _missing_layer(self, source: WindowResult) -> str | None:
         """Name of the first window layer that is missing or has another shape."""
