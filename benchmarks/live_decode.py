@@ -13,7 +13,9 @@ hidden, 10 latent) on the CPU with ``--threads`` torch threads (default 2), prin
   ``torch.inference_mode``, back to back (and of decode + snap to phases + volume fractions, as
   the panel does); then the same, each after a ``--spacing-ms`` pause, as the isolated slider
   moves find the CPU (caches gone cold; a second torch thread asleep on an idle virtual CPU
-  takes milliseconds to wake up);
+  takes milliseconds to wake up), and after the same time spent busy waiting in the same
+  thread (the CPU stays awake: what is left is the code and data that other work pushed out of
+  the caches);
 * per runner (``thread``: one long-lived worker, the panel's default; ``chained``: one
   ``create_worker`` per decode) and panel set-up (``--variants``, see :data:`VARIANTS`; the
   shipped panel is ``default`` and prints without a suffix), one slider move at a time (the
@@ -58,10 +60,20 @@ def percentile_ms(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1e3, q))
 
 
-def bare_decode(model, repeats: int, pause_s: float = 0.0) -> tuple[float, float]:
+def busy_wait(seconds: float) -> None:
+    """Keep this thread running for ``seconds`` (no sleep: the CPU never goes idle)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def bare_decode(model, repeats: int, pause_s: float = 0.0,
+                busy: bool = False) -> tuple[float, float]:
     """Median seconds of ``model.decode`` and of decode + snap for one random latent vector,
     back to back, or each after ``pause_s`` of sleep (caches and idle CPUs gone cold, as for
-    the isolated slider moves)."""
+    the isolated slider moves), or of busy waiting in this thread (``busy``: the CPU stays
+    awake, only other work runs in between)."""
+    pause = busy_wait if busy else time.sleep
     from napari_electrode_cae._widgets.live_decoder import decode_latent
 
     k = model.config.latent_dim
@@ -72,12 +84,12 @@ def bare_decode(model, repeats: int, pause_s: float = 0.0) -> tuple[float, float
     bare, snapped = [], []
     for _ in range(repeats):
         z = rng.standard_normal(k).astype(np.float32)
-        time.sleep(pause_s)
+        pause(pause_s)
         with torch.inference_mode():
             start = time.perf_counter()
             model.decode(torch.from_numpy(z)[None])
             bare.append(time.perf_counter() - start)
-        time.sleep(pause_s)
+        pause(pause_s)
         snapped.append(decode_latent(model, z).decode_seconds)
     return statistics.median(bare), statistics.median(snapped)
 
@@ -375,6 +387,12 @@ def main() -> None:
         print(f"[{name}] bare decode after a {args.spacing_ms} ms pause: {cold * 1e3:.2f} ms; "
               f"decode + snap {cold_snapped * 1e3:.2f} ms; with 1 torch thread "
               f"{cold1 * 1e3:.2f} ms, decode + snap {cold1_snapped * 1e3:.2f} ms")
+        busy, _ = bare_decode(model, N_ISOLATED[name], args.spacing_ms / 1e3, busy=True)
+        with torch_threads(1):
+            busy1, _ = bare_decode(model, N_ISOLATED[name], args.spacing_ms / 1e3, busy=True)
+        print(f"[{name}] bare decode after {args.spacing_ms} ms of busy waiting in the same "
+              f"thread (the CPU never idles): {busy * 1e3:.2f} ms; with 1 torch thread "
+              f"{busy1 * 1e3:.2f} ms")
         state = make_state(model)
         rng = np.random.default_rng(2)
         volumes = [decode_latent(model, rng.standard_normal(c.latent_dim)).labels
