@@ -86,7 +86,7 @@ def launch(
 
     import napari
 
-    from ._layers import labels_layer_kwargs
+    from ._layers import add_stack_labels
 
     viewer = napari.Viewer(title="napari: Electrode CAE", show=show)
     try:
@@ -98,7 +98,7 @@ def launch(
             widget.gc_freeze.enabled = False
         if loaded:
             for i, stack in enumerate(loaded):
-                viewer.add_labels(stack.labels, visible=i == 0, **labels_layer_kwargs(stack))
+                add_stack_labels(viewer, stack, visible=i == 0)
         elif sample:
             for i, key in enumerate(SAMPLE_KEYS):
                 for layer in viewer.open_sample(PLUGIN_NAME, key):

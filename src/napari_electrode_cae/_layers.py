@@ -49,6 +49,20 @@ def labels_layer_kwargs(stack: ElectrodeStack) -> dict[str, Any]:
     }
 
 
+def add_stack_labels(viewer: Any, stack: ElectrodeStack, **kwargs: Any) -> Any:
+    """Add ``stack`` as a phase Labels layer on top of the layer list; returns the layer.
+
+    ``viewer.add_labels(stack.labels, **labels_layer_kwargs(stack), **kwargs)``, with the
+    layer's editing overlays built only once they are used (:func:`defer_edit_overlays`).
+    """
+    from napari.layers import Labels
+
+    layer = Labels(stack.labels, **{**labels_layer_kwargs(stack), **kwargs})
+    defer_edit_overlays(layer)
+    viewer.layers.append(layer)
+    return layer
+
+
 def stack_metadata(stack: ElectrodeStack) -> dict[str, Any]:
     """JSON-friendly description of a stack kept in ``layer.metadata[METADATA_KEY]``."""
     return {

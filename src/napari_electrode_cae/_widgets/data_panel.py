@@ -965,7 +965,7 @@ class DataPanel(QWidget):
             self._show_load_status(result.error, error=True)
             return
         stack = result.stack
-        self.viewer.add_labels(stack.labels, **_layers.labels_layer_kwargs(stack))
+        _layers.add_stack_labels(self.viewer, stack)
         message = (f"Read {stack.name}: {'×'.join(map(str, stack.shape))}, {stack.tag}, "
                    f"{describe_phase_mapping(stack.phase_mapping)}")
         self._show_load_status(message)

@@ -47,7 +47,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import core
-from .._layers import labels_layer_kwargs
+from .._layers import add_stack_labels
 from ..core import ElectrodeCAEError, EpochReport, RunFolderError, TrainConfigError
 from ..core.model import CONV_LAYER_CHOICES
 from .live_decoder import restore_torch_threads, set_torch_threads
@@ -1082,7 +1082,7 @@ class TrainingPanel(QWidget):
             data = self.viewer.layers[name].data
             if same_layers.get(name) is data or _same_labels(data, stack.labels):
                 return name
-        return self.viewer.add_labels(stack.labels, **labels_layer_kwargs(stack)).name
+        return add_stack_labels(self.viewer, stack).name
 
     # ------------------------------------------------------------------------ closing
 
