@@ -13,9 +13,9 @@ hidden, 10 latent) on the CPU with ``--threads`` torch threads (default 2), prin
   ``torch.inference_mode``, back to back (and of decode + snap to phases + volume fractions, as
   the panel does); then the same, each after a ``--spacing-ms`` pause, as the isolated slider
   moves find the CPU (caches gone cold; a second torch thread asleep on an idle virtual CPU
-  takes milliseconds to wake up), and after the same time spent busy waiting in the same
-  thread (the CPU stays awake: what is left is the code and data that other work pushed out of
-  the caches);
+  takes milliseconds to wake up), and after the same time spent busy waiting in the calling
+  thread (its core stays awake, though with 2 torch threads the second one still sleeps; with
+  1 thread what is left is the code and data that other work pushed out of the caches);
 * per runner (``thread``: one long-lived worker, the panel's default; ``chained``: one
   ``create_worker`` per decode) and panel set-up (``--variants``, see :data:`VARIANTS`; the
   shipped panel is ``default`` and prints without a suffix), one slider move at a time (the
@@ -61,7 +61,7 @@ def percentile_ms(values: list[float], q: float) -> float:
 
 
 def busy_wait(seconds: float) -> None:
-    """Keep this thread running for ``seconds`` (no sleep: the CPU never goes idle)."""
+    """Keep this thread running for ``seconds`` (no sleep: its core never goes idle)."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
@@ -391,7 +391,7 @@ def main() -> None:
         with torch_threads(1):
             busy1, _ = bare_decode(model, N_ISOLATED[name], args.spacing_ms / 1e3, busy=True)
         print(f"[{name}] bare decode after {args.spacing_ms} ms of busy waiting in the same "
-              f"thread (the CPU never idles): {busy * 1e3:.2f} ms; with 1 torch thread "
+              f"thread (its core never idles): {busy * 1e3:.2f} ms; with 1 torch thread "
               f"{busy1 * 1e3:.2f} ms")
         state = make_state(model)
         rng = np.random.default_rng(2)

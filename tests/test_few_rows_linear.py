@@ -8,14 +8,14 @@ from napari_electrode_cae.core import few_rows_linear
 from napari_electrode_cae.core.few_rows_linear import FewRowsLinear, linear
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3])
 @pytest.mark.parametrize("n_in, n_out", [(12, 8), (7, 13), (5, 40), (40, 6), (12, 3)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_matches_linear_and_passes_gradcheck(monkeypatch, rows, n_in, n_out, with_bias):
     # a small threshold so that these sizes take the split routes: K = 13, 40 slices of K (13
     # leaves a remainder), M = 12, 40 column blocks, 7 none; weight gradients with more rows
-    # than columns (13 × 7, 40 × 5) are outer products, 8 × 12 divides into row blocks of 4,
-    # 6 × 40 and 3 × 12 into none
+    # than columns (13 × 7, 40 × 5) are outer products for 1 or 2 rows, 8 × 12 divides into
+    # row blocks of 4, 6 × 40 and 3 × 12 into none; 0 rows: zero gradients
     monkeypatch.setattr(few_rows_linear, "SPLIT_MIN", 4)
     torch.manual_seed(0)
     x = torch.randn(rows, n_in, dtype=torch.float64, requires_grad=True)

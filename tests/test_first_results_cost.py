@@ -11,6 +11,20 @@ from napari_electrode_cae._widgets.results_panel import WINDOW_LAYER_NAMES
 from napari_electrode_cae._widgets.turns import TurnQueue
 
 
+@pytest.fixture
+def warm_up_on_create(monkeypatch):
+    """The warm-up starts with the widget, as in the application (the suite turns it off)."""
+    monkeypatch.setattr(glyph_warmup, "WARM_UP_WHEN_CREATED", True)
+
+
+def edit_overlays(layer):
+    """The layer's polygon and brush-stroke overlays; skip on a napari that has none."""
+    overlays = getattr(layer, "_overlays", {})
+    if not all(key in overlays for key in _layers.EDIT_OVERLAYS):
+        pytest.skip("this napari has no Labels editing overlays")
+    return overlays["polygon"], overlays["brush_stroke"]
+
+
 def _vispy_overlays(viewer, layer):
     """The layer's overlays that have a vispy visual in the canvas."""
     canvas = viewer.window._qt_viewer.canvas
@@ -27,7 +41,7 @@ def _labels(viewer, name="window: original"):
 def test_editing_overlays_are_built_when_an_editing_mode_is_chosen(make_napari_viewer, mode):
     viewer = make_napari_viewer()
     layer = _labels(viewer)
-    polygon, stroke = layer._overlays["polygon"], layer._overlays["brush_stroke"]
+    polygon, stroke = edit_overlays(layer)
     assert not polygon.visible and not stroke.visible
     assert not {polygon, stroke} & _vispy_overlays(viewer, layer)  # not built at the insert
 
@@ -47,6 +61,7 @@ def test_editing_overlays_are_built_when_an_editing_mode_is_chosen(make_napari_v
 def test_a_layer_with_deferred_overlays_still_paints_and_draws_polygons(make_napari_viewer):
     viewer = make_napari_viewer()
     layer = _labels(viewer)
+    edit_overlays(layer)
     viewer.dims.set_point(0, 0)
     layer.mode = "paint"
     layer.selected_label = 1
@@ -65,7 +80,7 @@ def test_updating_a_layer_in_place_keeps_it_and_its_overlays(make_napari_viewer)
     layer = _labels(viewer)
     again = _layers.add_phase_labels(viewer, np.ones((4, 16, 16), np.uint8),
                                      "window: original", 0.4)
-    assert again is layer and not layer._overlays["polygon"].visible
+    assert again is layer and not edit_overlays(layer)[0].visible
     assert int(layer.data.max()) == 1
 
 
@@ -83,14 +98,30 @@ def test_defer_edit_overlays_leaves_other_layers_alone():
     assert plain._overlays["layer_name"].visible
 
 
+def test_a_layer_already_in_an_editing_mode_keeps_its_overlays(make_napari_viewer):
+    from napari.layers import Labels
+
+    viewer = make_napari_viewer()
+    layer = Labels(np.zeros((4, 16, 16), np.uint8))
+    polygon, stroke = edit_overlays(layer)
+    layer.mode = "paint"
+    _layers.defer_edit_overlays(layer)
+    viewer.layers.append(layer)
+    assert polygon.visible and stroke.visible
+    assert {polygon, stroke} <= _vispy_overlays(viewer, layer)
+
+
 def test_glyph_warmup_builds_the_window_names_glyphs_one_per_turn(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     font = overlay_font(viewer)
     assert font is not None
     text = "".join(WINDOW_LAYER_NAMES)
     new = [c for c in dict.fromkeys(text) if c not in font._glyphs]
+    assert len(new) > 10  # a fresh viewer's font has built none of them yet
     queue = TurnQueue(viewer.window._qt_window)
     warmup = GlyphWarmUp(viewer, viewer.window._qt_window, queue)
+    assert not warmup.pending  # the suite does not start it on creation
+    warmup.start()
     assert warmup.pending and set(warmup.remaining) == set(text)
     built_per_turn = []
     while warmup.pending:
@@ -107,22 +138,23 @@ def test_glyph_warmup_gives_up_without_a_shared_font(make_napari_viewer, qtbot, 
     monkeypatch.setattr(glyph_warmup, "overlay_font", lambda viewer: None)
     queue = TurnQueue(viewer.window._qt_window)
     warmup = GlyphWarmUp(viewer, viewer.window._qt_window, queue, text="abc")
+    warmup.start()
     qtbot.waitUntil(lambda: not warmup.pending, timeout=5000)
     assert warmup.remaining == []
     assert overlay_font(object()) is None  # no window: no font, no error
 
 
 def test_docked_widget_warms_the_glyphs_up_and_stops_on_shutdown(make_napari_viewer, qtbot,
-                                                                 monkeypatch):
+                                                                 warm_up_on_create):
     viewer = make_napari_viewer()
     widget = ElectrodeCAEWidget(viewer)
     viewer.window.add_dock_widget(widget)
     qtbot.waitUntil(lambda: not widget.glyph_warmup.pending, timeout=10000)
     assert set("".join(WINDOW_LAYER_NAMES)) <= set(overlay_font(viewer)._glyphs)
 
-    monkeypatch.setattr(glyph_warmup, "WARM_UP_WHEN_DOCKED", True)
     second = ElectrodeCAEWidget(viewer)
     second.glyph_warmup.remaining.append("€")
+    assert second.glyph_warmup.pending
     second.shutdown()
     assert not second.glyph_warmup.pending
     widget.shutdown()
@@ -130,11 +162,15 @@ def test_docked_widget_warms_the_glyphs_up_and_stops_on_shutdown(make_napari_vie
 
 def test_first_results_collect_garbage_in_a_turn_of_their_own(make_napari_viewer, qtbot,
                                                               monkeypatch):
-    """A full collection runs once before the window layers are made (not amid them), and not
-    again for a later result that only replaces the layers' data."""
+    """A full collection runs once before the window layers are made (not amid them), not
+    again for a later result that only replaces the layers' data, and again before a layer
+    has to be made anew."""
     import gc
 
     from napari_electrode_cae import core
+    from types import SimpleNamespace
+
+    from napari_electrode_cae._widgets import results_panel
     from napari_electrode_cae._widgets.results_panel import ResultsPanel
     from napari_electrode_cae._widgets.state import CAEState
 
@@ -157,7 +193,8 @@ def test_first_results_collect_garbage_in_a_turn_of_their_own(make_napari_viewer
         collections.append((len(viewer.layers), panel._steps.steps_run))
         return real_collect(*args)
 
-    monkeypatch.setattr(gc, "collect", collect)
+    # the panel's own collections (napari collects too, when a layer is removed)
+    monkeypatch.setattr(results_panel, "gc", SimpleNamespace(collect=collect))
     turns = []
     real_step = panel._apply_step
     monkeypatch.setattr(panel, "_apply_step", lambda: turns.append(
@@ -177,4 +214,10 @@ def test_first_results_collect_garbage_in_a_turn_of_their_own(make_napari_viewer
     panel.window_spin.setValue(1)  # another window: the layers exist, only their data change
     qtbot.waitUntil(lambda: panel.idle and panel._last_result.index == 1, timeout=20_000)
     assert len(collections) == 1
+
+    viewer.layers.remove(_layers.ORIGINAL_LAYER)  # the user deletes one: the next result
+    panel.window_spin.setValue(2)  # makes it again, after a collection of its own
+    qtbot.waitUntil(lambda: panel.idle and _layers.ORIGINAL_LAYER in viewer.layers,
+                    timeout=20_000)
+    assert len(collections) == 2
     panel.shutdown()

@@ -52,8 +52,10 @@ def labels_layer_kwargs(stack: ElectrodeStack) -> dict[str, Any]:
 def add_stack_labels(viewer: Any, stack: ElectrodeStack, **kwargs: Any) -> Any:
     """Add ``stack`` as a phase Labels layer on top of the layer list; returns the layer.
 
-    ``viewer.add_labels(stack.labels, **labels_layer_kwargs(stack), **kwargs)``, with the
-    layer's editing overlays built only once they are used (:func:`defer_edit_overlays`).
+    What ``viewer.add_labels(stack.labels, ...)`` with :func:`labels_layer_kwargs` does, with
+    ``kwargs`` added to (or replacing) those arguments, and the layer's editing overlays built
+    only once they are used (:func:`defer_edit_overlays`). Samples opened through napari's
+    menu and files opened through its reader are added by napari, with their overlays.
     """
     from napari.layers import Labels
 
@@ -111,11 +113,12 @@ def defer_edit_overlays(layer: Any) -> None:
     Call before the layer is added to a viewer. The overlays are made invisible, which napari
     takes as "build the visual later", and made visible again (built then) the first time the
     layer's mode becomes one that edits (paint, erase, fill, polygon); everything works as on a
-    plain Labels layer from then on. A napari without these overlays is left as it is.
+    plain Labels layer from then on. A napari without these overlays, or a layer in an
+    editing mode already, is left as it is.
     """
     overlays = getattr(layer, "_overlays", None)
-    if overlays is None:
-        return
+    if overlays is None or str(getattr(layer, "mode", "pan_zoom")) not in _VIEW_MODES:
+        return  # no such overlays, or they are in use already
     deferred = [overlays[key] for key in EDIT_OVERLAYS
                 if key in overlays and getattr(overlays[key], "visible", False)]
     if not deferred:

@@ -7,8 +7,8 @@ first time some text needs it: Qt renders it at 256 pt and the CPU computes its 
 eleven new characters, so the repaint that shows it took 50 ms longer than the others
 (``benchmarks/gui_stall_training.py --timeline "first results"``).
 
-:class:`GlyphWarmUp` builds those glyphs ahead, one character per event-loop turn while the
-user looks at the data, through the same :class:`.turns.TurnQueue` as the panels' layer work
+:class:`GlyphWarmUp` builds those glyphs ahead, one character per event-loop turn from the
+moment the widget is made, while the user looks at the data, through the same :class:`.turns.TurnQueue` as the panels' layer work
 (so never in the same turn as an expensive napari call). The font is the one napari's text
 overlays use; a napari that keeps no shared font (the lookup fails) is left alone, since its
 overlays build their own glyphs whatever is done here.
@@ -23,8 +23,9 @@ from qtpy.QtCore import QObject
 from .results_panel import WINDOW_LAYER_NAMES
 from .turns import TurnQueue, TurnScheduler
 
-#: Warm the glyphs up after docking (tests that do not look at it turn this off).
-WARM_UP_WHEN_DOCKED = True
+#: Start the warm-up when a :class:`GlyphWarmUp` is made (the test suite turns this off except
+#: where the warm-up is tested; :meth:`GlyphWarmUp.start` starts it either way).
+WARM_UP_WHEN_CREATED = True
 
 
 def overlay_font(viewer: Any) -> Any | None:
@@ -65,8 +66,12 @@ class GlyphWarmUp:
         #: Characters still to build, in order of first appearance.
         self.remaining = list(dict.fromkeys(text))
         self._scheduler = TurnScheduler(self._step, parent, queue)
-        if WARM_UP_WHEN_DOCKED:
-            self._scheduler.schedule()
+        if WARM_UP_WHEN_CREATED:
+            self.start()
+
+    def start(self) -> None:
+        """Build the remaining glyphs over the next turns of the queue."""
+        self._scheduler.schedule()
 
     @property
     def pending(self) -> bool:
