@@ -8,8 +8,9 @@ eleven new characters, so the repaint that shows it took 50 ms longer than the o
 (``benchmarks/gui_stall_training.py --timeline "first results"``).
 
 :class:`GlyphWarmUp` builds those glyphs ahead, one character per event-loop turn from the
-moment the widget is made, while the user looks at the data, through the same :class:`.turns.TurnQueue` as the panels' layer work
-(so never in the same turn as an expensive napari call). The font is the one napari's text
+moment the widget is made, while the user looks at the data, through the same
+:class:`.turns.TurnQueue` as the panels' layer work (so never in the same turn as an expensive
+napari call). The font is the one napari's text
 overlays use; a napari that keeps no shared font (the lookup fails) is left alone, since its
 overlays build their own glyphs whatever is done here.
 """

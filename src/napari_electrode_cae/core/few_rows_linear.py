@@ -16,8 +16,8 @@ read or write 6 MiB at about a third of what the two cores can do. :class:`FewRo
   rows (each element is the same sum as before, so equal bit for bit); a tall one
   (11,664 × 128), for one or two rows, as a sum of one outer product per row, element-wise
   kernels over both cores (0.3 instead of 0.9 ms cold; equal within float tolerance, as a
-  product may fuse the multiply-adds). In bfloat16 both stay one product (the outer products
-  would be rounded before they are summed).
+  product may fuse the multiply-adds); in bfloat16 a tall one stays one product (the outer
+  products would be rounded before they are summed).
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``gᵀ @ x`` ((out, N) @ (N, in)): outer products when tall, else in blocks of rows."""
     rows, n = g.shape[1], g.shape[0]
-    if n > 8 or n == 0 or g.dtype not in (torch.float32, torch.float64):
+    if n > 8 or n == 0:
         return g.t() @ x
-    if rows > x.shape[1] and n <= OUTER_MAX_ROWS:
+    if rows > x.shape[1] and n <= OUTER_MAX_ROWS and g.dtype in (torch.float32, torch.float64):
         out = torch.outer(g[0], x[0])
         for i in range(1, n):
             out.addr_(g[i], x[i])
