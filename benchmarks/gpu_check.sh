@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU verification in one go (what ran on the lent H200): the CUDA tests with the core's
-# training/model/optimiser/physics tests, the CUDA training benchmark, and the physics timings
-# with the tortuosity solver on the GPU. Needs only torch, numpy,
+# GPU verification in one go (what ran on the lent H200 and H100): the CUDA tests with the core's
+# training/model/optimiser/physics tests, the CUDA training benchmark, the physics timings
+# with the tortuosity solver on the GPU, and the command line end to end on CUDA
+# (benchmarks/gpu_cli_check.sh; CLI_RUN_DEST=DIR keeps its fp32 run folder). Needs only torch, numpy,
 # scipy, tifffile, tqdm and pytest (no napari): run from the repository root,
 #   bash benchmarks/gpu_check.sh [cuda_training.py options]
 set -uo pipefail
@@ -17,5 +18,7 @@ $PY benchmarks/cuda_training.py "$@"
 bench=$?
 # the tortuosity solver on the GPU against scipy's on the CPU, one paper-sized window
 $PY benchmarks/physics_speed.py --threads 2 --repeat 2 --torch-device cuda || bench=1
-echo "tests rc=$tests benchmark rc=$bench"
-exit $(( tests || bench ))
+bash benchmarks/gpu_cli_check.sh "${CLI_RUN_DEST:-}"
+cli=$?
+echo "tests rc=$tests benchmark rc=$bench cli rc=$cli"
+exit $(( tests || bench || cli ))
