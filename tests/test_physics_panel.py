@@ -142,10 +142,14 @@ def test_decoded_column_follows_the_decoded_layer(qtbot, panel_and_state):
 
 def test_correlations_heatmap_strongest_and_export(qtbot, panel_and_state, trained, tmp_path):
     _, state, panel = panel_and_state
+    # before any run the bar says so (its range 0..1 would otherwise read "0 / 1 windows")
+    assert panel.progress_bar.text() == "no windows measured yet"
     panel.max_windows_spin.setValue(12)
     panel.compute_correlations()
     assert panel.correlation_running and not panel.compute_button.isEnabled()
+    assert panel.progress_bar.text() == "0 / 12 windows"
     wait_correlations(qtbot, panel)
+    assert panel.progress_bar.text() == "12 / 12 windows"
     result = panel.correlation
     assert result is not None and len(result.indices) == 12
     k = trained[1].config.latent_dim
@@ -169,6 +173,13 @@ def test_correlations_heatmap_strongest_and_export(qtbot, panel_and_state, train
     assert "pore_fraction" in rows[0] and rows[0]["split"] in ("train", "val")
     with open(corr, newline="") as f:
         assert len(list(csv.DictReader(f))) == k * len(names)
+
+    # other windows: the correlations and their count go
+    state.window = core.WindowSpec(length=4, stride=4, crop=16)
+    state.rebuild_dataset()
+    assert panel.correlation is None
+    assert "windows changed" in panel.corr_label.text()
+    assert panel.progress_bar.text() == "no windows measured yet"
 
 
 def test_all_windows_and_stop_leave_the_panel_usable(qtbot, panel_and_state):

@@ -106,6 +106,9 @@ TORTUOSITY_DEVICE = "auto"
 TORTUOSITY_DEBOUNCE_MS = 300
 #: Default cap on the number of windows analysed for the correlations.
 DEFAULT_MAX_WINDOWS = 200
+#: The correlation progress bar's text before the first run, and while one runs.
+NOT_MEASURED_FORMAT = "no windows measured yet"
+PROGRESS_FORMAT = "%v / %m windows"
 #: |rho| from which a heat-map cell is annotated with its value.
 ANNOTATE_ABS_RHO = 0.5
 #: Extra per-window variables correlated with the latents besides the metrics.
@@ -710,7 +713,7 @@ class PhysicsPanel(QWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
-        self.progress_bar.setFormat("%v / %m windows")
+        self.progress_bar.setFormat(NOT_MEASURED_FORMAT)  # "0 / 1 windows" would read as a count
         self.corr_label = QLabel("")
         self.corr_label.setWordWrap(True)
         self.heatmap = CorrelationHeatmap()
@@ -1052,6 +1055,7 @@ class PhysicsPanel(QWidget):
         self._corr_done = 0
         self.progress_bar.setRange(0, len(indices))
         self.progress_bar.setValue(0)
+        self.progress_bar.setFormat(PROGRESS_FORMAT)
         subset = "" if len(indices) == len(dataset) else (
             f" (seeded subset of {len(dataset)})")
         self.corr_label.setText(f"measuring {len(indices)} windows{subset}"
@@ -1113,6 +1117,10 @@ class PhysicsPanel(QWidget):
         self.correlation = None
         for heatmap in self._heatmaps:
             heatmap.clear()
+        if self._corr_worker is None:  # the old count no longer describes anything shown
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat(NOT_MEASURED_FORMAT)
         self.strongest_label.setText("")
         self.corr_label.setText(message)
         self._update_buttons()
