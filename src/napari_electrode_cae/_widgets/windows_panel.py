@@ -248,7 +248,7 @@ class WindowsPanel(QWidget):
         self.window_spin = _spin(0, 0, "Index of the selected window (state.selected_window)")
         self.window_spin.valueChanged.connect(self._on_window_spin_changed)
         self.window_count_label = QLabel("of 0")
-        self.follow_check = QCheckBox("show its middle slice")
+        self.follow_check = QCheckBox("show its middle slice in the viewer")
         self.follow_check.setChecked(True)
         self.follow_check.setToolTip("Move the viewer's Z slider to the selected window")
         self.origin_label = QLabel()
@@ -259,10 +259,11 @@ class WindowsPanel(QWidget):
         row.addWidget(self.window_spin)
         row.addWidget(self.window_count_label)
         row.addStretch(1)
-        row.addWidget(self.follow_check)
         box = QGroupBox("Selected window")
         box_layout = QVBoxLayout(box)
         box_layout.addLayout(row)
+        # a row of its own: beside the spin box a narrow dock cut its text short
+        box_layout.addWidget(self.follow_check)
         box_layout.addWidget(self.origin_label)
         box_layout.addWidget(self.side_label)
         return box
