@@ -20,8 +20,10 @@ from napari_electrode_cae._widgets.live_decoder import (
 from napari_electrode_cae._widgets.results_panel import (
     MODEL_PENDING_MESSAGE,
     NO_MODEL_MESSAGE,
+    VIEW_3D_ANGLES,
     ResultsPanel,
     grid_shape,
+    viewer_camera,
     window_at,
 )
 from napari_electrode_cae._widgets.state import CAEState
@@ -245,6 +247,39 @@ def test_results_panel_shows_window_side_by_side(make_napari_viewer, qtbot, trai
     assert outline.visible
     panel.three_d_check.setChecked(True)
     assert viewer.dims.ndisplay == 3
+    panel.shutdown()
+
+
+def test_side_by_side_3d_starts_tilted_and_keeps_the_users_rotation(make_napari_viewer, qtbot,
+                                                                     trained):
+    viewer = make_napari_viewer()
+    state = make_state(trained)
+    panel = ResultsPanel(viewer, state)
+    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
+                    timeout=WAIT_MS)
+    assert viewer.canvas.grid.enabled
+    camera = viewer_camera(viewer)
+    panel.three_d_check.setChecked(True)
+    qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
+    assert np.allclose(camera.angles, VIEW_3D_ANGLES)
+
+    # the user turns the volumes; the next window keeps that view
+    camera.angles = (10.0, -40.0, 25.0)
+    state.selected_window = int(state.split.val[0]) or int(state.split.val[-1])
+    qtbot.waitUntil(lambda: panel.idle and panel._last_result.index == state.selected_window,
+                    timeout=WAIT_MS)
+    assert np.allclose(camera.angles, (10.0, -40.0, 25.0))
+
+    # back to 2D and to 3D again: tilted again; leaving and re-entering side by side too
+    panel.three_d_check.setChecked(False)
+    panel.three_d_check.setChecked(True)
+    qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
+    assert np.allclose(camera.angles, VIEW_3D_ANGLES)
+    camera.angles = (10.0, -40.0, 25.0)
+    panel.side_by_side_check.setChecked(False)
+    panel.side_by_side_check.setChecked(True)
+    qtbot.waitUntil(lambda: panel.idle and viewer.canvas.grid.enabled, timeout=WAIT_MS)
+    assert np.allclose(camera.angles, VIEW_3D_ANGLES)
     panel.shutdown()
 
 

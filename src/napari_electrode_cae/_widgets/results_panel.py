@@ -54,6 +54,10 @@ NO_MODEL_MESSAGE = "train a model or open a run first"
 #: run is being evaluated; ``model_version`` is bumped when it is ready).
 MODEL_PENDING_MESSAGE = ("a new model is being trained or evaluated; results appear when it is "
                          "ready")
+#: Camera angles (degrees, napari's order) the side-by-side grid takes when it is first shown
+#: in 3D: tilted, so that the windows' depth shows (napari's reset looks straight down the
+#: slices, which looks like the 2D view). A rotation the user makes is kept from then on.
+VIEW_3D_ANGLES = (-20.0, 30.0, 0.0)
 #: Layers that show one window (kept visible in the side-by-side grid).
 WINDOW_LAYER_NAMES = (
     _layers.ORIGINAL_LAYER,
@@ -132,6 +136,12 @@ def window_at(dataset: WindowDataset, stack_index: int, point: np.ndarray) -> in
     centres = grid[candidates, 1:] + size / 2.0
     distances = np.sum((centres - (point + 0.5)) ** 2, axis=1)
     return int(candidates[int(np.argmin(distances))])
+
+
+def viewer_camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
 
 
 def grid_shape(n_panels: int) -> tuple[int, int]:
@@ -252,6 +262,7 @@ class ResultsPanel(QWidget):
         self._pending_result: WindowResult | None = None  # arrived, not shown yet
         self._enter_pending = False  # go side by side once the window layers exist
         self._focus_pending = False  # fit the camera / slice to the window
+        self._tilt_pending = self.viewer.dims.ndisplay == 3  # next 3D fit: VIEW_3D_ANGLES
         self._collected = False  # the garbage collector ran before this burst of layer work
         self._steps = TurnScheduler(self._apply_step, self, turns)
         self._build_ui()
@@ -385,6 +396,7 @@ class ResultsPanel(QWidget):
         self.three_d_check.blockSignals(True)
         self.three_d_check.setChecked(self.viewer.dims.ndisplay == 3)
         self.three_d_check.blockSignals(False)
+        self._tilt_pending = self.viewer.dims.ndisplay == 3
         if self.viewer.canvas.grid.enabled:
             self._focus_on_window()
 
@@ -721,8 +733,16 @@ class ResultsPanel(QWidget):
                 dims.set_point(axis, (low + high) / 2.0)
         if self.viewer.canvas.grid.enabled:
             # reset_view knows the grid layout (fit_to_view does not, and leaves the windows
-            # tiny); the layers outside the windows are hidden in side-by-side mode.
-            self.viewer.reset_view()
+            # tiny); the layers outside the windows are hidden in side-by-side mode. In 3D
+            # the camera starts tilted and keeps the user's rotation from window to window.
+            camera = viewer_camera(self.viewer)
+            angles = tuple(camera.angles)
+            self.viewer.reset_view()  # also turns the camera straight down the slices
+            if dims.ndisplay == 3:
+                if self._tilt_pending:
+                    self._tilt_pending = False
+                    angles = VIEW_3D_ANGLES
+                camera.angles = angles
 
     def _enter_side_by_side(self) -> None:
         """Grid mode with only the window layers visible (others hidden, to be restored).
@@ -739,6 +759,7 @@ class ResultsPanel(QWidget):
         grid.enabled = True
         self._watch_outline()
         self._focus_pending = True
+        self._tilt_pending = self.viewer.dims.ndisplay == 3
 
     def _leave_side_by_side(self) -> None:
         """Back to one view: restore the hidden layers and show the whole scene."""
