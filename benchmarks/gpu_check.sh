@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# GPU verification in one go (what ran on the lent H200 and H100): the CUDA tests with the core's
-# training/model/optimiser/physics tests, the CUDA training benchmark, the physics timings
-# with the tortuosity solver on the GPU, and the command line end to end on CUDA
-# (benchmarks/gpu_cli_check.sh; CLI_RUN_DEST=DIR keeps its fp32 run folder). Needs only torch, numpy,
-# scipy, tifffile, tqdm and pytest (no napari): run from the repository root,
+# GPU verification in one go (what ran on the lent H200 and H100): the CUDA tests with the
+# core's training/model/optimiser/physics tests, the CUDA training benchmark, the physics
+# timings with the tortuosity solver on the GPU, and the command line end to end on CUDA
+# (benchmarks/gpu_cli_check.sh; CLI_RUN_DEST=DIR keeps its fp32 run folder). Needs only torch,
+# numpy, scipy, tifffile, tqdm and pytest (no napari): run from the repository root,
 #   bash benchmarks/gpu_check.sh [cuda_training.py options]
 set -uo pipefail
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"

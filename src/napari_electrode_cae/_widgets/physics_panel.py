@@ -711,9 +711,7 @@ class PhysicsPanel(QWidget):
         corr_buttons.addWidget(self.compute_button, 1)
         corr_buttons.addWidget(self.stop_button)
         self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setFormat(NOT_MEASURED_FORMAT)  # "0 / 1 windows" would read as a count
+        self._show_no_count()
         self.corr_label = QLabel("")
         self.corr_label.setWordWrap(True)
         self.heatmap = CorrelationHeatmap()
@@ -1113,14 +1111,18 @@ class PhysicsPanel(QWidget):
                                      if lines else "no finite correlation")
         self._update_buttons()
 
+    def _show_no_count(self) -> None:
+        """An empty progress bar that says so ("0 / 1 windows" would read as a count)."""
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat(NOT_MEASURED_FORMAT)
+
     def _clear_correlation(self, message: str) -> None:
         self.correlation = None
         for heatmap in self._heatmaps:
             heatmap.clear()
         if self._corr_worker is None:  # the old count no longer describes anything shown
-            self.progress_bar.setRange(0, 1)
-            self.progress_bar.setValue(0)
-            self.progress_bar.setFormat(NOT_MEASURED_FORMAT)
+            self._show_no_count()
         self.strongest_label.setText("")
         self.corr_label.setText(message)
         self._update_buttons()

@@ -735,14 +735,14 @@ class ResultsPanel(QWidget):
             # reset_view knows the grid layout (fit_to_view does not, and leaves the windows
             # tiny); the layers outside the windows are hidden in side-by-side mode. In 3D
             # the camera starts tilted and keeps the user's rotation from window to window.
+            if dims.ndisplay == 2:
+                self.viewer.reset_view()
+                return
             camera = viewer_camera(self.viewer)
-            angles = tuple(camera.angles)
+            angles = VIEW_3D_ANGLES if self._tilt_pending else tuple(camera.angles)
+            self._tilt_pending = False
             self.viewer.reset_view()  # also turns the camera straight down the slices
-            if dims.ndisplay == 3:
-                if self._tilt_pending:
-                    self._tilt_pending = False
-                    angles = VIEW_3D_ANGLES
-                camera.angles = angles
+            camera.angles = angles
 
     def _enter_side_by_side(self) -> None:
         """Grid mode with only the window layers visible (others hidden, to be restored).
