@@ -17,6 +17,8 @@ from . import core
 from .core.errors import ElectrodeCAEError
 
 EXIT_BAD_INPUT = 2
+#: A training that diverged (non-finite loss): the run folder is written and flagged.
+EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -87,6 +89,13 @@ def _add_model_args(p: argparse.ArgumentParser, *, defaults_from_preset: bool) -
                    help="hidden neurons of the fully connected layer")
     p.add_argument("--latent", type=_positive_int, default=None if d is None else d.latent_dim,
                    help="number of latent features")
+    p.add_argument("--norm", choices=core.model.NORM_CHOICES,
+                   default=None if d is None else d.norm,
+                   help="normalisation after each convolution (the paper: none)")
+    p.add_argument("--output", choices=core.model.OUTPUT_CHOICES,
+                   default=None if d is None else d.output,
+                   help="value: one channel of network values, MSE (the paper); phases: three "
+                        "phase channels, cross-entropy, argmax")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, help="batch size")
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate")
     p.add_argument("--val-fraction", type=_fraction, default=0.15)
-    p.add_argument("--split", choices=core.windows.SPLIT_MODES, default="random")
+    p.add_argument("--split", choices=core.windows.SPLIT_MODES, default="auto",
+                   help="auto (default): blocked by depth when windows overlap along Z, else "
+                        "random; random is the paper's split, which leaks overlapping windows "
+                        "into validation")
+    p.add_argument("--windows-per-epoch", type=int, metavar="N",
+                   help="training windows sampled per epoch (0 = all; default: the preset's)")
+    p.add_argument("--warmup-epochs", type=int, metavar="N",
+                   help="epochs of linear learning-rate warm-up (default: the preset's)")
+    p.add_argument("--schedule", choices=core.training.SCHEDULE_CHOICES,
+                   help="learning rate after the warm-up (default: the preset's)")
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="clip the gradient norm (0 = off; default: the preset's)")
+    p.add_argument("--phase-loss", choices=core.losses.PHASE_LOSS_CHOICES,
+                   help="loss of --output phases models (default ce)")
+    p.add_argument("--phase-rule", choices=("fitted", "nearest"),
+                   help="how a one-channel output becomes phases: thresholds fitted to the "
+                        "training fractions, or the paper's nearest value (default: the "
+                        "preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=core.training.DEVICE_CHOICES, default="auto")
     p.add_argument("--precision", choices=core.training.PRECISION_CHOICES, default="fp32",
@@ -143,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a run: train/val MSE statistics and an original "
                        "vs reconstruction comparison; writes report.json and report.md.")
     p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (val_mse, val_nmse, voxel_accuracy, "
+                        "phase_fractions, phase_iou, collapsed, ...) instead of tables")
     p.add_argument("--window", type=int, help="window index to compare (default: seeded random "
                    "validation window)")
     p.add_argument("--seed", type=int, default=0)
@@ -307,9 +336,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def _train_settings(args: argparse.Namespace
+                    ) -> tuple[core.WindowSpec, core.ModelConfig, core.TrainConfig, str]:
+    """Window, model, training settings and phase rule: the flags, else the preset's."""
     preset = core.get_preset(args.preset)
     spec = core.WindowSpec(
         length=args.window or preset.window.length,
@@ -317,59 +346,132 @@ def cmd_train(args: argparse.Namespace) -> int:
         crop=args.crop or preset.window.crop,
         tile_stride=args.tile_stride or (preset.window.tile_stride if not args.crop else None),
     )
+    p = preset.train
+
+    def given(value, default):
+        return default if value is None else value
+
     config = core.TrainConfig(
-        epochs=args.epochs or preset.train.epochs,
-        batch_size=args.batch or preset.train.batch_size,
-        lr=args.lr or preset.train.lr,
+        epochs=args.epochs or p.epochs,
+        batch_size=args.batch or p.batch_size,
+        lr=args.lr or p.lr,
         val_fraction=args.val_fraction, seed=args.seed, split=args.split, device=args.device,
         precision=args.precision,
+        windows_per_epoch=given(args.windows_per_epoch, p.windows_per_epoch),
+        warmup_epochs=given(args.warmup_epochs, p.warmup_epochs),
+        schedule=given(args.schedule, p.schedule),
+        grad_clip=given(args.grad_clip, p.grad_clip),
+        phase_loss=given(args.phase_loss, p.phase_loss),
     )
+    model = core.ModelConfig(spec.length, spec.crop, args.layers or preset.conv_layers,
+                             args.hidden or preset.hidden, args.latent or preset.latent_dim,
+                             args.norm or preset.norm, args.output or preset.output)
+    return spec, model, config, args.phase_rule or preset.phase_rule
+
+
+def _split_label(mode: str, spec: core.WindowSpec) -> str:
+    resolved = core.windows.resolve_split(mode, spec)
+    leaks = resolved == "random" and spec.stride < spec.length
+    return resolved + (" — leaks: overlapping windows share slices across it" if leaks else "")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    spec, model_config, config, rule = _train_settings(args)
     stacks = _read_stacks(args)
     data = core.WindowDataset(stacks, spec)
     train_idx, val_idx = core.split(data, config.val_fraction, config.seed, config.split)
     core.seed_everything(config.seed)
-    model = core.ConvAutoEncoder3d(spec.length, spec.crop, args.layers or preset.conv_layers,
-                                   args.hidden or preset.hidden, args.latent or preset.latent_dim)
+    model = core.build_model(model_config)
     device = core.resolve_device(config.device)
+    per_epoch = core.training.windows_per_epoch(len(train_idx), config)
+    n_batches = -(-per_epoch // config.batch_size)
     _info(f"{len(data)} windows of {spec.length}x{spec.crop}x{spec.crop} (stride {spec.stride}): "
-          f"{len(train_idx)} training, {len(val_idx)} validation ({config.split} split); "
+          f"{len(train_idx)} training, {len(val_idx)} validation "
+          f"({_split_label(config.split, spec)}); "
           f"{core.count_parameters(model):,} parameters on {device}"
           + (" (bf16 mixed precision)" if config.precision == "bf16" else ""))
+    _info(f"{config.epochs} epochs of {n_batches} batches of {config.batch_size}"
+          + (f" ({per_epoch} of {len(train_idx)} training windows sampled per epoch)"
+             if per_epoch < len(train_idx) else ""))
     history: list[core.EpochReport] = []
     generator = core.train(model, data, config, train_idx=train_idx, val_idx=val_idx,
                            checkpoint_dir=args.out, resume=args.resume, yield_batches=True)
-    n_batches = -(-len(train_idx) // config.batch_size)
+    estimate = core.training.TimeEstimate(n_batches, config.epochs, len(val_idx),
+                                          config.batch_size)
     interrupted = False
+    result = None
     with tqdm(total=config.epochs * n_batches, unit="batch", file=sys.stderr,
               dynamic_ncols=True, disable=None) as bar:
         if args.resume and (args.out / "last.pt").exists():
             saved = core.checkpoint.load_training_state(args.out / "last.pt")
             history = [core.EpochReport(**row) for row in saved["history"]]
             bar.update(len(history) * n_batches)
+            estimate.skip_epochs(len(history))
             _info(f"resuming after epoch {len(history)} from {args.out / 'last.pt'}")
         try:
-            for report in generator:
+            while True:
+                report = next(generator)
                 if isinstance(report, core.BatchReport):
                     bar.update(1)
+                    if estimate.batch_done():
+                        bar.write(f"estimated training time: {estimate.describe()}",
+                                  file=sys.stderr)
                 else:
                     history.append(report)
+                    estimate.epoch_done(report.seconds)
                     bar.set_postfix(epoch=report.epoch, train=f"{report.train_mse:.4f}",
-                                    val=f"{report.val_mse:.4f}", best=f"{report.best_val_mse:.4f}")
+                                    val=f"{report.val_mse:.4f}", nmse=f"{report.val_nmse:.2f}",
+                                    spread=f"{report.spread:.2f}")
+        except StopIteration as stop:
+            result = stop.value
         except KeyboardInterrupt:
             generator.close()
             interrupted = True
     if not history:
         _info("stopped before the first epoch finished; nothing saved")
         return EXIT_INTERRUPTED
-    report = core.evaluate(model, data, train_idx, val_idx, seed=config.seed)
-    core.save_run(args.out, model, data, config, train_idx, val_idx, history, report)
+    health = result.health if result is not None else core.training.history_health(history,
+                                                                                   config)
+    diverged = health.state == "diverged"
+    core.evaluation.fit_phase_rule(model, data, train_idx, "nearest" if diverged else rule)
+    report = _evaluate_with_progress(model, data, train_idx, val_idx, config.seed,
+                                     diverged=diverged)
+    core.save_run(args.out, model, data, config, train_idx, val_idx, history, report,
+                  health=health if diverged else _report_health(report))
     if not interrupted:  # last.pt stays after Ctrl-C so that --resume can continue
         for name in ("best.pt", "last.pt"):
             (args.out / name).unlink(missing_ok=True)
-    best = min(history, key=lambda r: r.val_mse)
-    _info(f"best validation MSE {best.val_mse:.4f} at epoch {best.epoch}; run saved to {args.out}")
+    finite = [r for r in history if r.finite]
+    if finite:
+        best = min(finite, key=lambda r: r.val_mse)
+        _info(f"best validation MSE {best.val_mse:.4f} (NMSE {best.val_nmse:.3f}) at epoch "
+              f"{best.epoch}; run saved to {args.out}")
     _print_row(report)
+    _print_phases(report)
+    if diverged:
+        return EXIT_DIVERGED
     return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _report_health(report: core.EvaluationReport) -> core.health.Health:
+    p = report.phases
+    return core.health.Health(p.health, p.message, p.advice)
+
+
+def _evaluate_with_progress(model, data, train_idx, val_idx, seed, *, window=None,
+                            diverged=False) -> core.EvaluationReport:
+    from tqdm import tqdm
+
+    total = len(train_idx) + len(val_idx)
+    with tqdm(total=total, unit="window", desc="evaluating", file=sys.stderr,
+              dynamic_ncols=True, disable=None, leave=False) as bar:
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        return core.evaluate(model, data, train_idx, val_idx, window=window, seed=seed,
+                             progress=progress, diverged=diverged)
 
 
 def _print_row(report: core.EvaluationReport) -> None:
@@ -379,20 +481,38 @@ def _print_row(report: core.EvaluationReport) -> None:
     print("  ".join(v.ljust(w) for v, w in zip(row.values(), widths)))
 
 
+def _print_phases(report: core.EvaluationReport) -> None:
+    """The phase-level judgement of all validation windows, and a warning if not healthy."""
+    p = report.phases
+    fo, fr = p.phase_fractions["original"], p.phase_fractions["reconstruction"]
+    print(f"all {p.windows} validation windows, phases by {p.rule}: voxel accuracy "
+          f"{p.voxel_accuracy:.1%}, NMSE {p.val_nmse:.3f}, spread {p.spread:.2f}")
+    print("phase fractions original / reconstruction (IoU): " + ", ".join(
+        f"{k} {fo[k]:.1%} / {fr[k]:.1%} ({p.phase_iou[k]:.2f})" for k in fo))
+    t = p.tpb_density_per_um2
+    print(f"TPB density original / reconstruction: {t['original']:.4f} / "
+          f"{t['reconstruction']:.4f} µm⁻²")
+    if p.health != "ok":
+        _info(f"warning: {p.message}; {p.advice}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
     run = core.load_run(args.run_dir)
     data = run.load_dataset()
     if args.window is not None and not 0 <= args.window < len(data):
         raise core.WindowSpecError(f"window {args.window} out of range: the run has {len(data)}")
-    report = core.evaluate(run.model, data, run.train_idx, run.val_idx,
-                           window=args.window, seed=args.seed)
+    diverged = run.health.get("state") == "diverged"
+    report = _evaluate_with_progress(run.model, data, run.train_idx, run.val_idx, args.seed,
+                                     window=args.window, diverged=diverged)
     core.write_report(args.run_dir, report)
-    _print_row(report)
-    fr = report.window
-    print("phase fractions original / reconstruction: " + ", ".join(
-        f"{k} {fr.original_fractions[k]:.1%} / {fr.reconstruction_fractions[k]:.1%}"
-        for k in fr.original_fractions))
-    return 0
+    if args.json:
+        print(json.dumps(_json_safe(report.summary())))
+    else:
+        _print_row(report)
+        _print_phases(report)
+    return EXIT_DIVERGED if diverged else 0
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import ElectrodeCAEError, snap_to_phases, volume_fractions
+from ..core import ElectrodeCAEError, volume_fractions
 from ..core.model import ConvAutoEncoder3d
 
 #: How long :meth:`shutdown` waits for a running job, in seconds.
@@ -201,8 +201,7 @@ def decode_latent(
     start, cpu_start = time.perf_counter(), time.thread_time()
     device = next(model.parameters()).device
     with torch_threads(threads), torch.inference_mode():
-        values = model.decode(torch.from_numpy(latent)[None].to(device))[0, 0]
-        labels = snap_to_phases(values.float().cpu().numpy())
+        labels = model.phase_labels(model.decode(torch.from_numpy(latent)[None].to(device)))[0]
     finished, cpu_finished = time.perf_counter(), time.thread_time()
     return DecodedVolume(
         latent=latent,

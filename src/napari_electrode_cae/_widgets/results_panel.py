@@ -38,7 +38,8 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _layers
-from ..core import WindowDataset, compare_window, reconstruct, snap_to_phases
+from ..core import WindowDataset, compare_window
+from ..core.evaluation import reconstruct_window as core_reconstruct_window
 from ..core.evaluation import WindowComparison, format_p
 from ..core.model import ConvAutoEncoder3d
 from .live_decoder import ChainedRunner, model_snapshot
@@ -99,14 +100,14 @@ def reconstruct_window(
     model: ConvAutoEncoder3d, dataset: WindowDataset, index: int
 ) -> WindowResult:
     """Reconstruct window ``index`` and compare it with the original (runs in a worker)."""
-    values = reconstruct(model, dataset[index])
+    values, labels = core_reconstruct_window(model, dataset[index])
     return WindowResult(
         dataset=dataset,
         index=int(index),
         original=np.array(dataset.view(index), dtype=np.uint8),
         values=values,
-        labels=snap_to_phases(values),
-        comparison=compare_window(model, dataset, index, reconstruction=values),
+        labels=labels,
+        comparison=compare_window(model, dataset, index, reconstruction=(values, labels)),
     )
 
 

@@ -14,7 +14,14 @@ from .errors import (
     TrainingMemoryError,
     WindowSpecError,
 )
-from .evaluation import EvaluationReport, compare_window, evaluate, mse_statistics, reconstruct
+from .evaluation import (
+    EvaluationReport,
+    compare_window,
+    evaluate,
+    fit_phase_rule,
+    mse_statistics,
+    reconstruct,
+)
 from .io import (
     describe_phase_mapping,
     infer_phase_mapping,
@@ -23,7 +30,16 @@ from .io import (
     stack_from_array,
     write_stack,
 )
-from .model import ConvAutoEncoder3d, ModelConfig, count_parameters, format_summary, layer_summary
+from .health import Health
+from .model import (
+    ConvAutoEncoder3d,
+    ModelConfig,
+    build_model,
+    count_parameters,
+    format_summary,
+    layer_summary,
+)
+from .phases import PhaseRule, PhaseScores
 from .physics import (
     PhysicsError,
     compare_metrics,

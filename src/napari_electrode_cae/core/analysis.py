@@ -33,10 +33,9 @@ import numpy as np
 from scipy import stats
 
 from .checkpoint import atomic_write_text
-from .evaluation import reconstruct
+from .evaluation import reconstruct_window
 from .model import ConvAutoEncoder3d
 from .physics import compare_metrics, microstructure_metrics
-from .stack import snap_to_phases
 from .windows import WindowDataset
 
 #: Columns of a :func:`window_metrics` row that describe the window, not its physics.
@@ -143,8 +142,7 @@ def iter_window_metrics(
         original = np.asarray(data.view(index))
         row.update(volume_metrics(original, vs, tortuosity=tortuosity, axis=axis, device=device))
         if model is not None:
-            recon_values = reconstruct(model, data[index])
-            snapped = snap_to_phases(recon_values)
+            recon_values, snapped = reconstruct_window(model, data[index])
             recon = volume_metrics(snapped, vs, tortuosity=tortuosity, axis=axis, device=device)
             row.update({RECON_PREFIX + k: v for k, v in recon.items()})
             row[RECON_PREFIX + "mse"] = float(

@@ -163,6 +163,8 @@ def load_training_state(path: str | Path) -> dict:
 #: Fields of one history row of a training checkpoint (those of training.EpochReport).
 HISTORY_FIELDS = ("epoch", "epochs", "train_mse", "val_mse", "seconds", "best_epoch",
                   "best_val_mse")
+#: Fields a history row may also have (measured since; absent from older checkpoints).
+OPTIONAL_HISTORY_FIELDS = ("val_nmse", "spread")
 
 
 def _is_int(value: object) -> bool:
@@ -192,7 +194,8 @@ def _training_state_problem(state: dict) -> str:
         return "optimiser is not an optimiser state"
     history = state["history"]
     if not isinstance(history, list) or not all(
-        isinstance(row, dict) and set(row) == set(HISTORY_FIELDS)
+        isinstance(row, dict)
+        and set(HISTORY_FIELDS) <= set(row) <= set(HISTORY_FIELDS + OPTIONAL_HISTORY_FIELDS)
         and all(_is_number(v) for v in row.values()) for row in history
     ):
         return f"history is not a list of rows with the fields {', '.join(HISTORY_FIELDS)}"

@@ -4,24 +4,35 @@
   between them (does the model over- or under-fit?).
 * For one validation window: mean and std of the original and reconstructed network values and
   the t-test from those statistics and the voxel counts (``scipy.stats.ttest_ind_from_stats``).
-* Beyond the paper: voxel accuracy after snapping the reconstruction to the nearest phase, and
-  the per-phase volume fractions of original and reconstruction, since a reconstruction can
-  match the mean while losing a whole phase (usually the thin CBD).
+* Beyond the paper, over all validation windows: NMSE, the reconstruction's spread and the
+  collapse/divergence verdict (:mod:`.health`), and, after snapping by the model's
+  :class:`~.phases.PhaseRule`, voxel accuracy, per-phase IoU and volume fractions of original
+  and reconstruction, and the triple-phase-boundary density. A reconstruction can match the
+  mean, and pass the paper's t-tests, while losing a whole phase (usually the thin CBD) or
+  being one phase everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from scipy import stats
 
+from .feeding import BatchFeeder
+from .health import Health, diagnose
 from .model import ConvAutoEncoder3d
-from .stack import snap_to_phases, volume_fractions
-from .training import window_mse
+from .phases import PhaseRule, PhaseScores, fit_thresholds
+from .physics import triple_phase_boundary_density
+from .stack import volume_fractions
+from .training import inference_batch_size, training_fractions, window_mse
 from .windows import WindowDataset
+
+#: Progress callback of long evaluations: (windows done, windows in all).
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -55,14 +66,64 @@ class WindowComparison:
 
 
 @dataclass(frozen=True)
+class PhaseEvaluation:
+    """Phase-level judgement of the reconstructions of all validation windows."""
+
+    windows: int
+    rule: str  # PhaseRule.describe()
+    val_nmse: float
+    spread: float  # std of reconstructed / original network values
+    voxel_accuracy: float
+    phase_fractions: dict  # {"original": {...}, "reconstruction": {...}}
+    phase_iou: dict
+    tpb_density_per_um2: dict  # {"original": .., "reconstruction": ..}, mean over windows
+    health: str  # "ok", "collapsed" or "diverged"
+    message: str = ""
+    advice: str = ""
+    confusion: list = field(default_factory=list)
+
+    @property
+    def collapsed(self) -> bool:
+        return self.health == "collapsed"
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
-    """Everything the Table-8 row and the run report need."""
+    """Everything the Table-8 row, the phase judgement and the run report need."""
 
     mse: MSEStats
     window: WindowComparison
+    phases: PhaseEvaluation | None = None
 
     def to_dict(self) -> dict:
-        return {"mse": asdict(self.mse), "window": asdict(self.window)}
+        out = {"mse": asdict(self.mse), "window": asdict(self.window)}
+        if self.phases is not None:
+            out["phases"] = asdict(self.phases)
+        return out
+
+    def summary(self) -> dict:
+        """The flat record of ``electrode-cae evaluate --json``: ``val_mse``, ``val_nmse``,
+        ``voxel_accuracy``, ``phase_fractions``, ``phase_iou``, ``collapsed`` and more."""
+        p = self.phases
+        return {
+            "val_mse": self.mse.val_mean,
+            "train_mse": self.mse.train_mean,
+            "val_nmse": p.val_nmse,
+            "spread": p.spread,
+            "voxel_accuracy": p.voxel_accuracy,
+            "phase_fractions": p.phase_fractions,
+            "phase_iou": p.phase_iou,
+            "tpb_density_per_um2": p.tpb_density_per_um2,
+            "collapsed": p.collapsed,
+            "diverged": p.health == "diverged",
+            "health": p.health,
+            "message": p.message,
+            "advice": p.advice,
+            "phase_rule": p.rule,
+            "n_train": self.mse.n_train,
+            "n_val": self.mse.n_val,
+            "p_value_mse": self.mse.p_value,
+        }
 
     def table8_row(self) -> dict[str, str]:
         """The paper's Table 8 columns as formatted strings."""
@@ -80,12 +141,30 @@ class EvaluationReport:
         }
 
     def to_markdown(self) -> str:
-        """The report as Markdown: the Table-8 row and the phase fractions."""
+        """The report as Markdown: the phase judgement, the Table-8 row and one window."""
         row = self.table8_row()
         w = self.window
-        lines = [
-            "# Evaluation",
-            "",
+        lines = ["# Evaluation", ""]
+        p = self.phases
+        if p is not None:
+            if p.health != "ok":
+                lines += [f"**Warning: {p.message}.** {p.advice}.", ""]
+            lines += [
+                f"All {p.windows} validation windows, phases by {p.rule}: voxel accuracy "
+                f"{p.voxel_accuracy:.1%}, NMSE {p.val_nmse:.3f}, spread {p.spread:.0%}.",
+                "",
+                "| Phase | Original | Reconstruction | IoU |",
+                "|---|---|---|---|",
+            ]
+            for phase, value in p.phase_fractions["original"].items():
+                lines.append(f"| {phase} | {value:.1%} | "
+                             f"{p.phase_fractions['reconstruction'][phase]:.1%} | "
+                             f"{p.phase_iou[phase]:.2f} |")
+            t = p.tpb_density_per_um2
+            lines += ["", f"TPB density (µm⁻²): original {t['original']:.4f}, "
+                          f"reconstruction {t['reconstruction']:.4f}.", "",
+                      "The paper's statistics (Table 8):", ""]
+        lines += [
             "| " + " | ".join(row) + " |",
             "|" + "---|" * len(row),
             "| " + " | ".join(row.values()) + " |",
@@ -131,10 +210,21 @@ def mse_statistics(train_mse: np.ndarray, val_mse: np.ndarray) -> MSEStats:
 
 @torch.inference_mode()
 def reconstruct(model: ConvAutoEncoder3d, window: torch.Tensor) -> np.ndarray:
-    """Reconstruction of one (1, l, crop, crop) window as a float32 (l, crop, crop) array."""
+    """Reconstruction of one (1, l, crop, crop) window as float32 (l, crop, crop) network
+    values (for a three-phase model, the expected value; see ``ConvAutoEncoder3d.values``)."""
+    return reconstruct_window(model, window)[0]
+
+
+@torch.inference_mode()
+def reconstruct_window(model: ConvAutoEncoder3d,
+                       window: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """One (1, l, crop, crop) window -> its reconstruction as float32 (l, crop, crop) network
+    values and uint8 (l, crop, crop) phase ids by the model's phase rule."""
     model.eval()
     device = next(model.parameters()).device
-    return model(window[None].to(device))[0, 0].float().cpu().numpy()
+    output = model(window[None].to(device))
+    values = model.values(output)[0, 0].float().cpu().numpy()
+    return values, model.phase_labels(output)[0]
 
 
 def compare_window(
@@ -145,13 +235,14 @@ def compare_window(
 ) -> WindowComparison:
     """Original vs reconstruction statistics of window ``index`` (Table 7 and phase checks).
 
-    ``reconstruction`` ((l, crop, crop) network values) skips running the model again when the
-    caller already has it.
+    ``reconstruction``: the window's (values, phase ids) from :func:`reconstruct_window`, which
+    skips running the model again when the caller already has it.
     """
     original = data[index][0].numpy().astype(np.float64)
     if reconstruction is None:
-        reconstruction = reconstruct(model, data[index])
-    recon = np.asarray(reconstruction, dtype=np.float64)
+        reconstruction = reconstruct_window(model, data[index])
+    values, snapped = reconstruction
+    recon = np.asarray(values, dtype=np.float64)
     n = original.size
     o_mean, o_std = float(original.mean()), float(original.std(ddof=1))
     r_mean, r_std = float(recon.mean()), float(recon.std(ddof=1))
@@ -161,7 +252,6 @@ def compare_window(
         p = float(stats.ttest_ind_from_stats(o_mean, o_std, n, r_mean, r_std, n,
                                              equal_var=False).pvalue)
     labels = data.view(index)
-    snapped = snap_to_phases(recon)
     return WindowComparison(
         window=int(index),
         origin=data.origin(index),
@@ -186,13 +276,15 @@ def evaluate(
     window: int | None = None,
     seed: int = 0,
     batch_size: int = 8,
+    progress: Progress | None = None,
+    diverged: bool = False,
 ) -> EvaluationReport:
-    """The paper's evaluation of a trained model.
+    """The paper's evaluation of a trained model, and the phase-level judgement.
 
     Parameters
     ----------
     model : ConvAutoEncoder3d
-        The trained auto-encoder.
+        The trained auto-encoder; its ``phase_rule`` snaps the reconstructions.
     data : WindowDataset
         The windows it was trained on.
     train_idx, val_idx : sequence of int
@@ -202,12 +294,125 @@ def evaluate(
         window (as in the paper).
     seed : int
         Seed for picking that window.
+    progress : callable, optional
+        Called as ``progress(done, total)`` with windows evaluated so far (validation first,
+        then training).
+    diverged : bool
+        The training diverged (a non-finite loss): reported as such whatever the weights do.
     """
     if len(val_idx) == 0:
         raise ValueError("evaluation needs at least one validation window")
     if window is None:
         window = int(np.random.default_rng(seed).choice(np.asarray(val_idx)))
-    mse = mse_statistics(
-        window_mse(model, data, train_idx, batch_size), window_mse(model, data, val_idx, batch_size)
+    total = len(val_idx) + len(train_idx)
+    val_mse, phases = judge_phases(
+        model, data, val_idx, batch_size,
+        progress=None if progress is None else (lambda done: progress(done, total)),
+        diverged=diverged,
     )
-    return EvaluationReport(mse, compare_window(model, data, window))
+    train_mse = window_mse(model, data, train_idx, batch_size)
+    if progress is not None:
+        progress(total, total)
+    return EvaluationReport(mse_statistics(train_mse, val_mse),
+                            compare_window(model, data, window), phases)
+
+
+@torch.inference_mode()
+def judge_phases(
+    model: ConvAutoEncoder3d,
+    data: WindowDataset,
+    indices: Sequence[int],
+    batch_size: int = 8,
+    *,
+    progress: Callable[[int], None] | None = None,
+    diverged: bool = False,
+) -> tuple[np.ndarray, PhaseEvaluation]:
+    """Per-window MSE and the :class:`PhaseEvaluation` of windows ``indices`` (one pass)."""
+    model.eval()
+    device = next(model.parameters()).device
+    indices = np.asarray(indices, dtype=np.int64)
+    chunk_size = inference_batch_size(batch_size, data.spec.window_shape())
+    feeder = BatchFeeder(data, device, mode="host")
+    voxel_um = float(np.mean([s.voxel_size_um for s in data.stacks]))
+    scores = PhaseScores()
+    mse = np.empty(len(indices))
+    moments = np.zeros(4)  # sums of x, x², y, y²
+    tpb = np.zeros(2)
+    for start in range(0, len(indices), chunk_size):
+        chunk = indices[start : start + chunk_size]
+        x = feeder(chunk)
+        output = model(x)
+        y = model.values(output).float()
+        mse[start : start + len(chunk)] = (y - x).pow(2).flatten(1).mean(1).double().cpu().numpy()
+        xd, yd = x.double(), y.double()
+        moments += [float(xd.sum()), float(xd.square().sum()), float(yd.sum()),
+                    float(yd.square().sum())]
+        labels = model.phase_labels(output)
+        for k, i in enumerate(chunk):
+            original = data.view(int(i))
+            scores.add(original, labels[k])
+            tpb += [triple_phase_boundary_density(original, voxel_um),
+                    triple_phase_boundary_density(labels[k], voxel_um)]
+        if progress is not None:
+            progress(start + len(chunk))
+    n = max(scores.voxels, 1)
+    var_x = max(moments[1] / n - (moments[0] / n) ** 2, 0.0)
+    var_y = max(moments[3] / n - (moments[2] / n) ** 2, 0.0)
+    nmse = float(mse.mean()) / var_x if var_x > 0 else math.nan
+    spread = math.sqrt(var_y / var_x) if var_x > 0 and math.isfinite(var_y) else math.nan
+    health: Health = diagnose(nmse, spread, finite=not diverged and bool(np.all(np.isfinite(mse))))
+    summary = scores.to_dict()
+    return mse, PhaseEvaluation(
+        windows=len(indices),
+        rule=model.phase_rule.describe(),
+        val_nmse=nmse,
+        spread=spread,
+        voxel_accuracy=summary["voxel_accuracy"],
+        phase_fractions=summary["phase_fractions"],
+        phase_iou=summary["phase_iou"],
+        tpb_density_per_um2={"original": float(tpb[0] / max(len(indices), 1)),
+                             "reconstruction": float(tpb[1] / max(len(indices), 1))},
+        health=health.state,
+        message=health.message,
+        advice=health.advice,
+        confusion=summary["confusion"],
+    )
+
+
+@torch.inference_mode()
+def fit_phase_rule(
+    model: ConvAutoEncoder3d,
+    data: WindowDataset,
+    train_idx: Sequence[int],
+    rule: str = "fitted",
+    *,
+    max_windows: int = 256,
+    batch_size: int = 8,
+) -> PhaseRule:
+    """The phase rule of a trained model; also sets ``model.phase_rule``.
+
+    ``rule``: ``"fitted"`` fits thresholds on the reconstructions of (an evenly spaced subset
+    of at most ``max_windows``) training windows so that their phase fractions match the
+    training data's; ``"nearest"`` is the paper's rule. Three-phase models always use
+    ``"argmax"``. A model whose outputs are not finite keeps the nearest rule.
+    """
+    if model.config.output == "phases":
+        model.phase_rule = PhaseRule("argmax")
+        return model.phase_rule
+    if rule != "fitted":
+        model.phase_rule = PhaseRule(rule)
+        return model.phase_rule
+    idx = np.asarray(train_idx, dtype=np.int64)
+    if len(idx) > max_windows:
+        idx = idx[np.linspace(0, len(idx) - 1, max_windows).astype(np.int64)]
+    model.eval()
+    device = next(model.parameters()).device
+    chunk_size = inference_batch_size(batch_size, data.spec.window_shape())
+    values = [model.values(model(data.batch(idx[s : s + chunk_size]).to(device))).float().cpu()
+              for s in range(0, len(idx), chunk_size)]
+    flat = torch.cat(values).numpy() if values else np.zeros(0, np.float32)
+    if flat.size == 0 or not np.all(np.isfinite(flat)):
+        model.phase_rule = PhaseRule("nearest")
+    else:
+        model.phase_rule = fit_thresholds(flat, training_fractions(data, idx, max_windows))
+    return model.phase_rule

@@ -9,22 +9,46 @@ decoder 1,562,609 parameters); with l = 4 it is Table 4.
 
 Channels: 8, 16 for the first two convolutions as in the paper, doubling for each further layer,
 and the last (depth-folding) convolution keeps its input's channels.
+
+Options beyond the paper (``ModelConfig``), both off in the paper's model:
+
+* ``norm="batch"`` or ``"group"``: a normalisation layer after every convolution but the
+  decoder's last (the paper's section 4 proposes it; on a realistic electrode it keeps a larger
+  learning rate from collapsing the model to the mean). Weights of normalised models start from
+  He (Kaiming) initialisation, suited to ReLU.
+* ``output="phases"``: the decoder ends in three channels, one logit per phase (pore, CBD,
+  active), trained with cross-entropy and snapped by argmax, instead of the paper's one
+  network value (pore -1, CBD 0, active +1) trained with MSE. Encoder and latent size stay the
+  paper's, so latent features mean the same kind of thing.
+
+The paper's model runs through the CPU kernels of :mod:`.folded_conv` and
+:mod:`.few_rows_linear`; a model with an option runs the plain modules.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import ModelConfigError
 from .few_rows_linear import linear
 from .folded_conv import conv_stride2, conv_transpose_stride2
+from .phases import PhaseRule
 
 CONV_LAYER_CHOICES = (3, 4, 5)
 #: Memory layouts of the folded path (``ConvAutoEncoder3d.layout``); "auto" picks by device.
 LAYOUT_CHOICES = ("auto", "channels_last", "contiguous")
+#: Normalisation after each convolution: none (the paper), BatchNorm3d or GroupNorm.
+NORM_CHOICES = ("none", "batch", "group")
+#: What the decoder outputs: "value" (the paper: one channel of network values, MSE) or
+#: "phases" (three channels of phase logits, cross-entropy, argmax).
+OUTPUT_CHOICES = ("value", "phases")
+#: Groups of a GroupNorm layer (fewer when a layer has fewer channels).
+GROUPS = 4
 
 
 def _check_layout(layout: str) -> None:
@@ -51,9 +75,21 @@ class ModelConfig:
     conv_layers: int = 3
     hidden: int = 128
     latent_dim: int = 10
+    norm: str = "none"
+    output: str = "value"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def is_paper(self) -> bool:
+        """True for the paper's architecture (no normalisation, one output channel)."""
+        return self.norm == "none" and self.output == "value"
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the decoder's output: 1 network value or 3 phase logits."""
+        return 3 if self.output == "phases" else 1
 
 
 def conv_channels(conv_layers: int) -> list[int]:
@@ -76,6 +112,10 @@ def validate_model_config(config: ModelConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ModelConfigError(f"model {name} must be a positive integer, got {value!r}")
+    if config.norm not in NORM_CHOICES:
+        raise ModelConfigError(f"norm must be one of {NORM_CHOICES}, got {config.norm!r}")
+    if config.output not in OUTPUT_CHOICES:
+        raise ModelConfigError(f"output must be one of {OUTPUT_CHOICES}, got {config.output!r}")
     if config.conv_layers not in CONV_LAYER_CHOICES:
         raise ModelConfigError(
             f"conv_layers must be one of {CONV_LAYER_CHOICES} (Table 2), got {config.conv_layers}"
@@ -88,6 +128,13 @@ def validate_model_config(config: ModelConfig) -> None:
             f"crop {config.crop} is too small for {config.conv_layers} conv layers "
             f"(needs at least {minimum})"
         )
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The normalisation layer of ``kind`` (see :data:`NORM_CHOICES`) for ``channels``."""
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    return nn.GroupNorm(math.gcd(GROUPS, channels), channels)
 
 
 class ConvAutoEncoder3d(nn.Module):
@@ -105,6 +152,10 @@ class ConvAutoEncoder3d(nn.Module):
         Neurons of the fully connected hidden layer (128 or 1000 in the paper).
     latent_dim : int
         Number of latent features (10 in the paper).
+    norm : {"none", "batch", "group"}
+        Normalisation after each convolution (not in the paper).
+    output : {"value", "phases"}
+        One channel of network values (the paper) or three phase logits.
     """
 
     def __init__(
@@ -114,9 +165,12 @@ class ConvAutoEncoder3d(nn.Module):
         conv_layers: int = 3,
         hidden: int = 128,
         latent_dim: int = 10,
+        norm: str = "none",
+        output: str = "value",
     ) -> None:
         super().__init__()
-        self.config = ModelConfig(window_length, crop, conv_layers, hidden, latent_dim)
+        self.config = ModelConfig(window_length, crop, conv_layers, hidden, latent_dim, norm,
+                                  output)
         validate_model_config(self.config)
         channels = conv_channels(conv_layers)
         sizes = in_plane_sizes(crop, conv_layers)
@@ -124,20 +178,21 @@ class ConvAutoEncoder3d(nn.Module):
         flat = channels[-1] * sizes[-1] * sizes[-1]
 
         encoder: list[nn.Module] = []
-        decoder_convs: list[nn.Module] = []
+        decoder_convs: list[nn.Module] = []  # first decoder layer last
         in_ch = 1
         for i, out_ch in enumerate(channels):
             depth = window_length if i == conv_layers - 1 else 1
-            encoder += [
-                nn.Conv3d(in_ch, out_ch, kernel_size=(depth, 3, 3), stride=(1, 2, 2)),
-                nn.ReLU(),
-            ]
-            # The matching transposed convolution restores this layer's input size exactly.
+            encoder.append(nn.Conv3d(in_ch, out_ch, kernel_size=(depth, 3, 3), stride=(1, 2, 2)))
+            if norm != "none":
+                encoder.append(norm_layer(norm, out_ch))
+            encoder.append(nn.ReLU())
+            # The matching transposed convolution restores this layer's input size exactly;
+            # the decoder's last one gives the output channels.
             pad = sizes[i] - (2 * (sizes[i + 1] - 1) + 3)
             decoder_convs.append(
                 nn.ConvTranspose3d(
-                    out_ch, in_ch, kernel_size=(depth, 3, 3), stride=(1, 2, 2),
-                    output_padding=(0, pad, pad),
+                    out_ch, self.config.output_channels if i == 0 else in_ch,
+                    kernel_size=(depth, 3, 3), stride=(1, 2, 2), output_padding=(0, pad, pad),
                 )
             )
             in_ch = out_ch
@@ -157,19 +212,39 @@ class ConvAutoEncoder3d(nn.Module):
         for j, conv in enumerate(reversed(decoder_convs)):
             decoder.append(conv)
             if j < len(decoder_convs) - 1:
+                if norm != "none":
+                    decoder.append(norm_layer(norm, conv.out_channels))
                 decoder.append(nn.ReLU())
         self.encoder = nn.Sequential(*encoder)
         self.decoder = nn.Sequential(*decoder)
+        if norm != "none":
+            self.apply(_he_init)
+        #: How this model's output becomes phase ids (:class:`~.phases.PhaseRule`): argmax
+        #: for phase logits; for network values the paper's nearest value until thresholds are
+        #: fitted on the training windows (``core.evaluation.fit_phase_rule``). Saved with
+        #: the run.
+        self.phase_rule = PhaseRule("argmax" if output == "phases" else "nearest")
         #: Run the convolutions through :mod:`.folded_conv` (the (1, 3, 3) layers as 2D
         #: convolutions over the slices of all windows) and the Linear layers through
         #: :mod:`.few_rows_linear` (same parameters, same function, faster); False runs the
-        #: plain modules.
-        self.fold_depth = True
+        #: plain modules. Only the paper's architecture has routed kernels: a model with
+        #: options always runs the plain modules.
+        self.fold_depth = self.config.is_paper
         #: Memory layout of the folded path, one of :data:`LAYOUT_CHOICES`:
         #: "channels_last": NHWC in-plane layers, the depth-folding layers as 3D convolutions
         #: in NDHWC (no copy between them); "contiguous": NCHW, the depth-folding layers as 2D
         #: convolutions over l·C channels; "auto": :func:`resolve_layout`.
         self.layout = "auto"
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> ConvAutoEncoder3d:
+        """The model described by ``config`` (freshly initialised)."""
+        return cls(**config.to_dict())
+
+    @property
+    def routed(self) -> bool:
+        """True when forward passes take the routed kernels (see :attr:`fold_depth`)."""
+        return self.fold_depth and self.config.is_paper
 
     @property
     def layout(self) -> str:
@@ -194,7 +269,7 @@ class ConvAutoEncoder3d(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, l, crop, crop) windows -> (N, latent_dim) latent features."""
-        if not self.fold_depth:
+        if not self.routed:
             return self.encoder(x)
         convs = [m for m in self.encoder if isinstance(m, nn.Conv3d)]
         n, _, depth, height, width = x.shape
@@ -221,8 +296,9 @@ class ConvAutoEncoder3d(nn.Module):
         return z.contiguous()  # FewRowsLinear's result is column-major
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, latent_dim) latent features -> (N, 1, l, crop, crop) network values."""
-        if not self.fold_depth:
+        """(N, latent_dim) latent features -> (N, C, l, crop, crop) raw output: network values
+        (C = 1) or phase logits (C = 3, ``output="phases"``); see :meth:`values`."""
+        if not self.routed:
             return self.decoder(z)
         h = _run(self.decoder[:4], z)  # Linear, ReLU, Linear, ReLU
         channels, _, size, _ = self.bottleneck_shape
@@ -252,6 +328,35 @@ class ConvAutoEncoder3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def values(self, output: torch.Tensor) -> torch.Tensor:
+        """Raw output (N, C, l, H, W) -> (N, 1, l, H, W) network values (pore -1, CBD 0,
+        active +1): the output itself, or for phase logits the expected value under their
+        softmax, so that MSE and continuous views mean the same for both kinds."""
+        if self.config.output == "value":
+            return output
+        probabilities = torch.softmax(output.float(), dim=1)
+        return (probabilities[:, 2:3] - probabilities[:, 0:1]).to(output.dtype)
+
+
+    def phase_labels(self, output: torch.Tensor) -> np.ndarray:
+        """Raw output (N, C, l, H, W) -> (N, l, H, W) uint8 phase ids by :attr:`phase_rule`."""
+        array = output.detach().float().cpu().numpy()
+        return np.stack([self.phase_rule.labels(item) for item in array]) if len(array) else (
+            np.zeros((0, *array.shape[2:]), dtype=np.uint8))
+
+
+def build_model(config: ModelConfig) -> ConvAutoEncoder3d:
+    """The one way to build a model from a config: ``ConvAutoEncoder3d.from_config``."""
+    return ConvAutoEncoder3d.from_config(config)
+
+
+def _he_init(module: nn.Module) -> None:
+    """He (Kaiming) normal initialisation for layers followed by ReLU; zero biases."""
+    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d, nn.Linear)):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _run(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,10 @@
 Layout::
 
     RUN_DIR/
-      config.json     model, window, training settings, stacks (source, mapping, tag), split
+      config.json     model, window, training settings, stacks (source, mapping, tag), split,
+                      phase rule (how the output becomes phases), health (ok/collapsed/diverged)
       weights.pt      best-validation weights (torch, loaded with weights_only=True)
-      history.csv     epoch, train_mse, val_mse, seconds, best_val_mse
+      history.csv     epoch, train_mse, val_mse, seconds, best_val_mse, val_nmse, spread
       latents.csv     one row per window: index, split, stack, tag, z, y, x, z1..zk
       report.json     evaluation (Tables 6-8 and phase checks), once evaluated
       report.md       the same as Markdown
@@ -20,7 +21,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,17 @@ import torch
 from .checkpoint import atomic_write_text, load_state_dict, save_state_dict
 from .errors import ElectrodeCAEError, RunFolderError
 from .evaluation import EvaluationReport
-from .model import ConvAutoEncoder3d, ModelConfig
+from .model import ConvAutoEncoder3d, ModelConfig, build_model
+from .phases import PhaseRule
 from .stack import ElectrodeStack
 from .training import EpochReport, TrainConfig, inference_batch_size
-from .windows import WindowDataset, WindowSpec
+from .windows import WindowDataset, WindowSpec, resolve_split
+from .health import Health
 
 RUN_FORMAT = "napari-electrode-cae run"
 RUN_VERSION = 1
-HISTORY_FIELDS = ("epoch", "train_mse", "val_mse", "seconds", "best_val_mse")
+HISTORY_FIELDS = ("epoch", "train_mse", "val_mse", "seconds", "best_val_mse", "val_nmse",
+                  "spread")
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Run:
     val_idx: np.ndarray
     history: list[dict] = field(default_factory=list)
     report: dict | None = None
+    health: dict = field(default_factory=lambda: {"state": "ok"})
 
     def load_dataset(self) -> WindowDataset:
         """Re-read the run's stacks (with their saved phase mappings) as a WindowDataset."""
@@ -122,6 +127,7 @@ def save_run(
     report: EvaluationReport | None = None,
     *,
     latents: bool = True,
+    health: Health | None = None,
 ) -> Path:
     """Write a complete run folder (see the module docstring) and return its path."""
     run_dir = Path(run_dir)
@@ -139,7 +145,10 @@ def save_run(
         "split": {
             "train": [int(i) for i in train_idx],
             "val": [int(i) for i in val_idx],
+            "mode": resolve_split(train_config.split, data.spec),
         },
+        "phase_rule": model.phase_rule.to_dict(),
+        "health": asdict(health) if health is not None else {"state": "ok"},
     }
     save_state_dict(model.state_dict(), run_dir / "weights.pt")
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1))
@@ -157,7 +166,8 @@ def write_history(path: Path, history: Sequence[EpochReport]) -> None:
     writer.writerow(HISTORY_FIELDS)
     for r in history:
         writer.writerow([r.epoch, f"{r.train_mse:.8g}", f"{r.val_mse:.8g}",
-                         f"{r.seconds:.4f}", f"{r.best_val_mse:.8g}"])
+                         f"{r.seconds:.4f}", f"{r.best_val_mse:.8g}", f"{r.val_nmse:.6g}",
+                         f"{r.spread:.6g}"])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -240,7 +250,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         raise RunFolderError(f"{run_dir / 'config.json'} is not a napari-electrode-cae run config")
     try:
         model_config = ModelConfig(**config["model"])
-        model = ConvAutoEncoder3d(**model_config.to_dict())
+        model = build_model(model_config)
+        model.phase_rule = PhaseRule.from_dict(config.get("phase_rule"))
         window = WindowSpec(**config["window"])
         train_config = TrainConfig(**config["train"])
         stacks = list(config["stacks"])
@@ -260,7 +271,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     history = read_history(run_dir / "history.csv")
     report_path = run_dir / "report.json"
     report = _read_json(report_path) if report_path.exists() else None
-    return Run(run_dir, model, window, train_config, stacks, train_idx, val_idx, history, report)
+    return Run(run_dir, model, window, train_config, stacks, train_idx, val_idx, history, report,
+               dict(config.get("health") or {"state": "ok"}))
 
 
 def check_weights_match(model: ConvAutoEncoder3d, state: dict, path: Path) -> None:
@@ -298,6 +310,7 @@ def read_history(path: Path) -> list[dict]:
         return []
     with path.open(newline="", encoding="utf-8") as handle:
         return [
-            {"epoch": int(row["epoch"]), **{k: float(row[k]) for k in HISTORY_FIELDS[1:]}}
+            {"epoch": int(row["epoch"]),
+             **{k: float(row[k]) for k in HISTORY_FIELDS[1:] if row.get(k) not in (None, "")}}
             for row in csv.DictReader(handle)
         ]

@@ -58,16 +58,23 @@ class TrainingStep:
         The full batch size: only batches of this size are replayed from the graph.
     use_graph : bool, optional
         Default :data:`USE_CUDA_GRAPHS` on CUDA, never elsewhere.
+    loss : callable, optional
+        ``(output, x) -> (objective, mse)`` (:func:`.losses.make_loss`); the step minimises
+        the objective and returns the MSE. Default: the paper's MSE.
+    grad_clip : float
+        Clip the gradients' total norm to this before each step; 0 does not clip.
     """
 
     def __init__(self, model: nn.Module, optimiser, device: torch.device, precision: str,
-                 batch_size: int, use_graph: bool | None = None) -> None:
+                 batch_size: int, use_graph: bool | None = None, loss=None,
+                 grad_clip: float = 0.0) -> None:
         self.model, self.optimiser = model, optimiser
         self.device, self.precision, self.batch_size = device, precision, batch_size
         if use_graph is None:
             use_graph = USE_CUDA_GRAPHS
         self.use_graph = bool(use_graph) and device.type == "cuda"
-        self.loss_fn = nn.MSELoss()
+        self.loss = loss if loss is not None else _mse
+        self.grad_clip = float(grad_clip)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_error: str | None = None
         self._warm = 0
@@ -124,10 +131,15 @@ class TrainingStep:
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
         self.optimiser.zero_grad(set_to_none=True)
         with autocast_for(self.device, self.precision):
-            loss = self.loss_fn(self.model(x).float(), x)
-        loss.backward()
+            objective, mse = self.loss(self.model(x), x)
+        objective.backward()
+        self._clip()
         self.optimiser.step()
-        return loss.detach()
+        return mse.detach()
+
+    def _clip(self) -> None:
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
 
     def _record(self, x: torch.Tensor) -> None:
         """Record one step on ``self._static_x`` (recording runs nothing; replay does)."""
@@ -139,8 +151,9 @@ class TrainingStep:
         # invalidate the recording
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             with autocast_for(self.device, self.precision, cache=False):
-                loss = self.loss_fn(self.model(self._static_x).float(), self._static_x)
-            loss.backward()
+                objective, loss = self.loss(self.model(self._static_x), self._static_x)
+            objective.backward()
+            self._clip()
             self.optimiser.step()
         # detached: it shares the replayed memory, but does not keep the recorded autograd
         # graph (and its AccumulateGrad nodes, bound to the recording stream) alive for the
@@ -154,3 +167,9 @@ class TrainingStep:
     def release(self) -> None:
         """Drop the graph and its memory pool."""
         self.graph = self._static_x = self._static_loss = None
+
+
+def _mse(output: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's loss: MSE of the network values, as (objective, mse)."""
+    loss = nn.functional.mse_loss(output.float(), x)
+    return loss, loss.detach()

@@ -1,5 +1,11 @@
 """Training loop of the auto-encoder as a generator (Adam + MSE, best-validation weights kept).
 
+Beyond the paper (all off in its preset): a learning-rate warm-up and cosine decay, gradient
+clipping, a bounded number of windows sampled per epoch, and cross-entropy for three-phase
+models (:mod:`.losses`). Every epoch measures the validation NMSE and the reconstruction's
+spread, and a model that collapses to the mean or diverges is said so (:mod:`.health`); a
+non-finite loss stops training.
+
 ``train`` yields an :class:`EpochReport` after every epoch (and, with ``yield_batches=True``, a
 :class:`BatchReport` after every batch, so a GUI worker can stop between batches) and returns a
 :class:`TrainResult`. Closing the generator stops training at the next yield; the model then
@@ -25,15 +31,20 @@ from .allocator import reuse_freed_memory
 from .checkpoint import load_training_state, save_state_dict, save_training_state
 from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
 from .feeding import BatchFeeder
+from .health import Health, diagnose
+from .losses import PHASE_LOSS_CHOICES, make_loss
 from .model import ConvAutoEncoder3d
+from .stack import volume_fractions
 from .train_step import TrainingStep
-from .windows import SPLIT_MODES, WindowDataset, split
+from .windows import SPLIT_MODES, WindowDataset, resolve_split, split
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 #: "fp32": plain float32 (the paper's numerics). "bf16": mixed precision, the convolutions and
 #: linear layers in bfloat16 under ``torch.autocast`` with float32 weights, optimiser and loss
 #: (no loss scaling needed: bfloat16 has float32's exponent range). Meant for GPUs.
 PRECISION_CHOICES = ("fp32", "bf16")
+#: Learning-rate schedules after the warm-up: constant (the paper) or cosine decay to 0.
+SCHEDULE_CHOICES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -52,14 +63,27 @@ class TrainConfig:
         Fraction of windows held out for validation.
     seed : int
         Seeds the split, the shuffling and (via :func:`seed_everything`) the initial weights.
-    split : {"random", "blocked"}
-        Split mode, see :func:`napari_electrode_cae.core.windows.split`.
+    split : {"auto", "random", "blocked"}
+        Split mode, see :func:`napari_electrode_cae.core.windows.split`; ``"auto"`` is
+        blocked when windows overlap along Z (stride < length), else random.
     device : {"auto", "cpu", "cuda", "mps"}
         ``"auto"`` picks CUDA, then MPS, then the CPU.
     precision : {"fp32", "bf16"}
         ``"bf16"``: mixed precision for the training steps (see :data:`PRECISION_CHOICES`);
         validation always runs in float32. Pays on GPUs with bfloat16 units; on most CPUs it
         is slower than fp32.
+    windows_per_epoch : int
+        Training windows sampled (without replacement, seeded) for each epoch; 0 uses all of
+        them every epoch (the paper). Bounds an epoch's time on large stacks.
+    warmup_epochs : int
+        Epochs over which the learning rate rises linearly from ``lr / 10`` to ``lr``.
+    schedule : {"constant", "cosine"}
+        After the warm-up the rate stays (the paper) or decays along a cosine to 0 at the end.
+    grad_clip : float
+        Largest gradient norm (clipped to it before each step); 0 switches clipping off.
+    phase_loss : {"ce", "weighted_ce", "ce_dice"}
+        Loss of three-phase models (:data:`.losses.PHASE_LOSS_CHOICES`); one-channel models
+        always use MSE.
     """
 
     epochs: int = 5
@@ -67,9 +91,14 @@ class TrainConfig:
     lr: float = 1e-4
     val_fraction: float = 0.15
     seed: int = 0
-    split: str = "random"
+    split: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
+    windows_per_epoch: int = 0
+    warmup_epochs: int = 0
+    schedule: str = "constant"
+    grad_clip: float = 0.0
+    phase_loss: str = "ce"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -82,6 +111,19 @@ class TrainConfig:
             raise TrainConfigError(
                 f"validation fraction must be between 0 and 1, got {self.val_fraction!r}"
             )
+        for name in ("windows_per_epoch", "warmup_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TrainConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if not (isinstance(self.grad_clip, (int, float)) and math.isfinite(self.grad_clip)
+                and self.grad_clip >= 0):
+            raise TrainConfigError(f"grad_clip must be 0 (off) or positive, got {self.grad_clip!r}")
+        if self.schedule not in SCHEDULE_CHOICES:
+            raise TrainConfigError(
+                f"schedule must be one of {SCHEDULE_CHOICES}, got {self.schedule!r}")
+        if self.phase_loss not in PHASE_LOSS_CHOICES:
+            raise TrainConfigError(
+                f"phase_loss must be one of {PHASE_LOSS_CHOICES}, got {self.phase_loss!r}")
         if self.split not in SPLIT_MODES:
             raise TrainConfigError(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
         if self.device not in DEVICE_CHOICES:
@@ -93,6 +135,26 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def is_paper_schedule(self) -> bool:
+        """True without warm-up, decay or clipping (a plain Adam step, as in the paper)."""
+        return self.warmup_epochs == 0 and self.schedule == "constant" and self.grad_clip == 0
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Multiplier of ``config.lr`` for optimiser step ``step`` (0-based).
+
+    Linear warm-up from 0.1 to 1 over ``config.warmup_epochs``, then 1 (``"constant"``) or a
+    cosine from 1 down to 0 at the last step (``"cosine"``).
+    """
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return 0.1 + 0.9 * step / warmup
+    if config.schedule == "constant":
+        return 1.0
+    total = max(config.epochs * steps_per_epoch - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
 
 
 @dataclass(frozen=True)
@@ -117,7 +179,12 @@ class BatchReport:
 
 @dataclass(frozen=True)
 class EpochReport:
-    """Result of one epoch. MSEs are voxel means of network values (pore -1, CBD 0, active 1)."""
+    """Result of one epoch. MSEs are voxel means of network values (pore -1, CBD 0, active 1).
+
+    ``val_nmse`` is the validation MSE over the validation windows' variance and ``spread``
+    the reconstruction's standard deviation over the original's (see :mod:`.health`); both
+    NaN in histories written before they were measured.
+    """
 
     epoch: int  # 1-based
     epochs: int
@@ -126,10 +193,22 @@ class EpochReport:
     seconds: float
     best_epoch: int
     best_val_mse: float
+    val_nmse: float = math.nan
+    spread: float = math.nan
 
     @property
     def is_best(self) -> bool:
         return self.epoch == self.best_epoch
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.train_mse) and math.isfinite(self.val_mse)
+
+    def health(self, config: TrainConfig | None = None) -> Health:
+        """The :class:`~.health.Health` of the model after this epoch."""
+        return diagnose(self.val_nmse, self.spread, finite=self.finite,
+                        lr=None if config is None else config.lr,
+                        epochs=None if config is None else config.epochs)
 
 
 @dataclass
@@ -144,6 +223,11 @@ class TrainResult:
     device: str
     stopped: bool = False
     extras: dict = field(default_factory=dict)
+    health: Health = field(default_factory=lambda: Health("ok"))
+
+    @property
+    def diverged(self) -> bool:
+        return self.health.state == "diverged"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -303,7 +387,8 @@ def train(
     sum_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     model.to(device)
     optimiser = make_optimiser(model, config.lr)
-    n_batches = math.ceil(len(train_idx) / config.batch_size)
+    per_epoch = windows_per_epoch(len(train_idx), config)
+    n_batches = math.ceil(per_epoch / config.batch_size)
     history: list[EpochReport] = []
     best_state = copy.deepcopy(model.state_dict())
     best_val, best_epoch = math.inf, 0
@@ -329,6 +414,7 @@ def train(
         history = [EpochReport(**row) for row in saved["history"]]
         first_epoch = saved["epoch"] + 1
     finished = False
+    health = Health("ok")
     stage = "training"
     resources = contextlib.ExitStack()  # closed in the finally below, last in first out
     resources.enter_context(reuse_freed_memory())
@@ -336,38 +422,53 @@ def train(
     try:
         feeder = BatchFeeder(data, device)
         resources.callback(feeder.release)
-        step = TrainingStep(model, optimiser, device, config.precision, config.batch_size)
+        fractions = None
+        if model.config.output == "phases" and config.phase_loss == "weighted_ce":
+            fractions = training_fractions(data, train_idx)
+        # a schedule changes the rate between steps, which a recorded CUDA graph would not see
+        step = TrainingStep(model, optimiser, device, config.precision, config.batch_size,
+                            use_graph=None if config.is_paper_schedule else False,
+                            loss=make_loss(model, config.phase_loss, fractions),
+                            grad_clip=config.grad_clip)
         resources.callback(step.release)
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             model.train()
             # one generator per epoch, so a resumed run shuffles exactly like an unbroken one
-            order = np.random.default_rng((config.seed, epoch)).permutation(train_idx)
+            order = np.random.default_rng((config.seed, epoch)).permutation(train_idx)[:per_epoch]
             # summed on the device in float64: a GPU is not made to wait for every batch's loss
             # (only a GUI asking for each batch's loss reads it), and on the CPU the sum is the
             # same as Python's float sum
             total = torch.zeros((), dtype=torch.float64, device=sum_device)
             for b in range(n_batches):
+                if not config.is_paper_schedule:
+                    set_lr(optimiser, config.lr
+                           * lr_factor((epoch - 1) * n_batches + b, n_batches, config))
                 batch_idx = order[b * config.batch_size : (b + 1) * config.batch_size]
                 loss = step(feeder(batch_idx))
                 total += loss.to(sum_device, torch.float64) * len(batch_idx)
                 if yield_batches:
                     yield BatchReport(epoch, b + 1, n_batches, loss)
-            train_mse = float(total) / len(train_idx)
+            train_mse = float(total) / len(order)
             stage = "validation"
-            val_mse = float(np.mean(window_mse(model, data, val_idx, config.batch_size,
-                                               feeder=feeder)))
+            checked = validate(model, data, val_idx, config.batch_size, feeder=feeder)
             stage = "training"
-            if val_mse < best_val:
+            val_mse = checked.mse
+            finite = math.isfinite(train_mse) and math.isfinite(val_mse)
+            if finite and val_mse < best_val:
                 best_val, best_epoch = val_mse, epoch
                 best_state = copy.deepcopy(model.state_dict())
                 if checkpoint_dir is not None:
                     save_state_dict(best_state, checkpoint_dir / "best.pt")
             report = EpochReport(
                 epoch, config.epochs, train_mse, val_mse,
-                time.perf_counter() - start, best_epoch, best_val,
+                time.perf_counter() - start, best_epoch, best_val, checked.nmse, checked.spread,
             )
             history.append(report)
+            if not finite:  # nothing more to learn from a NaN: stop, keep the best weights
+                health = report.health(config)
+                yield report
+                break
             if checkpoint_dir is not None:
                 save_training_state(checkpoint_dir / "last.pt", {
                     "epoch": epoch,
@@ -379,7 +480,7 @@ def train(
                     "history": [asdict(r) for r in history],
                 })
             yield report
-        finished = True
+        finished = health.state != "diverged"
     except (torch.OutOfMemoryError, MemoryError) as exc:
         # without its traceback, whose frames would keep the failed batch's tensors alive
         raise TrainingMemoryError(
@@ -389,9 +490,123 @@ def train(
         resources.close()
         model.load_state_dict(best_state)
         model.eval()
+    if health.ok and best_epoch:
+        health = history_health(history, config)
     return TrainResult(
-        history, best_epoch, best_val, train_idx, val_idx, str(device), stopped=not finished
+        history, best_epoch, best_val, train_idx, val_idx, str(device), stopped=not finished,
+        health=health,
     )
+
+
+def history_health(history: Sequence[EpochReport], config: TrainConfig | None = None) -> Health:
+    """The health of a run's best weights: its best epoch's, or diverged if the last epoch's
+    loss was not finite."""
+    if not history:
+        return Health("ok")
+    if not history[-1].finite:
+        return history[-1].health(config)
+    best = min((r for r in history if r.finite), key=lambda r: r.val_mse, default=history[-1])
+    return best.health(config)
+
+
+def windows_per_epoch(n_train: int, config: TrainConfig) -> int:
+    """Training windows one epoch visits: all, or ``config.windows_per_epoch`` if fewer."""
+    if config.windows_per_epoch:
+        return min(n_train, config.windows_per_epoch)
+    return n_train
+
+
+def set_lr(optimiser, lr: float) -> None:
+    """Set the learning rate of every parameter group of ``optimiser``."""
+    for group in optimiser.param_groups:
+        group["lr"] = lr
+
+
+def training_fractions(data: WindowDataset, train_idx: Sequence[int],
+                       max_windows: int = 256) -> dict[str, float]:
+    """Phase fractions of (an evenly spaced subset of at most ``max_windows`` of) the training
+    windows."""
+    idx = np.asarray(train_idx)
+    if len(idx) > max_windows:
+        idx = idx[np.linspace(0, len(idx) - 1, max_windows).astype(np.int64)]
+    counts = np.zeros(3)
+    for i in idx:
+        f = volume_fractions(data.view(int(i)))
+        counts += [f["pore"], f["cbd"], f["active"]]
+    counts /= max(len(idx), 1)
+    return {"pore": float(counts[0]), "cbd": float(counts[1]), "active": float(counts[2])}
+
+
+class TimeEstimate:
+    """Estimated training time, from the first batches and then from finished epochs.
+
+    Feed it :meth:`batch_done` after every batch and :meth:`epoch_done` after every epoch;
+    :meth:`batch_done` returns True once, when an estimate from the first batches is ready
+    (after :data:`ESTIMATE_BATCHES` batches past the first, which warms up). Validation is
+    estimated as a forward pass, a third of a training step per window.
+    """
+
+    ESTIMATE_BATCHES = 5
+
+    def __init__(self, batches: int, epochs: int, val_windows: int, batch_size: int) -> None:
+        self.batches, self.epochs = batches, epochs
+        self.val_batches = math.ceil(val_windows / batch_size)
+        self._count = 0
+        self._start = 0.0
+        self._epoch_seconds: list[float] = []
+        self._skipped = 0
+        self.seconds_per_batch = math.nan
+
+    def skip_epochs(self, n: int) -> None:
+        """Epochs already done before this estimate started (a resumed run)."""
+        self._skipped = n
+
+    def batch_done(self) -> bool:
+        self._count += 1
+        if self._count == 1:
+            self._start = time.perf_counter()
+            return False
+        if self._count == 1 + self.ESTIMATE_BATCHES or (
+                self._count == self.batches and self._count > 1 and math.isnan(
+                    self.seconds_per_batch)):
+            self.seconds_per_batch = (time.perf_counter() - self._start) / (self._count - 1)
+            return True
+        return False
+
+    def epoch_done(self, seconds: float) -> None:
+        self._epoch_seconds.append(seconds)
+
+    @property
+    def epoch_seconds(self) -> float:
+        """Seconds of one epoch: measured once one has finished, else estimated."""
+        if self._epoch_seconds:
+            return float(np.median(self._epoch_seconds))
+        return self.seconds_per_batch * (self.batches + self.val_batches / 3)
+
+    @property
+    def total_seconds(self) -> float:
+        return self.epoch_seconds * (self.epochs - self._skipped)
+
+    @property
+    def remaining_seconds(self) -> float:
+        return self.epoch_seconds * (self.epochs - self._skipped - len(self._epoch_seconds))
+
+    def describe(self) -> str:
+        """E.g. ``"about 4 min 10 s (8.3 s per epoch, 30 epochs)"``."""
+        return (f"about {format_duration(self.total_seconds)} "
+                f"({self.epoch_seconds:.1f} s per epoch, {self.epochs - self._skipped} epochs)")
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"4 min 10 s"`` or ``"2 h 5 min"``."""
+    if not math.isfinite(seconds):
+        return "unknown"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def out_of_memory_message(
@@ -463,16 +678,35 @@ def inference_batch_size(batch_size: int, window_shape: Sequence[int]) -> int:
     return max(1, min(int(batch_size), INFERENCE_CHUNK_VOXELS // voxels))
 
 
+@dataclass(frozen=True)
+class ValidationStats:
+    """Per-window MSE of some windows and how much their reconstruction varies.
+
+    ``per_window``: float64 (n,) MSE of network values; ``nmse``: their mean over the
+    variance of the originals' values; ``spread``: std of the reconstructions' values over the
+    originals' (see :mod:`.health`).
+    """
+
+    per_window: np.ndarray
+    nmse: float
+    spread: float
+
+    @property
+    def mse(self) -> float:
+        return float(np.mean(self.per_window)) if len(self.per_window) else math.nan
+
+
 @torch.inference_mode()
-def window_mse(
+def validate(
     model: ConvAutoEncoder3d,
     data: WindowDataset,
     indices: Sequence[int],
     batch_size: int = 8,
     *,
     feeder: BatchFeeder | None = None,
-) -> np.ndarray:
-    """Per-window reconstruction MSE (network values) for windows ``indices``; float64 (n,).
+) -> ValidationStats:
+    """Per-window reconstruction MSE (network values) of windows ``indices``, with NMSE and
+    spread.
 
     Windows go through the model ``batch_size`` at a time, fewer for large windows (see
     :func:`inference_batch_size`), so the memory peak does not grow with ``batch_size``.
@@ -482,17 +716,43 @@ def window_mse(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    sum_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     out = np.empty(len(indices), dtype=np.float64)
     indices = np.asarray(indices, dtype=np.int64)
     batch_size = inference_batch_size(batch_size, data.spec.window_shape())
     if feeder is None:  # one chunk: not worth putting the stacks on a GPU first
         feeder = BatchFeeder(data, device, mode="host" if len(indices) <= batch_size else None)
     errors = []
+    # sums of x, x², y, y² (original x, reconstruction y) in float64 for the spread
+    moments = torch.zeros(4, dtype=torch.float64, device=sum_device)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         x = feeder(chunk)
-        errors.append((model(x) - x).pow(2).flatten(1).mean(1))
+        y = model.values(model(x)).float()
+        errors.append((y - x).pow(2).flatten(1).mean(1))
+        xd, yd = x.to(sum_device, torch.float64), y.to(sum_device, torch.float64)
+        moments += torch.stack([xd.sum(), xd.square().sum(), yd.sum(), yd.square().sum()])
     if errors:  # one copy back at the end: the GPU is not made to wait for every chunk
         out[:] = torch.cat(errors).cpu().double().numpy()  # on the CPU: MPS has no float64
     model.train(was_training)
-    return out
+    n = max(len(indices) * math.prod(data.spec.window_shape()), 1)
+    sx, sxx, sy, syy = (float(v) for v in moments.cpu())
+    var_x = max(sxx / n - (sx / n) ** 2, 0.0)
+    var_y = max(syy / n - (sy / n) ** 2, 0.0)
+    mean_mse = float(out.mean()) if len(out) else math.nan
+    nmse = mean_mse / var_x if var_x > 0 else math.nan
+    spread = math.sqrt(var_y / var_x) if var_x > 0 and math.isfinite(var_y) else math.nan
+    return ValidationStats(out, nmse, spread)
+
+
+def window_mse(
+    model: ConvAutoEncoder3d,
+    data: WindowDataset,
+    indices: Sequence[int],
+    batch_size: int = 8,
+    *,
+    feeder: BatchFeeder | None = None,
+) -> np.ndarray:
+    """Per-window reconstruction MSE (network values) of windows ``indices``; float64 (n,).
+    See :func:`validate`."""
+    return validate(model, data, indices, batch_size, feeder=feeder).per_window

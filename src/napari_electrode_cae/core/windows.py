@@ -18,7 +18,16 @@ import torch
 from .errors import WindowSpecError
 from .stack import ElectrodeStack
 
-SPLIT_MODES = ("random", "blocked")
+SPLIT_MODES = ("auto", "random", "blocked")
+
+
+def resolve_split(mode: str, spec: WindowSpec) -> str:
+    """The split ``mode`` means for windows of ``spec``: ``"auto"`` is ``"blocked"`` when
+    windows overlap along Z (stride < length; a random split would leak shared slices into
+    validation) and ``"random"`` (the paper's) otherwise."""
+    if mode != "auto":
+        return mode
+    return "blocked" if spec.stride < spec.length else "random"
 
 
 @dataclass(frozen=True)
@@ -240,8 +249,8 @@ def split(
         Fraction of windows for validation (0.15 in the paper).
     seed : int
         Seed of the random permutation (random mode) or block placement (blocked mode).
-    mode : {"random", "blocked"}
-        ``"random"``: a seeded random permutation as in the paper; overlapping stride-1 windows
+    mode : {"auto", "random", "blocked"}
+        ``"auto"``: see :func:`resolve_split`. ``"random"``: a seeded random permutation as in the paper; overlapping stride-1 windows
         land on both sides. ``"blocked"``: in each stack a contiguous block of Z positions at the top or
         bottom (seeded) goes to validation, and training windows sharing any slice with a validation window are dropped,
         so no slice is seen on both sides.
@@ -266,6 +275,7 @@ def split(
             f"{n_val} for validation and {n - n_val} for training"
         )
     rng = np.random.default_rng(seed)
+    mode = resolve_split(mode, data.spec)
     if mode == "random":
         order = rng.permutation(n)
         return np.sort(order[n_val:]), np.sort(order[:n_val])

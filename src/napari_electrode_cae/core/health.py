@@ -1,0 +1,75 @@
+"""Is a model learning? Collapse to the mean and divergence, detected and explained.
+
+An auto-encoder that has not learnt outputs (nearly) the same value everywhere — the data's
+mean, which reaches the data's variance as MSE — and snapped to phases that is a cube of one
+phase. On a realistic electrode the paper's model with a too large learning rate sits there for
+good. Two numbers tell it apart from a model that learns:
+
+* ``nmse``: validation MSE divided by the variance of the validation windows' network values
+  (1 for the mean predictor, 0 for a perfect reconstruction);
+* ``spread``: standard deviation of the reconstruction's network values divided by the
+  original's (about 0 for a constant output; a faithful model approaches 1).
+
+A non-finite loss is divergence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Below this spread ratio and above this NMSE the model is called collapsed to the mean.
+COLLAPSE_SPREAD = 0.15
+COLLAPSE_NMSE = 0.9
+
+HEALTH_STATES = ("ok", "collapsed", "diverged")
+
+
+@dataclass(frozen=True)
+class Health:
+    """The verdict on a model: ``state`` in :data:`HEALTH_STATES`, a message and advice."""
+
+    state: str
+    message: str = ""
+    advice: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+    def line(self) -> str:
+        """One line for a log or a warning: message and advice."""
+        return f"{self.message}; {self.advice}" if self.advice else self.message
+
+
+def is_collapsed(nmse: float, spread: float) -> bool:
+    """True for a reconstruction that sits at the mean (see the module docstring)."""
+    return (math.isfinite(nmse) and math.isfinite(spread)
+            and spread < COLLAPSE_SPREAD and nmse > COLLAPSE_NMSE)
+
+
+def diagnose(nmse: float, spread: float, *, finite: bool = True, lr: float | None = None,
+             epochs: int | None = None) -> Health:
+    """The :class:`Health` of a model from its validation ``nmse`` and ``spread``.
+
+    ``finite`` False (a non-finite training or validation loss) means diverged. ``lr`` and
+    ``epochs`` make the advice concrete.
+    """
+    lr_text = f" (now {lr:g})" if lr is not None else ""
+    if not finite or not math.isfinite(nmse):
+        return Health(
+            "diverged",
+            "training diverged: the loss became infinite or NaN",
+            f"lower the learning rate{lr_text}, e.g. tenfold, or use the robust preset "
+            "(gradient clipping, warm-up, batch norm)",
+        )
+    if is_collapsed(nmse, spread):
+        return Health(
+            "collapsed",
+            f"the model collapsed to the mean: its reconstruction varies {spread:.0%} as much "
+            f"as the data (NMSE {nmse:.2f}), so every window snaps to about one phase",
+            f"lower the learning rate{lr_text}, e.g. to 5e-4, or use the quick or robust "
+            "preset (batch norm, warm-up); "
+            + ("train longer" if epochs is not None and epochs < 20 else "check the windows"),
+        )
+    return Health("ok", f"learning: NMSE {nmse:.2f}, spread {spread:.0%} of the data's")
