@@ -127,7 +127,7 @@ def test_batch_reports_carry_the_loss_without_reading_it(data):
     assert batches and isinstance(batches[0].batch_loss, torch.Tensor)
     assert all(isinstance(b.loss, float) and np.isfinite(b.loss) for b in batches)
     # the epoch's training MSE is the window-weighted mean of the batch losses
-    train_idx, _ = core.split(data, 0.15, 0, "random")
+    train_idx, _ = core.split(data, 0.15, 0, core.TrainConfig().split)
     sizes = [min(2, len(train_idx) - 2 * i) for i in range(len(batches))]
     weighted = sum(b.loss * s for b, s in zip(batches, sizes)) / len(train_idx)
     assert epoch.train_mse == pytest.approx(weighted, rel=1e-6)
@@ -170,7 +170,8 @@ def test_bf16_training_learns_like_fp32_on_cpu(data):
     results = {}
     for precision in ("fp32", "bf16"):
         model = small_model()
-        config = core.TrainConfig(epochs=4, lr=3e-3, device="cpu", precision=precision)
+        config = core.TrainConfig(epochs=4, lr=3e-3, device="cpu", precision=precision,
+                                  split="random")
         result = core.run_training(model, data, config)
         results[precision] = [r.val_mse for r in result.history]
         assert all(p.dtype == torch.float32 for p in model.parameters())

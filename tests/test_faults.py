@@ -299,7 +299,10 @@ def test_malformed_training_checkpoint_is_refused(tmp_path, stack_files, capsys,
 def test_history_fields_are_those_of_epoch_report():
     from dataclasses import fields
 
-    assert tuple(f.name for f in fields(core.EpochReport)) == HISTORY_FIELDS
+    from napari_electrode_cae.core.checkpoint import OPTIONAL_HISTORY_FIELDS
+
+    assert tuple(f.name for f in fields(core.EpochReport)) == (HISTORY_FIELDS
+                                                               + OPTIONAL_HISTORY_FIELDS)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

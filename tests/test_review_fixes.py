@@ -23,6 +23,7 @@ from napari_electrode_cae._widgets.latent_panel import LatentPanel, update_label
 from napari_electrode_cae._widgets.live_decoder import decode_latent
 from napari_electrode_cae._widgets.state import CAEState, ModelSettings
 from napari_electrode_cae._widgets.training_panel import TrainingPanel
+from napari_electrode_cae.core import ConvAutoEncoder3d
 
 from .test_background_loading import WINDOW, Gate, add_electrode, entry_named
 from .test_live_decode_inline import make_state as latent_state
@@ -128,14 +129,14 @@ def test_the_decoder_sets_its_worker_threads_once(make_napari_viewer, qtbot, mod
         set_num_threads(threads)
 
     decode_threads = []
-    snap = live_decoder_module.snap_to_phases
+    snap = ConvAutoEncoder3d.phase_labels
 
-    def recording_snap(values):
+    def recording_snap(self, output):
         decode_threads.append(torch.get_num_threads())
-        return snap(values)
+        return snap(self, output)
 
     monkeypatch.setattr(torch, "set_num_threads", recording_set)
-    monkeypatch.setattr(live_decoder_module, "snap_to_phases", recording_snap)
+    monkeypatch.setattr(ConvAutoEncoder3d, "phase_labels", recording_snap)
     main_threads = torch.get_num_threads()
     state = latent_state(model)
     state.model = None  # no decode yet: worker_threads is set first
@@ -175,14 +176,14 @@ def test_a_decode_leaves_the_threads_training_asked_for(make_napari_viewer, qtbo
                         raising=False)
     monkeypatch.setattr(training_panel_module, "gui_torch_threads", lambda device: 2)
     decoding, release = threading.Event(), threading.Event()
-    snap = live_decoder_module.snap_to_phases
+    snap = ConvAutoEncoder3d.phase_labels
 
-    def held_snap(values):
+    def held_snap(self, output):
         decoding.set()
         release.wait(20)
-        return snap(values)
+        return snap(self, output)
 
-    monkeypatch.setattr(live_decoder_module, "snap_to_phases", held_snap)
+    monkeypatch.setattr(ConvAutoEncoder3d, "phase_labels", held_snap)
     seen, started, decoded = [], threading.Event(), threading.Event()
     train = core.train
 

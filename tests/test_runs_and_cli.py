@@ -42,7 +42,7 @@ def trained_run(tmp_path, tiny_stacks):
     data = WindowDataset(tiny_stacks, SPEC)
     seed_everything(0)
     model = ConvAutoEncoder3d(4, crop=16, hidden=16, latent_dim=3)
-    config = TrainConfig(epochs=2, batch_size=4, lr=3e-3, device="cpu")
+    config = TrainConfig(epochs=2, batch_size=4, lr=3e-3, device="cpu", split="random")
     result = run_training(model, data, config)
     report = evaluate(model, data, result.train_idx, result.val_idx)
     run_dir = save_run(tmp_path / "run", model, data, config, result.train_idx,

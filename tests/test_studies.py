@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from napari_electrode_cae import cli
+from napari_electrode_cae import cli, core
 from napari_electrode_cae.core import load_run, write_stack
 from napari_electrode_cae.core import studies
 
@@ -126,8 +126,9 @@ def test_grid_refuses_unknown_keys_and_other_stacks(tmp_path, cal, uncal):
 
 def test_default_grid_is_table_2_restricted_by_the_preset(cal):
     quick = studies.default_grid("quick", cal)
-    assert quick["window"] == [4, 8] and quick["layers"] == [3, 4, 5]  # crop 64 fits 5 layers
-    assert quick["epochs"] == [80] and quick["lr"] == [1e-3, 1e-4]
+    assert quick["window"] == [4, 8] and quick["layers"] == [3, 4]  # crop 32 fits 4 layers
+    assert quick["epochs"] == [core.get_preset("quick").train.epochs]
+    assert quick["lr"] == [1e-3, 1e-4]
     paper = studies.default_grid("paper", cal)
     assert paper["window"] == [4, 8, 16, 24] and paper["epochs"] == [2000, 3500]
     configs = studies.expand_grid({"window": [4, 8], "stride": ["l"]}, "quick")

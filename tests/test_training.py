@@ -32,7 +32,7 @@ def _setup(stacks, seed=0):
 
 def test_train_yields_epoch_reports_and_returns_result(tiny_stacks, tmp_path):
     model, data = _setup(tiny_stacks)
-    config = TrainConfig(epochs=3, batch_size=4, lr=3e-3, seed=0, device="cpu")
+    config = TrainConfig(epochs=3, batch_size=4, lr=3e-3, seed=0, device="cpu", split="random")
     gen = train(model, data, config, checkpoint_dir=tmp_path)
     reports = []
     with pytest.raises(StopIteration) as stop:

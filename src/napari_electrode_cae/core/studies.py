@@ -43,7 +43,7 @@ import torch
 from .checkpoint import atomic_write_text
 from .errors import ElectrodeCAEError
 from .evaluation import evaluate, format_p
-from .model import ConvAutoEncoder3d, ModelConfig, validate_model_config
+from .model import ConvAutoEncoder3d, ModelConfig, build_model, validate_model_config
 from .presets import get_preset
 from .runs import read_history, save_run
 from .stack import ElectrodeStack
@@ -482,6 +482,8 @@ def _base_settings(base: str) -> dict:
         "layers": preset.conv_layers,
         "hidden": preset.hidden,
         "latent": preset.latent_dim,
+        "norm": preset.norm,
+        "output": preset.output,
         "epochs": preset.train.epochs,
         "batch": preset.train.batch_size,
         "lr": preset.train.lr,
@@ -595,14 +597,15 @@ def _train_config(
         spec = WindowSpec(config["window"], config["stride"], config["crop"],
                           config["tile_stride"])
         model_config = ModelConfig(config["window"], config["crop"], config["layers"],
-                                   config["hidden"], config["latent"])
+                                   config["hidden"], config["latent"],
+                                   config.get("norm", "none"), config.get("output", "value"))
         validate_model_config(model_config)
         data = WindowDataset(list(stacks), spec)
         train_config = TrainConfig(epochs=config["epochs"], batch_size=config["batch"],
                                    lr=config["lr"], seed=seed, split=split_mode, device=device)
         train_idx, val_idx = split(data, train_config.val_fraction, seed, split_mode)
         seed_everything(seed)
-        model = ConvAutoEncoder3d(**model_config.to_dict())
+        model = build_model(model_config)
         run_dir.mkdir(parents=True, exist_ok=True)
         history: list[EpochReport] = []
         generator = train(model, data, train_config, train_idx=train_idx, val_idx=val_idx,
