@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_electrode_cae.core import ModelConfigError, PhaseRule, PhaseScores
-from napari_electrode_cae.core.phases import fit_thresholds
+from napari_electrode_cae.core.phases import fit_offsets, fit_thresholds
 
 
 def test_nearest_rule_is_the_papers_half_way_thresholds():
@@ -39,10 +39,10 @@ def test_argmax_rule_takes_the_most_likely_phase():
 
 
 def test_a_rule_that_does_not_fit_the_channels_says_so():
-    with pytest.raises(ModelConfigError, match="3 phase channels"):
+    with pytest.raises(ModelConfigError, match="3 phase channels take argmax"):
         PhaseRule("argmax").labels(np.zeros((1, 4)))
-    with pytest.raises(ModelConfigError, match="argmax"):
-        PhaseRule("fitted", (-0.2, 0.2)).labels(np.zeros((3, 4)))
+    with pytest.raises(ModelConfigError, match="one channel takes nearest"):
+        PhaseRule("nearest").labels(np.zeros((3, 4)))
 
 
 def test_bad_rules_are_refused():
@@ -80,3 +80,15 @@ def test_a_phase_missing_from_both_has_no_iou():
     scores = PhaseScores()
     scores.add(np.zeros(4), np.zeros(4))
     assert np.isnan(scores.iou()["cbd"]) and scores.iou()["pore"] == 1.0
+
+
+def test_fitted_offsets_bring_back_a_phase_that_argmax_loses():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 50_000)).astype(np.float32)
+    logits[1] -= 2.0  # CBD is never the most likely phase
+    assert (PhaseRule("argmax").labels(logits) == 1).mean() < 0.05
+    rule = fit_offsets(logits, {"pore": 0.45, "cbd": 0.15, "active": 0.40})
+    fractions = np.bincount(rule.labels(logits), minlength=3) / logits.shape[1]
+    assert fractions == pytest.approx([0.45, 0.15, 0.40], abs=0.01)
+    assert "offsets fitted" in rule.describe()
+    assert PhaseRule.from_dict(rule.to_dict()) == rule

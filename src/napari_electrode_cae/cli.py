@@ -107,13 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("sample", help="write synthetic CAL and UNCAL electrode stacks",
-                       description="Write synthetic calendered and uncalendered 3-phase stacks "
-                       "(multi-page TIFF, values 0 pore / 1 CBD / 2 active).")
+    p = sub.add_parser("sample", help="write synthetic electrode stacks (CAL and UNCAL, or "
+                       "one --preset)",
+                       description="Write synthetic 3-phase stacks as synthetic_<PRESET>.tif "
+                       "(multi-page TIFF, values 0 pore / 1 CBD / 2 active): the calendered and "
+                       "uncalendered ones by default, or one preset, e.g. --preset realistic (a "
+                       "cathode modelled on a real segmented NMC electrode, speckled CBD).")
     p.add_argument("out_dir", type=Path)
+    p.add_argument("--preset", type=str.upper, choices=sorted(core.synthetic.PRESETS),
+                   default=None, help="write only this preset (case-insensitive; default: CAL "
+                   "and UNCAL)")
     p.add_argument("--shape", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   default=(64, 128, 128), help="stack shape (default 64 128 128)")
-    p.add_argument("--seed", type=int, default=0)
+                   default=None, help="stack shape (default 64 128 128 for CAL and UNCAL, "
+                   "256 256 256 for REALISTIC)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="generator seed (default 0; UNCAL gets seed + 1 when both are written)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("summary", help="print the layer table (like the paper's Table 3)",
@@ -151,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip the gradient norm (0 = off; default: the preset's)")
     p.add_argument("--phase-loss", choices=core.losses.PHASE_LOSS_CHOICES,
                    help="loss of --output phases models (default ce)")
-    p.add_argument("--phase-rule", choices=("fitted", "nearest"),
-                   help="how a one-channel output becomes phases: thresholds fitted to the "
-                        "training fractions, or the paper's nearest value (default: the "
-                        "preset's)")
+    p.add_argument("--phase-rule", choices=("fitted", "nearest", "argmax"),
+                   help="how the output becomes phases: fitted to the training fractions "
+                        "(thresholds, or per-phase offsets of three-phase logits), or unfitted: "
+                        "the paper's nearest value for one channel, argmax for three (default: "
+                        "the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=core.training.DEVICE_CHOICES, default="auto")
     p.add_argument("--precision", choices=core.training.PRECISION_CHOICES, default="fp32",
@@ -319,9 +328,16 @@ def _info(message: str) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    presets = ("CAL", "UNCAL") if args.preset is None else (args.preset,)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for offset, preset in enumerate(("CAL", "UNCAL")):
-        stack = core.generate_electrode(tuple(args.shape), preset=preset, seed=args.seed + offset)
+    for offset, preset in enumerate(presets):
+        if args.shape is not None:
+            shape = tuple(args.shape)
+        elif preset in ("CAL", "UNCAL"):
+            shape = (64, 128, 128)  # quick to write; the generator's own default is larger
+        else:
+            shape = core.synthetic.default_shape(preset)
+        stack = core.generate_electrode(shape, preset=preset, seed=args.seed + offset)
         path = args.out_dir / f"synthetic_{preset}.tif"
         core.write_stack(path, stack)
         fractions = ", ".join(f"{k} {v:.1%}" for k, v in core.volume_fractions(stack.labels).items())

@@ -25,7 +25,7 @@ from scipy import stats
 from .feeding import BatchFeeder
 from .health import Health, diagnose
 from .model import ConvAutoEncoder3d
-from .phases import PhaseRule, PhaseScores, fit_thresholds
+from .phases import PhaseRule, PhaseScores, fit_offsets, fit_thresholds
 from .physics import triple_phase_boundary_density
 from .stack import volume_fractions
 from .training import inference_batch_size, training_fractions, window_mse
@@ -391,16 +391,16 @@ def fit_phase_rule(
 ) -> PhaseRule:
     """The phase rule of a trained model; also sets ``model.phase_rule``.
 
-    ``rule``: ``"fitted"`` fits thresholds on the reconstructions of (an evenly spaced subset
-    of at most ``max_windows``) training windows so that their phase fractions match the
-    training data's; ``"nearest"`` is the paper's rule. Three-phase models always use
-    ``"argmax"``. A model whose outputs are not finite keeps the nearest rule.
+    ``rule``: ``"fitted"`` fits on the reconstructions of (an evenly spaced subset of at most
+    ``max_windows``) training windows so that their phase fractions match the training data's:
+    thresholds of one-channel outputs, per-phase offsets of three-phase logits. Otherwise the
+    unfitted rule: ``"nearest"`` (the paper's) for one channel, ``"argmax"`` for three. A model
+    whose outputs are not finite keeps the unfitted rule.
     """
-    if model.config.output == "phases":
-        model.phase_rule = PhaseRule("argmax")
-        return model.phase_rule
+    phases = model.config.output == "phases"
+    plain = PhaseRule("argmax" if phases else "nearest")
     if rule != "fitted":
-        model.phase_rule = PhaseRule(rule)
+        model.phase_rule = plain
         return model.phase_rule
     idx = np.asarray(train_idx, dtype=np.int64)
     if len(idx) > max_windows:
@@ -408,11 +408,14 @@ def fit_phase_rule(
     model.eval()
     device = next(model.parameters()).device
     chunk_size = inference_batch_size(batch_size, data.spec.window_shape())
-    values = [model.values(model(data.batch(idx[s : s + chunk_size]).to(device))).float().cpu()
-              for s in range(0, len(idx), chunk_size)]
-    flat = torch.cat(values).numpy() if values else np.zeros(0, np.float32)
+    outputs = [model(data.batch(idx[s : s + chunk_size]).to(device)).float().cpu()
+               for s in range(0, len(idx), chunk_size)]
+    # (C, N, l, H, W): the phase (or value) axis first
+    flat = torch.cat(outputs).movedim(1, 0).numpy() if outputs else np.zeros((1, 0), np.float32)
     if flat.size == 0 or not np.all(np.isfinite(flat)):
-        model.phase_rule = PhaseRule("nearest")
+        model.phase_rule = plain
+    elif phases:
+        model.phase_rule = fit_offsets(flat, training_fractions(data, idx, max_windows))
     else:
         model.phase_rule = fit_thresholds(flat, training_fractions(data, idx, max_windows))
     return model.phase_rule

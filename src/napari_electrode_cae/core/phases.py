@@ -8,8 +8,10 @@ turns it into phase ids (0 pore, 1 CBD, 2 active):
   A smooth output never jumps from below -0.5 to above +0.5 between neighbouring voxels, so it
   paints CBD on every blurred pore/active boundary and pore never touches active (no triple
   phase boundaries).
-* ``"fitted"`` — thresholds fitted on the training windows' reconstructions so that the
-  reconstructed phase fractions equal the training data's (quantiles of the output).
+* ``"fitted"`` — fitted on the training windows' reconstructions so that the reconstructed
+  phase fractions equal the training data's: for one channel, thresholds at quantiles of the
+  output; for three phase logits, an offset per phase added before the argmax (a thin, rarely
+  most likely phase such as CBD would otherwise all but vanish).
 * ``"argmax"`` — the most likely phase of a three-channel output.
 
 :class:`PhaseScores` accumulates a confusion matrix over many windows and reports voxel
@@ -40,12 +42,16 @@ class PhaseRule:
     name : {"nearest", "fitted", "argmax"}
         See the module docstring.
     thresholds : (float, float)
-        Network values separating pore | CBD | active for one-channel outputs (ignored by
-        ``"argmax"``); ``(-0.5, 0.5)`` for ``"nearest"``.
+        Network values separating pore | CBD | active for one-channel outputs; ``(-0.5, 0.5)``
+        for ``"nearest"``.
+    offsets : (float, float, float)
+        Added to the pore, CBD and active logits of a three-channel output before the argmax
+        (zero for ``"argmax"``).
     """
 
     name: str = "nearest"
     thresholds: tuple[float, float] = NEAREST_THRESHOLDS
+    offsets: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         if self.name not in PHASE_RULES:
@@ -55,6 +61,10 @@ class PhaseRule:
             raise ModelConfigError(f"phase thresholds must be finite and ordered, got "
                                    f"{self.thresholds!r}")
         object.__setattr__(self, "thresholds", (low, high))
+        offsets = tuple(float(o) for o in self.offsets)
+        if len(offsets) != 3 or not all(np.isfinite(offsets)):
+            raise ModelConfigError(f"phase offsets must be 3 finite numbers, got {self.offsets!r}")
+        object.__setattr__(self, "offsets", offsets)
 
     def labels(self, output: np.ndarray) -> np.ndarray:
         """Phase ids (uint8) of a raw output ``(C, ...)``: C = 1 values or C = 3 logits.
@@ -66,14 +76,15 @@ class PhaseRule:
         """
         output = np.asarray(output)
         channels = output.shape[0]
-        if self.name == "argmax":
-            if channels != 3:
-                raise ModelConfigError(f"the argmax rule needs 3 phase channels, got {channels}")
-            return np.argmax(output, axis=0).astype(np.uint8)
-        if channels != 1:
-            raise ModelConfigError(f"the {self.name} rule needs one channel of network values, "
-                                   f"got {channels}; use argmax")
-        return threshold_values(output[0], self.thresholds)
+        if channels == 3 and self.name in ("argmax", "fitted"):
+            offsets = np.asarray(self.offsets, dtype=output.dtype).reshape(3, *[1] * (
+                output.ndim - 1))
+            return np.argmax(output + offsets, axis=0).astype(np.uint8)
+        if channels == 1 and self.name in ("nearest", "fitted"):
+            return threshold_values(output[0], self.thresholds)
+        raise ModelConfigError(f"the {self.name} rule does not apply to {channels} output "
+                               "channel(s): one channel takes nearest or fitted thresholds, "
+                               "3 phase channels take argmax")
 
     def describe(self) -> str:
         """A short label for reports, e.g. ``"fitted thresholds -0.31 / 0.27"``."""
@@ -82,17 +93,22 @@ class PhaseRule:
         low, high = self.thresholds
         if self.name == "nearest":
             return "nearest value (the paper's rule)"
+        if any(self.offsets):
+            return ("argmax with offsets fitted to the training fractions ("
+                    + " / ".join(f"{o:+.2f}" for o in self.offsets) + ")")
         return f"thresholds fitted to the training fractions ({low:+.2f} / {high:+.2f})"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "thresholds": list(self.thresholds)}
+        return {"name": self.name, "thresholds": list(self.thresholds),
+                "offsets": list(self.offsets)}
 
     @classmethod
     def from_dict(cls, record: Mapping | None) -> PhaseRule:
         """The rule saved by :meth:`to_dict`; the paper's nearest rule for ``None``."""
         if not record:
             return cls()
-        return cls(str(record["name"]), tuple(record.get("thresholds", NEAREST_THRESHOLDS)))
+        return cls(str(record["name"]), tuple(record.get("thresholds", NEAREST_THRESHOLDS)),
+                   tuple(record.get("offsets", (0.0, 0.0, 0.0))))
 
 
 def threshold_values(values: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
@@ -121,6 +137,36 @@ def fit_thresholds(values: np.ndarray, fractions: Mapping[str, float]) -> PhaseR
     below_active = pore + float(fractions["cbd"])
     low, high = np.quantile(flat, [min(max(pore, 0.0), 1.0), min(max(below_active, 0.0), 1.0)])
     return PhaseRule("fitted", (float(low), float(high)))
+
+
+def fit_offsets(logits: np.ndarray, fractions: Mapping[str, float],
+                iterations: int = 30) -> PhaseRule:
+    """The ``"fitted"`` rule of three-phase outputs: per-phase logit offsets such that the
+    argmax of ``logits + offsets`` gives ``fractions``.
+
+    Parameters
+    ----------
+    logits : numpy.ndarray
+        (3, ...) phase logits of training windows (phase axis first).
+    fractions : mapping
+        Target phase fractions (the training data's).
+    iterations : int
+        Multiplicative updates ``offset += log(target / obtained)``, halved each time.
+    """
+    flat = np.asarray(logits, dtype=np.float32).reshape(3, -1)
+    if flat.shape[1] == 0 or not np.all(np.isfinite(flat)):
+        raise ModelConfigError("offsets need finite phase logits")
+    target = np.array([max(float(fractions[p]), 1e-4) for p in PHASES])
+    offsets = np.zeros(3)
+    step = 1.0
+    for _ in range(iterations):
+        counts = np.bincount(np.argmax(flat + offsets[:, None].astype(np.float32), axis=0),
+                             minlength=3)
+        obtained = np.maximum(counts / flat.shape[1], 1e-4)
+        offsets += step * np.log(target / obtained)
+        offsets -= offsets.mean()
+        step *= 0.85
+    return PhaseRule("fitted", offsets=tuple(float(o) for o in offsets))
 
 
 @dataclass
