@@ -1,4 +1,4 @@
-"""Tests of the synthetic CAL/UNCAL electrode generator (core/synthetic.py)."""
+"""Tests of the synthetic CAL/UNCAL/REALISTIC electrode generator (core/synthetic.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from scipy import ndimage
 
 from napari_electrode_cae.core.stack import ElectrodeStack, volume_fractions
 from napari_electrode_cae.core.synthetic import (
+    DEFAULT_SHAPE,
     PRESETS,
     SyntheticSpec,
     SyntheticSpecError,
+    default_shape,
     generate_electrode,
     generate_labels,
 )
@@ -142,6 +144,10 @@ def test_tiny_volume_works():
         (dict(shape=(8, 8.5, 8)), "shape"),
         (dict(seed=-1), "seed"),
         (dict(seed=1.5), "seed"),
+        (dict(cbd_style="foam"), "cbd_style"),
+        (dict(cbd_grain=5.0), "cbd_grain"),
+        (dict(cbd_cloud=0.5), "cbd_cloud"),
+        (dict(cbd_affinity=-1), "cbd_affinity"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
@@ -157,3 +163,125 @@ def test_error_type_is_typed():
         SyntheticSpec(porosity=0.9, cbd_fraction=0.2)
     assert isinstance(info.value, ElectrodeCAEError)
     assert isinstance(info.value, ValueError)
+
+
+# ----------------------------------------------------------------------------------------------
+# REALISTIC preset: modelled on a real segmented NMC cathode (large separate particles, speckled
+# CBD). Its statistics against the real volume are in benchmarks/realistic_electrode.py.
+
+REALISTIC_SHAPE = (48, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def realistic_and_cal() -> dict[str, np.ndarray]:
+    return {name: generate_electrode(REALISTIC_SHAPE, name, seed=0).labels
+            for name in ("REALISTIC", "CAL")}
+
+
+def _cbd_clusters_per_voxel(labels: np.ndarray) -> float:
+    return ndimage.label(labels == 1)[1] / labels.size
+
+
+def _share_of_cbd_touching_active(labels: np.ndarray) -> float:
+    near_active = ndimage.binary_dilation(labels == 2)  # face neighbours
+    return float(np.mean(near_active[labels == 1]))
+
+
+def test_realistic_preset_hits_its_phase_voxel_counts_exactly(realistic_and_cal):
+    labels = realistic_and_cal["REALISTIC"]
+    counts = np.bincount(labels.ravel(), minlength=3)
+    spec = PRESETS["REALISTIC"]
+    assert (spec.porosity, spec.cbd_fraction, spec.active_fraction) == pytest.approx(
+        (0.45, 0.15, 0.40)
+    )
+    assert counts[2] == round(spec.active_fraction * labels.size)
+    assert counts[1] == round(spec.cbd_fraction * labels.size)
+    assert counts[0] == labels.size - counts[1] - counts[2]
+
+
+def test_realistic_preset_name_is_case_insensitive_and_tagged_calendered():
+    stack = generate_electrode((8, 16, 16), "realistic", seed=3)
+    assert stack.calendered is True
+    assert stack.source == "synthetic:REALISTIC seed=3"
+    assert stack.name == "synthetic_REALISTIC_s3"
+    assert stack.voxel_size_um == pytest.approx(0.398)
+    assert PRESETS["REALISTIC"].cbd_style == "speckled"
+
+
+def test_realistic_is_deterministic_per_seed(realistic_and_cal):
+    again = generate_electrode(REALISTIC_SHAPE, "REALISTIC", seed=0).labels
+    other = generate_electrode(REALISTIC_SHAPE, "REALISTIC", seed=1).labels
+    np.testing.assert_array_equal(again, realistic_and_cal["REALISTIC"])
+    assert np.mean(other != again) > 0.2
+
+
+def test_realistic_cbd_is_speckled_not_a_shell(realistic_and_cal):
+    realistic, cal = realistic_and_cal["REALISTIC"], realistic_and_cal["CAL"]
+    # many more CBD clusters per voxel (real: ~1,300 per 1e6 voxels, shell CBD: ~100-200)
+    assert _cbd_clusters_per_voxel(realistic) > 4 * _cbd_clusters_per_voxel(cal)
+    assert _cbd_clusters_per_voxel(realistic) * 1e6 > 700
+    # a much lower share of CBD touches the particles (real: ~35 %, shell CBD: ~78 %)
+    assert _share_of_cbd_touching_active(realistic) < 0.6 * _share_of_cbd_touching_active(cal)
+    # ...and some of it lies in the pore space well away from every particle
+    distance = ndimage.distance_transform_edt(realistic != 2)
+    assert np.mean(distance[realistic == 1] > 2.0) > 0.2
+
+
+def test_realistic_particles_are_larger_than_cal(realistic_and_cal):
+    def mean_depth(labels):  # mean distance (voxels) of active voxels to the particle surface
+        active = labels == 2
+        return ndimage.distance_transform_edt(active)[active].mean()
+
+    assert mean_depth(realistic_and_cal["REALISTIC"]) > 1.25 * mean_depth(realistic_and_cal["CAL"])
+
+
+def test_default_shape_is_256_cubed_for_realistic_only():
+    assert default_shape("REALISTIC") == default_shape("realistic") == (256, 256, 256)
+    assert default_shape("CAL") == default_shape("UNCAL") == default_shape() == DEFAULT_SHAPE
+    with pytest.raises(SyntheticSpecError, match="unknown preset"):
+        default_shape("DRY")
+
+
+def test_custom_specs_keep_the_shell_cbd_by_default():
+    assert SyntheticSpec().cbd_style == "shell"
+    assert PRESETS["CAL"].cbd_style == PRESETS["UNCAL"].cbd_style == "shell"
+
+
+def test_speckled_cbd_can_be_put_on_other_materials():
+    labels = generate_electrode((16, 32, 32), "CAL", seed=0, cbd_style="speckled").labels
+    counts = np.bincount(labels.ravel(), minlength=3)
+    assert counts[1] == round(PRESETS["CAL"].cbd_fraction * labels.size)
+
+
+def test_cli_sample_writes_the_realistic_preset(tmp_path, capsys):
+    from napari_electrode_cae.cli import main
+    from napari_electrode_cae.core.io import read_stack
+
+    assert main(["sample", str(tmp_path), "--preset", "realistic", "--shape", "16", "32", "32",
+                 "--seed", "2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_REALISTIC.tif"]
+    stack = read_stack(tmp_path / "synthetic_REALISTIC.tif")
+    expected = generate_electrode((16, 32, 32), "REALISTIC", seed=2).labels
+    np.testing.assert_array_equal(stack.labels, expected)
+    assert stack.calendered is True
+    assert "REALISTIC" in capsys.readouterr().out
+
+
+def test_cli_sample_without_preset_writes_cal_and_uncal(tmp_path):
+    from napari_electrode_cae.cli import main
+
+    assert main(["sample", str(tmp_path), "--shape", "8", "16", "16"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_CAL.tif",
+                                                          "synthetic_UNCAL.tif"]
+
+
+def test_cli_sample_rejects_an_unknown_preset_in_one_line(tmp_path, capsys):
+    from napari_electrode_cae.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["sample", str(tmp_path), "--preset", "dry"])
+    assert info.value.code != 0
+    error = capsys.readouterr().err
+    assert "--preset" in error and "REALISTIC" in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
