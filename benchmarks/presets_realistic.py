@@ -8,6 +8,7 @@ Prints one table row per configuration and writes them as JSON lines.
 
     python benchmarks/presets_realistic.py --minutes 5 --only quick,paper
     python benchmarks/presets_realistic.py STACK.tif --minutes 2 --only old_quick
+    python benchmarks/presets_realistic.py --epochs 10 --minutes 60 --only quick,quick_no_norm
 
 Without a stack the realistic synthetic electrode (``generate_electrode(preset="REALISTIC")``,
 256³, seed 0) is generated. Timings depend on the machine and its load: the configurations
@@ -77,9 +78,11 @@ def _tortuosity(labels: np.ndarray) -> float:
         return math.nan
 
 
-def run(name: str, stack: core.ElectrodeStack, minutes: float, seed: int) -> dict:
+def run(name: str, stack: core.ElectrodeStack, minutes: float, seed: int,
+        epochs: int | None = None) -> dict:
     spec, model_config, config, rule = _config(name)
-    config = dataclasses.replace(config, seed=seed, device="cpu")
+    config = dataclasses.replace(config, seed=seed, device="cpu",
+                                 epochs=epochs or config.epochs)
     data = core.WindowDataset([stack], spec)
     train_idx, val_idx = core.split(data, config.val_fraction, config.seed, config.split)
     core.seed_everything(seed)
@@ -157,6 +160,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="old_quick,quick,paper",
                         help="comma-separated configuration names")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int,
+                        help="train every configuration this many epochs (its schedule follows)"
+                             "; compares configurations fairly on a loaded machine")
     parser.add_argument("--out", type=Path, help="append the rows as JSON lines here")
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
@@ -171,7 +177,7 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v:.1%}" for k, v in core.volume_fractions(stack.labels).items()))
     print(HEADER)
     for name in args.only.split(","):
-        row = run(name.strip(), stack, args.minutes, args.seed)
+        row = run(name.strip(), stack, args.minutes, args.seed, args.epochs)
         print(format_row(row), flush=True)
         if args.out:
             with args.out.open("a") as handle:

@@ -16,7 +16,7 @@ from .conftest import make_stack
 
 PLUGIN = "napari-electrode-cae"
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_KEYS = ("synthetic_CAL", "synthetic_UNCAL", "synthetic_both")
+SAMPLE_KEYS = ("synthetic_CAL", "synthetic_UNCAL", "synthetic_both", "synthetic_REALISTIC")
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,6 +236,18 @@ def test_sample_data_opens_as_phase_labels(make_napari_viewer, key, tags):
     assert [layer.name for layer in layers] == [
         f"synthetic_{'CAL' if tag else 'UNCAL'}" for tag in tags
     ]
+
+
+def test_realistic_sample_opens_as_one_calendered_phase_layer(make_napari_viewer, monkeypatch):
+    from napari_electrode_cae import _sample_data
+
+    monkeypatch.setattr(_sample_data, "REALISTIC_SHAPE", (24, 48, 48))  # 256³ takes ~10 s
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open_sample(PLUGIN, "synthetic_REALISTIC")
+    _check_phase_layer(layer, core.DEFAULT_VOXEL_SIZE_UM, True)
+    assert layer.name == "synthetic_REALISTIC" and layer.data.shape == (24, 48, 48)
+    fractions = core.volume_fractions(np.asarray(layer.data))
+    assert fractions == pytest.approx({"pore": 0.45, "cbd": 0.15, "active": 0.40}, abs=1e-3)
 
 
 @pytest.mark.parametrize("preset", ["CAL", "UNCAL"])

@@ -1,4 +1,5 @@
-"""napari sample data: the synthetic calendered (CAL) and uncalendered (UNCAL) electrodes.
+"""napari sample data: the synthetic calendered (CAL) and uncalendered (UNCAL) electrodes, and
+the realistic 256³ electrode.
 
 Each sample is generated on the fly with the same settings as ``sample_data/make_sample_data.py``
 (shape 48 x 96 x 96, preset CAL or UNCAL, seed 0), so it equals the shipped
@@ -15,6 +16,9 @@ from typing import Any
 SAMPLE_SHAPE: tuple[int, int, int] = (48, 96, 96)
 #: Generator seed of every sample, as in sample_data/make_sample_data.py.
 SAMPLE_SEED = 0
+
+#: Shape of the realistic sample (None: the generator's default for it, 256³).
+REALISTIC_SHAPE: tuple[int, int, int] | None = None
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -50,6 +54,18 @@ def synthetic_cal() -> list[LayerData]:
 def synthetic_uncal() -> list[LayerData]:
     """Sample "Synthetic uncalendered electrode (UNCAL)": one phase Labels layer."""
     return [_layer_data("UNCAL")]
+
+
+def synthetic_realistic() -> list[LayerData]:
+    """Sample "Realistic NMC electrode": the 256³ realistic synthetic electrode (seed 0), whose
+    particle sizes, surface areas, speckled CBD and pore tortuosity match a real segmented NMC
+    cathode (generated in about 10 s; ``benchmarks/realistic_electrode.py``)."""
+    from ._layers import labels_layer_kwargs
+    from .core import generate_electrode
+
+    stack = generate_electrode(REALISTIC_SHAPE, preset="REALISTIC", seed=SAMPLE_SEED)
+    stack.name = "synthetic_REALISTIC"
+    return [(stack.labels, labels_layer_kwargs(stack), "labels")]
 
 
 def synthetic_both() -> list[LayerData]:
