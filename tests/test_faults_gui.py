@@ -43,6 +43,7 @@ def docked_widget(viewer, epochs: int, batch_size: int = 2) -> ElectrodeCAEWidge
     state = widget.state
     assert state.stack_layers == ("cal", "uncal")
     state.window = core.WindowSpec(length=4, stride=2, crop=16)
+    state.split_mode = "random"  # the batch counts below are those of the paper's split
     state.rebuild_dataset()
     state.model_settings = ModelSettings(conv_layers=3, hidden=16, latent_dim=3)
     state.train_config = core.TrainConfig(epochs=epochs, batch_size=batch_size, lr=3e-3,

@@ -34,7 +34,7 @@ def test_constant_output_is_called_collapsed_and_a_varied_one_is_not():
     assert diagnose(1.0, 0.01).state == "collapsed"
     assert diagnose(0.5, 0.8).state == "ok"
     assert diagnose(math.inf, math.nan).state == "diverged"
-    assert "learning rate" in diagnose(1.0, 0.01, lr=2e-3).advice
+    assert "learning rate (now 0.002)" in diagnose(1.0, 0.01, lr=2e-3).advice
 
 
 def test_an_absurd_learning_rate_diverges_stops_and_keeps_the_initial_weights():
@@ -193,3 +193,24 @@ def test_cli_reports_windows_batches_and_a_time_estimate_before_training(stack_f
     err = capsys.readouterr().err
     assert "2 epochs of" in err and "batches of 4" in err
     assert "(blocked)" in err  # stride 2 < window 4: the blocked split by default
+
+
+def test_batch_norm_refuses_a_batch_of_one_and_drops_a_last_batch_of_one():
+    from napari_electrode_cae.core import BatchReport, train
+    from napari_electrode_cae.core.training import windows_per_epoch
+
+    model = ConvAutoEncoder3d(4, 16, 3, 16, 4, norm="batch")  # 1×1 bottleneck at crop 16
+    with pytest.raises(TrainConfigError, match="batch size 1"):
+        run_training(model, _data(), TrainConfig(epochs=1, batch_size=1, device="cpu"))
+    config = TrainConfig(epochs=1, batch_size=4, device="cpu", windows_per_epoch=9)
+    assert windows_per_epoch(20, config, "batch") == 8
+    assert windows_per_epoch(20, config, "group") == 9
+    batches = [r for r in train(model, _data(), config, yield_batches=True)
+               if isinstance(r, BatchReport)]
+    assert len(batches) == 2  # 9 windows in batches of 4: the one left over is dropped
+
+
+def test_an_error_far_above_the_data_variance_is_divergence():
+    assert diagnose(50.0, 3.0).state == "diverged"
+    assert "times the data's variance" in diagnose(50.0, 3.0).message
+    assert diagnose(2.0, 1.2).state == "ok"  # early training can start above the mean

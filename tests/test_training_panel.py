@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,11 @@ import torch
 from napari_electrode_cae import core
 from napari_electrode_cae._widgets import training_panel as training_panel_module
 from napari_electrode_cae._widgets.state import CAEState, ModelSettings
+from napari_electrode_cae._widgets.training_jobs import (
+    TrainingPlan,
+    matching_preset,
+    settings_of_preset,
+)
 from napari_electrode_cae._widgets.training_panel import (
     LearningRateSpinBox,
     TrainingPanel,
@@ -55,6 +62,10 @@ def test_train_runs_evaluates_and_updates_state(make_napari_viewer, qtbot, error
     panel.train_button.click()
     assert state.training and not panel.train_button.isEnabled()
     assert panel.stop_button.isEnabled()
+    # the real total from the start (2 epochs of ceil(training windows / 8) batches)
+    batches = -(-len(state.split.train) // 8)
+    assert panel.progress_bar.maximum() == 2 * batches
+    assert panel.progress_bar.format() == "%v / %m batches"
     wait_idle(qtbot, panel)
 
     assert errors == []
@@ -71,6 +82,66 @@ def test_train_runs_evaluates_and_updates_state(make_napari_viewer, qtbot, error
     assert panel.train_button.isEnabled() and not panel.stop_button.isEnabled()
     assert panel.save_button.isEnabled()
     assert "epochs" in panel.status_label.text() and "val MSE" in panel.status_label.text()
+    assert "voxel accuracy" in panel.status_label.text()  # judged by phases first
+    assert "took" in panel.plan_label.text()
+    panel.shutdown()
+
+
+def test_train_tab_shows_batches_at_once_then_an_estimate(make_napari_viewer, qtbot, errors):
+    state = tiny_state(epochs=1000, batch_size=2)
+    panel = TrainingPanel(make_napari_viewer(), state)
+    plan = TrainingPlan.of(state.dataset, state.split.train, state.split.val,
+                           panel.train_config_from_fields())
+    assert plan.batches_per_epoch == -(-len(state.split.train) // 2) > 5
+    # before Train: the planned run, and the bar's real total (no "0 / 100" placeholder)
+    assert panel.plan_label.text() == f"planned: {plan.describe()}"
+    assert panel.progress_bar.text() == f"0 / {1000 * plan.batches_per_epoch} batches"
+    panel.batch_spin.setValue(4)
+    assert panel.progress_bar.maximum() == 1000 * -(-len(state.split.train) // 4)
+    panel.batch_spin.setValue(2)
+    times: list[str] = []  # every time line the plan label shows
+    show_plan = panel._show_plan
+
+    def recording(time_text=""):
+        times.append(time_text)
+        show_plan(time_text)
+
+    panel._show_plan = recording
+    panel.train_button.click()
+    # before the worker has run a single batch: windows, batches and the bar's real total
+    assert panel.progress_bar.maximum() == 1000 * plan.batches_per_epoch
+    assert panel.progress_bar.value() == 0 and "batches" in panel.progress_bar.text()
+    text = panel.plan_label.text()
+    assert not panel.plan_label.isHidden()
+    assert f"{plan.train_windows} training, {plan.val_windows} validation (blocked split)" in text
+    assert f"1,000 epochs × {plan.batches_per_epoch} batches of 2" in text
+    assert times == ["estimating the time from the first batches…"]
+    qtbot.waitUntil(lambda: len(state.history) >= 2, timeout=WAIT_MS)
+    panel.stop_button.click()
+    wait_idle(qtbot, panel)
+    assert errors == []
+    # from the first batches (TimeEstimate: 5 batches after a warm-up one), then from
+    # finished epochs what is left, and at the end how long it took
+    assert times[1].startswith("estimated training time: about")
+    assert "1000 epochs" in times[1]
+    left = [t for t in times[2:] if " left (" in t]
+    assert len(left) >= 2 and times.index(left[0]) == 2
+    assert times[-1].startswith("took ") and panel.plan_label.text().endswith(times[-1])
+    panel.shutdown()
+
+
+def test_windows_per_epoch_sets_the_batches(make_napari_viewer, qtbot, errors):
+    state = tiny_state(epochs=2, batch_size=4)
+    panel = TrainingPanel(make_napari_viewer(), state)
+    assert panel.windows_per_epoch_spin.text() == "all"
+    panel.windows_per_epoch_spin.setValue(8)
+    assert state.train_config.windows_per_epoch == 8
+    panel.train_button.click()
+    assert panel.progress_bar.maximum() == 2 * 2  # 8 windows in batches of 4, twice
+    assert f"(8 of {len(state.split.train)} training windows per epoch)" in \
+        panel.plan_label.text()
+    wait_idle(qtbot, panel)
+    assert errors == [] and panel.progress_bar.value() == 4
     panel.shutdown()
 
 
@@ -97,6 +168,8 @@ def test_stop_keeps_best_weights(make_napari_viewer, qtbot, errors):
 
 def test_stop_before_first_epoch_keeps_previous_model(make_napari_viewer, qtbot, errors):
     state = tiny_state(epochs=5, batch_size=1, shape=(24, 64, 64))  # ~350 batches per epoch
+    # batch norm cannot train one 16² window at a time (1×1 bottleneck): the paper's model
+    state.model_settings = dataclasses.replace(state.model_settings, norm="none")
     panel = TrainingPanel(make_napari_viewer(), state)
     panel.train_button.click()
     panel.stop_button.click()
@@ -165,7 +238,10 @@ def test_preset_fills_fields_and_window(make_napari_viewer, errors):
     assert (panel.epochs_spin.value(), panel.batch_spin.value()) == (3500, 2)
     assert panel.lr_spin.value() == pytest.approx(1e-4)
     assert state.window == paper.window
-    assert state.model_settings == ModelSettings(3, 128, 10)
+    assert state.model_settings == ModelSettings(3, 128, 10, "none", "value", "nearest")
+    assert (panel.norm_combo.currentData(), panel.output_combo.currentData(),
+            panel.phase_rule_combo.currentData()) == ("none", "value", "nearest")
+    assert panel.phase_rule_combo.isEnabled()
     assert (state.train_config.epochs, state.train_config.lr) == (3500, pytest.approx(1e-4))
     assert state.dataset is None and "24" in state.window_error  # 12-slice stacks are too thin
     assert "3,113,579 parameters" in panel.model_summary_label.text()  # Table 3
@@ -175,6 +251,73 @@ def test_preset_fills_fields_and_window(make_napari_viewer, errors):
     assert state.model_settings.hidden == 64
     assert panel.preset_combo.currentText() == "custom"
     panel.shutdown()
+
+
+def test_presets_round_trip_through_the_settings(make_napari_viewer, errors):
+    state = tiny_state()
+    panel = TrainingPanel(make_napari_viewer(), state)
+    for name, preset in core.PRESETS.items():
+        panel.apply_preset(name)
+        assert panel.preset_combo.currentText() == name
+        assert state.model_settings == settings_of_preset(preset)
+        assert panel.model_settings_from_fields() == state.model_settings
+        config = panel.train_config_from_fields()
+        assert config == state.train_config
+        for field in ("epochs", "batch_size", "windows_per_epoch", "warmup_epochs", "schedule",
+                      "phase_loss"):
+            assert getattr(config, field) == getattr(preset.train, field), field
+        assert config.lr == pytest.approx(preset.train.lr)
+        assert config.grad_clip == pytest.approx(preset.train.grad_clip)
+        assert matching_preset(state.model_settings, config, state.window) == name
+        one_value = preset.output == "value"
+        assert panel.phase_rule_combo.isEnabled()  # fitted or not, for both output kinds
+        assert panel.phase_rule_combo.currentData() == preset.phase_rule
+        unfitted = panel.phase_rule_combo.itemText(panel.phase_rule_combo.findData("nearest"))
+        assert unfitted == ("nearest value (paper)" if one_value else "plain argmax")
+        assert panel.phase_loss_combo.isEnabled() == (not one_value)
+    assert errors == []
+
+    # every new option is compared: changing one makes the settings custom, undoing it not
+    panel.apply_preset("quick")
+    quick = core.get_preset("quick")
+    changes = [
+        (panel.norm_combo, "group", quick.norm),
+        (panel.output_combo, "value", quick.output),
+        (panel.schedule_combo, "constant", quick.train.schedule),
+        (panel.phase_loss_combo, "ce_dice", quick.train.phase_loss),
+    ]
+    for combo, other, original in changes:
+        combo.setCurrentIndex(combo.findData(other))
+        assert panel.preset_combo.currentText() == "custom", other
+        combo.setCurrentIndex(combo.findData(original))
+        assert panel.preset_combo.currentText() == "quick", original
+    for spin, other, original in ((panel.windows_per_epoch_spin, 0, quick.train.windows_per_epoch),
+                                  (panel.warmup_spin, 0, quick.train.warmup_epochs),
+                                  (panel.grad_clip_spin, 0.0, quick.train.grad_clip)):
+        spin.setValue(other)
+        assert panel.preset_combo.currentText() == "custom"
+        spin.setValue(original)
+        assert panel.preset_combo.currentText() == "quick"
+    assert state.train_config == dataclasses.replace(
+        quick.train, split=state.split_mode, device=state.train_config.device)
+    # the phase rule counts too
+    panel.phase_rule_combo.setCurrentIndex(panel.phase_rule_combo.findData("nearest"))
+    assert state.model_settings.phase_rule == "nearest"
+    assert panel.preset_combo.currentText() == "custom"
+    panel.apply_preset("paper")
+    panel.phase_rule_combo.setCurrentIndex(panel.phase_rule_combo.findData("fitted"))
+    assert state.model_settings.phase_rule == "fitted"
+    assert panel.preset_combo.currentText() == "custom"
+    panel.shutdown()
+
+
+def test_split_default_follows_the_core_in_terms_the_windows_tab_offers():
+    quick = core.get_preset("quick")
+    state = CAEState()
+    assert core.TrainConfig().split == "auto"
+    assert state.split_mode == core.windows.resolve_split("auto", quick.window) == "blocked"
+    assert state.model_settings == settings_of_preset(quick)
+    assert matching_preset(state.model_settings, state.train_config, state.window) == "quick"
 
 
 def test_save_then_open_run_in_fresh_viewer(make_napari_viewer, qtbot, errors, tmp_path):
@@ -213,6 +356,8 @@ def test_save_then_open_run_in_fresh_viewer(make_napari_viewer, qtbot, errors, t
     assert state2.model_version == 1 and state2.report is not None
     assert panel2.loss_plot.point_count() == (2, 2)
     assert (panel2.hidden_spin.value(), panel2.epochs_spin.value()) == (16, 2)
+    assert panel2.progress_bar.text() == "2 / 2 epochs trained"
+    assert state2.report.phases.rule == state.report.phases.rule  # the saved rule is kept
 
     assert panel2.open_run(run_dir) is not None  # the stacks are in the viewer: no new layers
     wait_idle(qtbot, panel2)

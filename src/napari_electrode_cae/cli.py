@@ -401,7 +401,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     core.seed_everything(config.seed)
     model = core.build_model(model_config)
     device = core.resolve_device(config.device)
-    per_epoch = core.training.windows_per_epoch(len(train_idx), config)
+    per_epoch = core.training.windows_per_epoch(len(train_idx), config, model_config.norm)
     n_batches = -(-per_epoch // config.batch_size)
     _info(f"{len(data)} windows of {spec.length}x{spec.crop}x{spec.crop} (stride {spec.stride}): "
           f"{len(train_idx)} training, {len(val_idx)} validation "

@@ -9,8 +9,11 @@ turns on napari's grid mode (linked cameras and slice) and hides the full-stack 
 is on. Each expensive napari call (adding a layer, switching the grid on or re-shaping it, a
 name overlay) gets an event-loop turn of its own (:class:`.turns.TurnScheduler`), so showing the
 first result never freezes the viewer for the sum of them; later results only replace the
-layers' data. The statistics tables show the set-level MSE statistics of ``state.report``
-(Table 6) and the shown window's comparison (Table 7 plus phase checks).
+layers' data. The statistics tables show, first, the phase judgement of all validation
+windows from ``state.report`` (phase fractions, IoU, voxel accuracy, NMSE, TPB, by the model's
+phase rule) with a warning banner when the model collapsed to the mean or diverged, then the
+paper's set-level MSE statistics (Tables 6 and 8) and the shown window's comparison (Table 7
+plus phase checks).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -40,7 +44,7 @@ from qtpy.QtWidgets import (
 from .. import _layers
 from ..core import WindowDataset, compare_window
 from ..core.evaluation import reconstruct_window as core_reconstruct_window
-from ..core.evaluation import WindowComparison, format_p
+from ..core.evaluation import PhaseEvaluation, WindowComparison, format_p
 from ..core.model import ConvAutoEncoder3d
 from .live_decoder import ChainedRunner, model_snapshot
 from .turns import TurnQueue, TurnScheduler
@@ -51,6 +55,13 @@ if TYPE_CHECKING:
     from .state import CAEState
 
 NO_MODEL_MESSAGE = "train a model or open a run first"
+#: Banner styles of an unhealthy model: collapsed to the mean (orange) and diverged (red).
+BANNER_STYLES = {
+    "collapsed": "background-color: #f0a030; color: #1a1a1a; padding: 6px; border-radius: 3px;",
+    "diverged": "background-color: #c8372d; color: #ffffff; padding: 6px; border-radius: 3px;",
+}
+#: Phase names as the tables show them.
+PHASE_LABELS = (("pore", "Pore"), ("cbd", "CBD"), ("active", "Active"))
 #: Shown while ``state.model`` is a model whose weights are not final yet (training started or a
 #: run is being evaluated; ``model_version`` is bumped when it is ready).
 MODEL_PENDING_MESSAGE = ("a new model is being trained or evaluated; results appear when it is "
@@ -160,29 +171,32 @@ def _item(text: str) -> QTableWidgetItem:
 
 
 class StatisticsTable(QTableWidget):
-    """A read-only table of labelled rows with two value columns (a single value spans both)."""
+    """A read-only table of labelled rows with value columns (a single value spans them all)."""
 
-    def __init__(self, columns: tuple[str, str], parent: QWidget | None = None) -> None:
-        super().__init__(0, 2, parent)
+    def __init__(self, columns: tuple[str, ...], parent: QWidget | None = None) -> None:
+        super().__init__(0, len(columns), parent)
         self.setHorizontalHeaderLabels(list(columns))
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.setWordWrap(False)
 
-    def set_rows(self, rows: list[tuple[str, str | tuple[str, str]]]) -> None:
-        """Show ``(label, value)`` or ``(label, (left, right))`` rows."""
+    def set_rows(self, rows: list[tuple[str, str | tuple[str, ...]]]) -> None:
+        """Show ``(label, value)`` or ``(label, (one value per column))`` rows."""
         self.clearSpans()
         self.setRowCount(len(rows))
         self.setVerticalHeaderLabels([label for label, _ in rows])
+        columns = self.columnCount()
         for row, (_, value) in enumerate(rows):
             if isinstance(value, tuple):
-                self.setItem(row, 0, _item(value[0]))
-                self.setItem(row, 1, _item(value[1]))
+                for column in range(columns):
+                    self.setItem(row, column,
+                                 _item(value[column] if column < len(value) else ""))
             else:
                 self.setItem(row, 0, _item(value))
-                self.setItem(row, 1, _item(""))
-                self.setSpan(row, 0, 1, 2)
+                for column in range(1, columns):
+                    self.setItem(row, column, _item(""))
+                self.setSpan(row, 0, 1, columns)
         height = self.horizontalHeader().height() + 2 * self.frameWidth()
         height += sum(self.rowHeight(r) for r in range(self.rowCount()))
         self.setFixedHeight(height)
@@ -210,9 +224,56 @@ def mse_rows(state: CAEState) -> list[tuple[str, Any]]:
         ("MSE mean ± std", (f"{m.train_mean:.4f} ± {m.train_std:.4f}",
                             f"{m.val_mean:.4f} ± {m.val_std:.4f}")),
         ("Welch p-value", format_p(m.p_value)),
-        ("Report's window", f"{report.window.window} (seeded random, validation)"),
+        ("Table 7 window", f"{report.window.window} (seeded random validation window)"),
     ]
     return rows
+
+
+def _percent(value: float) -> str:
+    return f"{value:.1%}" if np.isfinite(value) else "–"
+
+
+def _number(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if np.isfinite(value) else "–"
+
+
+def phase_rows(p: PhaseEvaluation) -> list[tuple[str, Any]]:
+    """Rows of the phases table: per phase original %, reconstruction %, IoU; then voxel
+    accuracy, NMSE and spread, and the TPB density of original and reconstruction."""
+    original = p.phase_fractions["original"]
+    reconstruction = p.phase_fractions["reconstruction"]
+    rows: list[tuple[str, Any]] = [
+        (label, (_percent(original[phase]), _percent(reconstruction[phase]),
+                 _number(p.phase_iou[phase], 2)))
+        for phase, label in PHASE_LABELS
+    ]
+    tpb = p.tpb_density_per_um2
+    rows += [
+        ("Voxel accuracy", _percent(p.voxel_accuracy)),
+        ("NMSE", _number(p.val_nmse, 3)),
+        ("Spread", _percent(p.spread)),
+        ("TPB (µm⁻²)", (_number(tpb["original"], 4), _number(tpb["reconstruction"], 4), "")),
+    ]
+    return rows
+
+
+def phases_title(p: PhaseEvaluation) -> str:
+    """Title of the phases table: how many windows and which phase rule."""
+    return f"<b>Phases</b> (all {p.windows:,} validation windows, {p.rule})"
+
+
+def health_banner_text(p: PhaseEvaluation) -> str:
+    """The warning of an unhealthy model ("" for a healthy one)."""
+    if p.health == "ok":
+        return ""
+    text = f"<b>Warning: {p.message}.</b>"
+    if p.advice:
+        text += f" Advice: {p.advice}."
+    if p.health == "collapsed":
+        text += " These reconstructions are not a result."
+    else:
+        text += " These weights are not a trained model."
+    return text
 
 
 def comparison_rows(c: WindowComparison) -> list[tuple[str, Any]]:
@@ -322,26 +383,63 @@ class ResultsPanel(QWidget):
             view_row.addWidget(check)
         view_row.addStretch(1)
 
+        # an unhealthy model is never shown without this banner
+        self.health_banner = QLabel()
+        self.health_banner.setWordWrap(True)
+        self.health_banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.health_banner.setVisible(False)
+        self.phases_title = QLabel()
+        self.phases_title.setWordWrap(True)
+        self.phases_table = StatisticsTable(("Original", "Reconstr.", "IoU"))
+        self.phases_table.setToolTip(
+            "Phases of all validation windows, original against reconstruction snapped by the "
+            "model's phase rule: volume fractions, intersection over union per phase, the "
+            "share of voxels whose phase is right, NMSE (validation MSE over the data's "
+            "variance; 1 for a model that outputs the mean) and the spread of the "
+            "reconstruction (its standard deviation over the data's), and the triple phase "
+            "boundary density")
+        self.mse_title = QLabel("<b>The paper's statistics</b>: training vs validation windows "
+                                "(per-window MSE, Tables 6 and 8)")
+        self.mse_title.setWordWrap(True)
         self.mse_table = StatisticsTable(("Training", "Validation"))
         self.window_table = StatisticsTable(("Original", "Reconstruction"))
         form = QFormLayout()
         form.addRow("Window", pick_row)
-        layout = QVBoxLayout(self)
+        # in a scroll area: with the warning banner and three tables the tab can be taller
+        # than the dock
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.health_banner)
         layout.addLayout(form)
         layout.addWidget(self.window_label)
         layout.addWidget(hint)
         layout.addLayout(view_row)
-        layout.addWidget(QLabel("<b>Training vs validation windows</b> (per-window MSE)"))
+        layout.addWidget(self.phases_title)
+        layout.addWidget(self.phases_table)
+        layout.addWidget(self.mse_title)
         layout.addWidget(self.mse_table)
         self.window_title = QLabel("<b>Shown window</b>")
         layout.addWidget(self.window_title)
         layout.addWidget(self.window_table)
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
     def statistics_texts(self) -> list[str]:
-        """All texts of both statistics tables (row labels and cells)."""
-        return self.mse_table.texts() + self.window_table.texts()
+        """All texts of the statistics tables (row labels and cells)."""
+        return self.phases_table.texts() + self.mse_table.texts() + self.window_table.texts()
+
+    @property
+    def health_warning(self) -> str:
+        """The warning banner's text ("" when none is shown)."""
+        return self.health_banner.text() if not self.health_banner.isHidden() else ""
 
     # ------------------------------------------------------------------------- state events
     def _on_model_changed(self, _event: Any = None) -> None:
@@ -373,6 +471,28 @@ class ResultsPanel(QWidget):
 
     def _on_report_changed(self, _event: Any = None) -> None:
         self.mse_table.set_rows(mse_rows(self.state))
+        report = self.state.report
+        phases = report.phases if report is not None else None
+        if phases is not None:
+            self.phases_title.setText(phases_title(phases))
+            self.phases_table.set_rows(phase_rows(phases))
+        banner = health_banner_text(phases) if phases is not None else ""
+        self.health_banner.setText(banner)
+        if banner:
+            self.health_banner.setStyleSheet(BANNER_STYLES.get(phases.health,
+                                                               BANNER_STYLES["diverged"]))
+        self._update_report_visibility()
+
+    def _update_report_visibility(self) -> None:
+        """The banner follows the report; the tables are shown when a window can be."""
+        problem = self._problem()
+        report = self.state.report
+        has_phases = report is not None and report.phases is not None
+        self.health_banner.setVisible(bool(self.health_banner.text()))
+        for widget in (self.phases_title, self.phases_table):
+            widget.setVisible(has_phases and not problem)
+        for widget in (self.mse_title, self.mse_table):
+            widget.setVisible(not problem)
 
     def _sync_spin(self) -> None:
         self.window_spin.blockSignals(True)
@@ -547,7 +667,7 @@ class ResultsPanel(QWidget):
     def _request_window(self) -> None:
         problem = self._problem()
         self.window_spin.setEnabled(self.state.dataset is not None)
-        self.mse_table.setVisible(not problem)
+        self._update_report_visibility()
         self.window_table.setVisible(not problem)
         self.window_title.setVisible(not problem)
         if problem:

@@ -8,10 +8,13 @@ it can be unit-tested without a viewer. Field summary:
   memory, phase ids 0/1/2), ``stack_layers`` (the napari layer name each came from) and
   ``converting_layers`` (names of the layers the Data panel converts in the background: their
   results may still change ``stacks``, so Train waits until it is empty);
-* windows: ``window`` (WindowSpec), ``val_fraction``, ``split_mode``, ``seed``, and the derived
+* windows: ``window`` (WindowSpec), ``val_fraction``, ``split_mode`` ("random" or "blocked":
+  the Windows tab offers those two, so the core's default "auto" starts here resolved for the
+  quick preset's window), ``seed``, and the derived
   ``dataset`` (WindowDataset or None), ``split`` (WindowSplit or None) and ``window_error``
   (why no dataset could be built, "" if fine);
-* model & training: ``model_settings``, ``train_config``, ``model`` (ConvAutoEncoder3d or None),
+* model & training: ``model_settings`` (architecture, normalisation, output kind and the phase
+  rule of one-value models), ``train_config``, ``model`` (ConvAutoEncoder3d or None),
   ``model_version`` (bumped whenever the weights change: training finished or stopped, run
   opened), ``history`` (tuple of EpochReport), ``training`` (a worker is running);
 * results: ``selected_window`` (index into ``dataset``), ``latents`` (float32 (n_windows, k) of
@@ -35,6 +38,7 @@ from ..core import (
     split,
 )
 from ..core.model import ConvAutoEncoder3d, ModelConfig
+from ..core.windows import resolve_split
 
 _QUICK = get_preset("quick")
 
@@ -57,15 +61,26 @@ class WindowSplit:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Architecture choices of the Model panel (window length and crop come from the window)."""
+    """Model choices of the Train tab (window length and crop come from the window).
+
+    ``norm``: "none" (the paper), "batch" or "group"; ``output``: "value" (the paper's one
+    network value, MSE) or "phases" (three phase logits, cross-entropy, argmax);
+    ``phase_rule``: how the output becomes phases after training, "fitted" (thresholds, or
+    offsets of the three phase logits, fitted to the training fractions) or "nearest", the
+    unfitted rule (the paper's nearest value; the plain argmax of a three-phase model), as
+    ``core.evaluation.fit_phase_rule`` takes it. The defaults are the quick preset's.
+    """
 
     conv_layers: int = _QUICK.conv_layers
     hidden: int = _QUICK.hidden
     latent_dim: int = _QUICK.latent_dim
+    norm: str = _QUICK.norm
+    output: str = _QUICK.output
+    phase_rule: str = _QUICK.phase_rule
 
     def model_config(self, window: WindowSpec) -> ModelConfig:
         return ModelConfig(window.length, window.crop, self.conv_layers, self.hidden,
-                           self.latent_dim)
+                           self.latent_dim, self.norm, self.output)
 
 
 @evented
@@ -78,7 +93,8 @@ class CAEState:
     converting_layers: tuple = ()
     window: WindowSpec = _QUICK.window
     val_fraction: float = 0.15
-    split_mode: str = "random"
+    #: The core's "auto" for the quick preset's window (blocked: its windows overlap along Z).
+    split_mode: str = resolve_split(_QUICK.train.split, _QUICK.window)
     seed: int = 0
     dataset: WindowDataset | None = None
     split: WindowSplit | None = None

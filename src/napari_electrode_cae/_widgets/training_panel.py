@@ -1,25 +1,32 @@
 """The "Model & training" panel: model and training settings, Train / Stop, runs on disk.
 
-Training runs :func:`napari_electrode_cae.core.train` in a napari ``GeneratorWorker``; the
-panel's progress bar follows the batches (at most ten repaints a second), every epoch extends
-``state.history`` (the loss plot and the status line follow it). napari's activity-dock
-progress bar (``napari.utils.progress``) is not used: creating the first one blocked the GUI
-thread for 80-190 ms when Train was pressed, and every update of it runs a nested
-``processEvents`` inside the slot. When training ends (finished, stopped or failed after at
-least one epoch) a second worker encodes every window and evaluates the model off the GUI
-thread; its result sets ``state.latents`` and ``state.report`` and bumps
-``state.model_version``. Open run… reads the run folder (weights, stacks, windows) in a worker
-too; its result is applied on the GUI thread.
+Training runs :func:`napari_electrode_cae.core.train` in a napari ``GeneratorWorker``. Before
+the first batch the panel says how many windows and batches the run has (the progress bar's
+maximum is the real total from the start) and, from the first batches and then from finished
+epochs, how long it will take (``core.training.TimeEstimate``). The progress bar follows the
+batches (at most ten repaints a second); every epoch extends ``state.history`` (the loss plot
+and the status line, with NMSE and spread, follow it), and a model that diverges, or has
+collapsed to the mean after a few epochs, gets a warning in orange or red below the bar.
+napari's activity-dock progress bar (``napari.utils.progress``) is not used: creating the
+first one blocked the GUI thread for 80-190 ms when Train was pressed, and every update of it
+runs a nested ``processEvents`` inside the slot.
+
+When training ends (finished, stopped or failed after at least one epoch) a second worker fits
+the phase rule (thresholds fitted to the training fractions, or the paper's nearest value),
+encodes every window and evaluates the model off the GUI thread, the progress bar counting the
+windows; its result sets ``state.latents`` and ``state.report`` and bumps
+``state.model_version``, and the warning follows the evaluation's verdict over all validation
+windows. Open run… reads the run folder (weights, stacks, windows) in a worker too; its result
+is applied on the GUI thread. Worker jobs and text helpers live in :mod:`.training_jobs`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 import threading
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +36,7 @@ import torch
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from napari.utils.theme import get_theme
-from qtpy.QtCore import QCoreApplication, QEventLoop, Qt
+from qtpy.QtCore import QCoreApplication, QEventLoop, Qt, QTimer
 from qtpy.QtGui import QValidator
 from qtpy.QtWidgets import (
     QComboBox,
@@ -41,127 +48,77 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from .. import core
 from .._layers import add_stack_labels
-from ..core import ElectrodeCAEError, EpochReport, RunFolderError, TrainConfigError
-from ..core.model import CONV_LAYER_CHOICES
-from .live_decoder import restore_torch_threads, set_torch_threads
+from ..core import ElectrodeCAEError, EpochReport, TrainConfigError
+from ..core.health import Health
+from ..core.losses import PHASE_LOSS_CHOICES
+from ..core.model import CONV_LAYER_CHOICES, NORM_CHOICES
+from ..core.training import SCHEDULE_CHOICES, TimeEstimate, format_duration, history_health
+from ..core.windows import resolve_split
 from .loss_plot import LossPlot
 from .state import CAEState, ModelSettings
+from .training_jobs import (  # noqa: F401 (re-exported: tests and benchmarks use these names)
+    CUSTOM_PRESET,
+    PHASE_RULE_CHOICES,
+    EvaluationProgress,
+    LoadedRun,
+    TrainedRun,
+    TrainingPlan,
+    TrainingRunError,
+    drive,
+    epoch_warning,
+    estimate_text,
+    format_epoch_status,
+    format_report_status,
+    gui_torch_threads,
+    history_from_rows,
+    load_run_folder,
+    matching_preset,
+    open_run_error_message,
+    run_health,
+    same_labels,
+    save_run_job,
+    settings_of_preset,
+    training_steps,
+    warning_text,
+)
+from .training_jobs import evaluate_model as _evaluate_model
 from .window_close import WindowCloseWatcher
 
 if TYPE_CHECKING:
     import napari
 
-CUSTOM_PRESET = "custom"
 #: Shortest time between two progress-bar updates while training, in seconds. Each update
 #: repaints the window (with software OpenGL 10-30 ms on a busy CPU), and batches of the quick
 #: preset come 20-30 times a second.
 PROGRESS_INTERVAL_S = 0.1
+#: How often the evaluation's window count is shown, in milliseconds.
+EVALUATION_POLL_MS = 200
 #: How long shutdown() waits for one running worker to reach its next stopping point.
 SHUTDOWN_TIMEOUT_S = 60.0
 _ERROR_STYLE = "color: #e8655a;"
-
-
-class TrainingRunError(ElectrodeCAEError):
-    """Training, evaluation or saving failed inside torch or the file system.
-
-    Examples: CUDA out of memory, a disk that is full. Raised in a worker thread and shown as a
-    notification; the GUI leaves its busy state.
-    """
-
-
-# --------------------------------------------------------------------------------------------
-# Work done in worker threads: plain functions of core objects, no Qt, no viewer.
-
-
-def gui_torch_threads(device: torch.device) -> int:
-    """Intra-op torch threads for training from the GUI: on the CPU, leave one core free.
-
-    The GUI thread needs a core to stay fluid; torch's default uses every core.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu":
-        return threads
-    return max(1, min(threads, (os.cpu_count() or 1) - 1))
-
-
-def _training_steps(reports, threads: int):
-    """Re-yield the reports of a ``core.train`` generator, with ``threads`` torch threads.
-
-    Runs in the worker thread: torch's thread count applies to the thread that sets it (and
-    becomes the default of threads started later; with a non-OpenMP torch, to every thread),
-    so it is set here and restored at the end, unless another count was set meanwhile (see
-    :func:`.live_decoder.restore_torch_threads`; where the count is shared, the Latents
-    panel's decodes leave it alone). Closing this generator closes ``reports`` (core.train
-    then restores the best weights). superqt's GeneratorWorker swallows a RuntimeError raised
-    by its generator (emitting neither ``errored`` nor ``finished``), so torch errors (e.g.
-    CUDA out of memory) are re-raised as TrainingRunError.
-
-    Returns
-    -------
-    TrainResult
-        The return value of ``reports``.
-    """
-    previous = set_torch_threads(threads)
-    try:
-        return (yield from reports)
-    except RuntimeError as exc:
-        raise TrainingRunError(f"training failed: {exc}") from exc
-    finally:
-        restore_torch_threads(threads, previous)
-
-
-def _drive(steps):
-    """Generator function around an existing generator (a GeneratorWorker needs a function)."""
-    return (yield from steps)
-
-
-def _evaluate_model(model, dataset, train_idx, val_idx, seed):
-    """Latents of every window and the paper's evaluation; stoppable between the two steps.
-
-    Returns
-    -------
-    tuple of (numpy.ndarray, EvaluationReport)
-        float32 (n_windows, latent_dim) latents and the evaluation report.
-    """
-    try:
-        latents = core.encode_windows(model, dataset)
-        yield "encoded"
-        report = core.evaluate(model, dataset, train_idx, val_idx, seed=seed)
-    except RuntimeError as exc:
-        raise TrainingRunError(f"evaluating the model failed: {exc}") from exc
-    return latents, report
-
-
-def _save_run(path, trained, history, report):
-    """Write ``trained`` (a TrainedRun) with its history and report to the run folder ``path``."""
-    yield "saving"
-    try:
-        return core.save_run(path, trained.model, trained.dataset, trained.config,
-                             trained.train_idx, trained.val_idx, history, report)
-    except (OSError, RuntimeError) as exc:
-        raise TrainingRunError(f"could not save the run to {path}: {exc}") from exc
-
-
-# --------------------------------------------------------------------------------------------
-# Small pure helpers.
-
-
-@dataclass(frozen=True, eq=False)
-class TrainedRun:
-    """The current model together with the windows, settings and split it was trained on."""
-
-    model: core.ConvAutoEncoder3d
-    dataset: core.WindowDataset
-    config: core.TrainConfig
-    train_idx: np.ndarray
-    val_idx: np.ndarray
+#: Warning colours: a collapsed model (orange) and a diverged one (red).
+_WARNING_STYLES = {
+    "collapsed": "color: #f0a030; font-weight: bold;",
+    "diverged": "color: #ff5a4e; font-weight: bold;",
+}
+#: Output kinds: value and label.
+OUTPUT_CHOICES: tuple[tuple[str, str], ...] = (
+    ("value", "one value (paper, MSE)"),
+    ("phases", "three phases (cross-entropy)"),
+)
+#: Losses of three-phase models: value and label.
+PHASE_LOSS_LABELS = {"ce": "cross-entropy", "weighted_ce": "weighted cross-entropy",
+                     "ce_dice": "cross-entropy + Dice"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,119 +129,6 @@ class _StateSnapshot:
     history: tuple
     latents: Any
     report: Any
-
-
-@dataclass(frozen=True)
-class LoadedRun:
-    """A run folder read by :func:`load_run_folder` (in a worker), ready to be applied."""
-
-    run: core.Run
-    dataset: core.WindowDataset
-    history: tuple[EpochReport, ...]
-    #: Viewer layer name -> the data object (as it was when Open started) found equal to the
-    #: run's stack of that name: such a layer is reused, not added again.
-    same_layers: dict[str, Any]
-
-
-def load_run_folder(path: str | Path, layer_data: dict[str, Any]) -> LoadedRun:
-    """Read the run folder ``path`` with its stacks and check them (runs in a worker).
-
-    ``layer_data`` maps the viewer's layer names to their data; the stacks equal to a layer of
-    their name are listed in ``same_layers``.
-
-    Raises
-    ------
-    RunFolderError
-        And other ElectrodeCAEError, KeyError, TypeError or ValueError for a bad folder (as
-        :func:`napari_electrode_cae.core.load_run`).
-    """
-    run = core.load_run(path)
-    dataset = run.load_dataset()
-    _check_split_fits(run, len(dataset))
-    history = history_from_rows(run.history, run.train_config.epochs)
-    same = {}
-    for stack in dataset.stacks:
-        name = stack.name or "electrode"
-        data = layer_data.get(name)
-        if data is not None and _same_labels(data, stack.labels):
-            same[name] = data
-    return LoadedRun(run, dataset, history, same)
-
-
-def _same_labels(data: Any, labels: np.ndarray) -> bool:
-    """Whether layer ``data`` holds ``labels``; compared slab by slab (little extra memory).
-
-    False for data that are not one array of that shape (multiscale, shapes, unreadable).
-    """
-    if getattr(data, "shape", None) != labels.shape:
-        return False
-    step = max(1, (1 << 22) // max(1, math.prod(labels.shape[1:])))
-    try:
-        for start in range(0, labels.shape[0], step):
-            if not np.array_equal(np.asarray(data[start:start + step]),
-                                  labels[start:start + step]):
-                return False
-    except Exception:  # noqa: BLE001 (a layer we cannot compare is simply not reused)
-        return False
-    return True
-
-
-def open_run_error_message(path: str | Path, exc: BaseException) -> str:
-    """What Open run says about a folder it could not open."""
-    if isinstance(exc, ElectrodeCAEError):
-        return str(exc)
-    if isinstance(exc, (KeyError, TypeError, ValueError)):
-        return f"invalid run folder {path}: {type(exc).__name__}: {exc}"
-    return f"could not open run {path}: {type(exc).__name__}: {exc}"
-
-
-def history_from_rows(rows: Sequence[dict], epochs: int) -> tuple[EpochReport, ...]:
-    """EpochReports from history.csv rows (epoch, train_mse, val_mse, seconds, best_val_mse).
-
-    The best epoch is recomputed: the first epoch with the lowest validation MSE so far.
-    """
-    reports, best_val, best_epoch = [], math.inf, 0
-    for row in rows:
-        if row["val_mse"] < best_val:
-            best_val, best_epoch = row["val_mse"], row["epoch"]
-        reports.append(EpochReport(
-            int(row["epoch"]), max(int(epochs), int(row["epoch"])), row["train_mse"],
-            row["val_mse"], row["seconds"], best_epoch, row["best_val_mse"],
-        ))
-    return tuple(reports)
-
-
-def format_epoch_status(history: Sequence[EpochReport]) -> str:
-    """'epoch 12/80 · train 0.251 · val 0.362 (best 0.35 @ 10) · 0.5 s/epoch'.
-
-    The unit is glued to its number (no-break space, word joiner) so a narrow dock does not
-    wrap it.
-    """
-    last = history[-1]
-    seconds = sum(r.seconds for r in history) / len(history)
-    return (f"epoch {last.epoch}/{last.epochs} · train {last.train_mse:.3g} · "
-            f"val {last.val_mse:.3g} (best {last.best_val_mse:.3g} @ {last.best_epoch}) · "
-            f"{seconds:.2g}\u00a0s/\u2060epoch")  # no line break inside "0.5 s/epoch"
-
-
-def format_report_status(report: core.EvaluationReport) -> str:
-    """One line with the Table-8 MSE statistics of ``report``."""
-    row = report.table8_row()
-    return (f"train MSE {row['Training MSE']} · val MSE {row['Validation MSE']} · "
-            f"p = {row['p-value for MSE']} · voxel accuracy {row['Voxel accuracy']}")
-
-
-def matching_preset(settings: ModelSettings, config: core.TrainConfig,
-                    window: core.WindowSpec) -> str:
-    """Name of the preset whose model, training and window settings these are, or 'custom'."""
-    for name, preset in core.PRESETS.items():
-        p = preset.train
-        if ((settings.conv_layers, settings.hidden, settings.latent_dim)
-                == (preset.conv_layers, preset.hidden, preset.latent_dim)
-                and (config.epochs, config.batch_size) == (p.epochs, p.batch_size)
-                and math.isclose(config.lr, p.lr) and window == preset.window):
-            return name
-    return CUSTOM_PRESET
 
 
 class LearningRateSpinBox(QDoubleSpinBox):
@@ -386,6 +230,13 @@ class TrainingPanel(QWidget):
         self._opening: object | None = None  # the Open run request whose worker runs
         self._progress_value = 0
         self._progress_shown_at = 0.0
+        self._training_result: core.TrainResult | None = None
+        self._plan: TrainingPlan | None = None
+        self._estimate: TimeEstimate | None = None
+        #: Where the newest evaluation is; polled by _evaluation_timer.
+        self._evaluation_progress: EvaluationProgress | None = None
+        self._evaluations: list[EvaluationProgress] = []  # all running (cancelled on shutdown)
+        self._bar_before_evaluation: tuple[int, int, str] | None = None
         #: The current model with what it was trained on (set after training or opening a run).
         self.trained_run: TrainedRun | None = None
 
@@ -396,6 +247,7 @@ class TrainingPanel(QWidget):
         self._update_preset_combo()
         self._update_buttons()
         self.loss_plot.set_history(state.history)
+        self._update_plan_preview()
         self._state_connections = [
             (state.events.model_settings, self._on_state_model_settings),
             (state.events.train_config, self._on_state_train_config),
@@ -403,6 +255,8 @@ class TrainingPanel(QWidget):
             (state.events.training, self._on_state_training),
             (state.events.history, self._on_state_history),
             (state.events.converting_layers, self._on_state_converting_layers),
+            (state.events.dataset, self._update_plan_preview),
+            (state.events.split, self._update_plan_preview),
         ]
         for signal, slot in self._state_connections:
             signal.connect(slot)
@@ -416,13 +270,25 @@ class TrainingPanel(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop after the current batch; the best weights are kept")
         self.progress_bar = QProgressBar()
-        self.progress_bar.setFormat("%v / %m batches")
+        self.progress_bar.setFormat("%v / %m batches")  # the real total: _update_plan_preview
         self.progress_bar.setValue(0)
         # _set_status/_report_error keep the text; _show_status adds the Data-panel note.
         self._status_text, self._status_error = "Choose settings and press Train.", False
         self.status_label = QLabel(self._status_text)
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # windows, batches and the time estimate of the running (or last) training
+        self.plan_label = QLabel()
+        self.plan_label.setWordWrap(True)
+        self.plan_label.setVisible(False)
+        # a diverged or collapsed model: message and advice, orange or red
+        self.health_label = QLabel()
+        self.health_label.setWordWrap(True)
+        self.health_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.health_label.setVisible(False)
+        self._evaluation_timer = QTimer(self)
+        self._evaluation_timer.setInterval(EVALUATION_POLL_MS)
+        self._evaluation_timer.timeout.connect(self._show_evaluation_progress)
         theme = get_theme(self.viewer.theme if self.viewer.theme != "system" else "dark")
         self.loss_plot = LossPlot(theme.background.as_hex(), theme.text.as_hex())
         self.save_button = QPushButton("Save run…")
@@ -430,15 +296,28 @@ class TrainingPanel(QWidget):
         self.run_label = QLabel()
         self.run_label.setWordWrap(True)
 
-        layout = QVBoxLayout(self)
+        # in a scroll area: with the advanced settings, a warning and a long status the tab can
+        # be taller than the dock, and Qt would squeeze rows into each other instead
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addWidget(self._build_model_box())
         layout.addWidget(self._build_training_box())
         layout.addLayout(_row(self.train_button, self.stop_button))
         layout.addWidget(self.progress_bar)
+        layout.addWidget(self.plan_label)
+        layout.addWidget(self.health_label)
         layout.addWidget(self.status_label)
         layout.addWidget(self.loss_plot, stretch=1)
         layout.addLayout(_row(self.save_button, self.open_button))
         layout.addWidget(self.run_label)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
         self._connect_widgets()
 
     def _build_model_box(self) -> QGroupBox:
@@ -453,6 +332,23 @@ class TrainingPanel(QWidget):
         self.conv_layers_combo.setToolTip("Convolution layers of the encoder (Table 2)")
         self.hidden_spin = _int_spin(1, 100_000, "Neurons of the fully connected hidden layer")
         self.latent_spin = _int_spin(1, 4096, "Number of latent features")
+        self.norm_combo = QComboBox()
+        for norm in NORM_CHOICES:
+            self.norm_combo.addItem({"none": "none (paper)", "batch": "batch norm",
+                                     "group": "group norm"}.get(norm, norm), norm)
+        self.norm_combo.setToolTip(
+            "Normalisation after each convolution. The paper has none; batch norm keeps a "
+            "larger learning rate from collapsing the model to the mean on real electrodes")
+        self.output_combo = QComboBox()
+        for output, label in OUTPUT_CHOICES:
+            self.output_combo.addItem(label, output)
+        self.output_combo.setToolTip(
+            "one value: the paper's single network value per voxel (pore -1, CBD 0, active "
+            "+1), trained with MSE and cut into phases after training.\nthree phases: one "
+            "logit per phase, trained with cross-entropy, the most likely phase wins")
+        self.phase_rule_combo = QComboBox()
+        for rule, label in PHASE_RULE_CHOICES:
+            self.phase_rule_combo.addItem(label, rule)
         self.model_summary_label = QLabel()
         self.model_summary_label.setWordWrap(True)
         form = QFormLayout()
@@ -460,6 +356,9 @@ class TrainingPanel(QWidget):
         form.addRow("Conv layers", self.conv_layers_combo)
         form.addRow("Hidden neurons", self.hidden_spin)
         form.addRow("Latent features", self.latent_spin)
+        form.addRow("Normalisation", self.norm_combo)
+        form.addRow("Output", self.output_combo)
+        form.addRow("Phase rule", self.phase_rule_combo)
         form.addRow(self.model_summary_label)
         box = QGroupBox("Model")
         box.setLayout(form)
@@ -489,19 +388,94 @@ class TrainingPanel(QWidget):
         form.addRow("Learning rate", self.lr_spin)
         form.addRow("Device", self.device_combo)
         form.addRow("Precision", self.precision_combo)
+        form.addRow(self._build_advanced())
         box = QGroupBox("Training")
         box.setLayout(form)
         return box
+
+    def _build_advanced(self) -> QWidget:
+        """Windows per epoch, warm-up, schedule, clipping and the three-phase loss (folded)."""
+        self.windows_per_epoch_spin = _int_spin(
+            0, 100_000_000, "Training windows sampled for each epoch (seeded); 'all' visits "
+            "every training window every epoch, as in the paper. Bounds an epoch's time on a "
+            "large stack")
+        self.windows_per_epoch_spin.setSpecialValueText("all")
+        self.warmup_spin = _int_spin(
+            0, 10_000_000, "Epochs over which the learning rate rises from a tenth of its value "
+                           "to its value (0: none, as in the paper)")
+        self.warmup_spin.setSpecialValueText("none")
+        self.schedule_combo = QComboBox()
+        for schedule in SCHEDULE_CHOICES:
+            self.schedule_combo.addItem({"constant": "constant (paper)",
+                                         "cosine": "cosine decay"}.get(schedule, schedule),
+                                        schedule)
+        self.schedule_combo.setToolTip(
+            "After the warm-up the learning rate stays (the paper) or decays along a cosine "
+            "to 0 at the last epoch")
+        self.grad_clip_spin = QDoubleSpinBox()
+        self.grad_clip_spin.setRange(0.0, 1e6)
+        self.grad_clip_spin.setDecimals(2)
+        self.grad_clip_spin.setSingleStep(0.5)
+        self.grad_clip_spin.setKeyboardTracking(False)
+        self.grad_clip_spin.setSpecialValueText("off")
+        self.grad_clip_spin.setToolTip(
+            "Largest gradient norm; larger gradients are scaled down to it before each step "
+            "(off: as in the paper)")
+        self.phase_loss_combo = QComboBox()
+        for loss in PHASE_LOSS_CHOICES:
+            self.phase_loss_combo.addItem(PHASE_LOSS_LABELS.get(loss, loss), loss)
+        self.phase_loss_combo.setToolTip(
+            "Loss of three-phase models (one-value models use MSE): weighted cross-entropy "
+            "weighs the thin CBD up, Dice adds an overlap term per phase")
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Windows per epoch", self.windows_per_epoch_spin)
+        form.addRow("Warm-up epochs", self.warmup_spin)
+        form.addRow("Schedule", self.schedule_combo)
+        form.addRow("Gradient clipping", self.grad_clip_spin)
+        form.addRow("Phase loss", self.phase_loss_combo)
+        # A plain toggle that shows or hides the rows: hidden rows take no room, shown rows
+        # keep their full height in a crowded tab (an animated collapsible gets squeezed).
+        self.advanced_content = QWidget()
+        self.advanced_content.setLayout(form)
+        self.advanced_content.setVisible(False)
+        self.advanced_button = QToolButton()
+        self.advanced_button.setText("Advanced: epoch size, schedule, clipping")
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setAutoRaise(True)
+        self.advanced_button.toggled.connect(self.show_advanced)
+        self.advanced_content.setSizePolicy(QSizePolicy.Policy.Preferred,
+                                            QSizePolicy.Policy.Fixed)
+        box = QWidget()
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.advanced_button)
+        layout.addWidget(self.advanced_content)
+        return box
+
+    def show_advanced(self, shown: bool = True) -> None:
+        """Show (or hide) the advanced training settings."""
+        with _signals_blocked(self.advanced_button):
+            self.advanced_button.setChecked(shown)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if shown
+                                          else Qt.ArrowType.RightArrow)
+        self.advanced_content.setVisible(shown)
 
     def _connect_widgets(self) -> None:
         self.preset_combo.activated.connect(self._on_preset_activated)
         self.conv_layers_combo.currentIndexChanged.connect(self._on_model_field_changed)
         self.hidden_spin.valueChanged.connect(self._on_model_field_changed)
         self.latent_spin.valueChanged.connect(self._on_model_field_changed)
-        for spin in (self.epochs_spin, self.batch_spin, self.lr_spin):
+        for combo in (self.norm_combo, self.output_combo, self.phase_rule_combo):
+            combo.currentIndexChanged.connect(self._on_model_field_changed)
+        for spin in (self.epochs_spin, self.batch_spin, self.lr_spin,
+                     self.windows_per_epoch_spin, self.warmup_spin, self.grad_clip_spin):
             spin.valueChanged.connect(self._on_train_field_changed)
-        self.device_combo.currentIndexChanged.connect(self._on_train_field_changed)
-        self.precision_combo.currentIndexChanged.connect(self._on_train_field_changed)
+        for combo in (self.device_combo, self.precision_combo, self.schedule_combo,
+                      self.phase_loss_combo):
+            combo.currentIndexChanged.connect(self._on_train_field_changed)
         self.train_button.clicked.connect(self._on_train_clicked)
         self.stop_button.clicked.connect(self._on_stop_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)
@@ -512,7 +486,9 @@ class TrainingPanel(QWidget):
     def model_settings_from_fields(self) -> ModelSettings:
         """The model settings the fields show."""
         return ModelSettings(int(self.conv_layers_combo.currentData()),
-                             self.hidden_spin.value(), self.latent_spin.value())
+                             self.hidden_spin.value(), self.latent_spin.value(),
+                             self.norm_combo.currentData(), self.output_combo.currentData(),
+                             self.phase_rule_combo.currentData())
 
     def train_config_from_fields(self) -> core.TrainConfig:
         """The training settings the fields show, with the state's split settings.
@@ -528,27 +504,59 @@ class TrainingPanel(QWidget):
             lr=float(self.lr_spin.value()), val_fraction=float(s.val_fraction),
             seed=int(s.seed), split=s.split_mode, device=self.device_combo.currentData(),
             precision=self.precision_combo.currentData(),
+            windows_per_epoch=self.windows_per_epoch_spin.value(),
+            warmup_epochs=self.warmup_spin.value(),
+            schedule=self.schedule_combo.currentData(),
+            grad_clip=float(self.grad_clip_spin.value()),
+            phase_loss=self.phase_loss_combo.currentData(),
         )
 
     def _show_model_settings(self, settings: ModelSettings) -> None:
-        widgets = (self.conv_layers_combo, self.hidden_spin, self.latent_spin)
+        widgets = (self.conv_layers_combo, self.hidden_spin, self.latent_spin, self.norm_combo,
+                   self.output_combo, self.phase_rule_combo)
         with _signals_blocked(*widgets):
-            index = self.conv_layers_combo.findData(settings.conv_layers)
-            self.conv_layers_combo.setCurrentIndex(max(index, 0))
+            _select_data(self.conv_layers_combo, settings.conv_layers)
             self.hidden_spin.setValue(settings.hidden)
             self.latent_spin.setValue(settings.latent_dim)
+            _select_data(self.norm_combo, settings.norm)
+            _select_data(self.output_combo, settings.output)
+            _select_data(self.phase_rule_combo, settings.phase_rule)
+        self._update_output_dependent_fields()
+
+    def _update_output_dependent_fields(self) -> None:
+        """The unfitted phase rule is named after the output kind; the phase loss applies to
+        three-phase models only."""
+        phases = self.output_combo.currentData() == "phases"
+        training = self._training_worker is not None
+        self.phase_rule_combo.setItemText(
+            self.phase_rule_combo.findData("nearest"),
+            "plain argmax" if phases else "nearest value (paper)")
+        self.phase_rule_combo.setEnabled(not training)
+        self.phase_rule_combo.setToolTip(
+            "How the output becomes phases after training. Fitted to the training fractions: "
+            "per-phase offsets added to the logits before the argmax, chosen so that the "
+            "phase fractions match the training windows' (the plain argmax all but drops a "
+            "thin phase such as CBD)." if phases else
+            "How the one value per voxel becomes phases after training: thresholds fitted so "
+            "that the phase fractions match the training windows', or the paper's nearest "
+            "value (-1 / 0 / +1), which puts CBD on every blurred pore/active boundary")
+        self.phase_loss_combo.setEnabled(phases and not training)
 
     def _show_train_config(self, config: core.TrainConfig) -> None:
         widgets = (self.epochs_spin, self.batch_spin, self.lr_spin, self.device_combo,
-                   self.precision_combo)
+                   self.precision_combo, self.windows_per_epoch_spin, self.warmup_spin,
+                   self.schedule_combo, self.grad_clip_spin, self.phase_loss_combo)
         with _signals_blocked(*widgets):
             self.epochs_spin.setValue(config.epochs)
             self.batch_spin.setValue(config.batch_size)
             self.lr_spin.setValue(config.lr)
-            index = self.device_combo.findData(config.device)
-            self.device_combo.setCurrentIndex(max(index, 0))
-            index = self.precision_combo.findData(config.precision)
-            self.precision_combo.setCurrentIndex(max(index, 0))
+            _select_data(self.device_combo, config.device)
+            _select_data(self.precision_combo, config.precision)
+            self.windows_per_epoch_spin.setValue(config.windows_per_epoch)
+            self.warmup_spin.setValue(config.warmup_epochs)
+            _select_data(self.schedule_combo, config.schedule)
+            self.grad_clip_spin.setValue(config.grad_clip)
+            _select_data(self.phase_loss_combo, config.phase_loss)
 
     def _update_preset_combo(self) -> None:
         name = matching_preset(self.state.model_settings, self.state.train_config,
@@ -580,15 +588,17 @@ class TrainingPanel(QWidget):
         self.apply_preset(name)
 
     def apply_preset(self, name: str) -> None:
-        """Fill the model, training and window settings from the preset ``name``."""
+        """Fill the model, training and window settings from the preset ``name``.
+
+        The device, the precision and the Windows tab's split settings stay as they are.
+        """
         preset = core.get_preset(name)
         s = self.state
-        s.model_settings = ModelSettings(preset.conv_layers, preset.hidden, preset.latent_dim)
+        s.model_settings = settings_of_preset(preset)
         try:
-            s.train_config = core.TrainConfig(
-                epochs=preset.train.epochs, batch_size=preset.train.batch_size,
-                lr=preset.train.lr, val_fraction=s.val_fraction, seed=s.seed,
-                split=s.split_mode, device=self.device_combo.currentData(),
+            s.train_config = dataclasses.replace(
+                preset.train, val_fraction=s.val_fraction, seed=s.seed, split=s.split_mode,
+                device=self.device_combo.currentData(),
                 precision=self.precision_combo.currentData(),
             )
         except TrainConfigError as exc:
@@ -614,6 +624,37 @@ class TrainingPanel(QWidget):
     def _on_state_train_config(self, config: core.TrainConfig) -> None:
         self._show_train_config(config)
         self._update_preset_combo()
+        self._update_plan_preview()
+
+    def _update_plan_preview(self, *_: Any) -> None:
+        """Until the first training: the planned windows and batches, and the bar's total.
+
+        The bar never shows a placeholder total; once a run has trained (or been opened) the
+        bar and the plan describe that run until the next one starts.
+        """
+        if (self._closed or self._training_worker is not None or self._plan is not None
+                or self.trained_run is not None or self._evaluation_progress is not None):
+            return
+        s, plan = self.state, None
+        if s.dataset is not None and s.split is not None:
+            try:
+                plan = TrainingPlan.of(s.dataset, s.split.train, s.split.val,
+                                       self.train_config_from_fields(),
+                                       self.model_settings_from_fields().norm)
+            except ElectrodeCAEError:
+                plan = None
+        bar = self.progress_bar
+        if plan is None:
+            bar.setRange(0, 1)
+            bar.setValue(0)
+            bar.setFormat("no windows to train on yet")
+            self.plan_label.setVisible(False)
+            return
+        bar.setRange(0, plan.total_batches)
+        bar.setValue(0)
+        bar.setFormat("%v / %m batches")
+        self.plan_label.setText(f"planned: {plan.describe()}")
+        self.plan_label.setVisible(True)
 
     def _on_state_window(self, _window: core.WindowSpec) -> None:
         self._update_model_summary()
@@ -682,9 +723,12 @@ class TrainingPanel(QWidget):
             and self._evaluating_model is None and self.trained_run is not None
         )
         for widget in (self.preset_combo, self.conv_layers_combo, self.hidden_spin,
-                       self.latent_spin, self.epochs_spin, self.batch_spin, self.lr_spin,
-                       self.device_combo, self.precision_combo):
+                       self.latent_spin, self.norm_combo, self.output_combo, self.epochs_spin,
+                       self.batch_spin, self.lr_spin, self.device_combo, self.precision_combo,
+                       self.windows_per_epoch_spin, self.warmup_spin, self.schedule_combo,
+                       self.grad_clip_spin):
             widget.setEnabled(not training)
+        self._update_output_dependent_fields()
 
     def _start_worker(self, function, *args, on_yielded=None, on_returned=None,
                       on_errored=None, on_finished=None):
@@ -740,10 +784,13 @@ class TrainingPanel(QWidget):
                 f"training needs windows on both sides: {len(train_idx)} training, "
                 f"{len(val_idx)} validation windows"
             )
-        model_config = self.model_settings_from_fields().model_config(s.dataset.spec)
+        settings = self.model_settings_from_fields()
+        model_config = settings.model_config(s.dataset.spec)
+        core.training.check_trainable(model_config, config)
         core.seed_everything(config.seed)
-        model = core.ConvAutoEncoder3d(**model_config.to_dict())
-        return TrainedRun(model, s.dataset, config, train_idx, val_idx)
+        model = core.build_model(model_config)
+        return TrainedRun(model, s.dataset, config, train_idx, val_idx,
+                          phase_rule=settings.phase_rule)
 
     def _start_training(self, job: TrainedRun) -> None:
         s = self.state
@@ -757,14 +804,20 @@ class TrainingPanel(QWidget):
         s.history = ()
         s.latents = None
         s.report = None
-        n_batches = math.ceil(len(job.train_idx) / job.config.batch_size)
-        total = job.config.epochs * n_batches
+        self._training_result = None
+        plan = self._plan = TrainingPlan.of(job.dataset, job.train_idx, job.val_idx, job.config,
+                                            job.model.config.norm)
+        self._estimate = TimeEstimate(plan.batches_per_epoch, plan.epochs, plan.val_windows,
+                                      plan.batch_size)
+        self._show_plan("estimating the time from the first batches…")
+        self._show_health(None)
         device = core.resolve_device(job.config.device)
         reports = core.train(job.model, job.dataset, job.config, train_idx=job.train_idx,
                              val_idx=job.val_idx, yield_batches=True)
-        steps = _training_steps(reports, gui_torch_threads(device))
+        steps = training_steps(reports, gui_torch_threads(device))
         worker = self._start_worker(
-            _drive, steps, on_yielded=self._on_training_report,
+            drive, steps, on_yielded=self._on_training_report,
+            on_returned=self._on_training_returned,
             on_errored=self._on_training_errored, on_finished=self._on_training_finished,
         )
         # On Stop the worker abandons the generator; closing it in the worker thread makes
@@ -772,12 +825,13 @@ class TrainingPanel(QWidget):
         worker.aborted.connect(lambda: _close_generator(steps),
                                Qt.ConnectionType.DirectConnection)
         self._training_worker = worker
-        self.progress_bar.setRange(0, total)
+        # the real total from the start: never a placeholder before the first batch
+        self.progress_bar.setFormat("%v / %m batches")
+        self.progress_bar.setRange(0, plan.total_batches)
         self._progress_value = 0
         self._show_progress(0)
         where = device.type + (" in bf16" if job.config.precision == "bf16" else "")
-        self._set_status(f"training on {where}: {len(job.train_idx)} training and "
-                         f"{len(job.val_idx)} validation windows, {n_batches} batches/epoch…")
+        self._set_status(f"training on {where}…")  # windows and batches: the plan above
         s.training = True
         self._update_buttons()
         worker.start()
@@ -787,14 +841,50 @@ class TrainingPanel(QWidget):
             return
         if isinstance(report, core.BatchReport):
             self._progress_value = (report.epoch - 1) * report.batches + report.batch
+            if self._estimate is not None and self._estimate.batch_done() \
+                    and not self.state.history:
+                self._show_plan(estimate_text(self._estimate, 0))
             if time.monotonic() - self._progress_shown_at >= PROGRESS_INTERVAL_S:
                 self._show_progress(self._progress_value)
             return
         self._show_progress(self._progress_value)
         history = (*self.state.history, report)
         self.state.history = history
+        if self._estimate is not None:
+            self._estimate.epoch_done(report.seconds)
+            self._show_plan(estimate_text(self._estimate, len(history)))
+        job = self._training_job
+        self._show_health(epoch_warning(report, job.config if job is not None else None))
         if not self._stop_requested:
             self._set_status(format_epoch_status(history))
+
+    def _on_training_returned(self, result: core.TrainResult | None) -> None:
+        self._training_result = result
+
+    def _show_plan(self, time_text: str = "") -> None:
+        """The training plan (windows, batches) and below it ``time_text``."""
+        if self._plan is None:
+            self.plan_label.setVisible(False)
+            return
+        self.plan_label.setText(self._plan.describe() + (f"\n{time_text}" if time_text else ""))
+        self.plan_label.setVisible(True)
+
+    def _show_health(self, health: Health | None) -> None:
+        """Show the warning of an unhealthy model (orange: collapsed, red: diverged); hide it
+        for None or a healthy one."""
+        if health is None or health.ok:
+            self.health_label.setVisible(False)
+            self.health_label.setText("")
+            return
+        self.health_label.setStyleSheet(_WARNING_STYLES.get(health.state,
+                                                            _WARNING_STYLES["diverged"]))
+        self.health_label.setText(warning_text(health))
+        self.health_label.setVisible(True)
+
+    @property
+    def health_warning(self) -> str:
+        """The warning the Train tab shows now ("" if none)."""
+        return self.health_label.text() if not self.health_label.isHidden() else ""
 
     def _show_progress(self, value: int) -> None:
         """Show ``value`` in the progress bar with an ordinary, coalesced repaint.
@@ -837,6 +927,10 @@ class TrainingPanel(QWidget):
         if not history:
             snapshot = self._before_training
             self._restore(snapshot)
+            self._estimate = None
+            self._show_plan()  # no time to tell
+            if s.report is not None and self.trained_run is not None:
+                self._show_health(run_health(self.trained_run, s.report))
             kept = "stopped before the first epoch finished; the previous model is kept"
             if not self._training_failed:
                 self._set_status(kept)
@@ -844,12 +938,26 @@ class TrainingPanel(QWidget):
                 snapshot, f"{self._training_error}\n{kept}" if self._training_error else kept)
             self._update_buttons()
             return
+        result = self._training_result
+        health = (result.health if result is not None
+                  else history_health(history, job.config))
+        job = job.with_health(health)
         self.trained_run = job
         self._before_training = None
         last = history[-1]
-        ended = "stopped" if last.epoch < last.epochs else "finished"
-        summary = (f"{ended} after {last.epoch}/{last.epochs} epochs · best val "
-                   f"{last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)")
+        if health.state == "diverged":
+            kept = (f"best val {last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)"
+                    if last.best_epoch else "no finite epoch: the initial weights are kept")
+            summary = f"diverged at epoch {last.epoch}/{last.epochs} · {kept}"
+        else:
+            ended = "stopped" if last.epoch < last.epochs else "finished"
+            summary = (f"{ended} after {last.epoch}/{last.epochs} epochs · best val "
+                       f"{last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)")
+        if health.state == "diverged":
+            self._show_health(health)
+        if self._estimate is not None:
+            self._show_plan(f"took {format_duration(sum(r.seconds for r in history))}")
+        self._estimate = None
         if self._training_error:  # keep the reason in the status once the evaluation is in
             summary = f"{self._training_error}\n{summary}"
         if not self._training_failed:
@@ -883,21 +991,48 @@ class TrainingPanel(QWidget):
     # -------------------------------------------------------------------- evaluation
 
     def _start_evaluation(self, run: TrainedRun, summary: str) -> None:
-        """Encode all windows and evaluate ``run.model`` in a worker, then bump model_version."""
+        """Fit the phase rule, encode all windows and evaluate ``run.model`` in a worker, then
+        bump model_version. The progress bar counts the windows meanwhile."""
         model = run.model
         self._evaluating_model = model
+        progress = EvaluationProgress()
         worker = self._start_worker(
             _evaluate_model, model, run.dataset, run.train_idx, run.val_idx, run.config.seed,
+            run.phase_rule, run.diverged, progress,
             on_returned=lambda result: self._on_evaluation_returned(run, summary, result),
             on_errored=self._on_evaluation_errored,
-            on_finished=lambda: self._on_evaluation_finished(model),
+            on_finished=lambda: self._on_evaluation_finished(model, progress),
         )
+        if self._evaluation_progress is None and self._training_worker is None:
+            bar = self.progress_bar
+            self._bar_before_evaluation = (bar.maximum(), bar.value(), bar.format())
+        self._evaluation_progress = progress
+        self._evaluations.append(progress)
+        self._evaluation_timer.start()
         self._update_buttons()
         worker.start()
 
+    def _show_evaluation_progress(self) -> None:
+        """Timer slot: the running evaluation's window count in the progress bar (unless a new
+        training has the bar)."""
+        progress = self._evaluation_progress
+        if progress is None or self._training_worker is not None or self._closed:
+            return
+        bar = self.progress_bar
+        bar.setUpdatesEnabled(False)
+        if progress.total:
+            bar.setRange(0, progress.total)
+            bar.setValue(min(progress.done, progress.total))
+            bar.setFormat(f"{progress.stage} %v / %m windows")
+        else:
+            bar.setRange(0, 1)
+            bar.setValue(0)
+            bar.setFormat(f"{progress.stage}…")
+        bar.setUpdatesEnabled(True)
+
     def _on_evaluation_returned(self, run: TrainedRun, summary: str, result) -> None:
-        if self._closed or run.model is not self.state.model:
-            return  # a newer model replaced this one meanwhile
+        if self._closed or result is None or run.model is not self.state.model:
+            return  # closed, cancelled, or a newer model replaced this one meanwhile
         latents, report = result
         s = self.state
         if s.dataset is not run.dataset:
@@ -911,6 +1046,7 @@ class TrainingPanel(QWidget):
         s.report = report
         s.model_version += 1
         self._set_status(f"{summary}\n{format_report_status(report)}")
+        self._show_health(run_health(run, report))
 
     def _on_evaluation_errored(self, exc: Exception) -> None:
         if self._closed:
@@ -920,9 +1056,20 @@ class TrainingPanel(QWidget):
         else:
             self._report_error(f"evaluating the model failed: {type(exc).__name__}: {exc}")
 
-    def _on_evaluation_finished(self, model) -> None:
+    def _on_evaluation_finished(self, model, progress: EvaluationProgress) -> None:
         if self._evaluating_model is model:
             self._evaluating_model = None
+        if progress in self._evaluations:
+            self._evaluations.remove(progress)
+        if self._evaluation_progress is progress:
+            self._evaluation_progress = None
+            self._evaluation_timer.stop()
+            saved, self._bar_before_evaluation = self._bar_before_evaluation, None
+            if saved is not None and self._training_worker is None:
+                maximum, value, text = saved
+                self.progress_bar.setRange(0, maximum)
+                self.progress_bar.setValue(value)
+                self.progress_bar.setFormat(text)
         self._update_buttons()
 
     # --------------------------------------------------------------------------- runs
@@ -948,7 +1095,7 @@ class TrainingPanel(QWidget):
         report = self.state.report
         self._saving = True
         worker = self._start_worker(
-            _save_run, path, run, history, report,
+            save_run_job, path, run, history, report, run_health(run, report),
             on_returned=lambda _path: self._on_run_saved(path),
             on_errored=self._on_save_errored, on_finished=self._on_save_finished,
         )
@@ -1046,7 +1193,8 @@ class TrainingPanel(QWidget):
                             for stack in dataset.stacks)
         s.stacks = tuple(dataset.stacks)
         s.stack_layers = layer_names
-        s.split_mode = c.split
+        # the Windows tab offers random and blocked: a run saved with "auto" opens resolved
+        s.split_mode = resolve_split(c.split, run.window)
         s.val_fraction = c.val_fraction
         s.seed = c.seed
         s.window = run.window
@@ -1054,21 +1202,34 @@ class TrainingPanel(QWidget):
         if s.dataset is not None:
             dataset = s.dataset
         mc = run.model.config
-        s.model_settings = ModelSettings(mc.conv_layers, mc.hidden, mc.latent_dim)
+        # "fitted", or the unfitted rule (the paper's nearest value, the plain argmax)
+        rule = "fitted" if run.model.phase_rule.name == "fitted" else "nearest"
+        s.model_settings = ModelSettings(mc.conv_layers, mc.hidden, mc.latent_dim, mc.norm,
+                                         mc.output, rule)
         s.train_config = c
         s.model = run.model
         s.history = history
         s.latents = None
         s.report = None
         s.run_dir = str(run.path)
-        self.trained_run = TrainedRun(run.model, dataset, c, run.train_idx, run.val_idx)
+        health = Health(**{key: str(value) for key, value in run.health.items()
+                            if key in ("state", "message", "advice")})
+        # the run's saved phase rule is kept (rule None): its evaluation is the saved one's
+        self.trained_run = TrainedRun(run.model, dataset, c, run.train_idx, run.val_idx,
+                                      health=health, phase_rule=None)
+        self._plan = None
+        self._show_plan()
+        self._show_health(health if health.state == "diverged" else None)
         self.run_label.setText(f"run: {run.path}")
         summary = f"opened run “{run.path.name}”: {len(history)} epochs"
         if history:
             last = history[-1]
             summary += f" · best val {last.best_val_mse:.3g} @ epoch {last.best_epoch}"
         self._set_status(summary + " · evaluating…")
-        self.progress_bar.reset()
+        bar = self.progress_bar  # what the run trained
+        bar.setRange(0, max(c.epochs, len(history)))
+        bar.setValue(len(history))
+        bar.setFormat("%v / %m epochs trained")
         self._start_evaluation(self.trained_run, summary)
 
     def _ensure_stack_layer(self, stack: core.ElectrodeStack,
@@ -1080,7 +1241,7 @@ class TrainingPanel(QWidget):
         name = stack.name or "electrode"
         if name in self.viewer.layers:
             data = self.viewer.layers[name].data
-            if same_layers.get(name) is data or _same_labels(data, stack.labels):
+            if same_layers.get(name) is data or same_labels(data, stack.labels):
                 return name
         return add_stack_labels(self.viewer, stack).name
 
@@ -1091,6 +1252,9 @@ class TrainingPanel(QWidget):
         if self._closed:
             return
         self._closed = True
+        self._evaluation_timer.stop()
+        for progress in self._evaluations:
+            progress.cancelled = True  # stops at the next window batch, not at the end
         for worker in list(self._workers):
             worker.quit()
         for worker, watch in list(self._workers.items()):
@@ -1116,16 +1280,9 @@ def _close_generator(generator) -> None:
     generator.close()
 
 
-def _check_split_fits(run: core.Run, n_windows: int) -> None:
-    """Raise RunFolderError if the run's split refers to windows the stacks do not give."""
-    indices = np.concatenate([run.train_idx, run.val_idx])
-    if len(run.val_idx) == 0 or len(run.train_idx) == 0:
-        raise RunFolderError(f"run {run.path} has an empty training or validation split")
-    if indices.min() < 0 or indices.max() >= n_windows:
-        raise RunFolderError(
-            f"run {run.path} refers to window {int(indices.max())} but its stacks give only "
-            f"{n_windows} windows"
-        )
+def _select_data(combo: QComboBox, value: Any) -> None:
+    """Select the item of ``combo`` whose data is ``value`` (the first item if none is)."""
+    combo.setCurrentIndex(max(combo.findData(value), 0))
 
 
 def _row(*widgets: QWidget) -> QHBoxLayout:

@@ -10,7 +10,8 @@ good. Two numbers tell it apart from a model that learns:
 * ``spread``: standard deviation of the reconstruction's network values divided by the
   original's (about 0 for a constant output; a faithful model approaches 1).
 
-A non-finite loss is divergence.
+A non-finite loss is divergence, and so is a reconstruction error more than
+:data:`DIVERGED_NMSE` times the data's variance (far worse than predicting the mean).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 #: Below this spread ratio and above this NMSE the model is called collapsed to the mean.
 COLLAPSE_SPREAD = 0.15
 COLLAPSE_NMSE = 0.9
+#: Above this NMSE a finite model is called diverged.
+DIVERGED_NMSE = 10.0
 
 HEALTH_STATES = ("ok", "collapsed", "diverged")
 
@@ -48,28 +51,30 @@ def is_collapsed(nmse: float, spread: float) -> bool:
             and spread < COLLAPSE_SPREAD and nmse > COLLAPSE_NMSE)
 
 
-def diagnose(nmse: float, spread: float, *, finite: bool = True, lr: float | None = None,
-             epochs: int | None = None) -> Health:
+def diagnose(nmse: float, spread: float, *, finite: bool = True,
+             lr: float | None = None) -> Health:
     """The :class:`Health` of a model from its validation ``nmse`` and ``spread``.
 
-    ``finite`` False (a non-finite training or validation loss) means diverged. ``lr`` and
-    ``epochs`` make the advice concrete.
+    ``finite`` False (a non-finite training or validation loss) means diverged. ``lr`` makes
+    the advice concrete.
     """
     lr_text = f" (now {lr:g})" if lr is not None else ""
-    if not finite or not math.isfinite(nmse):
+    if not finite or not math.isfinite(nmse) or nmse > DIVERGED_NMSE:
+        what = ("the loss became infinite or NaN" if not finite or not math.isfinite(nmse)
+                else f"its error is {nmse:.3g} times the data's variance")
         return Health(
             "diverged",
-            "training diverged: the loss became infinite or NaN",
-            f"lower the learning rate{lr_text}, e.g. tenfold, or use the robust preset "
-            "(gradient clipping, warm-up, batch norm)",
+            f"training diverged: {what}",
+            f"lower the learning rate{lr_text}, e.g. tenfold, or use the quick preset "
+            "(batch norm, warm-up, gradient clipping)",
         )
     if is_collapsed(nmse, spread):
         return Health(
             "collapsed",
             f"the model collapsed to the mean: its reconstruction varies {spread:.0%} as much "
             f"as the data (NMSE {nmse:.2f}), so every window snaps to about one phase",
-            f"lower the learning rate{lr_text}, e.g. to 5e-4, or use the quick or robust "
-            "preset (batch norm, warm-up); "
-            + ("train longer" if epochs is not None and epochs < 20 else "check the windows"),
+            f"lower the learning rate{lr_text}, e.g. to 5e-4, or use the quick preset (batch "
+            "norm, warm-up, gradient clipping); a model early in training may still leave "
+            "the mean",
         )
     return Health("ok", f"learning: NMSE {nmse:.2f}, spread {spread:.0%} of the data's")

@@ -139,8 +139,9 @@ def fit_thresholds(values: np.ndarray, fractions: Mapping[str, float]) -> PhaseR
     return PhaseRule("fitted", (float(low), float(high)))
 
 
-def fit_offsets(logits: np.ndarray, fractions: Mapping[str, float],
-                iterations: int = 30) -> PhaseRule:
+def fit_offsets(logits: np.ndarray, fractions: Mapping[str, float], *,
+                max_iterations: int = 300, tolerance: float = 0.002,
+                max_voxels: int = 2_000_000) -> PhaseRule:
     """The ``"fitted"`` rule of three-phase outputs: per-phase logit offsets such that the
     argmax of ``logits + offsets`` gives ``fractions``.
 
@@ -150,23 +151,36 @@ def fit_offsets(logits: np.ndarray, fractions: Mapping[str, float],
         (3, ...) phase logits of training windows (phase axis first).
     fractions : mapping
         Target phase fractions (the training data's).
-    iterations : int
-        Multiplicative updates ``offset += log(target / obtained)``, halved each time.
+    max_iterations, tolerance : int, float
+        Updates ``offset += step * log(target / obtained)`` (the step halves whenever the
+        largest fraction error grows) until every fraction is within ``tolerance``; the best
+        offsets seen are kept.
+    max_voxels : int
+        Fit on an evenly spaced subset of at most this many voxels.
     """
     flat = np.asarray(logits, dtype=np.float32).reshape(3, -1)
+    if flat.shape[1] > max_voxels:
+        flat = flat[:, :: -(-flat.shape[1] // max_voxels)]
     if flat.shape[1] == 0 or not np.all(np.isfinite(flat)):
         raise ModelConfigError("offsets need finite phase logits")
     target = np.array([max(float(fractions[p]), 1e-4) for p in PHASES])
     offsets = np.zeros(3)
-    step = 1.0
-    for _ in range(iterations):
+    best, best_error, last_error, step = offsets.copy(), np.inf, np.inf, 1.0
+    for _ in range(max_iterations):
         counts = np.bincount(np.argmax(flat + offsets[:, None].astype(np.float32), axis=0),
                              minlength=3)
-        obtained = np.maximum(counts / flat.shape[1], 1e-4)
-        offsets += step * np.log(target / obtained)
+        obtained = counts / flat.shape[1]
+        error = float(np.abs(obtained - target).max())
+        if error < best_error:
+            best, best_error = offsets.copy(), error
+        if error < tolerance:
+            break
+        if error > last_error:
+            step *= 0.5
+        last_error = error
+        offsets = offsets + step * np.log(target / np.maximum(obtained, 1e-4))
         offsets -= offsets.mean()
-        step *= 0.85
-    return PhaseRule("fitted", offsets=tuple(float(o) for o in offsets))
+    return PhaseRule("fitted", offsets=tuple(float(o) for o in best))
 
 
 @dataclass

@@ -180,12 +180,13 @@ def write_report(run_dir: str | Path, report: EvaluationReport) -> None:
 
 @torch.inference_mode()
 def encode_windows(
-    model: ConvAutoEncoder3d, data: WindowDataset, batch_size: int = 8
+    model: ConvAutoEncoder3d, data: WindowDataset, batch_size: int = 8, *, progress=None
 ) -> np.ndarray:
     """Latent features of every window of ``data``: float32 (n_windows, latent_dim).
 
     Windows are encoded ``batch_size`` at a time, fewer for large windows (see
-    :func:`~.training.inference_batch_size`).
+    :func:`~.training.inference_batch_size`); ``progress(done, total)`` is called after each
+    chunk.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -194,6 +195,8 @@ def encode_windows(
     for start in range(0, len(data), batch_size):
         idx = range(start, min(start + batch_size, len(data)))
         out[start : start + len(idx)] = model.encode(data.batch(idx).to(device)).cpu().numpy()
+        if progress is not None:
+            progress(idx.stop, len(data))
     return out
 
 

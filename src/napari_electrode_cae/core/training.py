@@ -207,8 +207,7 @@ class EpochReport:
     def health(self, config: TrainConfig | None = None) -> Health:
         """The :class:`~.health.Health` of the model after this epoch."""
         return diagnose(self.val_nmse, self.spread, finite=self.finite,
-                        lr=None if config is None else config.lr,
-                        epochs=None if config is None else config.epochs)
+                        lr=None if config is None else config.lr)
 
 
 @dataclass
@@ -380,6 +379,7 @@ def train(
             f"training needs windows on both sides: {len(train_idx)} training, "
             f"{len(val_idx)} validation"
         )
+    check_trainable(model.config, config)
     device = resolve_device(config.device)
     check_precision(config.precision, device)
     # where the epoch's loss is summed in float64: the device itself, except on Apple MPS,
@@ -387,7 +387,7 @@ def train(
     sum_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     model.to(device)
     optimiser = make_optimiser(model, config.lr)
-    per_epoch = windows_per_epoch(len(train_idx), config)
+    per_epoch = windows_per_epoch(len(train_idx), config, model.config.norm)
     n_batches = math.ceil(per_epoch / config.batch_size)
     history: list[EpochReport] = []
     best_state = copy.deepcopy(model.state_dict())
@@ -465,7 +465,7 @@ def train(
                 time.perf_counter() - start, best_epoch, best_val, checked.nmse, checked.spread,
             )
             history.append(report)
-            if not finite:  # nothing more to learn from a NaN: stop, keep the best weights
+            if report.health(config).state == "diverged":  # stop, keep the best weights
                 health = report.health(config)
                 yield report
                 break
@@ -509,11 +509,23 @@ def history_health(history: Sequence[EpochReport], config: TrainConfig | None = 
     return best.health(config)
 
 
-def windows_per_epoch(n_train: int, config: TrainConfig) -> int:
-    """Training windows one epoch visits: all, or ``config.windows_per_epoch`` if fewer."""
-    if config.windows_per_epoch:
-        return min(n_train, config.windows_per_epoch)
-    return n_train
+def check_trainable(model_config, config: TrainConfig) -> None:
+    """Raise :class:`TrainConfigError` for settings that cannot train together: batch
+    normalisation needs batches of at least two windows (``model_config``: a ModelConfig)."""
+    if model_config.norm == "batch" and config.batch_size < 2:
+        raise TrainConfigError(
+            "batch norm cannot train on one window at a time (batch size 1); use a batch of 2 "
+            "or more, or group normalisation")
+
+
+def windows_per_epoch(n_train: int, config: TrainConfig, norm: str = "none") -> int:
+    """Training windows one epoch visits: all, or ``config.windows_per_epoch`` if fewer; with
+    batch normalisation (``norm="batch"``) a last batch of one window is dropped (batch norm
+    cannot normalise a single window)."""
+    n = min(n_train, config.windows_per_epoch) if config.windows_per_epoch else n_train
+    if norm == "batch" and n > 1 and n % config.batch_size == 1:
+        n -= 1
+    return n
 
 
 def set_lr(optimiser, lr: float) -> None:

@@ -1,0 +1,459 @@
+"""Worker jobs and pure helpers of the Train tab (no Qt widgets, no viewer).
+
+The functions that run in napari workers (training, evaluation, saving, opening a run) and the
+small pure helpers the panel formats its texts with live here, so that
+:mod:`.training_panel` holds only widgets and their wiring. Nothing here touches a Qt object
+or the viewer (convention 3): a worker reports progress by yielding, or, inside a long core
+call that cannot yield, by writing into an :class:`EvaluationProgress` that the panel reads
+with a timer on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import core
+from ..core import ElectrodeCAEError, EpochReport, RunFolderError
+from ..core.health import Health
+from ..core.training import format_duration
+from .live_decoder import restore_torch_threads, set_torch_threads
+from .state import ModelSettings
+
+CUSTOM_PRESET = "custom"
+#: Epochs after which a collapse to the mean is shown as a warning during training (the first
+#: epochs of a healthy model may still sit near the mean).
+COLLAPSE_WARNING_EPOCHS = 3
+#: Phase rules a user chooses: value and label. "nearest" stands for the unfitted rule, the
+#: paper's nearest value of one-value models and the plain argmax of three-phase ones (as
+#: ``core.evaluation.fit_phase_rule`` takes it; the panel relabels it by output kind).
+PHASE_RULE_CHOICES: tuple[tuple[str, str], ...] = (
+    ("fitted", "fitted to training fractions"),
+    ("nearest", "nearest value (paper)"),
+)
+
+
+class TrainingRunError(ElectrodeCAEError):
+    """Training, evaluation or saving failed inside torch or the file system.
+
+    Examples: CUDA out of memory, a disk that is full. Raised in a worker thread and shown as a
+    notification; the GUI leaves its busy state.
+    """
+
+
+class EvaluationCancelled(Exception):
+    """Raised inside an evaluation by its progress callback once the panel cancelled it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Work done in worker threads: plain functions of core objects, no Qt, no viewer.
+
+
+def gui_torch_threads(device: torch.device) -> int:
+    """Intra-op torch threads for training from the GUI: on the CPU, leave one core free.
+
+    The GUI thread needs a core to stay fluid; torch's default uses every core.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu":
+        return threads
+    return max(1, min(threads, (os.cpu_count() or 1) - 1))
+
+
+def training_steps(reports, threads: int):
+    """Re-yield the reports of a ``core.train`` generator, with ``threads`` torch threads.
+
+    Runs in the worker thread: torch's thread count applies to the thread that sets it (and
+    becomes the default of threads started later; with a non-OpenMP torch, to every thread),
+    so it is set here and restored at the end, unless another count was set meanwhile (see
+    :func:`.live_decoder.restore_torch_threads`; where the count is shared, the Latents
+    panel's decodes leave it alone). Closing this generator closes ``reports`` (core.train
+    then restores the best weights). superqt's GeneratorWorker swallows a RuntimeError raised
+    by its generator (emitting neither ``errored`` nor ``finished``), so torch errors (e.g.
+    CUDA out of memory, or batch norm given a batch of one window) are re-raised as
+    TrainingRunError.
+
+    Returns
+    -------
+    TrainResult
+        The return value of ``reports``.
+    """
+    previous = set_torch_threads(threads)
+    try:
+        return (yield from reports)
+    except (RuntimeError, ValueError) as exc:
+        raise TrainingRunError(f"training failed: {exc}") from exc
+    finally:
+        restore_torch_threads(threads, previous)
+
+
+def drive(steps):
+    """Generator function around an existing generator (a GeneratorWorker needs a function)."""
+    return (yield from steps)
+
+
+class EvaluationProgress:
+    """Where an evaluation running in a worker is; read by the panel on the GUI thread.
+
+    The worker writes plain attributes (``stage``, ``done``, ``total``); the panel polls them
+    with a timer, since ``core.evaluate`` reports progress through a callback from inside one
+    long call that its generator cannot yield from. Setting :attr:`cancelled` makes the next
+    callback raise :class:`EvaluationCancelled` (the panel does so when it shuts down).
+    """
+
+    def __init__(self) -> None:
+        self.stage = "starting"
+        self.done = 0
+        self.total = 0
+        self.cancelled = False
+
+    def update(self, done: int, total: int) -> None:
+        """Progress callback of ``core.evaluate`` (``done`` of ``total`` windows)."""
+        if self.cancelled:
+            raise EvaluationCancelled
+        self.done, self.total = int(done), int(total)
+
+    def start(self, stage: str, total: int) -> None:
+        if self.cancelled:
+            raise EvaluationCancelled
+        self.stage, self.done, self.total = stage, 0, int(total)
+
+    def text(self) -> str:
+        """E.g. ``"evaluating 120 / 900 windows"``."""
+        if self.total:
+            return f"{self.stage} {self.done:,} / {self.total:,} windows"
+        return f"{self.stage} …"
+
+
+@torch.inference_mode()
+def encode_with_progress(model: core.ConvAutoEncoder3d, dataset: core.WindowDataset,
+                         progress: EvaluationProgress) -> np.ndarray:
+    """Latents of every window, as ``core.encode_windows``, counting the windows encoded.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n_windows, latent_dim), the same as ``core.encode_windows(model, dataset)``.
+    """
+    progress.start("encoding", len(dataset))
+    return core.encode_windows(model, dataset, progress=progress.update)
+
+
+def evaluate_model(model, dataset, train_idx, val_idx, seed, rule="fitted", diverged=False,
+                   progress: EvaluationProgress | None = None):
+    """Fit the phase rule, encode every window and evaluate (a generator for a worker).
+
+    Yields a stage name between the steps (the worker can stop there); inside a step
+    ``progress`` counts the windows. ``rule`` is the user's rule ("fitted" to the training
+    fractions, or "nearest" for the unfitted one: the paper's nearest value, the plain
+    argmax of a three-phase model), or None to keep the model's rule (an opened run's); a
+    diverged run gets the unfitted rule and is judged diverged.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, EvaluationReport) or None
+        float32 (n_windows, latent_dim) latents and the evaluation report; None if cancelled.
+    """
+    progress = progress if progress is not None else EvaluationProgress()
+    try:
+        if rule is not None or diverged:
+            progress.start("fitting the phase rule", 0)
+            core.evaluation.fit_phase_rule(model, dataset, train_idx,
+                                           "nearest" if diverged else rule)
+            yield "fitted"
+        latents = encode_with_progress(model, dataset, progress)
+        yield "encoded"
+        progress.start("evaluating", len(train_idx) + len(val_idx))
+        report = core.evaluate(model, dataset, train_idx, val_idx, seed=seed,
+                               progress=progress.update, diverged=diverged)
+    except EvaluationCancelled:
+        return None
+    except RuntimeError as exc:
+        raise TrainingRunError(f"evaluating the model failed: {exc}") from exc
+    return latents, report
+
+
+def save_run_job(path, trained, history, report, health):
+    """Write ``trained`` (a TrainedRun) with its history, report and health to ``path``."""
+    yield "saving"
+    try:
+        return core.save_run(path, trained.model, trained.dataset, trained.config,
+                             trained.train_idx, trained.val_idx, history, report,
+                             health=health)
+    except (OSError, RuntimeError) as exc:
+        raise TrainingRunError(f"could not save the run to {path}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedRun:
+    """The current model together with the windows, settings and split it was trained on.
+
+    ``health``: the training's verdict (or a loaded run's); ``phase_rule``: the rule the user
+    chose ("fitted", or "nearest" for the unfitted one), or None to keep the model's own (an
+    opened run's saved rule).
+    """
+
+    model: core.ConvAutoEncoder3d
+    dataset: core.WindowDataset
+    config: core.TrainConfig
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    health: Health = dataclasses.field(default_factory=lambda: Health("ok"))
+    phase_rule: str | None = "fitted"
+
+    @property
+    def diverged(self) -> bool:
+        return self.health.state == "diverged"
+
+    def with_health(self, health: Health) -> TrainedRun:
+        return dataclasses.replace(self, health=health)
+
+
+def run_health(trained: TrainedRun, report: core.EvaluationReport | None) -> Health:
+    """What a saved run records: the divergence of its training, else the evaluation's verdict
+    over all validation windows, else the training's."""
+    if trained.diverged or report is None or report.phases is None:
+        return trained.health
+    p = report.phases
+    return Health(p.health, p.message, p.advice)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run folder read by :func:`load_run_folder` (in a worker), ready to be applied."""
+
+    run: core.Run
+    dataset: core.WindowDataset
+    history: tuple[EpochReport, ...]
+    #: Viewer layer name -> the data object (as it was when Open started) found equal to the
+    #: run's stack of that name: such a layer is reused, not added again.
+    same_layers: dict[str, Any]
+
+
+def load_run_folder(path: str | Path, layer_data: dict[str, Any]) -> LoadedRun:
+    """Read the run folder ``path`` with its stacks and check them (runs in a worker).
+
+    ``layer_data`` maps the viewer's layer names to their data; the stacks equal to a layer of
+    their name are listed in ``same_layers``.
+
+    Raises
+    ------
+    RunFolderError
+        And other ElectrodeCAEError, KeyError, TypeError or ValueError for a bad folder (as
+        :func:`napari_electrode_cae.core.load_run`).
+    """
+    run = core.load_run(path)
+    dataset = run.load_dataset()
+    check_split_fits(run, len(dataset))
+    history = history_from_rows(run.history, run.train_config.epochs)
+    same = {}
+    for stack in dataset.stacks:
+        name = stack.name or "electrode"
+        data = layer_data.get(name)
+        if data is not None and same_labels(data, stack.labels):
+            same[name] = data
+    return LoadedRun(run, dataset, history, same)
+
+
+def same_labels(data: Any, labels: np.ndarray) -> bool:
+    """Whether layer ``data`` holds ``labels``; compared slab by slab (little extra memory).
+
+    False for data that are not one array of that shape (multiscale, shapes, unreadable).
+    """
+    if getattr(data, "shape", None) != labels.shape:
+        return False
+    step = max(1, (1 << 22) // max(1, math.prod(labels.shape[1:])))
+    try:
+        for start in range(0, labels.shape[0], step):
+            if not np.array_equal(np.asarray(data[start:start + step]),
+                                  labels[start:start + step]):
+                return False
+    except Exception:  # noqa: BLE001 (a layer we cannot compare is simply not reused)
+        return False
+    return True
+
+
+def check_split_fits(run: core.Run, n_windows: int) -> None:
+    """Raise RunFolderError if the run's split refers to windows the stacks do not give."""
+    indices = np.concatenate([run.train_idx, run.val_idx])
+    if len(run.val_idx) == 0 or len(run.train_idx) == 0:
+        raise RunFolderError(f"run {run.path} has an empty training or validation split")
+    if indices.min() < 0 or indices.max() >= n_windows:
+        raise RunFolderError(
+            f"run {run.path} refers to window {int(indices.max())} but its stacks give only "
+            f"{n_windows} windows"
+        )
+
+
+def open_run_error_message(path: str | Path, exc: BaseException) -> str:
+    """What Open run says about a folder it could not open."""
+    if isinstance(exc, ElectrodeCAEError):
+        return str(exc)
+    if isinstance(exc, (KeyError, TypeError, ValueError)):
+        return f"invalid run folder {path}: {type(exc).__name__}: {exc}"
+    return f"could not open run {path}: {type(exc).__name__}: {exc}"
+
+
+def history_from_rows(rows: Sequence[dict], epochs: int) -> tuple[EpochReport, ...]:
+    """EpochReports from history.csv rows (epoch, train_mse, val_mse, seconds, best_val_mse,
+    and val_nmse and spread where the run recorded them).
+
+    The best epoch is recomputed: the first epoch with the lowest validation MSE so far.
+    """
+    reports, best_val, best_epoch = [], math.inf, 0
+    for row in rows:
+        if row["val_mse"] < best_val:
+            best_val, best_epoch = row["val_mse"], row["epoch"]
+        reports.append(EpochReport(
+            int(row["epoch"]), max(int(epochs), int(row["epoch"])), row["train_mse"],
+            row["val_mse"], row["seconds"], best_epoch, row["best_val_mse"],
+            row.get("val_nmse", math.nan), row.get("spread", math.nan),
+        ))
+    return tuple(reports)
+
+
+# --------------------------------------------------------------------------------------------
+# Texts
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What one training run will do, known before its first batch."""
+
+    windows: int
+    train_windows: int
+    val_windows: int
+    split: str  # the resolved split mode ("random" or "blocked")
+    per_epoch: int  # training windows visited per epoch
+    batches_per_epoch: int
+    batch_size: int
+    epochs: int
+
+    @classmethod
+    def of(cls, dataset: core.WindowDataset, train_idx: Sequence[int], val_idx: Sequence[int],
+           config: core.TrainConfig, norm: str = "none") -> TrainingPlan:
+        per_epoch = core.training.windows_per_epoch(len(train_idx), config, norm)
+        return cls(len(dataset), len(train_idx), len(val_idx),
+                   core.windows.resolve_split(config.split, dataset.spec), per_epoch,
+                   math.ceil(per_epoch / config.batch_size), config.batch_size, config.epochs)
+
+    @property
+    def total_batches(self) -> int:
+        return self.epochs * self.batches_per_epoch
+
+    def describe(self) -> str:
+        """E.g. ``"14,175 windows: 12,000 training, 2,100 validation (blocked split) ·
+        30 epochs × 128 batches of 16 (2,048 of 12,000 training windows per epoch)"``."""
+        sampled = (f" ({self.per_epoch:,} of {self.train_windows:,} training windows per "
+                   "epoch)" if self.per_epoch < self.train_windows else "")
+        return (f"{self.windows:,} windows: {self.train_windows:,} training, "
+                f"{self.val_windows:,} validation ({self.split} split) · {self.epochs:,} "
+                f"epochs × {self.batches_per_epoch:,} batches of {self.batch_size}{sampled}")
+
+
+def estimate_text(estimate: core.training.TimeEstimate, epochs_done: int) -> str:
+    """The time line of the Train tab: the first estimate, then what is left."""
+    if epochs_done == 0:
+        return f"estimated training time: {estimate.describe()}"
+    left = estimate.remaining_seconds
+    return (f"~{format_duration(left)} left ({estimate.epoch_seconds:.2g}\u00a0s per epoch)"
+            if left > 0 else f"took {format_duration(estimate.epoch_seconds * epochs_done)}")
+
+
+def format_epoch_status(history: Sequence[EpochReport]) -> str:
+    """'epoch 12/80 · train 0.251 · val 0.362 (best 0.35 @ 10) · NMSE 0.41 · spread 78% ·
+    0.5 s/epoch'.
+
+    The unit is glued to its number (no-break space, word joiner) so a narrow dock does not
+    wrap it.
+    """
+    last = history[-1]
+    seconds = sum(r.seconds for r in history) / len(history)
+    health = ""
+    if math.isfinite(last.val_nmse):
+        health += f" · NMSE\u00a0{last.val_nmse:.3g}"
+    if math.isfinite(last.spread):
+        health += f" · spread\u00a0{last.spread:.0%}"
+    return (f"epoch {last.epoch}/{last.epochs} · train {last.train_mse:.3g} · "
+            f"val {last.val_mse:.3g} (best {last.best_val_mse:.3g} @ {last.best_epoch})"
+            f"{health} · {seconds:.2g}\u00a0s/\u2060epoch")  # no line break inside "0.5 s/epoch"
+
+
+def epoch_warning(report: EpochReport, config: core.TrainConfig | None) -> Health | None:
+    """The health of an epoch worth a warning: diverged, or collapsed after
+    :data:`COLLAPSE_WARNING_EPOCHS` epochs; None otherwise."""
+    health = report.health(config)
+    if health.state == "diverged":
+        return health
+    if health.state == "collapsed" and report.epoch >= COLLAPSE_WARNING_EPOCHS:
+        return health
+    return None
+
+
+def warning_text(health: Health) -> str:
+    """The warning shown for an unhealthy model: what happened and what to do."""
+    text = f"Warning: {health.message}."
+    if health.advice:
+        text += f" Advice: {health.advice}."
+    return text
+
+
+def format_report_status(report: core.EvaluationReport) -> str:
+    """One line with the phase judgement and the Table-8 MSE statistics of ``report``."""
+    row = report.table8_row()
+    text = ""
+    p = report.phases
+    if p is not None:
+        text = (f"all {p.windows:,} validation windows: voxel accuracy\u00a0"
+                f"{p.voxel_accuracy:.1%} · NMSE\u00a0{p.val_nmse:.3g} · ")
+    return text + (f"train MSE {row['Training MSE']} · val MSE {row['Validation MSE']} · "
+                   f"p\u00a0=\u00a0{row['p-value for MSE']}")
+
+
+def settings_of_preset(preset: core.Preset) -> ModelSettings:
+    """The model settings of ``preset``."""
+    return ModelSettings(preset.conv_layers, preset.hidden, preset.latent_dim, preset.norm,
+                         preset.output, preset.phase_rule)
+
+
+def matching_preset(settings: ModelSettings, config: core.TrainConfig,
+                    window: core.WindowSpec) -> str:
+    """Name of the preset whose model, training and window settings these are, or 'custom'.
+
+    Compared: the architecture (layers, hidden, latent, normalisation, output), the phase
+    rule, the training settings (epochs, batch, learning rate, windows per
+    epoch, warm-up, schedule, clipping, and the loss of three-phase models) and the window.
+    Device, precision, split, validation fraction and seed belong to no preset.
+    """
+    for name, preset in core.PRESETS.items():
+        p = preset.train
+        if ((settings.conv_layers, settings.hidden, settings.latent_dim, settings.norm,
+             settings.output)
+                != (preset.conv_layers, preset.hidden, preset.latent_dim, preset.norm,
+                    preset.output)):
+            continue
+        if settings.phase_rule != preset.phase_rule:
+            continue
+        if settings.output == "phases" and config.phase_loss != p.phase_loss:
+            continue
+        if ((config.epochs, config.batch_size, config.windows_per_epoch, config.warmup_epochs,
+             config.schedule)
+                != (p.epochs, p.batch_size, p.windows_per_epoch, p.warmup_epochs, p.schedule)):
+            continue
+        if not (math.isclose(config.lr, p.lr) and math.isclose(config.grad_clip, p.grad_clip)):
+            continue
+        if window == preset.window:
+            return name
+    return CUSTOM_PRESET
