@@ -46,7 +46,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QTableWidget,
@@ -55,6 +54,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .scrolling import fill_with_scrolling
 from .. import _layers
 from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, WindowDataset, snap_to_phases
 from ..core.analysis import (
@@ -747,14 +747,7 @@ class PhysicsPanel(QWidget):
         layout.addWidget(self.heatmap, 1)
         layout.addWidget(self.strongest_label)
         layout.addLayout(out_row)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        fill_with_scrolling(self, content)
         self._update_buttons()
 
     def _update_buttons(self) -> None:

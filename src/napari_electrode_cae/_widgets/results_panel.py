@@ -33,7 +33,6 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -41,6 +40,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .scrolling import fill_with_scrolling
 from .. import _layers
 from ..core import WindowDataset, compare_window
 from ..core.evaluation import reconstruct_window as core_reconstruct_window
@@ -423,14 +423,7 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.window_title)
         layout.addWidget(self.window_table)
         layout.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        fill_with_scrolling(self, content)
 
     def statistics_texts(self) -> list[str]:
         """All texts of the statistics tables (row labels and cells)."""

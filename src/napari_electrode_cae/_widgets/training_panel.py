@@ -48,7 +48,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QToolButton,
@@ -56,6 +55,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .scrolling import fill_with_scrolling
 from .. import core
 from .._layers import add_stack_labels
 from ..core import ElectrodeCAEError, EpochReport, TrainConfigError
@@ -310,14 +310,7 @@ class TrainingPanel(QWidget):
         layout.addWidget(self.loss_plot, stretch=1)
         layout.addLayout(_row(self.save_button, self.open_button))
         layout.addWidget(self.run_label)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        fill_with_scrolling(self, content)
         self._connect_widgets()
 
     def _build_model_box(self) -> QGroupBox:
