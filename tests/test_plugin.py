@@ -339,6 +339,26 @@ def test_launch_opens_a_run_folder_in_the_train_panel(fixture_viewers, tmp_path,
         widget.shutdown()
 
 
+def test_launch_opens_the_run_once_a_large_stack_is_converted(fixture_viewers, tmp_path,
+                                                              monkeypatch, qtbot):
+    from napari_electrode_cae._launch import launch
+    from napari_electrode_cae._widgets import data_panel
+    from napari_electrode_cae._widgets.training_panel import TrainingPanel
+
+    monkeypatch.setattr(data_panel, "SYNC_CONVERT_MAX_VOXELS", 10)  # convert in the background
+    opened = []
+    monkeypatch.setattr(TrainingPanel, "open_run",
+                        lambda self, path: opened.append((path, self.state.converting_layers)))
+    path = core.write_stack(tmp_path / "big_CAL.tif", make_stack(shape=(4, 8, 8)))
+    viewer, widget = launch([path], run_dir=tmp_path, show=False)
+    try:
+        qtbot.waitUntil(lambda: bool(opened), timeout=20_000)
+        assert opened == [(tmp_path, ())]  # opened after the conversion, not refused during it
+        assert widget.state.stack_layers == ("big_CAL",)
+    finally:
+        widget.shutdown()
+
+
 def test_launch_fails_before_opening_a_window(monkeypatch, tmp_path):
     import napari
 

@@ -130,7 +130,12 @@ def freeze_long_lived_objects() -> None:
 
 
 def _open_run(widget: Any, run_dir: Path) -> None:
-    """Open ``run_dir`` in the Train panel, or warn if this version of the panel cannot."""
+    """Open ``run_dir`` in the Train panel, or warn if this version of the panel cannot.
+
+    A large stack given with the run is still being converted by the Data tab in the
+    background (over ``data_panel.SYNC_CONVERT_MAX_VOXELS``), and a run opens only once no
+    layer is converting: then the run is opened when the last conversion ends.
+    """
     open_run = getattr(getattr(widget, "training_panel", None), "open_run", None)
     if open_run is None:
         warnings.warn(
@@ -139,4 +144,14 @@ def _open_run(widget: Any, run_dir: Path) -> None:
             stacklevel=3,
         )
         return
-    open_run(run_dir)
+    state = widget.state
+    if not state.converting_layers:
+        open_run(run_dir)
+        return
+
+    def open_when_converted() -> None:
+        if not state.converting_layers:
+            state.events.converting_layers.disconnect(open_when_converted)
+            open_run(run_dir)
+
+    state.events.converting_layers.connect(open_when_converted)
