@@ -283,6 +283,25 @@ def test_side_by_side_3d_starts_tilted_and_keeps_the_users_rotation(make_napari_
     panel.shutdown()
 
 
+@pytest.mark.parametrize("ndisplay", [2, 3])
+def test_side_by_side_camera_fits_the_windows_not_a_large_stack(make_napari_viewer, qtbot,
+                                                                trained, ndisplay):
+    viewer = make_napari_viewer()
+    viewer.dims.ndisplay = ndisplay
+    big = viewer.add_labels(np.zeros((64, 256, 256), np.uint8), name="big stack",
+                            scale=(core.DEFAULT_VOXEL_SIZE_UM,) * 3)
+    state = make_state(trained)
+    panel = ResultsPanel(viewer, state)
+    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
+                    timeout=WAIT_MS)
+    assert viewer.canvas.grid.enabled and not big.visible
+    camera = viewer_camera(viewer)
+    zoom = camera.zoom
+    viewer.reset_view()  # fitted to every layer, the hidden 256² stack included
+    assert zoom > 4 * camera.zoom  # the windows (16² voxels) fill their grid cells
+    panel.shutdown()
+
+
 def test_window_layers_keep_their_grid_order(make_napari_viewer, qtbot, trained):
     """A decoded layer made first (the Latents panel was faster) stays right of the others."""
     viewer = make_napari_viewer()

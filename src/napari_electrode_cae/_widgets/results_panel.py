@@ -150,6 +150,15 @@ def window_at(dataset: WindowDataset, stack_index: int, point: np.ndarray) -> in
     return int(candidates[int(np.argmin(distances))])
 
 
+def reset_view_to(viewer: Any, layers: list) -> None:
+    """``viewer.reset_view`` fitted to ``layers`` (napari 0.6 and later take ``layers=``; it
+    knows the grid layout), or to every layer on older napari."""
+    try:
+        viewer.reset_view(layers=layers)
+    except TypeError:
+        viewer.reset_view()
+
+
 def viewer_camera(viewer: Any) -> Any:
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
@@ -846,16 +855,17 @@ class ResultsPanel(QWidget):
             if not low <= dims.point[axis] <= high:
                 dims.set_point(axis, (low + high) / 2.0)
         if self.viewer.canvas.grid.enabled:
-            # reset_view knows the grid layout (fit_to_view does not, and leaves the windows
-            # tiny); the layers outside the windows are hidden in side-by-side mode. In 3D
-            # the camera starts tilted and keeps the user's rotation from window to window.
+            # Fitted to the window layers only: fitted to every layer, a real-size stack
+            # (hidden meanwhile, but still counted) left the windows tiny in a black canvas.
+            # In 3D the camera starts tilted and keeps the user's rotation from window to
+            # window.
             if dims.ndisplay == 2:
-                self.viewer.reset_view()
+                reset_view_to(self.viewer, layers)
                 return
             camera = viewer_camera(self.viewer)
             angles = VIEW_3D_ANGLES if self._tilt_pending else tuple(camera.angles)
             self._tilt_pending = False
-            self.viewer.reset_view()  # also turns the camera straight down the slices
+            reset_view_to(self.viewer, layers)  # also turns the camera straight down the slices
             camera.angles = angles
 
     def _enter_side_by_side(self) -> None:
