@@ -313,3 +313,17 @@ def test_box_edges_are_the_12_edges_of_the_box():
     assert len(edges) == 12
     lengths = sorted(float(np.linalg.norm(e[1] - e[0])) for e in edges)
     assert lengths == [3.0] * 4 + [5.0] * 8
+
+
+def test_windows_summary_says_a_random_split_of_overlapping_windows_leaks():
+    from napari_electrode_cae._widgets.windows_panel import dataset_summary
+
+    stack = make_stack((12, 16, 16))
+    overlapping = core.WindowDataset([stack], core.WindowSpec(4, 2, crop=16))
+    train, val = core.split(overlapping, 0.25, 0, "random")
+    assert "random split leaks" in dataset_summary(overlapping, train, val, "random")
+    train, val = core.split(overlapping, 0.25, 0, "blocked")
+    assert "leaks" not in dataset_summary(overlapping, train, val, "blocked")
+    disjoint = core.WindowDataset([stack], core.WindowSpec(4, 4, crop=16))
+    train, val = core.split(disjoint, 0.34, 0, "random")
+    assert "leaks" not in dataset_summary(disjoint, train, val, "random")

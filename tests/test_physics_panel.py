@@ -100,7 +100,7 @@ def test_table_fills_for_original_and_reconstruction(qtbot, panel_and_state, tra
     wait_idle(qtbot, panel)
     data = state.dataset
     voxel = data.voxel_size_um
-    recon = core.snap_to_phases(core.reconstruct(model, data[0]))
+    recon = core.evaluation.reconstruct_window(model, data[0])[1]
     assert panel.column_texts(ORIGINAL)[:-1] == expected_texts(np.asarray(data.view(0)), voxel)
     assert panel.column_texts(RECONSTRUCTION)[:-1] == expected_texts(recon, voxel)
     assert "ms" in panel.column_texts(ORIGINAL)[-1]  # compute time, tortuosity included

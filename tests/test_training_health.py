@@ -214,3 +214,20 @@ def test_an_error_far_above_the_data_variance_is_divergence():
     assert diagnose(50.0, 3.0).state == "diverged"
     assert "times the data's variance" in diagnose(50.0, 3.0).message
     assert diagnose(2.0, 1.2).state == "ok"  # early training can start above the mean
+
+
+def test_cli_decode_of_a_three_phase_run_snaps_by_the_runs_rule(stack_file, tmp_path, capsys):
+    import torch
+
+    from napari_electrode_cae.core import load_run, read_stack
+
+    out = tmp_path / "run"
+    assert _train_cli(stack_file, out, "--output", "phases") == 0
+    capsys.readouterr()
+    volume = tmp_path / "decoded.tif"
+    assert cli.main(["decode", str(out), "--latent", "0,0,0,0", "--out", str(volume)]) == 0
+    assert "offsets fitted" in capsys.readouterr().out
+    run = load_run(out)
+    with torch.inference_mode():
+        expected = run.model.phase_labels(run.model.decode(torch.zeros(1, 4)))[0]
+    np.testing.assert_array_equal(read_stack(volume).labels, expected)

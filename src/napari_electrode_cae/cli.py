@@ -554,7 +554,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if len(values) != k or not all(np.isfinite(values)):
         raise core.ModelConfigError(f"--latent needs {k} finite values, got {len(values)}")
     with torch.inference_mode():
-        volume = run.model.decode(torch.tensor([values], dtype=torch.float32))[0, 0].numpy()
+        output = run.model.decode(torch.tensor([values], dtype=torch.float32))
+        volume = run.model.values(output)[0, 0].numpy()  # network values, also of 3-phase models
+        labels = run.model.phase_labels(output)[0]  # by the run's phase rule
     suffix = args.out.suffix.lower()
     if args.continuous:
         if suffix == ".npy":
@@ -565,11 +567,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
             tifffile.imwrite(args.out, volume)
     else:
         voxel = run.stacks[0].get("voxel_size_um", core.DEFAULT_VOXEL_SIZE_UM) if run.stacks else None
-        core.write_stack(args.out, core.ElectrodeStack(core.snap_to_phases(volume),
+        core.write_stack(args.out, core.ElectrodeStack(labels,
                                                         voxel or core.DEFAULT_VOXEL_SIZE_UM,
                                                         source="decoded", name=args.out.stem))
-    fractions = core.volume_fractions(core.snap_to_phases(volume))
-    print(f"{args.out}: {volume.shape} " + ", ".join(f"{p} {f:.1%}" for p, f in fractions.items()))
+    fractions = core.volume_fractions(labels)
+    print(f"{args.out}: {volume.shape} " + ", ".join(f"{p} {f:.1%}" for p, f in fractions.items())
+          + f" ({run.model.phase_rule.describe()})")
     return 0
 
 

@@ -56,7 +56,7 @@ from qtpy.QtWidgets import (
 
 from .scrolling import fill_with_scrolling
 from .. import _layers
-from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, WindowDataset, snap_to_phases
+from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, WindowDataset
 from ..core.analysis import (
     WindowMetricsProgress,
     iter_window_metrics,
@@ -272,9 +272,8 @@ def window_physics(model: ConvAutoEncoder3d, dataset: WindowDataset, index: int,
     device = next(model.parameters()).device
 
     def reconstruct_labels() -> np.ndarray:
-        with torch.inference_mode():
-            values = model(dataset[index][None].to(device))[0, 0].float().cpu().numpy()
-        return snap_to_phases(values)
+        with torch.inference_mode():  # snapped by the model's phase rule, as in Results
+            return model.phase_labels(model(dataset[index][None].to(device)))[0]
 
     start = time.perf_counter()
     recon_labels = _checked(reconstruct_labels)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 CUSTOM_PRESET = "custom"
 #: Split combo entries: label and ``state.split_mode`` value.
 SPLIT_MODES: tuple[tuple[str, str], ...] = (
-    ("random (as in the paper)", "random"),
+    ("random (as in the paper; leaks when windows overlap)", "random"),
     ("blocked by depth", "blocked"),
 )
 #: Outline colour of a window by its side of the split.
@@ -131,6 +131,9 @@ def dataset_summary(dataset: WindowDataset, train: np.ndarray, val: np.ndarray,
     if split_mode == "blocked":
         dropped = n - len(train) - len(val)
         text += f" (blocked split drops {dropped} overlapping)"
+    elif spec.stride < spec.length:
+        text += (" — the random split leaks: overlapping windows share slices across it, so "
+                 "the validation error is optimistic; blocked avoids it")
     return text
 
 

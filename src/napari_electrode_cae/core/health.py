@@ -40,10 +40,6 @@ class Health:
     def ok(self) -> bool:
         return self.state == "ok"
 
-    def line(self) -> str:
-        """One line for a log or a warning: message and advice."""
-        return f"{self.message}; {self.advice}" if self.advice else self.message
-
 
 def is_collapsed(nmse: float, spread: float) -> bool:
     """True for a reconstruction that sits at the mean (see the module docstring)."""
