@@ -92,3 +92,12 @@ def test_fitted_offsets_bring_back_a_phase_that_argmax_loses():
     assert fractions == pytest.approx([0.45, 0.15, 0.40], abs=0.01)
     assert "offsets fitted" in rule.describe()
     assert PhaseRule.from_dict(rule.to_dict()) == rule
+
+
+def test_a_fitted_three_phase_rule_says_offsets_even_when_they_are_zero():
+    logits = np.stack([np.full(100, 1.0), np.zeros(100), np.zeros(100)]).astype(np.float32)
+    logits[2, 50:] = 2.0
+    logits[1, 40:50] = 3.0  # argmax already gives 40/10/50
+    rule = fit_offsets(logits, {"pore": 0.4, "cbd": 0.1, "active": 0.5})
+    assert rule.channels == 3 and "offsets fitted" in rule.describe()
+    assert PhaseRule.from_dict(rule.to_dict()) == rule

@@ -231,3 +231,21 @@ def test_cli_decode_of_a_three_phase_run_snaps_by_the_runs_rule(stack_file, tmp_
     with torch.inference_mode():
         expected = run.model.phase_labels(run.model.decode(torch.zeros(1, 4)))[0]
     np.testing.assert_array_equal(read_stack(volume).labels, expected)
+
+
+def test_an_unmeasured_nmse_is_not_divergence():
+    # histories written before NMSE was measured, or validation windows of a single phase
+    assert diagnose(math.nan, math.nan).state == "ok"
+    assert diagnose(math.nan, math.nan, finite=False).state == "diverged"
+
+
+def test_time_estimate_is_reported_once_for_short_epochs():
+    estimate = TimeEstimate(batches=3, epochs=2, val_windows=4, batch_size=2)
+    assert sum(estimate.batch_done() for _ in range(8)) == 1
+
+
+def test_cli_summary_shows_the_model_options(capsys):
+    assert cli.main(["summary", "--window", "4", "--crop", "32", "--norm", "batch",
+                     "--output", "phases"]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorm3d" in out and "[-1, 3, 4, 32, 32]" in out

@@ -31,6 +31,9 @@ from .stack import volume_fractions
 from .training import inference_batch_size, training_fractions, window_mse
 from .windows import WindowDataset
 
+#: Most output voxels :func:`fit_phase_rule` keeps to fit thresholds or offsets on.
+FIT_MAX_VOXELS = 2_000_000
+
 #: Progress callback of long evaluations: (windows done, windows in all).
 Progress = Callable[[int, int], None]
 
@@ -408,10 +411,15 @@ def fit_phase_rule(
     model.eval()
     device = next(model.parameters()).device
     chunk_size = inference_batch_size(batch_size, data.spec.window_shape())
-    outputs = [model(data.batch(idx[s : s + chunk_size]).to(device)).float().cpu()
-               for s in range(0, len(idx), chunk_size)]
-    # (C, N, l, H, W): the phase (or value) axis first
-    flat = torch.cat(outputs).movedim(1, 0).numpy() if outputs else np.zeros((1, 0), np.float32)
+    # every step-th voxel of each chunk, so that at most FIT_MAX_VOXELS are kept (paper-size
+    # windows would otherwise hold gigabytes of outputs)
+    step = max(1, -(-len(idx) * math.prod(data.spec.window_shape()) // FIT_MAX_VOXELS))
+    outputs = []
+    for s in range(0, len(idx), chunk_size):
+        out = model(data.batch(idx[s : s + chunk_size]).to(device)).float()
+        outputs.append(out.movedim(1, 0).reshape(out.shape[1], -1)[:, ::step].cpu())
+    # (C, voxels): the phase (or value) axis first
+    flat = torch.cat(outputs, dim=1).numpy() if outputs else np.zeros((1, 0), np.float32)
     if flat.size == 0 or not np.all(np.isfinite(flat)):
         model.phase_rule = plain
     elif phases:

@@ -51,12 +51,13 @@ def diagnose(nmse: float, spread: float, *, finite: bool = True,
              lr: float | None = None) -> Health:
     """The :class:`Health` of a model from its validation ``nmse`` and ``spread``.
 
-    ``finite`` False (a non-finite training or validation loss) means diverged. ``lr`` makes
-    the advice concrete.
+    ``finite`` False (a non-finite training or validation loss) means diverged; a NaN ``nmse``
+    with finite losses means not measured (an older history, or validation windows without
+    variance) and is not judged. ``lr`` makes the advice concrete.
     """
     lr_text = f" (now {lr:g})" if lr is not None else ""
-    if not finite or not math.isfinite(nmse) or nmse > DIVERGED_NMSE:
-        what = ("the loss became infinite or NaN" if not finite or not math.isfinite(nmse)
+    if not finite or nmse == math.inf or (math.isfinite(nmse) and nmse > DIVERGED_NMSE):
+        what = ("the loss became infinite or NaN" if not finite or nmse == math.inf
                 else f"its error is {nmse:.3g} times the data's variance")
         return Health(
             "diverged",
@@ -73,4 +74,6 @@ def diagnose(nmse: float, spread: float, *, finite: bool = True,
             "norm, warm-up, gradient clipping); a model early in training may still leave "
             "the mean",
         )
+    if math.isnan(nmse):  # not measured: a history from before, or windows of one phase
+        return Health("ok", "learning (NMSE not measured)")
     return Health("ok", f"learning: NMSE {nmse:.2f}, spread {spread:.0%} of the data's")

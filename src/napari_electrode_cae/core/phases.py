@@ -47,11 +47,15 @@ class PhaseRule:
     offsets : (float, float, float)
         Added to the pore, CBD and active logits of a three-channel output before the argmax
         (zero for ``"argmax"``).
+    channels : {1, 3}
+        The output the rule was made for: one channel of values (thresholds) or three phase
+        logits (argmax, with offsets if fitted).
     """
 
     name: str = "nearest"
     thresholds: tuple[float, float] = NEAREST_THRESHOLDS
     offsets: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    channels: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in PHASE_RULES:
@@ -65,6 +69,10 @@ class PhaseRule:
         if len(offsets) != 3 or not all(np.isfinite(offsets)):
             raise ModelConfigError(f"phase offsets must be 3 finite numbers, got {self.offsets!r}")
         object.__setattr__(self, "offsets", offsets)
+        if self.name == "argmax":
+            object.__setattr__(self, "channels", 3)
+        if self.channels not in (1, 3):
+            raise ModelConfigError(f"a phase rule is for 1 or 3 channels, got {self.channels!r}")
 
     def labels(self, output: np.ndarray) -> np.ndarray:
         """Phase ids (uint8) of a raw output ``(C, ...)``: C = 1 values or C = 3 logits.
@@ -93,22 +101,24 @@ class PhaseRule:
         low, high = self.thresholds
         if self.name == "nearest":
             return "nearest value (the paper's rule)"
-        if any(self.offsets):
+        if self.channels == 3:
             return ("argmax with offsets fitted to the training fractions ("
                     + " / ".join(f"{o:+.2f}" for o in self.offsets) + ")")
         return f"thresholds fitted to the training fractions ({low:+.2f} / {high:+.2f})"
 
     def to_dict(self) -> dict:
         return {"name": self.name, "thresholds": list(self.thresholds),
-                "offsets": list(self.offsets)}
+                "offsets": list(self.offsets), "channels": self.channels}
 
     @classmethod
     def from_dict(cls, record: Mapping | None) -> PhaseRule:
         """The rule saved by :meth:`to_dict`; the paper's nearest rule for ``None``."""
         if not record:
             return cls()
+        offsets = tuple(record.get("offsets", (0.0, 0.0, 0.0)))
+        channels = record.get("channels", 3 if any(offsets) else 1)
         return cls(str(record["name"]), tuple(record.get("thresholds", NEAREST_THRESHOLDS)),
-                   tuple(record.get("offsets", (0.0, 0.0, 0.0))))
+                   offsets, int(channels))
 
 
 def threshold_values(values: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
@@ -180,7 +190,7 @@ def fit_offsets(logits: np.ndarray, fractions: Mapping[str, float], *,
         last_error = error
         offsets = offsets + step * np.log(target / np.maximum(obtained, 1e-4))
         offsets -= offsets.mean()
-    return PhaseRule("fitted", offsets=tuple(float(o) for o in best))
+    return PhaseRule("fitted", offsets=tuple(float(o) for o in best), channels=3)
 
 
 @dataclass

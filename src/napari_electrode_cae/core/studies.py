@@ -482,8 +482,6 @@ def _base_settings(base: str) -> dict:
         "layers": preset.conv_layers,
         "hidden": preset.hidden,
         "latent": preset.latent_dim,
-        "norm": preset.norm,
-        "output": preset.output,
         "epochs": preset.train.epochs,
         "batch": preset.train.batch_size,
         "lr": preset.train.lr,
@@ -596,9 +594,9 @@ def _train_config(
     try:
         spec = WindowSpec(config["window"], config["stride"], config["crop"],
                           config["tile_stride"])
+        # the paper's architecture (Table 2's grid), whatever the base preset's options
         model_config = ModelConfig(config["window"], config["crop"], config["layers"],
-                                   config["hidden"], config["latent"],
-                                   config.get("norm", "none"), config.get("output", "value"))
+                                   config["hidden"], config["latent"])
         validate_model_config(model_config)
         data = WindowDataset(list(stacks), spec)
         train_config = TrainConfig(epochs=config["epochs"], batch_size=config["batch"],

@@ -578,9 +578,8 @@ class TimeEstimate:
         if self._count == 1:
             self._start = time.perf_counter()
             return False
-        if self._count == 1 + self.ESTIMATE_BATCHES or (
-                self._count == self.batches and self._count > 1 and math.isnan(
-                    self.seconds_per_batch)):
+        ready = self._count == 1 + self.ESTIMATE_BATCHES or self._count == self.batches
+        if ready and math.isnan(self.seconds_per_batch):  # once
             self.seconds_per_batch = (time.perf_counter() - self._start) / (self._count - 1)
             return True
         return False
