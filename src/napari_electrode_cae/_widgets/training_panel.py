@@ -338,7 +338,8 @@ class TrainingPanel(QWidget):
         self.output_combo.setToolTip(
             "one value: the paper's single network value per voxel (pore -1, CBD 0, active "
             "+1), trained with MSE and cut into phases after training.\nthree phases: one "
-            "logit per phase, trained with cross-entropy, the most likely phase wins")
+            "logit per phase, trained with cross-entropy; the most likely phase wins, after "
+            "offsets fitted to the training fractions when the phase rule is fitted")
         self.phase_rule_combo = QComboBox()
         for rule, label in PHASE_RULE_CHOICES:
             self.phase_rule_combo.addItem(label, rule)
