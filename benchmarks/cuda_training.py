@@ -8,9 +8,9 @@ largest output difference to the baseline (same weights) and the decode latency.
 * ``base``: ``benchmarks/baseline.py`` as a researcher runs it on a GPU: materialised float32
   windows in a DataLoader, ``.to("cuda")`` per batch, plain Conv3d/ConvTranspose3d, torch's
   Adam, ``loss.item()`` every batch, cuDNN defaults.
-* ``ours``: what ``core.train`` does (``core.feeding.BatchFeeder`` cuts batches out of the
+* ``ours``: what ``core.train`` does (``core.kernels.feeding.BatchFeeder`` cuts batches out of the
   uint8 stack resident on the GPU, folded model, fused Adam, cuDNN autotuning, the loss
-  summed on the device; on CUDA the step replayed from a CUDA graph, ``core.train_step``);
+  summed on the device; on CUDA the step replayed from a CUDA graph, ``core.kernels.train_step``);
   ``eager``: the same without the graph; ``+sync``: reading every batch's loss (as a script
   printing it would); ``bf16``: mixed precision (``TrainConfig(precision="bf16")``);
   ``conv3d``: the model's plain Conv3d modules instead of the folded 2D route;
@@ -35,8 +35,8 @@ sys.path.insert(0, str(HERE))
 from baseline import BaselineCAE, baseline_loader, materialise_windows  # noqa: E402
 
 from napari_electrode_cae import core  # noqa: E402
-from napari_electrode_cae.core.feeding import BatchFeeder  # noqa: E402
-from napari_electrode_cae.core.train_step import TrainingStep  # noqa: E402
+from napari_electrode_cae.core.kernels.feeding import BatchFeeder  # noqa: E402
+from napari_electrode_cae.core.kernels.train_step import TrainingStep  # noqa: E402
 from napari_electrode_cae.core.training import cudnn_autotune  # noqa: E402
 
 

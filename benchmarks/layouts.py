@@ -30,7 +30,7 @@ import time
 import torch
 
 from napari_electrode_cae import core
-from napari_electrode_cae.core.train_step import TrainingStep
+from napari_electrode_cae.core.kernels.train_step import TrainingStep
 
 VARIANTS = ("plain", "contiguous", "channels_last")
 

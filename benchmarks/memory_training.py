@@ -31,7 +31,7 @@ default) fixes the mmap threshold at 128 KiB, which turns off glibc's dynamic th
 the difference to ``default`` is what glibc's heap keeps of freed activation buffers.
 
 The verdict line uses the import baseline as defined above. ``--optimiser`` picks the Adam that
-``core.train`` uses: ``ours`` (default: ``core.adam.FusedAdam``, what the package runs) or
+``core.train`` uses: ``ours`` (default: ``core.kernels.adam.FusedAdam``, what the package runs) or
 ``torch`` (``torch.optim.Adam(fused=True)``, the package's optimiser before it had its own; for
 comparisons). torch's first ``torch.optim`` optimiser lazily imports ``torch._dynamo`` (with
 sympy and more), a fixed cost of torch whatever the data; with ``torch`` it is imported before
@@ -142,7 +142,7 @@ def child(args: argparse.Namespace) -> None:
     say("torch threads", torch.get_num_threads())
     say("napari_electrode_cae from", f"{Path(core.__file__).parent.parent} {code_state(core)}")
     say("optimiser", "torch.optim.Adam(fused=True)" if args.optimiser == "torch"
-        else "core.adam.FusedAdam (core.train's own)")
+        else "core.kernels.adam.FusedAdam (core.train's own)")
     lazy_mib = 0.0
     if args.optimiser == "torch":
         # The first torch.optim optimiser imports torch._dynamo (and sympy, torch.distributed,

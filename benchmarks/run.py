@@ -9,7 +9,7 @@ figures run under ``xvfb-run``.
   model, fused Adam), same initial weights; twice: with glibc's malloc pinned through
   ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (the way to compare two implementations
   on this machine; both interleaved in one fresh process), and with glibc's defaults as users
-  run it (ours then keeps its buffers the way ``core.train`` does, ``core.allocator``, which
+  run it (ours then keeps its buffers the way ``core.train`` does, ``core.kernels.allocator``, which
   changes the process's malloc thresholds, so each runs in a fresh process of its own).
 * Decode latency and the stride-1 data-set memory, in this process / fresh subprocesses.
 * Peak RSS of a whole training run: ``benchmarks/memory_training.py`` (glibc default).
@@ -43,9 +43,9 @@ sys.path.insert(0, str(HERE))
 from baseline import BaselineCAE, baseline_loader, materialise_windows  # noqa: E402
 
 from napari_electrode_cae import core  # noqa: E402
-from napari_electrode_cae.core.allocator import reuse_freed_memory  # noqa: E402
-from napari_electrode_cae.core.feeding import BatchFeeder  # noqa: E402
-from napari_electrode_cae.core.train_step import TrainingStep  # noqa: E402
+from napari_electrode_cae.core.kernels.allocator import reuse_freed_memory  # noqa: E402
+from napari_electrode_cae.core.kernels.feeding import BatchFeeder  # noqa: E402
+from napari_electrode_cae.core.kernels.train_step import TrainingStep  # noqa: E402
 
 MEMORY_PROBE = r"""
 import json, resource, sys
@@ -86,7 +86,7 @@ def train_speed(length: int, steps: int, rounds: int, keep_buffers: bool = False
     through ``core.train``'s ``BatchFeeder`` and ``TrainingStep`` (its step and optimiser).
     Same initial weights; rounds are interleaved.
     ``keep_buffers``: with ``which="ours"``, the whole measurement runs inside
-    ``core.allocator.reuse_freed_memory()`` as ``core.train`` does (only matters when glibc's
+    ``core.kernels.allocator.reuse_freed_memory()`` as ``core.train`` does (only matters when glibc's
     malloc is not pinned through the environment).
     ``which``: "both" (interleaved), or only "base" / "ours" (the others are None); with
     glibc's defaults each runs in a process of its own, because ``reuse_freed_memory`` leaves

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .feeding import BatchFeeder
+from .kernels.feeding import BatchFeeder
 from .health import Health, diagnose
 from .model import ConvAutoEncoder3d
 from .phases import PhaseRule, PhaseScores, fit_offsets, fit_thresholds

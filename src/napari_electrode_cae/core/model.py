@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from .errors import ModelConfigError
-from .few_rows_linear import linear
-from .folded_conv import conv_stride2, conv_transpose_stride2
+from .kernels.few_rows_linear import linear
+from .kernels.folded_conv import conv_stride2, conv_transpose_stride2
 from .phases import PhaseRule
 
 CONV_LAYER_CHOICES = (3, 4, 5)

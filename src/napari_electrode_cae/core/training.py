@@ -26,16 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adam import FusedAdam
-from .allocator import reuse_freed_memory
+from .kernels.adam import FusedAdam
+from .kernels.allocator import reuse_freed_memory
 from .checkpoint import load_training_state, save_state_dict, save_training_state
 from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
-from .feeding import BatchFeeder
+from .kernels.feeding import BatchFeeder
 from .health import Health, diagnose
 from .losses import PHASE_LOSS_CHOICES, make_loss
 from .model import ConvAutoEncoder3d
 from .stack import volume_fractions
-from .train_step import TrainingStep
+from .kernels.train_step import TrainingStep
 from .windows import SPLIT_MODES, WindowDataset, resolve_split, split
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -267,7 +267,7 @@ def available_devices() -> list[str]:
 def make_optimiser(model: nn.Module, lr: float) -> FusedAdam:
     """Adam as in the paper, as one fused kernel where this torch has it (same update rule and
     state-dict layout as ``torch.optim.Adam(fused=True)``, whose checkpoints it loads and vice
-    versa), without ``torch.optim``'s import of ``torch._dynamo`` (~67 MiB); see ``core.adam``."""
+    versa), without ``torch.optim``'s import of ``torch._dynamo`` (~67 MiB); see ``core.kernels.adam``."""
     return FusedAdam(model.parameters(), lr=lr)
 
 

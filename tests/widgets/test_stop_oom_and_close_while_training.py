@@ -18,7 +18,7 @@ from napari_electrode_cae._widgets import ElectrodeCAEWidget
 from napari_electrode_cae._widgets import training_panel as training_panel_module
 from napari_electrode_cae._widgets.state import ModelSettings
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 WAIT_MS = 30_000
 

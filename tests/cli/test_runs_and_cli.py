@@ -22,7 +22,7 @@ from napari_electrode_cae.core import (
     write_stack,
 )
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 SPEC = WindowSpec(4, 2, crop=16)
 

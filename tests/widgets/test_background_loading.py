@@ -16,7 +16,7 @@ from napari_electrode_cae._widgets.main_widget import ElectrodeCAEWidget
 from napari_electrode_cae._widgets.state import CAEState, ModelSettings
 from napari_electrode_cae._widgets.training_panel import TrainingPanel
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 SHAPE = (12, 32, 32)
 WINDOW = core.WindowSpec(length=4, stride=2, crop=16)

@@ -23,7 +23,7 @@ from napari_electrode_cae.core import (
 )
 from napari_electrode_cae.core import analysis
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 SPEC = WindowSpec(4, 4, crop=16)
 

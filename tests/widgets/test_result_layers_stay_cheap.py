@@ -174,7 +174,7 @@ def test_first_results_collect_garbage_in_a_turn_of_their_own(make_napari_viewer
     from napari_electrode_cae._widgets.results_panel import ResultsPanel
     from napari_electrode_cae._widgets.state import CAEState
 
-    from .conftest import make_stack
+    from tests.conftest import make_stack
 
     stack = make_stack((12, 32, 32), seed=0, name="tiny")
     viewer = make_napari_viewer()

@@ -12,7 +12,7 @@ from napari_electrode_cae.core import (
     split,
 )
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 
 @pytest.mark.parametrize("length", [4, 24])

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from napari_electrode_cae.core import allocator
-from napari_electrode_cae.core.allocator import reuse_freed_memory
+from napari_electrode_cae.core.kernels import allocator
+from napari_electrode_cae.core.kernels.allocator import reuse_freed_memory
 
 BIG = 48 * 2**20  # bytes: larger than glibc's default (and dynamic, ≤ 32 MiB) mmap threshold
 

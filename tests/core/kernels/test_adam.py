@@ -1,4 +1,4 @@
-"""core.adam.FusedAdam: torch.optim.Adam's numbers and state dicts, without torch._dynamo."""
+"""core.kernels.adam.FusedAdam: torch.optim.Adam's numbers and state dicts, without torch._dynamo."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from napari_electrode_cae.core import (
     seed_everything,
     train,
 )
-from napari_electrode_cae.core import adam as adam_module
+from napari_electrode_cae.core.kernels import adam as adam_module
 from napari_electrode_cae.core import training
-from napari_electrode_cae.core.adam import FusedAdam
+from napari_electrode_cae.core.kernels.adam import FusedAdam
 from napari_electrode_cae.core.training import make_optimiser
 
 EXACT = {"rtol": 0.0, "atol": 0.0}

@@ -21,7 +21,7 @@ from napari_electrode_cae.core import (
 from napari_electrode_cae.core.health import diagnose
 from napari_electrode_cae.core.training import TimeEstimate, lr_factor
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 SPEC = WindowSpec(4, 2, crop=16)
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_electrode_cae.core import few_rows_linear
-from napari_electrode_cae.core.few_rows_linear import FewRowsLinear, linear
+from napari_electrode_cae.core.kernels import few_rows_linear
+from napari_electrode_cae.core.kernels.few_rows_linear import FewRowsLinear, linear
 
 
 @pytest.mark.parametrize("rows", [0, 1, 2, 3])

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_electrode_cae.core.folded_conv import (
+from napari_electrode_cae.core.kernels.folded_conv import (
     conv_stride2,
     conv_transpose_stride2,
     in_layout,
@@ -62,7 +62,7 @@ def test_input_gradient_is_skipped_when_not_needed():
 
 
 def test_weight_gradient_in_batch_slices_is_the_same(monkeypatch):
-    from napari_electrode_cae.core import folded_conv
+    from napari_electrode_cae.core.kernels import folded_conv
 
     torch.manual_seed(0)
     x = torch.randn(5, 1, 9, 9, dtype=torch.float64)
@@ -155,7 +155,7 @@ def test_one_channel_tensors_get_channels_last_strides_over_the_same_memory():
 
 
 def test_relu_mask_is_applied_in_place_in_every_dense_layout():
-    from napari_electrode_cae.core.folded_conv import _relu_backward
+    from napari_electrode_cae.core.kernels.folded_conv import _relu_backward
 
     for shape, fmt in (((2, 3, 4, 4), torch.channels_last),
                        ((2, 3, 2, 4, 4), torch.channels_last_3d),

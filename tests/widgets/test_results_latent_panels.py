@@ -28,7 +28,7 @@ from napari_electrode_cae._widgets.results_panel import (
 )
 from napari_electrode_cae._widgets.state import CAEState
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 SPEC = core.WindowSpec(length=4, stride=2, crop=16)
 WAIT_MS = 20_000

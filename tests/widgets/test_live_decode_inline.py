@@ -12,7 +12,7 @@ from napari_electrode_cae._widgets.latent_panel import LatentPanel, update_label
 from napari_electrode_cae._widgets.live_decoder import decode_latent
 from napari_electrode_cae._widgets.state import CAEState
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 from .test_results_latent_panels import decode_directly
 
 SPEC = core.WindowSpec(length=4, stride=2, crop=16)

@@ -12,10 +12,10 @@ from napari_electrode_cae import _reader, core
 from napari_electrode_cae._layers import METADATA_KEY
 from napari_electrode_cae.core.stack import PHASE_COLORS
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 PLUGIN = "napari-electrode-cae"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_KEYS = ("synthetic_CAL", "synthetic_UNCAL", "synthetic_both", "synthetic_REALISTIC")
 
 

@@ -8,7 +8,7 @@ from napari_electrode_cae import cli, core
 from napari_electrode_cae.core import load_run, write_stack
 from napari_electrode_cae.core import studies
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 SHAPE = (24, 32, 32)  # deep enough for a blocked split at l=8, stride 1
 

@@ -13,11 +13,11 @@ import torch
 
 from napari_electrode_cae import core
 from napari_electrode_cae.cli import main as cli_main
-from napari_electrode_cae.core.feeding import BatchFeeder, choose_mode, stack_bytes
-from napari_electrode_cae.core.train_step import autocast_for
+from napari_electrode_cae.core.kernels.feeding import BatchFeeder, choose_mode, stack_bytes
+from napari_electrode_cae.core.kernels.train_step import autocast_for
 from napari_electrode_cae.core.training import cudnn_autotune
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -268,7 +268,7 @@ def test_cuda_resume_continues_a_run(data, tmp_path):
 
 
 def test_training_step_off_cuda_is_the_plain_step(data):
-    from napari_electrode_cae.core.train_step import TrainingStep
+    from napari_electrode_cae.core.kernels.train_step import TrainingStep
 
     a, b = small_model(), small_model()
     opt_a, opt_b = (core.training.make_optimiser(m, 1e-3) for m in (a, b))
@@ -291,7 +291,7 @@ def test_training_step_off_cuda_is_the_plain_step(data):
 @pytest.mark.filterwarnings("error:The AccumulateGrad node")  # no autograd graph kept alive
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_graph_step_matches_eager_steps(data, precision, monkeypatch):
-    from napari_electrode_cae.core import train_step
+    from napari_electrode_cae.core.kernels import train_step
 
     histories, weights = {}, {}
     for use_graph in (False, True):
@@ -315,7 +315,7 @@ def test_cuda_graph_step_matches_eager_steps(data, precision, monkeypatch):
 
 @cuda
 def test_cuda_graph_is_recorded_and_replayed(data):
-    from napari_electrode_cae.core.train_step import WARMUP_STEPS, TrainingStep
+    from napari_electrode_cae.core.kernels.train_step import WARMUP_STEPS, TrainingStep
 
     model = small_model().cuda()
     optimiser = core.training.make_optimiser(model, 1e-3)
@@ -368,7 +368,7 @@ def test_resident_feeder_reads_a_read_only_memory_mapped_stack_quietly(tmp_path)
 
 @cuda
 def test_cuda_training_goes_on_eagerly_when_recording_fails(data, monkeypatch):
-    from napari_electrode_cae.core import train_step
+    from napari_electrode_cae.core.kernels import train_step
 
     def broken_record(self, x):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -391,7 +391,7 @@ def test_cuda_training_goes_on_eagerly_when_recording_fails(data, monkeypatch):
 
 @cuda
 def test_cuda_graph_is_skipped_when_a_step_takes_much_of_the_gpu(data, monkeypatch):
-    from napari_electrode_cae.core import train_step
+    from napari_electrode_cae.core.kernels import train_step
 
     monkeypatch.setattr(train_step, "GRAPH_MEMORY_FRACTION", 0.0)
     model = small_model().cuda()

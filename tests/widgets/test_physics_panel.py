@@ -20,7 +20,7 @@ from napari_electrode_cae._widgets.physics_panel import (
 from napari_electrode_cae._widgets.results_panel import NO_MODEL_MESSAGE
 from napari_electrode_cae._widgets.state import CAEState
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 SPEC = core.WindowSpec(length=4, stride=2, crop=16)
 WAIT_MS = 20_000

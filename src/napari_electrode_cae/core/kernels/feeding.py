@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .windows import WindowDataset
+from ..windows import WindowDataset
 
 #: Largest share of the GPU's free memory that resident stacks may take.
 RESIDENT_FRACTION = 0.25

@@ -22,7 +22,7 @@ from napari_electrode_cae._widgets.training_panel import (
     history_from_rows,
 )
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 TINY_WINDOW = core.WindowSpec(length=4, stride=2, crop=16)
 WAIT_MS = 30_000

@@ -28,11 +28,11 @@ from napari_electrode_cae.core.checkpoint import (
     save_training_state,
 )
 
-from .conftest import make_stack
+from tests.conftest import make_stack
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX only")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC = core.WindowSpec(4, 2, crop=16)
 
 # A writer saves best.pt (save_state_dict) then last.pt (save_training_state) with the counter
