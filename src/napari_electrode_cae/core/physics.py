@@ -98,7 +98,7 @@ from scipy.sparse import csgraph
 from scipy.sparse.linalg import splu
 
 from .errors import ElectrodeCAEError
-from .stack import DEFAULT_VOXEL_SIZE_UM, PHASE_IDS, PHASES, volume_fractions
+from .stack import DEFAULT_VOXEL_SIZE_UM, PHASE_IDS, PHASES
 
 __all__ = [
     "PhysicsError",
@@ -683,7 +683,8 @@ def microstructure_metrics(
 ) -> dict[str, float]:
     """All descriptors of one volume (window) in one dict.
 
-    ``with_tortuosity=False`` leaves out ``tortuosity_pore_*``, the only slow one.
+    ``with_tortuosity=False`` leaves out ``tortuosity_pore_*``, the only slow one. The metrics,
+    their order, labels and units are declared in :mod:`napari_electrode_cae.core.metrics`.
 
     Parameters
     ----------
@@ -707,21 +708,13 @@ def microstructure_metrics(
         ``cbd_connected_fraction_z`` (0..1) and ``tortuosity_pore_z`` (``inf`` if the pores do
         not percolate).
     """
+    from .metrics import metrics_for_axis  # the registry: metrics are declared there, once
+
     labels = _as_labels(labels)
     vs = _check_voxel_size(voxel_size_um)
     axis = _check_axis(axis)
-    suffix = AXIS_NAMES[axis]
-    metrics = {f"{name}_fraction": value for name, value in volume_fractions(labels).items()}
-    metrics["ssa_active_per_um"] = specific_surface_area(labels, "active", vs)
-    metrics["ssa_pore_solid_per_um"] = interface_area_density(
-        labels, "pore", ("cbd", "active"), vs
-    )
-    metrics["tpb_density_per_um2"] = triple_phase_boundary_density(labels, vs)
-    for name in ("pore", "active", "cbd"):
-        metrics[f"{name}_connected_fraction_{suffix}"] = connected_fraction(labels, name, axis)
-    if with_tortuosity:
-        metrics[f"tortuosity_pore_{suffix}"] = tortuosity(labels, "pore", axis, device=device)
-    return metrics
+    return {m.name: m(labels, vs, axis, device)
+            for m in metrics_for_axis(axis, costly=with_tortuosity)}
 
 
 def _paired_p_values(original: np.ndarray, reconstruction: np.ndarray) -> tuple[float, float]:
