@@ -4,7 +4,7 @@ Target (issue 4): the peak RSS of a full training run stays within 300 MiB of th
 baseline plus the stacks plus the model (parameters + gradients + Adam state).
 
 Run: ``python benchmarks/memory_training.py [--case paper l4 quick] [--alloc default pinned
-mmap128k] [--stride N] [--quick-epochs N] [--optimiser ours torch]`` (all cases, default and
+mmap128k] [--stride N] [--quick-epochs N] [--optimiser torch ours]`` (all cases, default and
 pinned: a few minutes on a 2-core CPU, mostly the quick preset's 80 epochs; ``--quick-epochs 10``
 reaches the same peak).
 
@@ -30,13 +30,11 @@ which makes timings repeatable but can inflate RSS; ``mmap128k`` (diagnostic, no
 default) fixes the mmap threshold at 128 KiB, which turns off glibc's dynamic threshold, so
 the difference to ``default`` is what glibc's heap keeps of freed activation buffers.
 
-The verdict line uses the import baseline as defined above. ``--optimiser`` picks the Adam that
-``core.train`` uses: ``ours`` (default: ``core.kernels.adam.FusedAdam``, what the package runs) or
-``torch`` (``torch.optim.Adam(fused=True)``, the package's optimiser before it had its own; for
-comparisons). torch's first ``torch.optim`` optimiser lazily imports ``torch._dynamo`` (with
-sympy and more), a fixed cost of torch whatever the data; with ``torch`` it is imported before
-training and reported on its own line, and a second verdict line leaves it out. With ``ours``
-nothing imports it (the script says so) and both verdict lines agree.
+The verdict line uses the import baseline as defined above. ``core.train`` uses
+``torch.optim.Adam(fused=True)`` (issue 16 replaced the package's hand-written Adam; see
+``benchmarks/optimiser_step.py``); both ``--optimiser`` choices now run it, and torch's first
+``torch.optim`` optimiser lazily imports ``torch._dynamo`` (with sympy and more), a fixed cost of
+torch whatever the data, which ``torch`` imports before training and reports on its own line.
 
 Cases: ``paper`` = synthetic 256³ CAL stack, l = 24, crop 224, 3 layers, 128 hidden, 10
 latent, batch 2, lr 1e-4, 2 epochs; ``l4`` = the same with l = 4; ``quick`` = the quick preset
@@ -142,7 +140,7 @@ def child(args: argparse.Namespace) -> None:
     say("torch threads", torch.get_num_threads())
     say("napari_electrode_cae from", f"{Path(core.__file__).parent.parent} {code_state(core)}")
     say("optimiser", "torch.optim.Adam(fused=True)" if args.optimiser == "torch"
-        else "core.kernels.adam.FusedAdam (core.train's own)")
+        else "core.training.make_optimiser (torch.optim.Adam, fused)")
     lazy_mib = 0.0
     if args.optimiser == "torch":
         # The first torch.optim optimiser imports torch._dynamo (and sympy, torch.distributed,

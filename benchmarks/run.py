@@ -6,7 +6,7 @@ figures run under ``xvfb-run``.
 
 * Training throughput: baseline (``benchmarks/baseline.py``: materialised windows, DataLoader,
   plain Conv3d, Adam) and ours (``core.train``'s ``BatchFeeder`` and ``TrainingStep``: folded
-  model, fused Adam), same initial weights; twice: with glibc's malloc pinned through
+  model, torch.optim.Adam fused), same initial weights; twice: with glibc's malloc pinned through
   ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (the way to compare two implementations
   on this machine; both interleaved in one fresh process), and with glibc's defaults as users
   run it (ours then keeps its buffers the way ``core.train`` does, ``core.kernels.allocator``, which

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, required=True, help="run folder to write")
     p.add_argument("--preset", choices=sorted(core.PRESETS), default="quick",
                    help="base settings (default quick)")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="Linux/glibc: keep freed training buffers in this process instead of "
+                   "returning them to the system (faster CPU steps, ~45 MiB more peak memory)")
     _add_model_args(p, defaults_from_preset=True)
     p.add_argument("--stride", "-s", type=_positive_int, help="window stride along Z")
     p.add_argument("--tile-stride", type=_positive_int,
@@ -172,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from RUN_DIR/last.pt (same settings)")
     _add_stack_args(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=_malloc_tuned(cmd_train))
 
     p = sub.add_parser("evaluate", help="print the Table-8-style row and write the report",
                        description="Evaluate a run: train/val MSE statistics and an original "
@@ -390,6 +393,21 @@ def _split_label(mode: str, spec: core.WindowSpec) -> str:
     resolved = core.windows.resolve_split(mode, spec)
     leaks = resolved == "random" and spec.stride < spec.length
     return resolved + (" — leaks: overlapping windows share slices across it" if leaks else "")
+
+
+def _malloc_tuned(command):
+    """``command`` run inside ``core.kernels.allocator.reuse_freed_memory()`` when the user
+    asked for it with ``--tune-malloc`` (an opt-in: it changes this process's malloc settings)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if not getattr(args, "tune_malloc", False):
+            return command(args)
+        from .core.kernels.allocator import reuse_freed_memory
+
+        with reuse_freed_memory():
+            return command(args)
+
+    return run
 
 
 def cmd_train(args: argparse.Namespace) -> int:

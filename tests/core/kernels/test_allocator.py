@@ -1,4 +1,4 @@
-"""Training keeps freed large buffers for reuse instead of faulting them in every step."""
+"""Opt-in malloc tuning (`electrode-cae train --tune-malloc`): freed large buffers kept for reuse."""
 
 import resource
 import sys
@@ -87,3 +87,56 @@ def test_failed_mallopt_changes_nothing(no_malloc_env, monkeypatch):
     with reuse_freed_memory() as applied:
         assert not applied
     assert allocator._users == 0
+
+
+class _RecordingLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("trim", pad))
+        return 1
+
+
+def _tiny_stack_file(tmp_path):
+    import numpy as np
+
+    from napari_electrode_cae.core import io
+
+    path = tmp_path / "stack.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 3, (12, 32, 32), dtype=np.uint8))
+    assert io.read_stack(path).labels.shape == (12, 32, 32)
+    return path
+
+
+def test_core_training_leaves_malloc_alone(no_malloc_env, monkeypatch):
+    import numpy as np
+
+    from napari_electrode_cae import core
+
+    libc = _RecordingLibc()
+    monkeypatch.setattr(allocator, "_glibc", lambda: libc)
+    stack = core.ElectrodeStack(np.random.default_rng(0).integers(0, 3, (12, 32, 32),
+                                                                   dtype=np.uint8))
+    data = core.WindowDataset([stack], core.WindowSpec(4, 2, crop=16))
+    model = core.build_model(core.ModelConfig(4, 16, 3, 8, 3))
+    core.run_training(model, data, core.TrainConfig(epochs=1, batch_size=4, device="cpu"))
+    assert libc.calls == []
+
+
+@pytest.mark.parametrize("flag, tuned", [([], False), (["--tune-malloc"], True)])
+def test_cli_tunes_malloc_only_when_asked(no_malloc_env, monkeypatch, tmp_path, flag, tuned):
+    from napari_electrode_cae import cli
+
+    libc = _RecordingLibc()
+    monkeypatch.setattr(allocator, "_glibc", lambda: libc)
+    stack = _tiny_stack_file(tmp_path)
+    code = cli.main(["train", str(stack), "--out", str(tmp_path / "run"), "--preset", "paper",
+                     "--window", "4", "--crop", "16", "--hidden", "8", "--latent", "3",
+                     "--epochs", "1", "--batch", "4", *flag])
+    assert code == 0
+    assert any(call[0] == "mallopt" for call in libc.calls) is tuned

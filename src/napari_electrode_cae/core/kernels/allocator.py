@@ -1,4 +1,9 @@
-"""Keep freed activation buffers in the process while training (glibc only).
+"""Keep freed activation buffers in the process while training (glibc only; opt-in).
+
+Only ``electrode-cae train --tune-malloc`` uses this: it changes the whole process's malloc
+settings, which a library (``core.train``) or a napari plugin must not do behind its host's back.
+Setting ``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=268435456`` in the
+environment before Python starts has the same effect for any program.
 
 Every training step allocates and frees the same few tens of MiB-sized tensors. With glibc's
 default settings, blocks that big are returned to the kernel when freed and faulted in again,

@@ -49,7 +49,7 @@ class TrainingStep:
     model : nn.Module
         Trained in place.
     optimiser
-        Has ``zero_grad(set_to_none=True)`` and ``step()`` (``core.kernels.adam.FusedAdam``).
+        Has ``zero_grad(set_to_none=True)`` and ``step()`` (``torch.optim.Adam``).
     device : torch.device
         The model's device.
     precision : {"fp32", "bf16"}
