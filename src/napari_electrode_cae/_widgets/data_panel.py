@@ -20,32 +20,14 @@ panel waits. Smaller layers are converted at once, on the GUI thread (well under
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEventLoop, Qt, QThread
-from qtpy.QtGui import QColor
-from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QApplication,
-    QComboBox,
-    QFileDialog,
-    QHBoxLayout,
-    QHeaderView,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
 from .. import _layers
 from ..core import (
@@ -53,26 +35,32 @@ from ..core import (
     ElectrodeStack,
     describe_phase_mapping,
     parse_phase_mapping,
-    read_stack,
     volume_fractions,
 )
+from .data_layers import (  # noqa: F401 (re-exported: the panel's public helpers)
+    PLUGIN_OUTPUT_LAYERS,
+    TAGS,
+    ConversionResult,
+    LayerEntry,
+    LayerSnapshot,
+    ReadResult,
+    _ConversionJob,
+    convert_layer,
+    format_mapping,
+    is_candidate_layer,
+    layer_tag,
+    layer_voxels,
+    read_stacks,
+    set_layer_tag,
+    wait_for_workers,
+)
+from .data_table import _COL_NAME, _ERROR_STYLE, DataTableView
 
 if TYPE_CHECKING:
     import napari
 
     from .state import CAEState
 
-#: Layers written by other panels (window views, decoded volumes): never electrode stacks.
-PLUGIN_OUTPUT_LAYERS = frozenset(
-    {
-        _layers.ORIGINAL_LAYER,
-        _layers.RECONSTRUCTION_LAYER,
-        _layers.RECONSTRUCTION_VALUES_LAYER,
-        _layers.DECODED_LAYER,
-    }
-)
-#: Tag combo entries and the ``calendered`` value each stands for.
-TAGS: tuple[tuple[str, bool | None], ...] = (("?", None), ("CAL", True), ("UNCAL", False))
 #: File dialog filter of the stacks :func:`napari_electrode_cae.core.read_stack` reads.
 FILE_FILTER = "Electrode stacks (*.tif *.tiff *.npy);;All files (*)"
 #: Most seconds :meth:`DataPanel.shutdown` waits for a reading or converting worker (one file
@@ -81,166 +69,6 @@ SHUTDOWN_WAIT_S = 60.0
 #: Layers with more voxels than this are converted in a background worker; smaller ones at once
 #: (about 10 ns a voxel on a 2-core CPU: 2 M voxels take some 20 ms).
 SYNC_CONVERT_MAX_VOXELS = 2_000_000
-
-_COL_NAME, _COL_TAG, _COL_SHAPE, _COL_FRACTIONS, _COL_MAPPING = range(5)
-_HEADERS = ("Use · layer", "Tag", "Z×Y×X", "Pore/CBD/AM %", "Phase mapping")
-_ERROR_COLOR = QColor(230, 80, 80)
-_ERROR_STYLE = "color: rgb(230, 80, 80);"
-_BUSY_COLOR = QColor(150, 150, 150)
-
-
-@dataclass(eq=False)
-class LayerEntry:
-    """What the Data panel knows about one candidate layer.
-
-    Attributes
-    ----------
-    layer : napari.layers.Labels or napari.layers.Image
-        The viewer layer.
-    use : bool
-        Whether the user wants this layer in ``state.stacks`` (effective only without error).
-    override : dict of int to str or None
-        Phase mapping set by the user, None for the default (inferred or the plugin's own).
-    converted : ElectrodeStack or None
-        Result of the last conversion (None if it failed).
-    fractions : dict or None
-        Volume fraction of each phase of ``converted``.
-    error : str
-        Why the layer cannot be used ("" if it can).
-    stack : ElectrodeStack or None
-        ``converted`` with the layer's current name and tag (what goes into ``state.stacks``).
-    converting : bool
-        True while a background worker converts the layer (``converted`` is None meanwhile).
-    """
-
-    layer: Any
-    use: bool = False
-    override: dict[int, str] | None = None
-    converted: ElectrodeStack | None = None
-    fractions: dict[str, float] | None = None
-    error: str = ""
-    stack: ElectrodeStack | None = None
-    _source_data: Any = None
-    _source_override: tuple | None = None
-    _converted_once: bool = False
-    _notified_error: str = ""
-    _job: _ConversionJob | None = None
-    _use_chosen: bool = False  # ``use`` set while the first conversion ran: keep it
-    _use_if_usable: bool = False  # check the layer when its pending conversion succeeds
-
-    @property
-    def converting(self) -> bool:
-        """True while a background worker converts the layer."""
-        return self._job is not None
-
-    @property
-    def converted_source(self) -> str:
-        """How conversion errors name the layer (its ``source``), e.g. ``"layer:grey"``."""
-        return f"layer:{self.layer.name}"
-
-    @property
-    def usable(self) -> bool:
-        """True if the layer converted to a stack."""
-        return self.converted is not None
-
-    @property
-    def used(self) -> bool:
-        """True if the stack goes into ``state.stacks``."""
-        return self.use and self.stack is not None
-
-
-@dataclass(frozen=True)
-class LayerSnapshot:
-    """What a conversion reads of a layer, taken on the GUI thread: a worker never touches a
-    napari layer (it only reads the data array, which napari does not replace in place)."""
-
-    name: str
-    data: Any
-    metadata: dict
-    scale: tuple
-    multiscale: bool = False
-    rgb: bool = False
-
-    @classmethod
-    def of(cls, layer: Any) -> LayerSnapshot:
-        return cls(layer.name, layer.data, dict(layer.metadata), tuple(layer.scale),
-                   bool(getattr(layer, "multiscale", False)), bool(getattr(layer, "rgb", False)))
-
-
-@dataclass(frozen=True)
-class ConversionResult:
-    """A layer's stack and volume fractions, or why it cannot be used."""
-
-    stack: ElectrodeStack | None = None
-    fractions: dict[str, float] | None = None
-    error: str = ""
-    unexpected: bool = False  # not an ElectrodeCAEError: always an error notification
-
-
-@dataclass(eq=False)
-class _ConversionJob:
-    """One background conversion of an entry: what it converts (to tell a stale result)."""
-
-    entry: LayerEntry
-    snapshot: LayerSnapshot
-    override_key: tuple | None
-    first: bool
-    worker: Any = None
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    """One file read by the loading worker: its stack, or the reason it could not be read."""
-
-    path: str
-    stack: ElectrodeStack | None = None
-    error: str = ""
-
-
-def is_candidate_layer(layer: Any) -> bool:
-    """True for Labels and Image layers that are not outputs of the plugin's other panels."""
-    return isinstance(layer, (Labels, Image)) and layer.name not in PLUGIN_OUTPUT_LAYERS
-
-
-def layer_tag(layer: Any) -> bool | None:
-    """The ``calendered`` value stored in the layer's plugin metadata (None if unknown)."""
-    meta = layer.metadata.get(_layers.METADATA_KEY)
-    value = meta.get("calendered") if isinstance(meta, dict) else None
-    return value if isinstance(value, bool) else None
-
-
-def set_layer_tag(layer: Any, calendered: bool | None) -> None:
-    """Store ``calendered`` in the layer's plugin metadata (a new dict; the old one is kept)."""
-    meta = layer.metadata.get(_layers.METADATA_KEY)
-    meta = dict(meta) if isinstance(meta, dict) else {}
-    meta["calendered"] = calendered
-    layer.metadata[_layers.METADATA_KEY] = meta
-
-
-def format_mapping(mapping: dict[int, str]) -> str:
-    """A phase mapping as text :func:`~napari_electrode_cae.core.parse_phase_mapping` reads."""
-    return ",".join(f"{value}={name}" for value, name in sorted(mapping.items()))
-
-
-def convert_layer(layer: Any, override: dict[int, str] | None) -> ElectrodeStack:
-    """The ElectrodeStack of ``layer`` (see :func:`napari_electrode_cae._layers.stack_from_layer`).
-
-    Raises
-    ------
-    ElectrodeCAEError
-        If the layer is multiscale, RGB, not 3D or its values cannot be mapped to phases.
-    """
-    from ..core import StackReadError
-
-    if getattr(layer, "multiscale", False):
-        raise StackReadError(
-            f"layer {layer.name!r} is multiscale; open the full-resolution stack instead"
-        )
-    if getattr(layer, "rgb", False):
-        raise StackReadError(
-            f"layer {layer.name!r} is an RGB image, not a (Z, Y, X) label volume"
-        )
-    return _layers.stack_from_layer(layer, override)
 
 
 def conversion_of(layer: Any, override: dict[int, str] | None) -> ConversionResult:
@@ -264,35 +92,7 @@ def convert_in_worker(snapshot: LayerSnapshot,
         )
 
 
-def layer_voxels(layer: Any) -> int:
-    """Number of values in ``layer.data`` (0 for multiscale data)."""
-    if getattr(layer, "multiscale", False):
-        return 0
-    return math.prod(getattr(layer.data, "shape", ()) or (0,))
-
-
-def read_stacks(paths: Sequence[str]) -> Iterator[ReadResult]:
-    """Read each path with :func:`~napari_electrode_cae.core.read_stack` (worker generator).
-
-    One unreadable file does not stop the others: its error is yielded instead of a stack.
-    """
-    for path in paths:
-        try:
-            yield ReadResult(str(path), stack=read_stack(path))
-        except ElectrodeCAEError as exc:
-            yield ReadResult(str(path), error=str(exc))
-
-
-def wait_for_workers(workers: list, timeout_s: float) -> None:
-    """Process Qt events until every worker in ``workers`` has left it (its finished slot)."""
-    deadline = time.monotonic() + timeout_s
-    app = QApplication.instance()
-    while workers and time.monotonic() < deadline and app is not None:
-        app.processEvents(QEventLoop.AllEvents, 20)
-        QThread.msleep(5)
-
-
-class DataPanel(QWidget):
+class DataPanel(DataTableView, QWidget):
     """Choose the electrode layers used for training.
 
     Parameters
@@ -328,77 +128,6 @@ class DataPanel(QWidget):
     def idle(self) -> bool:
         """True when no reading or converting worker of this panel is running."""
         return not self._workers
-
-    # ---------------------------------------------------------------------------------- UI
-
-    def _build_ui(self) -> None:
-        self.table = QTableWidget(0, len(_HEADERS))
-        self.table.setHorizontalHeaderLabels(_HEADERS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        # The fractions column holds short text but also the start of a spanning error message:
-        # size it by its header, not by its contents.
-        header.setSectionResizeMode(_COL_FRACTIONS, QHeaderView.Interactive)
-        padding = 4 * self.fontMetrics().averageCharWidth()
-        header.resizeSection(_COL_FRACTIONS,
-                             self.fontMetrics().horizontalAdvance(_HEADERS[_COL_FRACTIONS]) + padding)
-        header.setStretchLastSection(True)
-        self.table.itemChanged.connect(self._on_item_changed)
-        self.table.itemSelectionChanged.connect(self._on_selection_changed)
-
-        self.mapping_edit = QLineEdit()
-        self.mapping_edit.setPlaceholderText("0=pore,85=active,170=cbd")
-        self.mapping_edit.setToolTip(
-            "Stored value → phase of the selected layer (pore, cbd, active); Enter applies"
-        )
-        self.mapping_edit.returnPressed.connect(self._on_apply_mapping_clicked)
-        self.apply_mapping_button = QPushButton("Apply")
-        self.apply_mapping_button.clicked.connect(self._on_apply_mapping_clicked)
-        self.auto_mapping_button = QPushButton("Auto")
-        self.auto_mapping_button.setToolTip("Go back to the inferred phase mapping")
-        self.auto_mapping_button.clicked.connect(self._on_auto_mapping_clicked)
-        mapping_row = QHBoxLayout()
-        mapping_row.addWidget(QLabel("Phase mapping:"))
-        mapping_row.addWidget(self.mapping_edit, 1)
-        mapping_row.addWidget(self.apply_mapping_button)
-        mapping_row.addWidget(self.auto_mapping_button)
-
-        self.details_label = QLabel()
-        self.details_label.setWordWrap(True)
-        self.details_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-
-        self.open_files_button = QPushButton("Open files…")
-        self.open_files_button.setToolTip("Multi-page TIFF or .npy electrode stacks")
-        self.open_files_button.clicked.connect(self._on_open_files_clicked)
-        self.open_folder_button = QPushButton("Open folder…")
-        self.open_folder_button.setToolTip("A folder of 2D TIFF slices, read as one stack")
-        self.open_folder_button.clicked.connect(self._on_open_folder_clicked)
-        open_row = QHBoxLayout()
-        open_row.addWidget(self.open_files_button)
-        open_row.addWidget(self.open_folder_button)
-        self.load_status_label = QLabel()
-        self.load_status_label.setWordWrap(True)
-        self.load_status_label.hide()
-        self.convert_status_label = QLabel()
-        self.convert_status_label.setWordWrap(True)
-        self.convert_status_label.hide()
-
-        self.summary_label = QLabel()
-        self.summary_label.setWordWrap(True)
-
-        layout = QVBoxLayout(self)
-        layout.addLayout(open_row)
-        layout.addWidget(self.load_status_label)
-        layout.addWidget(self.convert_status_label)
-        layout.addWidget(self.table, 1)
-        layout.addLayout(mapping_row)
-        layout.addWidget(self.details_label)
-        layout.addWidget(self.summary_label)
-        self._update_mapping_editor()
 
     # ------------------------------------------------------------------- layer list sync
 
@@ -637,102 +366,6 @@ class DataPanel(QWidget):
             return True
         return isinstance(entry.layer, Labels) and len(entry.converted.phase_mapping) <= 3
 
-    # ------------------------------------------------------------------------------ table
-
-    def _fill_table(self) -> None:
-        selected = self.selected_entry()
-        self._filling_table = True
-        try:
-            self.table.setRowCount(len(self.entries))
-            for row, entry in enumerate(self.entries):
-                self._fill_row(row, entry)
-            if selected is not None and selected in self.entries:
-                self.table.selectRow(self.entries.index(selected))
-        finally:
-            self._filling_table = False
-        self._update_mapping_editor()
-        self._update_convert_status()
-
-    def _fill_row(self, row: int, entry: LayerEntry) -> None:
-        name_item = QTableWidgetItem(entry.layer.name)
-        flags = Qt.ItemIsSelectable | Qt.ItemIsEnabled
-        if entry.usable:
-            name_item.setFlags(flags | Qt.ItemIsUserCheckable)
-            name_item.setCheckState(Qt.Checked if entry.use else Qt.Unchecked)
-        elif entry.converting:  # the box shows the intended state; set_used may change it
-            name_item.setFlags(flags)
-            name_item.setCheckState(Qt.Checked if entry.use else Qt.Unchecked)
-            name_item.setForeground(_BUSY_COLOR)
-        else:
-            name_item.setFlags(flags)
-            name_item.setForeground(_ERROR_COLOR)
-        name_item.setToolTip(f"{type(entry.layer).__name__} layer {entry.layer.name!r}")
-        self.table.setItem(row, _COL_NAME, name_item)
-        self._tag_combo(row, entry)
-        shape = "×".join(str(n) for n in entry.layer.data.shape)
-        self.table.setItem(row, _COL_SHAPE, QTableWidgetItem(shape))
-        fractions_item = QTableWidgetItem(self._fractions_text(entry))
-        if entry.fractions is not None:
-            fractions_item.setToolTip(", ".join(
-                f"{phase} {100 * fraction:.2f} %" for phase, fraction in entry.fractions.items()
-            ))
-        if not entry.error:
-            self.table.setItem(row, _COL_FRACTIONS, fractions_item)
-        mapping_item = QTableWidgetItem(self._mapping_text(entry))
-        mapping_item.setToolTip(entry.error or self._mapping_text(entry))
-        name_item.setToolTip(f"{name_item.toolTip()}: {entry.error or self._mapping_text(entry)}")
-        # An error spans the fractions and mapping cells, so it shows without scrolling.
-        error_column = _COL_FRACTIONS if entry.error else _COL_MAPPING
-        if entry.error:
-            mapping_item.setForeground(_ERROR_COLOR)
-        elif entry.converting:
-            mapping_item.setForeground(_BUSY_COLOR)
-        self.table.setItem(row, error_column, mapping_item)
-        span = _COL_MAPPING - _COL_FRACTIONS + 1
-        if (self.table.columnSpan(row, _COL_FRACTIONS) > 1) != bool(entry.error):
-            self.table.setSpan(row, _COL_FRACTIONS, 1, span if entry.error else 1)
-
-    def _tag_combo(self, row: int, entry: LayerEntry) -> QComboBox:
-        """The row's tag combo, reused when it already belongs to the layer (no churn of
-        cell widgets on every refresh), set to the layer's tag."""
-        combo = self.table.cellWidget(row, _COL_TAG)
-        if not isinstance(combo, QComboBox) or combo.property("layer_id") != id(entry.layer):
-            combo = QComboBox()
-            for text, value in TAGS:
-                combo.addItem(text, value)
-            combo.setProperty("layer_id", id(entry.layer))
-            combo.setToolTip("Calendered (CAL) or uncalendered (UNCAL) electrode")
-            combo.currentIndexChanged.connect(
-                lambda index, layer=entry.layer: self._on_tag_changed(layer, TAGS[index][1])
-            )
-            self.table.setCellWidget(row, _COL_TAG, combo)
-        combo.setEnabled(entry.usable or entry.converting)
-        index = [value for _, value in TAGS].index(layer_tag(entry.layer))
-        if combo.currentIndex() != index:
-            combo.blockSignals(True)
-            combo.setCurrentIndex(index)
-            combo.blockSignals(False)
-        return combo
-
-    @staticmethod
-    def _fractions_text(entry: LayerEntry) -> str:
-        if entry.converting:
-            return "…"
-        if entry.fractions is None:
-            return "—"
-        return "/".join(f"{100 * entry.fractions[p]:.0f}" for p in ("pore", "cbd", "active"))
-
-    @staticmethod
-    def _mapping_text(entry: LayerEntry) -> str:
-        if entry.converting:
-            return "converting …"
-        if entry.error:
-            prefix = f"{entry.converted_source}: "
-            error = entry.error[len(prefix):] if entry.error.startswith(prefix) else entry.error
-            return f"⚠ {error}"
-        described = describe_phase_mapping(entry.converted.phase_mapping)
-        return f"{described} (set)" if entry.override else described
-
     # --------------------------------------------------------------------------- user input
 
     def _on_item_changed(self, item: QTableWidgetItem) -> None:
@@ -750,56 +383,6 @@ class DataPanel(QWidget):
         set_layer_tag(layer, calendered)
         self._refresh_entry(entry)
         self._push_state()
-
-    def _on_selection_changed(self) -> None:
-        if not self._filling_table:
-            self._update_mapping_editor()
-
-    def selected_entry(self) -> LayerEntry | None:
-        """The entry of the selected table row, or None."""
-        rows = {index.row() for index in self.table.selectionModel().selectedRows()}
-        if len(rows) != 1:
-            return None
-        row = rows.pop()
-        return self.entries[row] if row < len(self.entries) else None
-
-    def select_layer(self, name: str) -> None:
-        """Select the row of the layer called ``name`` (the mapping editor then applies to it)."""
-        for row, entry in enumerate(self.entries):
-            if entry.layer.name == name:
-                self.table.selectRow(row)
-                return
-        raise KeyError(f"no electrode layer called {name!r}")
-
-    def _update_mapping_editor(self) -> None:
-        entry = self.selected_entry()
-        editable = entry is not None and not entry.converting
-        for widget in (self.mapping_edit, self.apply_mapping_button):
-            widget.setEnabled(editable)
-        self.auto_mapping_button.setEnabled(editable and entry.override is not None)
-        if entry is None:
-            self.mapping_edit.clear()
-            self._show_details("Select a layer to see or change its phase mapping.")
-            return
-        if entry.converting:
-            self.mapping_edit.setText(format_mapping(entry.override or {}))
-            self._show_details(f"{entry.layer.name}: converting "
-                               f"{'×'.join(map(str, entry.layer.data.shape))} voxels …")
-            return
-        mapping = entry.override or (entry.converted.phase_mapping if entry.usable else {})
-        self.mapping_edit.setText(format_mapping(mapping))
-        if entry.error:
-            self._show_details(f"{entry.layer.name}: {entry.error}", error=True)
-        else:
-            how = "set by you" if entry.override else "inferred"
-            self._show_details(
-                f"{entry.layer.name}: {describe_phase_mapping(entry.converted.phase_mapping)} "
-                f"({how}); stack {entry.converted.shape}, {entry.converted.voxel_size_um:g} µm"
-            )
-
-    def _show_details(self, text: str, error: bool = False) -> None:
-        self.details_label.setText(text)
-        self.details_label.setStyleSheet(_ERROR_STYLE if error else "")
 
     def _on_apply_mapping_clicked(self) -> None:
         entry = self.selected_entry()
@@ -912,17 +495,6 @@ class DataPanel(QWidget):
         if changed:
             self._fill_table()
         self._update_summary(self._used_stacks())
-
-    def _update_summary(self, used: list[tuple[str, ElectrodeStack]]) -> None:
-        if not used:
-            self.summary_label.setText(
-                "No electrode stack selected yet: a layer is being converted."
-                if any(entry.converting for entry in self.entries)
-                else "No electrode stack selected: check at least one layer.")
-            return
-        parts = [f"{name} ({stack.tag}, {'×'.join(map(str, stack.shape))})"
-                 for name, stack in used]
-        self.summary_label.setText(f"Using {len(used)} stack(s): " + ", ".join(parts))
 
     # ---------------------------------------------------------------------------- loading
 
