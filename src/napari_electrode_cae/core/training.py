@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed as ddp
 from .checkpoint import load_training_state, save_state_dict, save_training_state
 from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
 from .kernels.feeding import BatchFeeder
@@ -321,6 +322,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     yield_batches: bool = False,
+    distributed: ddp.DistributedContext | None = None,
 ) -> Iterator[EpochReport | BatchReport]:
     """Train ``model`` on ``data``; a generator of progress reports.
 
@@ -344,6 +346,12 @@ def train(
         weights and history as an uninterrupted one (on the CPU, same seed and settings).
     yield_batches : bool
         Also yield a :class:`BatchReport` after every batch.
+    distributed : DistributedContext, optional
+        From :func:`.distributed.setup` under torchrun: the model trains wrapped in
+        DistributedDataParallel on ``distributed.device``, each optimiser step takes a global
+        batch of ``world_size × config.batch_size`` windows shared between the ranks, losses
+        and validation are gathered over the ranks (every rank yields the same reports) and
+        only rank 0 writes checkpoints. CUDA graphs are not used under DDP (eager steps).
 
     Yields
     ------
@@ -385,21 +393,34 @@ def train(
         )
     check_trainable(model.config, config)
     device = resolve_device(config.device)
+    if distributed is not None:
+        device = distributed.device
+    world = distributed.world_size if distributed is not None else 1
+    writes = distributed is None or distributed.is_main  # only rank 0 writes checkpoints
     check_precision(config.precision, device)
     # where the epoch's loss is summed in float64: the device itself, except on Apple MPS,
     # which has no float64
     sum_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     model.to(device)
     optimiser = make_optimiser(model, config.lr)
-    per_epoch = windows_per_epoch(len(train_idx), config, model.config.norm)
-    n_batches = math.ceil(per_epoch / config.batch_size)
+    per_epoch = windows_per_epoch(len(train_idx), config, model.config.norm, world)
+    if per_epoch < world * (2 if model.config.norm == "batch" else 1):
+        raise TrainConfigError(f"{per_epoch} training windows cannot be shared by {world} "
+                               "ranks; use fewer processes or more windows")
+    global_batch = config.batch_size * world  # windows per optimiser step, all ranks together
+    n_batches = math.ceil(per_epoch / global_batch)
     history: list[EpochReport] = []
     best_state = copy.deepcopy(model.state_dict())
     best_val, best_epoch = math.inf, 0
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     first_epoch = 1
-    if resume and checkpoint_dir is not None and (checkpoint_dir / "last.pt").exists():
-        saved = load_training_state(checkpoint_dir / "last.pt")
+    saved = None
+    if resume and checkpoint_dir is not None and distributed is None:
+        if (checkpoint_dir / "last.pt").exists():
+            saved = load_training_state(checkpoint_dir / "last.pt")
+    elif resume and checkpoint_dir is not None:  # rank 0 reads, every rank gets it
+        saved = _resume_state_for_ranks(checkpoint_dir / "last.pt", distributed)
+    if saved is not None:
         try:
             model.load_state_dict(saved["best_model"])  # checks that the best weights fit too
             model.load_state_dict(saved["model"])
@@ -428,15 +449,21 @@ def train(
         fractions = None
         if model.config.output == "phases" and config.phase_loss == "weighted_ce":
             fractions = training_fractions(data, train_idx)
-        # a schedule changes the rate between steps, which a recorded CUDA graph would not see
-        step = TrainingStep(model, optimiser, device, config.precision, config.batch_size,
-                            use_graph=None if config.is_paper_schedule else False,
-                            loss=make_loss(model, config.phase_loss, fractions),
-                            grad_clip=config.grad_clip)
+        objective = make_loss(model, config.phase_loss, fractions)
+        net, guard, share = model, contextlib.nullcontext, [1.0]
+        if distributed is not None:
+            net = ddp.wrap_model(model, distributed)
+            guard = lambda: ddp.peer_guard(distributed)  # noqa: E731
+            objective = _weighted_loss(objective, share)
+        # a schedule changes the rate between steps, which a recorded CUDA graph would not see;
+        # under DDP every step runs eagerly (the weight of a short last batch changes too)
+        step = TrainingStep(net, optimiser, device, config.precision, config.batch_size,
+                            use_graph=None if config.is_paper_schedule and distributed is None
+                            else False, loss=objective, grad_clip=config.grad_clip)
         resources.callback(step.release)
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
-            model.train()
+            net.train()
             # one generator per epoch, so a resumed run shuffles exactly like an unbroken one
             order = np.random.default_rng((config.seed, epoch)).permutation(train_idx)[:per_epoch]
             # summed on the device in float64: a GPU is not made to wait for every batch's loss
@@ -447,21 +474,32 @@ def train(
                 if not config.is_paper_schedule:
                     set_lr(optimiser, config.lr
                            * lr_factor((epoch - 1) * n_batches + b, n_batches, config))
-                batch_idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-                loss = step(feeder(batch_idx))
+                batch_idx = order[b * global_batch : (b + 1) * global_batch]
+                if distributed is not None:
+                    whole = len(batch_idx)
+                    batch_idx = ddp.shard(batch_idx, distributed.rank, world)
+                    share[0] = ddp.loss_weight(len(batch_idx), whole, world)
+                with guard():
+                    loss = step(feeder(batch_idx))
                 total += loss.to(sum_device, torch.float64) * len(batch_idx)
                 if yield_batches:
                     yield BatchReport(epoch, b + 1, n_batches, loss)
+            if distributed is not None:
+                total = ddp.all_reduce_sum(total, distributed)
             train_mse = float(total) / len(order)
             stage = "validation"
-            checked = validate(model, data, val_idx, config.batch_size, feeder=feeder)
+            if distributed is None:
+                checked = validate(model, data, val_idx, config.batch_size, feeder=feeder)
+            else:
+                checked = _validate_sharded(model, data, val_idx, config.batch_size, feeder,
+                                            distributed)
             stage = "training"
             val_mse = checked.mse
             finite = math.isfinite(train_mse) and math.isfinite(val_mse)
             if finite and val_mse < best_val:
                 best_val, best_epoch = val_mse, epoch
                 best_state = copy.deepcopy(model.state_dict())
-                if checkpoint_dir is not None:
+                if checkpoint_dir is not None and writes:
                     save_state_dict(best_state, checkpoint_dir / "best.pt")
             report = EpochReport(
                 epoch, config.epochs, train_mse, val_mse,
@@ -472,7 +510,7 @@ def train(
                 health = report.health(config)
                 yield report
                 break
-            if checkpoint_dir is not None:
+            if checkpoint_dir is not None and writes:
                 save_training_state(checkpoint_dir / "last.pt", {
                     "epoch": epoch,
                     "model": model.state_dict(),
@@ -521,14 +559,57 @@ def check_trainable(model_config, config: TrainConfig) -> None:
             "or more, or group normalisation")
 
 
-def windows_per_epoch(n_train: int, config: TrainConfig, norm: str = "none") -> int:
+def windows_per_epoch(n_train: int, config: TrainConfig, norm: str = "none",
+                      world_size: int = 1) -> int:
     """Training windows one epoch visits: all, or ``config.windows_per_epoch`` if fewer; with
     batch normalisation (``norm="batch"``) a last batch of one window is dropped (batch norm
-    cannot normalise a single window)."""
+    cannot normalise a single window). On ``world_size`` ranks (batches of ``world_size ×
+    config.batch_size``) a last batch too short to give every rank a window (two with batch
+    norm) is dropped."""
     n = min(n_train, config.windows_per_epoch) if config.windows_per_epoch else n_train
+    if world_size > 1:
+        return ddp.epoch_windows(n, config.batch_size, world_size,
+                                 2 if norm == "batch" else 1)
     if norm == "batch" and n > 1 and n % config.batch_size == 1:
         n -= 1
     return n
+
+
+def _weighted_loss(loss, share: list):
+    """``loss`` with its objective times ``share[0]`` (a rank's weight, see
+    :func:`.distributed.loss_weight`), read at every call."""
+    def weighted(output: torch.Tensor, x: torch.Tensor):
+        objective, mse = loss(output, x)
+        return (objective if share[0] == 1.0 else objective * share[0]), mse
+
+    return weighted
+
+
+def _resume_state_for_ranks(path: Path, context: ddp.DistributedContext) -> dict | None:
+    """``last.pt`` as read by rank 0 (None if it has none), on every rank; an unreadable one
+    raises the same :class:`RunFolderError` everywhere."""
+    message, saved = None, None
+    if context.is_main and path.exists():
+        try:
+            saved = load_training_state(path)
+        except RunFolderError as exc:
+            message = str(exc)
+    message, saved = ddp.broadcast_object((message, saved), context)
+    if message is not None:
+        raise RunFolderError(message)
+    return saved
+
+
+def _validate_sharded(model, data: WindowDataset, indices, batch_size: int,
+                      feeder: BatchFeeder, context: ddp.DistributedContext
+                      ) -> "ValidationStats":
+    """:func:`validate` with the windows shared between the ranks; the same result on each."""
+    indices = np.asarray(indices, dtype=np.int64)
+    mine = ddp.shard(indices, context.rank, context.world_size)
+    per_window, moments = _validation_sums(model, data, mine, batch_size, feeder=feeder)
+    per_window, moments = ddp.gather_validation(per_window, moments, context.world_size,
+                                                context)
+    return _validation_stats(per_window, moments, len(indices), data.spec.window_shape())
 
 
 def set_lr(optimiser, lr: float) -> None:
@@ -727,6 +808,15 @@ def validate(
     ``feeder``: a :class:`BatchFeeder` of ``data`` for the model's device (``core.train``
     passes its own); by default one is made for this call.
     """
+    per_window, moments = _validation_sums(model, data, indices, batch_size, feeder=feeder)
+    return _validation_stats(per_window, moments, len(indices), data.spec.window_shape())
+
+
+@torch.inference_mode()
+def _validation_sums(model, data: WindowDataset, indices: Sequence[int], batch_size: int,
+                     *, feeder: BatchFeeder | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window MSEs (float64 (n,)) of windows ``indices`` and the float64 sums of x, x²,
+    y, y² (original x, reconstruction y) over their voxels."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -749,14 +839,20 @@ def validate(
     if errors:  # one copy back at the end: the GPU is not made to wait for every chunk
         out[:] = torch.cat(errors).cpu().double().numpy()  # on the CPU: MPS has no float64
     model.train(was_training)
-    n = max(len(indices) * math.prod(data.spec.window_shape()), 1)
-    sx, sxx, sy, syy = (float(v) for v in moments.cpu())
+    return out, moments.cpu().numpy()
+
+
+def _validation_stats(per_window: np.ndarray, moments: np.ndarray, n_windows: int,
+                      window_shape: Sequence[int]) -> ValidationStats:
+    """:class:`ValidationStats` from :func:`_validation_sums` over ``n_windows`` windows."""
+    n = max(n_windows * math.prod(window_shape), 1)
+    sx, sxx, sy, syy = (float(v) for v in moments)
     var_x = max(sxx / n - (sx / n) ** 2, 0.0)
     var_y = max(syy / n - (sy / n) ** 2, 0.0)
-    mean_mse = float(out.mean()) if len(out) else math.nan
+    mean_mse = float(per_window.mean()) if len(per_window) else math.nan
     nmse = mean_mse / var_x if var_x > 0 else math.nan
     spread = math.sqrt(var_y / var_x) if var_x > 0 and math.isfinite(var_y) else math.nan
-    return ValidationStats(out, nmse, spread)
+    return ValidationStats(per_window, nmse, spread)
 
 
 def window_mse(
