@@ -7,6 +7,7 @@ Bad input is reported as one line on stderr with exit status 2; never a tracebac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -327,7 +328,9 @@ def _read_stacks(args: argparse.Namespace) -> list[core.ElectrodeStack]:
 
 
 def _info(message: str) -> None:
-    print(message, file=sys.stderr)
+    """A progress line on stderr; under torchrun only rank 0's (``RANK`` is set there)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -411,35 +414,50 @@ def _malloc_tuned(command):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``train``; started by torchrun (``WORLD_SIZE`` > 1), one rank of a data-parallel run."""
+    context = core.distributed.setup(args.device)  # None outside torchrun
+    try:
+        return _train_rank(args, context)
+    finally:
+        core.distributed.teardown()
+
+
+def _train_rank(args: argparse.Namespace, context) -> int:
     from tqdm import tqdm
 
     spec, model_config, config, rule = _train_settings(args)
+    main_rank = context is None or context.is_main
+    world = 1 if context is None else context.world_size
     stacks = _read_stacks(args)
     data = core.WindowDataset(stacks, spec)
     train_idx, val_idx = core.split(data, config.val_fraction, config.seed, config.split)
     core.seed_everything(config.seed)
     model = core.build_model(model_config)
-    device = core.resolve_device(config.device)
-    per_epoch = core.training.windows_per_epoch(len(train_idx), config, model_config.norm)
-    n_batches = -(-per_epoch // config.batch_size)
+    device = core.resolve_device(config.device) if context is None else context.device
+    per_epoch = core.training.windows_per_epoch(len(train_idx), config, model_config.norm,
+                                                world)
+    n_batches = -(-per_epoch // (config.batch_size * world))
     _info(f"{len(data)} windows of {spec.length}x{spec.crop}x{spec.crop} (stride {spec.stride}): "
           f"{len(train_idx)} training, {len(val_idx)} validation "
           f"({_split_label(config.split, spec)}); "
           f"{core.count_parameters(model):,} parameters on {device}"
           + (" (bf16 mixed precision)" if config.precision == "bf16" else ""))
     _info(f"{config.epochs} epochs of {n_batches} batches of {config.batch_size}"
+          + (f" per rank on {world} ranks ({context.backend}; effective batch "
+             f"{config.batch_size * world})" if context is not None else "")
           + (f" ({per_epoch} of {len(train_idx)} training windows sampled per epoch)"
              if per_epoch < len(train_idx) else ""))
     history: list[core.EpochReport] = []
     generator = core.train(model, data, config, train_idx=train_idx, val_idx=val_idx,
-                           checkpoint_dir=args.out, resume=args.resume, yield_batches=True)
+                           checkpoint_dir=args.out, resume=args.resume, yield_batches=True,
+                           distributed=context)
     estimate = core.training.TimeEstimate(n_batches, config.epochs, len(val_idx),
                                           config.batch_size)
     interrupted = False
     result = None
     with tqdm(total=config.epochs * n_batches, unit="batch", file=sys.stderr,
-              dynamic_ncols=True, disable=None) as bar:
-        if args.resume and (args.out / "last.pt").exists():
+              dynamic_ncols=True, disable=None if main_rank else True) as bar:
+        if args.resume and main_rank and (args.out / "last.pt").exists():
             saved = core.checkpoint.load_training_state(args.out / "last.pt")
             history = [core.EpochReport(**row) for row in saved["history"]]
             bar.update(len(history) * n_batches)
@@ -461,9 +479,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                                     spread=f"{report.spread:.2f}")
         except StopIteration as stop:
             result = stop.value
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, core.distributed.PeerLostError):
+            # Ctrl-C, or (under torchrun) another rank was stopped: keep what was trained
             generator.close()
             interrupted = True
+    if not main_rank:  # rank 0 alone evaluates and writes the run; an interrupted other rank
+        return 0  # ends with 0 so that torchrun leaves rank 0 the time to save
     if not history:
         _info("stopped before the first epoch finished; nothing saved")
         return EXIT_INTERRUPTED
@@ -474,7 +495,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = _evaluate_with_progress(model, data, train_idx, val_idx, config.seed,
                                      diverged=diverged)
     core.save_run(args.out, model, data, config, train_idx, val_idx, history, report,
-                  health=health if diverged else _report_health(report))
+                  health=health if diverged else _report_health(report),
+                  distributed=None if context is None else context.describe())
     if not interrupted:  # last.pt stays after Ctrl-C so that --resume can continue
         for name in ("best.pt", "last.pt"):
             (args.out / name).unlink(missing_ok=True)

@@ -128,8 +128,14 @@ def save_run(
     *,
     latents: bool = True,
     health: Health | None = None,
+    distributed: dict | None = None,
 ) -> Path:
-    """Write a complete run folder (see the module docstring) and return its path."""
+    """Write a complete run folder (see the module docstring) and return its path.
+
+    ``distributed``: how the run was trained across processes (``world_size``, ``backend``,
+    …, from :meth:`.distributed.DistributedContext.describe`); config.json records it with
+    the effective batch (windows per optimiser step over all ranks) under ``"distributed"``.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {
@@ -149,6 +155,7 @@ def save_run(
         },
         "phase_rule": model.phase_rule.to_dict(),
         "health": asdict(health) if health is not None else {"state": "ok"},
+        "distributed": _distributed_record(distributed, train_config),
     }
     save_state_dict(model.state_dict(), run_dir / "weights.pt")
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1))
@@ -158,6 +165,15 @@ def save_run(
     if report is not None:
         write_report(run_dir, report)
     return run_dir
+
+
+def _distributed_record(distributed: dict | None, train_config: TrainConfig) -> dict:
+    """config.json's ``"distributed"``: world size (1 for one process), batch per rank and the
+    effective batch."""
+    record = {"world_size": 1, **(distributed or {})}
+    record["batch_per_rank"] = train_config.batch_size
+    record["effective_batch"] = train_config.batch_size * int(record["world_size"])
+    return record
 
 
 def write_history(path: Path, history: Sequence[EpochReport]) -> None:
