@@ -1,5 +1,5 @@
 """The ``electrode-cae`` command line: sample data, model summary, train, evaluate, encode, decode,
-case studies, grid search and physics analysis.
+case studies, grid search, physics analysis, prediction and design by target.
 
 Bad input is reported as one line on stderr with exit status 2; never a traceback.
 """
@@ -266,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For a run folder: microstructure metrics of every window "
                        "and its phase-snapped reconstruction (RUN_DIR/metrics.csv), their "
                        "comparison over the validation windows (physics.json, physics.md) and "
-                       "the Spearman correlation of each latent feature with each metric, the "
-                       "window depth and the CAL/UNCAL tag (correlations.csv).")
+                       "the Spearman correlation of each latent feature with each metric over "
+                       "non-overlapping windows, FDR-corrected, against a random encoder, with "
+                       "partial correlations given the phase fractions (correlations.csv).")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--no-tortuosity", action="store_true",
                    help="skip the pore tortuosity (the costly metric: ~1-2 s per 24x224x224 "
@@ -280,8 +281,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tortuosity solver: auto (default) = torch on a CUDA GPU if there is "
                    "one, else scipy; scipy; or torch on cpu/cuda")
     p.add_argument("--top", type=_positive_int, default=5,
-                   help="strongest correlations to print (default 5)")
+                   help="surviving correlations to print (default 5)")
     p.set_defaults(func=cmd_physics)
+
+    p = sub.add_parser("predict", help="fit and cross-validate latent -> metric regressors",
+                       description="For a run folder: measure the physics metrics of "
+                       "non-overlapping windows, fit per metric a Gaussian-process regressor "
+                       "from the latent vector, and print R² cross-validated over blocked "
+                       "folds beside the same fit on a never-trained encoder's features "
+                       "(RUN_DIR/prediction.json; refreshed on every call).")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--max-windows", type=_positive_int, default=400,
+                   help="non-overlapping windows measured and fitted (default %(default)s)")
+    p.add_argument("--folds", type=_positive_int, default=5,
+                   help="blocked cross-validation folds (default %(default)s)")
+    p.add_argument("--no-tortuosity", action="store_true",
+                   help="leave out the pore tortuosity (the costly metric)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the window subset")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("design", help="latent vectors that meet physics targets, measured",
+                       description="Search the latent space of a run for microstructures "
+                       "that meet targets: on the run's regressors first (prediction.json, "
+                       "fitted now if absent), then every candidate is decoded, snapped to "
+                       "phases and measured; only measured values decide. Writes "
+                       "candidate_NN.tif (+ _latent.csv), candidates.csv and design.json.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--target", action="append", default=[], metavar="SPEC",
+                   help="NAME=VALUE:TOL, NAME<=VALUE or NAME>=VALUE with a metric name of "
+                   "the physics report, e.g. pore_fraction=0.40:0.01 (repeatable)")
+    p.add_argument("--maximize", metavar="METRIC", help="objective to maximise")
+    p.add_argument("--minimize", metavar="METRIC", help="objective to minimise")
+    p.add_argument("--candidates", type=_positive_int, default=5,
+                   help="candidates to return (default %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the candidates")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_design)
 
     p = sub.add_parser("gui", help="open napari with the Electrode CAE widget",
                        description="Open napari with STACKs loaded (with none and no --run: "
@@ -713,18 +749,96 @@ def cmd_physics(args: argparse.Namespace) -> int:
                                       json.dumps(_json_safe(comparison), indent=1))
     markdown = analysis.comparison_markdown(comparison)
     core.checkpoint.atomic_write_text(args.run_dir / "physics.md", markdown)
-    selected = [r for r in rows if r["window"] in set(int(i) for i in every)]
-    latents = core.encode_windows(run.model, data)[[r["window"] for r in selected]]
-    extra = {"z": np.array([r["z"] for r in selected], dtype=float),
-             "calendered": np.array([{"CAL": 1.0, "UNCAL": 0.0}.get(r["tag"], np.nan)
-                                     for r in selected])}
-    names, rho, p = analysis.latent_metric_correlations(latents, selected, extra)
-    analysis.write_correlations_csv(args.run_dir / "correlations.csv", names, rho, p)
+    # correlations only over windows that share no voxel (overlapping ones are near copies)
+    independent = set(int(i) for i in analysis.independent_windows(data, every))
+    selected = [r for r in rows if r["window"] in independent]
+    chosen = [r["window"] for r in selected]
+    columns = {name: np.array([float(r[name]) for r in selected])
+               for name in analysis.metric_columns(selected)}
+    columns["z"] = np.array([r["z"] for r in selected], dtype=float)
+    columns["calendered"] = np.array([{"CAL": 1.0, "UNCAL": 0.0}.get(r["tag"], np.nan)
+                                      for r in selected])
+    study = analysis.correlation_study(
+        analysis.encode_indices(run.model, data, chosen), columns,
+        random_latents=analysis.random_encoder_latents(run.model, data, chosen, args.seed))
+    analysis.write_study_csv(args.run_dir / "correlations.csv", study)
     print(markdown)
-    print(f"Strongest latent-metric correlations (Spearman, {len(selected)} windows):")
-    for j, name, r, pv in analysis.strongest_correlations(names, rho, p, top=args.top):
-        print(f"  z{j + 1:<3} {name:<28} rho = {r:+.3f}  p = {core.evaluation.format_p(pv)}")
+    print(f"Latent-metric correlations (Spearman, {len(selected)} non-overlapping windows, "
+          "Benjamini-Hochberg FDR, against a random encoder): " + study.note)
+    for j, name, r, q, partial in study.surviving()[:args.top]:
+        print(f"  z{j + 1:<3} {name:<28} rho = {r:+.3f}  q = {core.evaluation.format_p(q)}  "
+              f"partial (given fractions) = "
+              + ("n/a" if not np.isfinite(partial) else f"{partial:+.3f}"))
     _info(f"wrote metrics.csv, physics.json, physics.md and correlations.csv in {args.run_dir}")
+    return 0
+
+
+def _fit_prediction(args: argparse.Namespace, run, *, quiet: bool = False):
+    from .core import prediction
+
+    data = run.load_dataset()
+    state = {"last": -1}
+
+    def progress(step: prediction.PredictionProgress) -> None:
+        tenth = step.done * 10 // step.total
+        if not quiet and (tenth != state["last"] or step.done == step.total):
+            state["last"] = tenth
+            _info(f"  {step.stage}: {step.done}/{step.total}")
+
+    report = prediction.fit_prediction(
+        run.model, data, max_windows=getattr(args, "max_windows", 400),
+        n_folds=getattr(args, "folds", 5), tortuosity=not getattr(args, "no_tortuosity", False),
+        seed=getattr(args, "seed", 0), progress=progress)
+    prediction.save_prediction(args.run_dir, report)
+    return report
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .core import prediction
+
+    run = core.load_run(args.run_dir)
+    if not args.json:
+        _info(f"measuring up to {args.max_windows} non-overlapping windows, {args.folds} "
+              "blocked folds")
+    report = _fit_prediction(args, run, quiet=args.json)
+    if args.json:
+        print(json.dumps(_json_safe({"run": str(args.run_dir), **report.to_dict()})))
+    else:
+        print(prediction.r2_table(report), end="")
+        _info(f"wrote {args.run_dir / prediction.PREDICTION_FILE} ({report.seconds:.1f} s)")
+    return 0
+
+
+def cmd_design(args: argparse.Namespace) -> int:
+    import json
+
+    from .core import design, prediction
+
+    targets = [design.parse_target(t) for t in args.target]
+    run = core.load_run(args.run_dir)
+    if not (args.run_dir / prediction.PREDICTION_FILE).exists():
+        _info(f"no {prediction.PREDICTION_FILE} yet: fitting the regressors first")
+        _fit_prediction(args, run, quiet=args.json)
+    predictor = prediction.load_predictor(args.run_dir)
+    voxel = float(run.stacks[0].get("voxel_size_um") or core.DEFAULT_VOXEL_SIZE_UM)
+
+    def progress(step: design.DesignProgress) -> None:
+        if not args.json and (step.done == step.total or step.done % 5 == 0):
+            _info(f"  {step.message}: {step.done}/{step.total}")
+
+    result = design.design(run.model, predictor, targets, maximize=args.maximize,
+                           minimize=args.minimize, candidates=args.candidates,
+                           voxel_size_um=voxel, progress=progress)
+    paths = design.write_design(result, args.out, voxel)
+    if args.json:
+        print(json.dumps(_json_safe({**result.to_dict(), "out": str(args.out),
+                                     "files": [str(p) for p in paths]})))
+    else:
+        print("\n".join(design.summary_lines(result)))
+        _info(f"wrote {len(result.candidates)} candidates, candidates.csv and design.json in "
+              f"{args.out}")
     return 0
 
 

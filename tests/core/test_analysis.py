@@ -155,7 +155,7 @@ def test_cli_physics_end_to_end(tmp_path, capsys):
     assert cli.main(["physics", str(run_dir), "--no-tortuosity", "--max-windows", "6"]) == 0
     out = capsys.readouterr().out
     assert "Physics of original vs reconstruction" in out
-    assert "Strongest latent-metric correlations" in out
+    assert "Latent-metric correlations" in out and "non-overlapping windows" in out
     for name in ("metrics.csv", "physics.json", "physics.md", "correlations.csv"):
         assert (run_dir / name).exists()
     physics = json.loads((run_dir / "physics.json").read_text())
@@ -187,3 +187,66 @@ def test_cli_physics_bad_run_dir_is_one_line(tmp_path, capsys):
     assert cli.main(["physics", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error" in err
+
+
+# --------------------------------------------------------------------------- honest statistics
+
+
+def _study_data(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    pore = rng.uniform(0.2, 0.6, n)
+    cbd = rng.uniform(0.05, 0.2, n)
+    tau = 1 + 1.5 * (0.6 - pore) + 0.05 * rng.standard_normal(n)  # tau tracks porosity only
+    metrics = {"pore_fraction": pore, "cbd_fraction": cbd, "tortuosity_pore_z": tau}
+    return rng, metrics
+
+
+def test_study_keeps_a_real_correlation_and_drops_noise():
+    rng, metrics = _study_data()
+    latents = np.column_stack([metrics["pore_fraction"] + 0.01 * rng.standard_normal(60),
+                               rng.standard_normal(60), rng.standard_normal(60)])
+    random = rng.standard_normal((60, 3))
+    study = analysis.correlation_study(latents, metrics, random_latents=random)
+    surviving = {(j, name) for j, name, *_ in study.surviving()}
+    assert (0, "pore_fraction") in surviving and (0, "tortuosity_pore_z") in surviving
+    assert not any(j > 0 for j, _ in surviving)
+    assert np.all(study.q_values[np.isfinite(study.p_values)]
+                  >= study.p_values[np.isfinite(study.p_values)])
+    # z1 follows tortuosity only through porosity: the partial correlation is small
+    m = study.names.index("tortuosity_pore_z")
+    assert abs(study.rho[0, m]) > 0.9 and abs(study.partial_rho[0, m]) < 0.4
+    assert np.isnan(study.partial_rho[0, study.names.index("pore_fraction")])
+    assert "survive" in study.note
+
+
+def test_study_says_when_nothing_survives():
+    rng, metrics = _study_data(n=30)
+    study = analysis.correlation_study(rng.standard_normal((30, 4)), metrics,
+                                       random_latents=rng.standard_normal((30, 4)))
+    assert not study.survives.any()
+    assert study.note.startswith("nothing survives")
+
+
+def test_study_of_constant_latents_says_so_and_the_csv_is_not_silent(tmp_path):
+    _, metrics = _study_data(n=20)
+    study = analysis.correlation_study(np.ones((20, 3)), metrics)
+    assert "collapsed" in study.note and not study.survives.any()
+    path = analysis.write_study_csv(tmp_path / "correlations.csv", study)
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9 and {r["survives"] for r in rows} == {"False"}
+    assert rows[0]["n_windows"] == "20"
+
+
+def test_random_encoder_is_built_without_touching_the_callers_rng():
+    stacks = [generate_electrode((12, 32, 32), preset="CAL", seed=0)]
+    data = WindowDataset(stacks, SPEC)
+    model = ConvAutoEncoder3d(4, crop=16, hidden=16, latent_dim=3)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = analysis.random_encoder_latents(model, data, [0, 1, 2], seed=1)
+    assert torch.equal(torch.rand(3), expected)
+    b = analysis.random_encoder_latents(model, data, [0, 1, 2], seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (3, 3)
