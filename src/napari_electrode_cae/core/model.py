@@ -21,8 +21,10 @@ Options beyond the paper (``ModelConfig``), both off in the paper's model:
   network value (pore -1, CBD 0, active +1) trained with MSE. Encoder and latent size stay the
   paper's, so latent features mean the same kind of thing.
 
-The paper's model runs through the CPU kernels of :mod:`.folded_conv` and
-:mod:`.few_rows_linear`; a model with an option runs the plain modules.
+The modules below are the whole model, and ``encoder(x)`` / ``decoder(z)`` compute it. The
+paper's own architecture is routed through faster kernels of the same function
+(:mod:`.kernels.routing`, switched by :attr:`ConvAutoEncoder3d.fold_depth`, tested against these
+modules); a model with an option always runs the plain modules.
 """
 
 from __future__ import annotations
@@ -35,13 +37,10 @@ import torch
 from torch import nn
 
 from .errors import ModelConfigError
-from .kernels.few_rows_linear import linear
-from .kernels.folded_conv import conv_stride2, conv_transpose_stride2
+from .kernels import routing
 from .phases import PhaseRule
 
 CONV_LAYER_CHOICES = (3, 4, 5)
-#: Memory layouts of the folded path (``ConvAutoEncoder3d.layout``); "auto" picks by device.
-LAYOUT_CHOICES = ("auto", "channels_last", "contiguous")
 #: Normalisation after each convolution: none (the paper), BatchNorm3d or GroupNorm.
 NORM_CHOICES = ("none", "batch", "group")
 #: What the decoder outputs: "value" (the paper: one channel of network values, MSE) or
@@ -49,21 +48,6 @@ NORM_CHOICES = ("none", "batch", "group")
 OUTPUT_CHOICES = ("value", "phases")
 #: Groups of a GroupNorm layer (fewer when a layer has fewer channels).
 GROUPS = 4
-
-
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUT_CHOICES:
-        raise ModelConfigError(f"layout must be one of {LAYOUT_CHOICES}, got {layout!r}")
-
-
-def resolve_layout(layout: str, device: torch.device) -> str:
-    """The layout a forward pass on ``device`` uses: "auto" is channels-last on the CPU
-    (measured there, ``benchmarks/layouts.py``) and contiguous elsewhere (the layout measured
-    on CUDA with the training step's CUDA graph)."""
-    _check_layout(layout)
-    if layout == "auto":
-        return "channels_last" if device.type == "cpu" else "contiguous"
-    return layout
 
 
 @dataclass(frozen=True)
@@ -224,16 +208,11 @@ class ConvAutoEncoder3d(nn.Module):
         #: fitted on the training windows (``core.evaluation.fit_phase_rule``). Saved with
         #: the run.
         self.phase_rule = PhaseRule("argmax" if output == "phases" else "nearest")
-        #: Run the convolutions through :mod:`.folded_conv` (the (1, 3, 3) layers as 2D
-        #: convolutions over the slices of all windows) and the Linear layers through
-        #: :mod:`.few_rows_linear` (same parameters, same function, faster); False runs the
-        #: plain modules. Only the paper's architecture has routed kernels: a model with
-        #: options always runs the plain modules.
+        #: The one switch of the speed-ups: run the paper's architecture through
+        #: :mod:`.kernels.routing` (same parameters, same function, faster on CPUs); False runs
+        #: the plain modules. Models with options always run the plain modules.
         self.fold_depth = self.config.is_paper
-        #: Memory layout of the folded path, one of :data:`LAYOUT_CHOICES`:
-        #: "channels_last": NHWC in-plane layers, the depth-folding layers as 3D convolutions
-        #: in NDHWC (no copy between them); "contiguous": NCHW, the depth-folding layers as 2D
-        #: convolutions over l·C channels; "auto": :func:`resolve_layout`.
+        #: Memory layout of the routed path, one of ``kernels.routing.LAYOUT_CHOICES``.
         self.layout = "auto"
 
     @classmethod
@@ -252,14 +231,8 @@ class ConvAutoEncoder3d(nn.Module):
 
     @layout.setter
     def layout(self, value: str) -> None:
-        _check_layout(value)
+        routing.check_layout(value)
         self._layout = value
-
-    def _in_plane_format(self, device: torch.device) -> torch.memory_format:
-        """Memory format of the (1, 3, 3) layers in a forward pass on ``device``."""
-        if resolve_layout(self.layout, device) == "channels_last":
-            return torch.channels_last
-        return torch.contiguous_format
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -269,62 +242,16 @@ class ConvAutoEncoder3d(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, l, crop, crop) windows -> (N, latent_dim) latent features."""
-        if not self.routed:
-            return self.encoder(x)
-        convs = [m for m in self.encoder if isinstance(m, nn.Conv3d)]
-        n, _, depth, height, width = x.shape
-        last = convs[-1]
-        fmt = self._in_plane_format(x.device)
-        # (N, 1, l, H, W) -> (N*l, 1, H, W): the (1, 3, 3) layers see each slice as an image.
-        h = x.reshape(n * depth, 1, height, width)
-        for conv in convs[:-1]:
-            h = conv_stride2(h, conv.weight.squeeze(2), conv.bias, True, fmt)
-        c, size = h.shape[1], h.shape[2]
-        if fmt == torch.channels_last:
-            # NHWC memory (N*l, h, w, C) is NDHWC memory of (N, C, l, h, w): the (l, 3, 3)
-            # convolution runs as a 3D one on a view.
-            h = h.permute(0, 2, 3, 1).reshape(n, depth, size, size, c).permute(0, 4, 1, 2, 3)
-            h = conv_stride2(h, last.weight, last.bias, True, torch.channels_last_3d)
-        else:
-            # (N*l, C, h, w) -> (N, l*C, h, w), channels ordered (depth, channel): the (l, 3, 3)
-            # convolution over the whole depth is a 2D convolution over l*C input channels.
-            h = h.contiguous().reshape(n, depth * c, size, size)
-            weight = last.weight.permute(0, 2, 1, 3, 4).reshape(last.out_channels, depth * c,
-                                                                3, 3)
-            h = conv_stride2(h, weight, last.bias, True, fmt)
-        z = _run(self.encoder[len(convs) * 2:], h.reshape(n, -1))  # Linear, ReLU, Linear
-        return z.contiguous()  # FewRowsLinear's result is column-major
+        if self.routed:
+            return routing.encode(self, x)
+        return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(N, latent_dim) latent features -> (N, C, l, crop, crop) raw output: network values
         (C = 1) or phase logits (C = 3, ``output="phases"``); see :meth:`values`."""
-        if not self.routed:
-            return self.decoder(z)
-        h = _run(self.decoder[:4], z)  # Linear, ReLU, Linear, ReLU
-        channels, _, size, _ = self.bottleneck_shape
-        n, depth = z.shape[0], self.config.window_length
-        convs = [m for m in self.decoder if isinstance(m, nn.ConvTranspose3d)]
-        sizes = in_plane_sizes(self.config.crop, self.config.conv_layers)[::-1]
-        fmt = self._in_plane_format(z.device)
-        first = convs[0]
-        c = first.out_channels
-        if fmt == torch.channels_last:
-            # (l, 3, 3) transposed convolution from depth 1 to l as a 3D one in NDHWC, whose
-            # memory (N, l, h, w, C) is NHWC memory of (N*l, C, h, w).
-            h = conv_transpose_stride2(h.reshape(n, channels, 1, size, size), first.weight,
-                                       first.bias, sizes[1], True, torch.channels_last_3d)
-            h = h.permute(0, 2, 3, 4, 1).reshape(n * depth, sizes[1], sizes[1], c)
-            h = h.permute(0, 3, 1, 2)
-        else:
-            # a 2D transposed convolution to l*C output channels ordered (depth, channel)
-            weight = first.weight.permute(0, 2, 1, 3, 4).reshape(channels, depth * c, 3, 3)
-            h = conv_transpose_stride2(h.reshape(n, channels, size, size), weight,
-                                       first.bias.repeat(depth), sizes[1], True, fmt)
-            h = h.contiguous().reshape(n * depth, c, h.shape[2], h.shape[3])
-        for i, conv in enumerate(convs[1:], start=1):
-            h = conv_transpose_stride2(h, conv.weight.squeeze(2), conv.bias, sizes[i + 1],
-                                       i < len(convs) - 1, fmt)
-        return h.contiguous().reshape(n, 1, depth, h.shape[2], h.shape[3])
+        if self.routed:
+            return routing.decode(self, z)
+        return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -357,13 +284,6 @@ def _he_init(module: nn.Module) -> None:
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-def _run(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
-    """Apply ``layers`` in turn, the Linear ones through :func:`.few_rows_linear.linear`."""
-    for layer in layers:
-        h = linear(h, layer) if isinstance(layer, nn.Linear) else layer(h)
-    return h
 
 
 def count_parameters(module: nn.Module) -> int:
