@@ -388,8 +388,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    model = core.ConvAutoEncoder3d(args.window, args.crop, args.layers, args.hidden, args.latent,
-                                   args.norm, args.output)
+    model = core.build_model(core.ModelConfig(args.window, args.crop, args.layers, args.hidden,
+                                              args.latent, args.norm, args.output))
     print(f"Input [-1, 1, {args.window}, {args.crop}, {args.crop}]")
     print(core.format_summary(model), end="")
     return 0

@@ -564,7 +564,7 @@ class TrainingPanel(QWidget):
         try:
             config = self.model_settings_from_fields().model_config(window)
             with torch.device("meta"):
-                model = core.ConvAutoEncoder3d(**config.to_dict())
+                model = core.build_model(config)
         except ElectrodeCAEError as exc:
             self.model_summary_label.setStyleSheet(_ERROR_STYLE)
             self.model_summary_label.setText(str(exc))
