@@ -26,26 +26,3 @@ def tiny_stack() -> ElectrodeStack:
 @pytest.fixture
 def tiny_stacks() -> list[ElectrodeStack]:
     return [make_stack(seed=0, name="cal"), make_stack(seed=1, name="uncal", calendered=False)]
-
-
-@pytest.fixture(autouse=True)
-def _no_gc_freeze_on_dock(monkeypatch):
-    """The suite opens and closes many viewers: do not freeze the GC when a widget docks
-    (``tests/test_gc_freeze.py`` turns it on where it is the subject)."""
-    try:
-        from napari_electrode_cae._widgets import gc_freeze
-    except ImportError:  # a headless machine without napari/Qt (e.g. a GPU server): no widgets
-        return
-    monkeypatch.setattr(gc_freeze, "FREEZE_WHEN_DOCKED", False)
-
-
-@pytest.fixture(autouse=True)
-def _no_glyph_warmup(monkeypatch):
-    """Nor build the window names' glyphs whenever a widget is made (about 20 turns of the
-    panels' shared queue; ``tests/test_first_results_cost.py`` turns it on where it is the
-    subject)."""
-    try:
-        from napari_electrode_cae._widgets import glyph_warmup
-    except ImportError:
-        return
-    monkeypatch.setattr(glyph_warmup, "WARM_UP_WHEN_CREATED", False)

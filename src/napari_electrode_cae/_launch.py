@@ -92,10 +92,8 @@ def launch(
     try:
         # The widget first, then the data: what exists before the stacks can be frozen.
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, WIDGET_NAME)
-        if freeze_gc:
+        if freeze_gc:  # this process is ours: the docked widget alone never freezes
             freeze_long_lived_objects()
-        else:  # nor after docking, as a widget opened from the Plugins menu does
-            widget.gc_freeze.enabled = False
         if loaded:
             for i, stack in enumerate(loaded):
                 add_stack_labels(viewer, stack, visible=i == 0)

@@ -53,14 +53,11 @@ def add_stack_labels(viewer: Any, stack: ElectrodeStack, **kwargs: Any) -> Any:
     """Add ``stack`` as a phase Labels layer on top of the layer list; returns the layer.
 
     What ``viewer.add_labels(stack.labels, ...)`` with :func:`labels_layer_kwargs` does, with
-    ``kwargs`` added to (or replacing) those arguments, and the layer's editing overlays built
-    only once they are used (:func:`defer_edit_overlays`). Samples opened through napari's
-    menu and files opened through its reader are added by napari, with their overlays.
+    ``kwargs`` added to (or replacing) those arguments.
     """
     from napari.layers import Labels
 
     layer = Labels(stack.labels, **{**labels_layer_kwargs(stack), **kwargs})
-    defer_edit_overlays(layer)
     viewer.layers.append(layer)
     return layer
 
@@ -94,46 +91,8 @@ def add_phase_labels(viewer: Any, labels: np.ndarray, name: str, voxel_size_um: 
         viewer.layers.remove(layer)
     layer = Labels(labels, name=name, scale=(voxel_size_um,) * 3, units="µm",
                    colormap=phase_colormap(), **kwargs)
-    defer_edit_overlays(layer)
     viewer.layers.insert(len(viewer.layers) if index is None else index, layer)
     return layer
-
-
-#: napari's editing overlays of a Labels layer (the polygon tool, the brush stroke) by key in the
-#: layer's overlays: napari builds their vispy visuals when the layer is added (about half of
-#: the cost of adding a small Labels layer to a shown viewer), unless they are invisible.
-EDIT_OVERLAYS = ("polygon", "brush_stroke")
-#: Labels modes that need no editing overlay.
-_VIEW_MODES = ("pan_zoom", "transform", "pick")
-
-
-def defer_edit_overlays(layer: Any) -> None:
-    """Build ``layer``'s editing overlays only once a mode that edits is chosen.
-
-    Call before the layer is added to a viewer. The overlays are made invisible, which napari
-    takes as "build the visual later", and made visible again (built then) the first time the
-    layer's mode becomes one that edits (paint, erase, fill, polygon); everything works as on a
-    plain Labels layer from then on. A napari without these overlays, or a layer in an
-    editing mode already, is left as it is.
-    """
-    overlays = getattr(layer, "_overlays", None)
-    if overlays is None or str(getattr(layer, "mode", "pan_zoom")) not in _VIEW_MODES:
-        return  # no such overlays, or they are in use already
-    deferred = [overlays[key] for key in EDIT_OVERLAYS
-                if key in overlays and getattr(overlays[key], "visible", False)]
-    if not deferred:
-        return
-    for overlay in deferred:
-        overlay.visible = False
-
-    def restore(event: Any = None) -> None:
-        if str(layer.mode) in _VIEW_MODES:
-            return
-        layer.events.mode.disconnect(restore)
-        for overlay in deferred:
-            overlay.visible = True
-
-    layer.events.mode.connect(restore)
 
 
 def stack_from_layer(layer: Any, phases: dict[int, str] | None = None) -> ElectrodeStack:

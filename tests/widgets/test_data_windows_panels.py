@@ -190,12 +190,6 @@ def test_load_paths_reads_tiff_in_worker_and_adds_layer(viewer_panels, qtbot, tm
     assert state.stack_layers == ("electrode_uncal",)
     assert state.stacks[0].calendered is False
     assert state.stacks[0].labels is layer.data
-    # napari builds the editing overlays only once an editing mode is chosen
-    overlays = getattr(layer, "_overlays", {})
-    if all(key in overlays for key in _layers.EDIT_OVERLAYS):
-        assert not overlays["polygon"].visible
-        layer.mode = "paint"
-        assert overlays["polygon"].visible and overlays["brush_stroke"].visible
 
 
 def test_shutdown_waits_for_a_loading_worker(viewer_panels, tmp_path):

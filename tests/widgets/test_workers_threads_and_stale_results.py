@@ -6,7 +6,6 @@ a rename does not restart a conversion (tiny data, CPU)."""
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from qtpy.QtCore import QThreadPool
 from napari_electrode_cae import _layers, core
 from napari_electrode_cae._widgets import data_panel as data_panel_module
 from napari_electrode_cae._widgets import latent_panel as latent_panel_module
-from napari_electrode_cae._widgets import live_decoder as live_decoder_module
 from napari_electrode_cae._widgets import training_panel as training_panel_module
 from napari_electrode_cae._widgets.data_panel import DataPanel
 from napari_electrode_cae._widgets.latent_panel import LatentPanel, update_labels_in_place
@@ -117,50 +115,27 @@ def test_results_of_replaced_windows_are_not_written(make_napari_viewer, qtbot, 
 
 
 # ------------------------------------------------------------------- 2. torch thread counts
-@pytest.mark.skipif(not live_decoder_module.per_thread_torch_threads(),
-                    reason="torch's thread count is process-wide here")
-def test_the_decoder_sets_its_worker_threads_once(make_napari_viewer, qtbot, model,
-                                                  monkeypatch):
-    calls: dict[int, list[int]] = defaultdict(list)  # thread -> counts set there
+def test_decodes_never_change_torchs_thread_count(make_napari_viewer, qtbot, model,
+                                                 monkeypatch):
+    """Torch's thread count is the user's: neither runner decodes nor inline ones set it."""
+    calls = []
     set_num_threads = torch.set_num_threads
-
-    def recording_set(threads):
-        calls[threading.get_ident()].append(threads)
-        set_num_threads(threads)
-
-    decode_threads = []
-    snap = ConvAutoEncoder3d.phase_labels
-
-    def recording_snap(self, output):
-        decode_threads.append(torch.get_num_threads())
-        return snap(self, output)
-
-    monkeypatch.setattr(torch, "set_num_threads", recording_set)
-    monkeypatch.setattr(ConvAutoEncoder3d, "phase_labels", recording_snap)
+    monkeypatch.setattr(torch, "set_num_threads",
+                        lambda n: calls.append(n) or set_num_threads(n))
     main_threads = torch.get_num_threads()
-    state = latent_state(model)
-    state.model = None  # no decode yet: worker_threads is set first
     viewer = make_napari_viewer()
-    panel = LatentPanel(viewer, state, inline_max_s=0.0)
-    panel.worker_threads = 1 if main_threads > 1 else 2
-    state.model = model
-    state.model_version += 1
-    qtbot.waitUntil(lambda: panel.idle and _layers.DECODED_LAYER in viewer.layers,
-                    timeout=WAIT_MS)
-    slider = panel.sliders[0]
-    for value in np.linspace(slider.minimum(), slider.maximum(), 4):
-        slider.setValue(float(value))
-        qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
-    panel.shutdown()
-
-    assert len(decode_threads) == 5 and set(decode_threads) == {panel.worker_threads}
-    assert threading.get_ident() not in calls and torch.get_num_threads() == main_threads
-    # per worker thread: set once when the worker starts and given back once when it ends
-    # (the pool thread goes back to the pool), not around each of the 5 decodes
-    for counts in calls.values():
-        assert counts[0::2] == [panel.worker_threads] * len(counts[0::2]), dict(calls)
-        assert all(c != panel.worker_threads for c in counts[1::2]), dict(calls)  # restores
-    assert sum(len(counts) for counts in calls.values()) <= 4, dict(calls)
+    for inline_max_s in (0.0, 10.0):  # every decode in the runner, then every one inline
+        panel = LatentPanel(viewer, latent_state(model), inline_max_s=inline_max_s,
+                            drag_inline_max_s=inline_max_s)
+        qtbot.waitUntil(lambda: panel.idle and _layers.DECODED_LAYER in viewer.layers,
+                        timeout=WAIT_MS)
+        slider = panel.sliders[0]
+        for value in np.linspace(slider.minimum(), slider.maximum(), 3):
+            slider.setValue(float(value))
+            qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
+        assert panel.decoder.jobs_run + panel.inline_decodes >= 3
+        panel.shutdown()
+    assert calls == [] and torch.get_num_threads() == main_threads
 
 
 def test_a_decode_leaves_the_threads_training_asked_for(make_napari_viewer, qtbot, model,
@@ -172,8 +147,6 @@ def test_a_decode_leaves_the_threads_training_asked_for(make_napari_viewer, qtbo
     count = {"threads": 4}  # one count for every thread
     monkeypatch.setattr(torch, "get_num_threads", lambda: count["threads"])
     monkeypatch.setattr(torch, "set_num_threads", lambda n: count.__setitem__("threads", n))
-    monkeypatch.setattr(live_decoder_module, "per_thread_torch_threads", lambda: False,
-                        raising=False)
     monkeypatch.setattr(training_panel_module, "gui_torch_threads", lambda device: 2)
     decoding, release = threading.Event(), threading.Event()
     snap = ConvAutoEncoder3d.phase_labels
@@ -279,10 +252,8 @@ def test_in_place_update_resets_the_undo_history(make_napari_viewer):
     layer = _layers.add_phase_labels(viewer, np.zeros((4, 16, 16), np.uint8),
                                      _layers.DECODED_LAYER, 0.4)
     layer.paint((1, 8, 8), 2, refresh=True)
-    assert len(layer._undo_history) == 1
     new = np.ones((4, 16, 16), np.uint8)
     assert update_labels_in_place(layer, new)
-    assert len(layer._undo_history) == 0 and len(layer._redo_history) == 0
     layer.undo()  # nothing to undo: the old content's paint is not written into the new one
     np.testing.assert_array_equal(layer.data, new)
 
@@ -309,45 +280,3 @@ def test_a_rename_does_not_restart_a_conversion(make_napari_viewer, qtbot, monke
         assert state.converting_layers == ()
     finally:
         data.shutdown()
-
-
-@pytest.mark.parametrize("runner_class", ["ThreadRunner", "ChainedRunner"])
-def test_runner_pool_threads_get_their_torch_thread_count_back(qtbot, runner_class):
-    """The decoder's worker runs in a napari pool thread that later runs other jobs (an
-    evaluation, physics metrics): they must not inherit the decoder's thread count."""
-    from napari.qt.threading import create_worker
-
-    runner_type = getattr(live_decoder_module, runner_class)
-    seen, results = [], []
-
-    def job():
-        seen.append(torch.get_num_threads())
-        return len(seen)
-
-    start = torch.get_num_threads()
-    runner = runner_type(results.append,
-                         thread_setup=lambda: live_decoder_module.use_torch_threads(1))
-    try:
-        runner.submit(job)
-        qtbot.waitUntil(lambda: runner.idle and results == [1], timeout=WAIT_MS)
-    finally:
-        runner.shutdown()
-    if live_decoder_module.per_thread_torch_threads():
-        assert seen == [1]  # the job ran with the decoder's count
-    # every pool thread (the one that ran the job among them) has the count it had before:
-    # one job per pool thread, all held at a barrier so that no thread runs two of them
-    pool = QThreadPool.globalInstance()
-    pool.waitForDone(WAIT_MS)
-    n = pool.maxThreadCount()
-    barrier, counts = threading.Barrier(n, timeout=WAIT_MS / 1000), []
-
-    def pool_count():
-        barrier.wait()
-        return torch.get_num_threads()
-
-    workers = [create_worker(pool_count, _start_thread=False) for _ in range(n)]
-    for worker in workers:
-        worker.returned.connect(counts.append)
-        worker.start()
-    qtbot.waitUntil(lambda: len(counts) == n, timeout=WAIT_MS)
-    assert set(counts) == {start}

@@ -17,11 +17,11 @@ Where the decode runs depends on what it costs (:attr:`LatentPanel.decodes_inlin
   decode per event-loop turn;
 * expensive ones (and a model's first decode, which builds oneDNN's kernels, and every decode
   while a model is being trained: the estimate is CPU time, and training then competes for the
-  cores) run in a background runner, latest-wins (see :mod:`.live_decoder`), with all cores but
-  one (set once per worker thread), so that a drag stays fluid.
+  cores) run in a background runner, latest-wins (see :mod:`.live_decoder`), so that a drag
+  stays fluid. Torch's thread count is the user's: no decode changes it.
 
-The layer is updated in place (:func:`update_labels_in_place`): napari's ``layer.data = ...``
-would recompute the viewer's dimensions and rebuild the layer's colormap shader each time.
+The layer keeps its array (:func:`update_labels_in_place`): the decoded values are copied into
+it and it is handed back through napari's public ``layer.data`` setter.
 
 Latest wins on the GUI side too: decoded volumes finished while the GUI thread paints do not
 pile up (the runner hands over only the newest), and a runner result overtaken by a newer
@@ -35,15 +35,12 @@ layer would force napari to rebuild the grid: a second expensive GUI-thread call
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -67,7 +64,6 @@ from .live_decoder import (
     DecodedVolume,
     decode_latent,
     model_snapshot,
-    use_torch_threads,
 )
 from .results_panel import MODEL_PENDING_MESSAGE, NO_MODEL_MESSAGE, window_translate
 from .turns import TurnQueue, TurnScheduler
@@ -93,10 +89,6 @@ INLINE_DECODE_MAX_S = 0.030
 DRAG_INLINE_MAX_S = 0.010
 #: The decode-time estimate is the lowest CPU time of this many recent decodes of the model.
 ESTIMATE_WINDOW = 8
-#: Inline decodes estimated to take less than this many seconds use one torch thread: after the
-#: GUI thread was idle, waking torch's second thread on an idle (virtual) CPU costs more than it
-#: saves (a 1 ms decode took ~11 ms with two threads after a 100 ms pause, 2 ms with one).
-SINGLE_THREAD_MAX_S = 0.005
 
 
 def latent_ranges(latents: np.ndarray | None, k: int) -> np.ndarray:
@@ -128,23 +120,15 @@ def slider_decimals(low: float, high: float) -> int:
     return int(np.clip(np.ceil(-np.log10(width / 200.0)), 2, 6))
 
 
-def _is_napari_object(obj: Any) -> bool:
-    module = type(obj).__module__
-    return module == "napari" or module.startswith("napari.")
-
-
 def update_labels_in_place(layer: Any, labels: np.ndarray) -> bool:
-    """Copy ``labels`` into a Labels layer's own array and redraw it; False if it cannot.
+    """Copy ``labels`` into a Labels layer's own array and hand it back to the layer.
 
-    ``layer.data = labels`` makes napari treat the data as new: the viewer recomputes its
-    dimensions and the vispy layer rebuilds its label colormap, whose new shader program is
-    compiled at the next paint. For a volume of the same shape and dtype none of that is
-    needed: napari's documented way to show data changed in place is ``layer.refresh()``
-    (re-slice, texture upload, thumbnail). The layer's ``data`` event is still emitted, for
-    listeners outside napari (the Physics panel follows the decoded layer through it), with
-    napari's own callbacks blocked: they only matter when the shape, dtype or dimensions change.
-    On a 2-core CPU with software OpenGL this halves napari's update (6 → 3 ms) and cuts the
-    next repaint from ~16 to ~3 ms (``benchmarks/live_decode.py``).
+    For a volume of the same shape and dtype the layer keeps its array (no new 3D allocation per
+    decode); the array is then given back through the public ``layer.data`` setter, which
+    redraws the layer and emits its ``data`` event (the Physics panel follows the decoded layer
+    through it). The undo history is cleared by turning ``editable`` off and on (napari's own
+    public way; it also leaves a paint mode for pan/zoom): undoing would otherwise write values
+    painted over in the old content into the new one. Only public napari API.
 
     Parameters
     ----------
@@ -165,28 +149,10 @@ def update_labels_in_place(layer: Any, labels: np.ndarray) -> bool:
             and data.dtype == labels.dtype and data.flags.writeable):
         return False
     np.copyto(data, labels)
-    # The undo history holds the values painted over in the old content: undoing after this
-    # would write them into the new one. napari's own places that replace a Labels layer's
-    # content wholesale (a new layer, editable turned off) reset it; so does this.
-    if hasattr(layer, "_reset_history"):
-        layer._reset_history()
-    try:
-        layer.refresh(extent=False)  # same shape: the extent cannot have changed
-    except TypeError:  # napari without refresh keywords
-        layer.refresh()
-    emitter = layer.events.data
-    # napari's EventEmitter keeps (weak reference to the owner, method name) tuples and has a
-    # per-callback blocker; another napari may not: then its callbacks simply run (slower,
-    # still correct).
-    blocker = getattr(emitter, "blocker", None)
-    with contextlib.ExitStack() as blocked:
-        for callback in getattr(emitter, "callbacks", ()) if blocker is not None else ():
-            if isinstance(callback, tuple) and len(callback) == 2 and callable(callback[0]):
-                owner = callback[0]()
-                method = getattr(owner, callback[1], None) if owner is not None else None
-                if method is not None and _is_napari_object(owner):
-                    blocked.enter_context(blocker(method))
-        emitter(value=data)
+    layer.data = data
+    editable = layer.editable
+    layer.editable = False  # napari clears a Labels layer's undo history when editing stops
+    layer.editable = editable
     return True
 
 
@@ -217,9 +183,6 @@ class LatentPanel(QWidget):
     ----------
     decoded : Signal(DecodedVolume)
         Emitted after a decoded volume has been written into the decoded layer.
-    worker_threads : int
-        Intra-op torch threads of the runner's decodes: all cores but one (at least one), so
-        that the GUI thread and the OpenGL rasteriser keep a core while the worker decodes.
     inline_decodes : int
         Number of decodes run on the GUI thread so far.
     latency_log : list or None
@@ -237,11 +200,9 @@ class LatentPanel(QWidget):
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
-        self.decoder = RUNNERS[runner](self._on_decoded, self._on_decode_error,
-                                       thread_setup=self._setup_decoder_thread)
+        self.decoder = RUNNERS[runner](self._on_decoded, self._on_decode_error)
         self.inline_max_s = inline_max_s
         self.drag_inline_max_s = drag_inline_max_s
-        self.worker_threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
         self.inline_decodes = 0
         self._closed = False
         self._decode_times: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
@@ -384,15 +345,6 @@ class LatentPanel(QWidget):
         if self._snapshot_is_current():
             self.reset_to_window()
 
-    def _setup_decoder_thread(self):
-        """Runner worker thread, when it starts: ``worker_threads`` torch threads from now on.
-
-        Once per worker thread, not around every decode: ``torch.set_num_threads`` clears the
-        thread's oneDNN cache, and where the count is process-wide it is left alone (a training
-        worker's count must not change; see :func:`.live_decoder.use_torch_threads`).
-        """
-        return use_torch_threads(self.worker_threads)  # the runner undoes it at the end
-
     # ------------------------------------------------------------------------------ sliders
     def latent_vector(self) -> np.ndarray:
         """The sliders' current values as a float32 (k,) vector."""
@@ -483,10 +435,8 @@ class LatentPanel(QWidget):
         """Decode ``latent`` now and show it; later moves in this turn wait for the next one."""
         self._inline_turn.start()
         self.inline_decodes += 1
-        estimate = self.decode_estimate_s
-        threads = 1 if estimate is not None and estimate < SINGLE_THREAD_MAX_S else None
         try:
-            result = decode_latent(self._snapshot, latent, requested, threads)
+            result = decode_latent(self._snapshot, latent, requested)
         except (ElectrodeCAEError, RuntimeError) as exc:  # as the runner reports them
             self._on_decode_error(exc)
             return

@@ -25,9 +25,7 @@ headless.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import threading
 import time
 from collections.abc import Callable
@@ -99,83 +97,8 @@ def model_snapshot(model: ConvAutoEncoder3d) -> ConvAutoEncoder3d:
     return snapshot
 
 
-#: Serialises the read-compare-set steps below, so that two threads changing torch's thread
-#: count (a decoder, a training worker) cannot interleave them.
-_TORCH_THREADS_LOCK = threading.Lock()
-
-
-@functools.cache
-def per_thread_torch_threads() -> bool:
-    """True if ``torch.set_num_threads`` changes only the calling thread's intra-op count.
-
-    So with ATen's OpenMP backend (the pip and conda builds): it sets the calling thread's
-    OpenMP ``nthreads`` (and the default of threads that have not used torch yet), and other
-    threads keep theirs. With the native or TBB backend it resizes the one shared pool, for
-    every thread.
-    """
-    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
-
-
-def set_torch_threads(threads: int) -> int:
-    """Set torch's intra-op thread count to ``threads`` and return the count before.
-
-    Not called when the count is already ``threads``: every ``torch.set_num_threads`` also
-    clears the thread's oneDNN convolution cache.
-    """
-    with _TORCH_THREADS_LOCK:
-        previous = torch.get_num_threads()
-        if threads != previous:
-            torch.set_num_threads(threads)
-        return previous
-
-
-def restore_torch_threads(threads: int, previous: int) -> None:
-    """Undo :func:`set_torch_threads` (which set ``threads``): back to ``previous``, unless the
-    count is no longer ``threads`` (someone set another meanwhile: that one stays)."""
-    with _TORCH_THREADS_LOCK:
-        if threads != previous and torch.get_num_threads() == threads:
-            torch.set_num_threads(previous)
-
-
-def use_torch_threads(threads: int | None) -> Callable[[], None] | None:
-    """Give the calling worker thread ``threads`` intra-op torch threads until undone.
-
-    For a runner's worker thread, once when it starts (not around every job). Returns the
-    undo, which the runner calls in the same thread when its worker function ends: the worker
-    runs in a pool thread that later runs other jobs (an evaluation, the Physics tab's metrics),
-    which must not inherit the decoder's count. None if nothing changed: for None, for the
-    count the thread has already, or where the count is process-wide (see
-    :func:`per_thread_torch_threads`): a decoder must not change the threads of a training run.
-    """
-    if threads is None or not per_thread_torch_threads():
-        return None
-    previous = set_torch_threads(threads)
-    if previous == threads:
-        return None
-    return functools.partial(restore_torch_threads, threads, previous)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """Run the block with ``threads`` intra-op torch threads in this thread (None: unchanged).
-
-    Only where the count is per thread (see :func:`per_thread_torch_threads`); elsewhere it
-    would change every thread's count, a training worker's included, and the block runs with
-    the count as it is. Restored afterwards, unless another count was set meanwhile.
-    """
-    if threads is None or not per_thread_torch_threads():
-        yield
-        return
-    previous = set_torch_threads(threads)
-    try:
-        yield
-    finally:
-        restore_torch_threads(threads, previous)
-
-
 def decode_latent(
     model: ConvAutoEncoder3d, latent: np.ndarray, requested_at: float = 0.0,
-    threads: int | None = None,
 ) -> DecodedVolume:
     """Decode one latent vector with ``model`` and snap it to phases.
 
@@ -187,10 +110,6 @@ def decode_latent(
         (k,) latent features, k = ``model.config.latent_dim``.
     requested_at : float
         ``time.perf_counter()`` of the request, passed through for latency measurements.
-    threads : int, optional
-        Intra-op torch threads for this decode (default: the calling thread's setting); see
-        :func:`torch_threads` (nothing changes where the count is process-wide). A runner's
-        worker instead sets its thread's count once (``thread_setup``).
 
     Returns
     -------
@@ -200,7 +119,7 @@ def decode_latent(
     latent = np.asarray(latent, dtype=np.float32).reshape(-1)
     start, cpu_start = time.perf_counter(), time.thread_time()
     device = next(model.parameters()).device
-    with torch_threads(threads), torch.inference_mode():
+    with torch.inference_mode():  # torch's thread count is the user's: left as it is
         labels = model.phase_labels(model.decode(torch.from_numpy(latent)[None].to(device)))[0]
     finished, cpu_finished = time.perf_counter(), time.thread_time()
     return DecodedVolume(
@@ -246,22 +165,15 @@ class RunnerCounts:
 
 
 class _RunnerBase:
-    """Shared interface of the runners: ``submit``, ``idle``, ``counts``, ``shutdown``.
-
-    ``thread_setup``, if given, is called in a worker thread before its first job (e.g.
-    ``lambda: use_torch_threads(n)``); it must be cheap to call again. If it returns a
-    callable, that is called in the same thread when the worker function ends (the undo).
-    """
+    """Shared interface of the runners: ``submit``, ``idle``, ``counts``, ``shutdown``."""
 
     def __init__(
         self,
         on_result: Callable[[Any], None],
         on_error: Callable[[Exception], None] | None = None,
-        thread_setup: Callable[[], Callable[[], None] | None] | None = None,
     ) -> None:
         self._on_result = on_result
         self._on_error = on_error
-        self._thread_setup = thread_setup
         self.counts = RunnerCounts()
         self._lock = threading.Lock()
         self._closed = False
@@ -297,13 +209,10 @@ class ChainedRunner(_RunnerBase):
         Called in the main thread with each job's return value.
     on_error : callable, optional
         Called in the main thread with a job's ElectrodeCAEError or RuntimeError.
-    thread_setup : callable, optional
-        Called in the worker thread before each job (jobs may run in different pool threads);
-        a callable it returns is called after the job, in that thread.
     """
 
-    def __init__(self, on_result, on_error=None, thread_setup=None) -> None:
-        super().__init__(on_result, on_error, thread_setup)
+    def __init__(self, on_result, on_error=None) -> None:
+        super().__init__(on_result, on_error)
         self._pending: tuple | None = None
         self._worker = None
         self._job_running = False
@@ -339,14 +248,9 @@ class ChainedRunner(_RunnerBase):
                 return None
             self._job_running = True
             self._job_done.clear()
-        undo = None
         try:
-            if self._thread_setup is not None:
-                undo = self._thread_setup()
             return _call_job(function, args)
         finally:
-            if callable(undo):  # the pool thread goes back to the pool as it came
-                undo()
             self._job_done.set()
 
     def _on_worker_errored(self, _exc: Exception) -> None:
@@ -393,12 +297,11 @@ class ThreadRunner(_RunnerBase):
     mailbox's result; only one token is on its way at a time, so results finished while the main
     thread is busy never pile up in its event queue (the newest replaces the one not yet taken).
     The worker ends after :data:`IDLE_EXIT_S` without work and is started again by the next
-    submission. Same interface as :class:`ChainedRunner`; ``thread_setup`` runs once each time
-    the worker starts.
+    submission. Same interface as :class:`ChainedRunner`.
     """
 
-    def __init__(self, on_result, on_error=None, thread_setup=None) -> None:
-        super().__init__(on_result, on_error, thread_setup)
+    def __init__(self, on_result, on_error=None) -> None:
+        super().__init__(on_result, on_error)
         self._wake = threading.Condition(self._lock)
         self._pending: tuple | None = None
         self._mailbox: tuple | None = None  # (result,) finished, not yet taken
@@ -440,10 +343,7 @@ class ThreadRunner(_RunnerBase):
                 return
             self._serving = True
             self._stopped.clear()
-        undo = None
         try:
-            if self._thread_setup is not None:
-                undo = self._thread_setup()  # once for this worker thread, not around every job
             while True:
                 with self._wake:
                     idle_since = time.monotonic()
@@ -466,8 +366,6 @@ class ThreadRunner(_RunnerBase):
                 if send:
                     yield None  # a token: the main thread takes the newest result
         finally:
-            if callable(undo):  # the pool thread goes back to the pool as it came
-                undo()
             self._stopped.set()
 
     def _take(self, _token: Any = None) -> None:

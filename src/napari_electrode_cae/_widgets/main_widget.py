@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from .data_panel import DataPanel
-from .gc_freeze import DockedGCFreeze
-from .glyph_warmup import GlyphWarmUp
+from .design_panel import DesignPanel
 from .latent_panel import LatentPanel
 from .physics_panel import PhysicsPanel
 from .results_panel import ResultsPanel
@@ -43,8 +42,7 @@ class ElectrodeCAEWidget(QWidget):
         self.results_panel = ResultsPanel(napari_viewer, self.state, turns=self.turns)
         self.latent_panel = LatentPanel(napari_viewer, self.state, turns=self.turns)
         self.physics_panel = PhysicsPanel(napari_viewer, self.state)
-        # The glyphs of the window layers' names, built while the user looks at the data.
-        self.glyph_warmup = GlyphWarmUp(napari_viewer, self, self.turns)
+        self.design_panel = DesignPanel(napari_viewer, self.state, self.latent_panel)
         self.tabs = QTabWidget()
         for panel, title in (
             (self.data_panel, "Data"),
@@ -53,6 +51,7 @@ class ElectrodeCAEWidget(QWidget):
             (self.results_panel, "Results"),
             (self.latent_panel, "Latents"),
             (self.physics_panel, "Physics"),
+            (self.design_panel, "Design"),
         ):
             self.tabs.addTab(panel, title)
         layout = QVBoxLayout(self)
@@ -62,20 +61,18 @@ class ElectrodeCAEWidget(QWidget):
         # A docked widget gets no close event when napari's window closes: watch the window so
         # that every panel's workers stop with the viewer.
         self._close_watcher = WindowCloseWatcher(self, self.shutdown)
-        # Opened from the Plugins menu: keep full GC runs (300-480 ms) off the session.
-        self.gc_freeze = DockedGCFreeze(napari_viewer, self)
+        # A guest in someone else's napari: nothing process-wide (the garbage collector, torch's
+        # thread count) is changed here; `electrode-cae gui` may freeze the GC (see _launch.py).
 
     @property
     def panels(self) -> tuple[QWidget, ...]:
         return (self.data_panel, self.windows_panel, self.training_panel, self.results_panel,
-                self.latent_panel, self.physics_panel)
+                self.latent_panel, self.physics_panel, self.design_panel)
 
     def shutdown(self) -> None:
         """Stop every background worker and wait for it (called on close and by tests)."""
-        self.glyph_warmup.stop()
         for panel in self.panels:
             panel.shutdown()
-        self.gc_freeze.release()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.shutdown()

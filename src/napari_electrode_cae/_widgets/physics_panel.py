@@ -388,7 +388,7 @@ class _WorkerTracker:
         self._workers[key] = (worker, started, done)
         direct = Qt.ConnectionType.DirectConnection
         worker.started.connect(lambda: started.set(), direct)
-        worker._finished.connect(lambda *_: done.set(), direct)
+        worker.finished.connect(lambda *_: done.set(), direct)  # its last public signal
         worker.finished.connect(lambda: self._workers.pop(key, None))
 
     def wait(self, timeout_s: float) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,6 @@ from .. import core
 from ..core import ElectrodeCAEError, EpochReport, RunFolderError
 from ..core.health import Health
 from ..core.training import format_duration
-from .live_decoder import restore_torch_threads, set_torch_threads
 from .state import ModelSettings
 
 CUSTOM_PRESET = "custom"
@@ -68,14 +68,39 @@ def gui_torch_threads(device: torch.device) -> int:
     return max(1, min(threads, (os.cpu_count() or 1) - 1))
 
 
+#: Serialises the read-compare-set steps below (two trainings' workers, say).
+_TORCH_THREADS_LOCK = threading.Lock()
+
+
+def set_torch_threads(threads: int) -> int:
+    """Set torch's intra-op thread count to ``threads`` and return the count before.
+
+    Not called when the count is already ``threads``: every ``torch.set_num_threads`` also
+    clears the thread's oneDNN convolution cache.
+    """
+    with _TORCH_THREADS_LOCK:
+        previous = torch.get_num_threads()
+        if threads != previous:
+            torch.set_num_threads(threads)
+        return previous
+
+
+def restore_torch_threads(threads: int, previous: int) -> None:
+    """Undo :func:`set_torch_threads` (which set ``threads``): back to ``previous``, unless the
+    count is no longer ``threads`` (someone set another meanwhile: that one stays)."""
+    with _TORCH_THREADS_LOCK:
+        if threads != previous and torch.get_num_threads() == threads:
+            torch.set_num_threads(previous)
+
+
 def training_steps(reports, threads: int):
     """Re-yield the reports of a ``core.train`` generator, with ``threads`` torch threads.
 
     Runs in the worker thread: torch's thread count applies to the thread that sets it (and
     becomes the default of threads started later; with a non-OpenMP torch, to every thread),
-    so it is set here and restored at the end, unless another count was set meanwhile (see
-    :func:`.live_decoder.restore_torch_threads`; where the count is shared, the Latents
-    panel's decodes leave it alone). Closing this generator closes ``reports`` (core.train
+    so it is set here, for the run the user started, and restored at the end, unless another
+    count was set meanwhile (see :func:`restore_torch_threads`; the Latents panel's decodes
+    never change it). Closing this generator closes ``reports`` (core.train
     then restores the best weights). superqt's GeneratorWorker swallows a RuntimeError raised
     by its generator (emitting neither ``errored`` nor ``finished``), so torch errors (e.g.
     CUDA out of memory, or batch norm given a batch of one window) are re-raised as
