@@ -7,6 +7,7 @@ napari objects are built inside the functions.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -98,9 +99,13 @@ def add_phase_labels(viewer: Any, labels: np.ndarray, name: str, voxel_size_um: 
 def stack_from_layer(layer: Any, phases: dict[int, str] | None = None) -> ElectrodeStack:
     """An ElectrodeStack from a napari Labels or Image layer.
 
-    Labels layers written by this plugin (metadata present, values 0/1/2) are used as they are;
-    other layers have their stored values mapped to phases (``phases`` or the inferred default,
-    see :func:`napari_electrode_cae.core.io.infer_phase_mapping`).
+    Labels layers written by this plugin (metadata present, values 0/1/2) hold phase ids; the
+    stack's ``phase_mapping`` is the one they were read with, in the file's stored values
+    (``metadata[METADATA_KEY]["phase_mapping"]``, e.g. ``{0: "pore", 85: "active", 170:
+    "cbd"}``), and ``phases``, if given, is read in those stored values too (see
+    :func:`remap_phase_ids`). Other layers have their stored values mapped to phases
+    (``phases`` or the inferred default, see
+    :func:`napari_electrode_cae.core.io.infer_phase_mapping`).
 
     Raises
     ------
@@ -118,15 +123,83 @@ def stack_from_layer(layer: Any, phases: dict[int, str] | None = None) -> Electr
     meta = dict(layer.metadata.get(METADATA_KEY, {}))
     scale = float(np.asarray(layer.scale)[-1])
     voxel = float(meta.get("voxel_size_um") or (scale if scale != 1.0 else 0.398))
-    # "phases" marks labels already stored as phase ids (stack_metadata writes it); a layer that
-    # only carries a CAL/UNCAL tag set in the Data panel keeps the inferred mapping.
-    own = ("phases" in meta and data.dtype == np.uint8 and phases is None
-           and int(data.max(initial=0)) <= 2)
-    return stack_from_array(
-        data,
-        {0: "pore", 1: "cbd", 2: "active"} if own else phases,
-        voxel_size_um=voxel,
-        calendered=meta.get("calendered"),
-        source=meta.get("source") or f"layer:{layer.name}",
-        name=layer.name,
-    )
+    own = read_as_phase_ids(layer, data)
+    source = meta.get("source") or f"layer:{layer.name}"
+    if not own:
+        return stack_from_array(data, phases, voxel_size_um=voxel,
+                                calendered=meta.get("calendered"), source=source,
+                                name=layer.name)
+    stored = read_mapping(meta)
+    ids = remap_phase_ids(data, stored, phases, source)
+    stack = stack_from_array(data, ids, voxel_size_um=voxel, calendered=meta.get("calendered"),
+                             source=source, name=layer.name)
+    return dataclasses.replace(stack, phase_mapping=dict(sorted((phases or stored).items())))
+
+
+def read_as_phase_ids(layer: Any, data: np.ndarray | None = None) -> bool:
+    """True if ``layer`` holds phase ids written by this plugin (its reader, samples, Data tab).
+
+    "phases" in the layer's plugin metadata marks them (:func:`stack_metadata` writes it); a
+    layer that only carries a CAL/UNCAL tag set in the Data panel holds its stored values.
+    """
+    meta = layer.metadata.get(METADATA_KEY)
+    if not isinstance(meta, dict) or "phases" not in meta:
+        return False
+    data = np.asarray(layer.data) if data is None else data
+    return data.dtype == np.uint8 and int(data.max(initial=0)) <= 2
+
+
+#: Phase id -> phase name: how labels written by this plugin are stored.
+IDENTITY_MAPPING: dict[int, str] = dict(enumerate(PHASES))
+
+
+def read_mapping(meta: dict[str, Any]) -> dict[int, str]:
+    """The stored-value mapping a plugin layer was read with (phase ids if it has none)."""
+    mapping = meta.get("phase_mapping")
+    if not isinstance(mapping, dict) or not mapping:
+        return dict(IDENTITY_MAPPING)
+    try:
+        return {int(k): str(v) for k, v in mapping.items() if str(v) in PHASES}
+    except (TypeError, ValueError):
+        return dict(IDENTITY_MAPPING)
+
+
+def remap_phase_ids(data: np.ndarray, stored: dict[int, str],
+                    phases: dict[int, str] | None, where: str) -> dict[int, str]:
+    """Phase id -> phase name for phase-id ``data`` read with mapping ``stored``, so that the
+    stack follows ``phases`` given in the same stored values (None: as read).
+
+    Raises
+    ------
+    PhaseMappingError
+        If ``phases`` misses a stored value the data hold, or sends two stored values that were
+        read as one phase to different phases (the file must then be read again).
+    """
+    from .core import PhaseMappingError
+    from .core.io import describe_phase_mapping
+
+    if phases is None:
+        return dict(IDENTITY_MAPPING)
+    counts = np.bincount(data.reshape(-1), minlength=len(PHASES))[:len(PHASES)]
+    ids: dict[int, str] = {}
+    missing: list[int] = []
+    for phase_id, name in enumerate(PHASES):
+        if not counts[phase_id]:
+            continue
+        values = sorted(v for v, n in stored.items() if n == name) or [phase_id]
+        missing += [v for v in values if v not in phases]
+        targets = {phases[v] for v in values if v in phases}
+        if len(targets) > 1:
+            raise PhaseMappingError(
+                f"{where}: stored values {', '.join(map(str, values))} were read as one phase "
+                f"({name}); to split them, open the file again with that mapping"
+            )
+        if targets:
+            ids[phase_id] = targets.pop()
+    if missing:
+        raise PhaseMappingError(
+            f"{where}: stored values {', '.join(map(str, sorted(missing)))} present in the data "
+            f"are not in the given phase mapping ({describe_phase_mapping(phases)}); "
+            f"the file was read as {describe_phase_mapping(stored)}"
+        )
+    return ids

@@ -32,7 +32,6 @@ from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 from .. import _layers
 from ..core import (
     ElectrodeCAEError,
-    ElectrodeStack,
     describe_phase_mapping,
     parse_phase_mapping,
     volume_fractions,
@@ -54,6 +53,7 @@ from .data_layers import (  # noqa: F401 (re-exported: the panel's public helper
     set_layer_tag,
     wait_for_workers,
 )
+from .data_state import StackChoice
 from .data_table import _COL_NAME, _ERROR_STYLE, DataTableView
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def convert_in_worker(snapshot: LayerSnapshot,
         )
 
 
-class DataPanel(DataTableView, QWidget):
+class DataPanel(DataTableView, StackChoice, QWidget):
     """Choose the electrode layers used for training.
 
     Parameters
@@ -242,21 +242,6 @@ class DataPanel(DataTableView, QWidget):
     @staticmethod
     def _override_key(entry: LayerEntry) -> tuple | None:
         return tuple(sorted(entry.override.items())) if entry.override else None
-
-    def _stack_in_state(self, converted: ElectrodeStack, name: str,
-                        tag: bool | None) -> ElectrodeStack | None:
-        """The stack of layer ``name`` in ``state.stacks`` if it is ``converted`` renamed.
-
-        Another panel (Open run) may have put the layer's stack into the state already; keeping
-        that object leaves the dataset as it is when this panel catches up.
-        """
-        for stack, layer_name in zip(self.state.stacks, self.state.stack_layers):
-            if layer_name == name and stack.labels is converted.labels \
-                    and (stack.name, stack.calendered) == (name, tag) \
-                    and stack.phase_mapping == converted.phase_mapping \
-                    and stack.voxel_size_um == converted.voxel_size_um:
-                return stack
-        return None
 
     def _convert(self, entry: LayerEntry) -> None:
         """Convert ``entry.layer`` at once, on the GUI thread."""
@@ -431,70 +416,6 @@ class DataPanel(DataTableView, QWidget):
         elif entry.converting:
             entry.use, entry._use_chosen, entry._use_if_usable = use, True, False
             self._fill_table()
-
-    # ------------------------------------------------------------------------------ state
-
-    def _push_state(self) -> None:
-        """Write the used stacks to ``state`` and rebuild the dataset, if they changed."""
-        pairs = self._used_stacks()
-        stacks = tuple(stack for _, stack in pairs)
-        names = tuple(name for name, _ in pairs)
-        self._update_summary(pairs)
-        same = len(stacks) == len(self.state.stacks) and all(
-            a is b for a, b in zip(stacks, self.state.stacks)
-        )
-        if same and names == tuple(self.state.stack_layers):
-            return
-        self._pushing = True
-        try:
-            self.state.stack_layers = names
-            self.state.stacks = stacks
-        finally:
-            self._pushing = False
-        self.state.rebuild_dataset()
-
-    def _used_stacks(self) -> list[tuple[str, ElectrodeStack]]:
-        """(layer name, stack) of each used layer, in layer order.
-
-        A checked layer being converted keeps the stack the state holds for it if that stack
-        is the layer's data itself and no mapping was set (Open run put it there): what the
-        conversion gives, so the dataset need not go and come back.
-        """
-        pairs = []
-        for entry in self.entries:
-            if entry.used:
-                pairs.append((entry.layer.name, entry.stack))
-            elif entry.converting and entry.use and entry.override is None:
-                for stack, name in zip(self.state.stacks, self.state.stack_layers):
-                    if name == entry.layer.name and stack.labels is entry.layer.data:
-                        pairs.append((name, stack))
-                        break
-        return pairs
-
-    def _on_state_stack_layers(self, _event: Any = None) -> None:
-        """Another panel chose the stacks (Open run): check exactly their layers.
-
-        A layer still being converted is checked (or not) once its conversion is in, and then
-        keeps the stack object the state already holds (see :meth:`_stack_in_state`).
-        """
-        if self._pushing or self._closing:
-            return
-        wanted = set(self.state.stack_layers)
-        changed = False
-        for entry in self.entries:
-            use = entry.layer.name in wanted
-            if entry.converting:
-                entry._use_chosen, entry._use_if_usable = True, False
-            elif not entry.usable:
-                continue
-            elif use:  # the state's own stack object, if it is this layer's
-                entry.stack = self._stack_in_state(entry.converted, entry.layer.name,
-                                                   layer_tag(entry.layer)) or entry.stack
-            changed |= entry.use != use
-            entry.use = use
-        if changed:
-            self._fill_table()
-        self._update_summary(self._used_stacks())
 
     # ---------------------------------------------------------------------------- loading
 

@@ -22,14 +22,42 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from .. import _layers
 from ..core import ElectrodeStack, describe_phase_mapping
+from ..core.stack import PHASE_COLORS
 from .data_layers import TAGS, LayerEntry, format_mapping, layer_tag
 
 _COL_NAME, _COL_TAG, _COL_SHAPE, _COL_FRACTIONS, _COL_MAPPING = range(5)
-_HEADERS = ("Use · layer", "Tag", "Z×Y×X", "Pore/CBD/AM %", "Phase mapping")
+# Two-line headers keep the columns narrow enough for the dock (the mapping column wraps too).
+_HEADERS = ("Use · layer", "Tag", "Z×Y×X", "Pore/CBD/\nAM %", "Mapping\n(stored)")
+#: What the tag combo's "?" / CAL / UNCAL mean, and what the tag is for.
+TAG_HINT = ("CAL = calendered, UNCAL = uncalendered electrode, ? = not known. The tag names the "
+            "stack in the results and in latents.csv, and CAL-vs-UNCAL comparisons (the paper's "
+            "case studies 3a/3b, the 'calendered' column of the latent correlations) need it; "
+            "training does not use it. It is read from the file (metadata, or 'cal'/'uncal' in "
+            "the name); set it here, or with --tag CAL|UNCAL on the command line.")
 _ERROR_COLOR = QColor(230, 80, 80)
 _ERROR_STYLE = "color: rgb(230, 80, 80);"
 _BUSY_COLOR = QColor(150, 150, 150)
+
+
+def compact_shape(shape: tuple[int, ...]) -> str:
+    """``"256³"``, ``"48×256²"`` or ``"48×200×256"``: a volume's shape in few characters."""
+    if len(shape) == 3 and shape[0] == shape[1] == shape[2]:
+        return f"{shape[0]}³"
+    if len(shape) == 3 and shape[1] == shape[2]:
+        return f"{shape[0]}×{shape[1]}²"
+    return "×".join(str(n) for n in shape)
+
+
+def phase_legend_html() -> str:
+    """The phase colours as one line of rich text (pore is transparent: the background)."""
+    def swatch(phase_id: int) -> str:
+        r, g, b = (round(255 * c) for c in PHASE_COLORS[phase_id][:3])
+        return f'<span style="color: rgb({r}, {g}, {b});">■</span>'
+
+    return (f"Phases: {swatch(1)} CBD &nbsp; {swatch(2)} active material &nbsp; □ pore "
+            "(transparent: the background shows through)")
 
 
 class DataTableView:
@@ -50,12 +78,24 @@ class DataTableView:
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
         # The fractions column holds short text but also the start of a spanning error message:
-        # size it by its header, not by its contents.
-        header.setSectionResizeMode(_COL_FRACTIONS, QHeaderView.Interactive)
-        padding = 4 * self.fontMetrics().averageCharWidth()
-        header.resizeSection(_COL_FRACTIONS,
-                             self.fontMetrics().horizontalAdvance(_HEADERS[_COL_FRACTIONS]) + padding)
+        # size it by its header, not by its contents. The layer name is cut (full name in its
+        # tooltip) and the mapping column takes the rest of the dock's width, its text wrapped,
+        # so that every column shows without scrolling sideways.
+        font = self.fontMetrics()
+        padding = 4 * font.averageCharWidth()
+        probe = QComboBox()
+        probe.addItems([text for text, _ in TAGS])
+        widths = ((_COL_FRACTIONS, font.horizontalAdvance("Pore/CBD/") + padding),
+                  (_COL_NAME, font.horizontalAdvance("☐ Use · layer") + padding),
+                  (_COL_TAG, probe.sizeHint().width()))
+        for column, width in widths:
+            header.setSectionResizeMode(column, QHeaderView.Interactive)
+            header.resizeSection(column, width)
         header.setStretchLastSection(True)
+        self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.ElideMiddle)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.itemChanged.connect(self._on_item_changed)
         self.table.itemSelectionChanged.connect(self._on_selection_changed)
 
@@ -68,7 +108,8 @@ class DataTableView:
         self.apply_mapping_button = QPushButton("Apply")
         self.apply_mapping_button.clicked.connect(self._on_apply_mapping_clicked)
         self.auto_mapping_button = QPushButton("Auto")
-        self.auto_mapping_button.setToolTip("Go back to the inferred phase mapping")
+        self.auto_mapping_button.setToolTip(
+            "Go back to the mapping the layer was read with (or the inferred one)")
         self.auto_mapping_button.clicked.connect(self._on_auto_mapping_clicked)
         mapping_row = QHBoxLayout()
         mapping_row.addWidget(QLabel("Phase mapping:"))
@@ -98,14 +139,29 @@ class DataTableView:
 
         self.summary_label = QLabel()
         self.summary_label.setWordWrap(True)
+        self.legend_label = QLabel(phase_legend_html())
+        self.legend_label.setWordWrap(True)
+        self.legend_label.setToolTip("How every view of the plugin colours the phases")
+        self.tag_hint_label = QLabel(
+            "Tag <b>?</b> = calendering not known: pick CAL or UNCAL in the Tag column "
+            "(hover it for what the tag is used for).")
+        self.tag_hint_label.setWordWrap(True)
+        self.tag_hint_label.setToolTip(TAG_HINT)
+        self.tag_hint_label.hide()
+        self.adopt_image_button = QPushButton()
+        self.adopt_image_button.clicked.connect(self._on_adopt_image_clicked)
+        self.adopt_image_button.hide()
 
         layout = QVBoxLayout(self)
         layout.addLayout(open_row)
         layout.addWidget(self.load_status_label)
         layout.addWidget(self.convert_status_label)
         layout.addWidget(self.table, 1)
+        layout.addWidget(self.legend_label)
+        layout.addWidget(self.adopt_image_button)
         layout.addLayout(mapping_row)
         layout.addWidget(self.details_label)
+        layout.addWidget(self.tag_hint_label)
         layout.addWidget(self.summary_label)
         self._update_mapping_editor()
 
@@ -124,6 +180,7 @@ class DataTableView:
             self._filling_table = False
         self._update_mapping_editor()
         self._update_convert_status()
+        self._update_adopt_button()
 
     def _fill_row(self, row: int, entry: LayerEntry) -> None:
         name_item = QTableWidgetItem(entry.layer.name)
@@ -141,8 +198,9 @@ class DataTableView:
         name_item.setToolTip(f"{type(entry.layer).__name__} layer {entry.layer.name!r}")
         self.table.setItem(row, _COL_NAME, name_item)
         self._tag_combo(row, entry)
-        shape = "×".join(str(n) for n in entry.layer.data.shape)
-        self.table.setItem(row, _COL_SHAPE, QTableWidgetItem(shape))
+        shape_item = QTableWidgetItem(compact_shape(entry.layer.data.shape))
+        shape_item.setToolTip("×".join(str(n) for n in entry.layer.data.shape) + " voxels")
+        self.table.setItem(row, _COL_SHAPE, shape_item)
         fractions_item = QTableWidgetItem(self._fractions_text(entry))
         if entry.fractions is not None:
             fractions_item.setToolTip(", ".join(
@@ -173,7 +231,7 @@ class DataTableView:
             for text, value in TAGS:
                 combo.addItem(text, value)
             combo.setProperty("layer_id", id(entry.layer))
-            combo.setToolTip("Calendered (CAL) or uncalendered (UNCAL) electrode")
+            combo.setToolTip(TAG_HINT)
             combo.currentIndexChanged.connect(
                 lambda index, layer=entry.layer: self._on_tag_changed(layer, TAGS[index][1])
             )
@@ -245,10 +303,16 @@ class DataTableView:
         if entry.error:
             self._show_details(f"{entry.layer.name}: {entry.error}", error=True)
         else:
-            how = "set by you" if entry.override else "inferred"
+            meta = entry.layer.metadata.get(_layers.METADATA_KEY)
+            read = isinstance(meta, dict) and "phases" in meta  # opened by the plugin
+            how = "set by you" if entry.override else "as read" if read else "inferred"
+            note = ""
+            if read and entry.override and entry.override != _layers.read_mapping(meta):
+                note = " The layer's colours still show the mapping it was read with."
             self._show_details(
                 f"{entry.layer.name}: {describe_phase_mapping(entry.converted.phase_mapping)} "
-                f"({how}); stack {entry.converted.shape}, {entry.converted.voxel_size_um:g} µm"
+                f"({how}, in the stored values); stack {entry.converted.shape}, "
+                f"{entry.converted.voxel_size_um:g} µm.{note}"
             )
 
     def _show_details(self, text: str, error: bool = False) -> None:
@@ -257,6 +321,7 @@ class DataTableView:
 
     def _update_summary(self, used: list[tuple[str, ElectrodeStack]]) -> None:
         if not used:
+            self.tag_hint_label.hide()
             self.summary_label.setText(
                 "No electrode stack selected yet: a layer is being converted."
                 if any(entry.converting for entry in self.entries)
@@ -265,3 +330,4 @@ class DataTableView:
         parts = [f"{name} ({stack.tag}, {'×'.join(map(str, stack.shape))})"
                  for name, stack in used]
         self.summary_label.setText(f"Using {len(used)} stack(s): " + ", ".join(parts))
+        self.tag_hint_label.setVisible(any(stack.calendered is None for _, stack in used))
