@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", help='stored value to phase, e.g. "0=pore,85=active,170=cbd" '
                    "(default: inferred from the data and reported)")
     p.add_argument("--voxel-size", type=_positive_float, help="voxel size in µm")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="runs trained at once on a local Dask cluster (default 1: one by one)")
+    _add_cluster_args(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("grid", help="hyper-parameter grid search (Table 2), ranked, resumable",
@@ -252,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_int_list, help="batch sizes, e.g. 2,4,8")
     p.add_argument("--lr", type=_float_list, help="learning rates, e.g. 1e-3,1e-4")
     p.add_argument("--workers", type=_positive_int, default=1,
-                   help="configurations trained in parallel processes (default 1)")
+                   help="configurations trained at once on a local Dask cluster (a process "
+                   "pool without dask.distributed; default 1)")
+    _add_cluster_args(p)
     p.add_argument("--split", choices=core.windows.SPLIT_MODES, default="random")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=core.training.DEVICE_CHOICES, default="auto")
@@ -333,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_args(p)
     p.set_defaults(func=cmd_gui)
     return parser
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="submit each run as a task to this running Dask scheduler, e.g. "
+                   "tcp://10.0.0.5:8786 (OUT must be on a path every worker sees; with "
+                   "--device cuda each task asks for a GPU=1 worker resource)")
 
 
 def _add_stack_args(p: argparse.ArgumentParser) -> None:
@@ -682,7 +694,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     rows = studies.run_study(cal, uncal, quick=args.quick, out_dir=args.out, epochs=args.epochs,
                              device=args.device, seed=args.seed, crop=args.crop,
-                             progress=progress)
+                             progress=progress, scheduler=args.scheduler,
+                             workers=args.workers)
     print(studies.format_study_table(rows), end="")
     _info(f"wrote {args.out / 'study.csv'}, {args.out / 'study.md'} and "
           f"{sum(r['status'] == 'ok' for r in rows)} run folders")
@@ -710,9 +723,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
               f"hidden={r['hidden']} epochs={r['epochs']} batch={r['batch']} lr={r['lr']:g}: "
               f"{state}")
 
-    rows = studies.run_grid(stacks, grid, out_dir=args.out, base=args.preset,
-                            workers=args.workers, resume=not args.no_resume, seed=args.seed,
-                            split_mode=args.split, device=args.device, progress=progress)
+    if args.scheduler:
+        _info(f"submitting to the Dask scheduler at {args.scheduler}")
+    try:
+        rows = studies.run_grid(stacks, grid, out_dir=args.out, base=args.preset,
+                                workers=args.workers, resume=not args.no_resume,
+                                seed=args.seed, split_mode=args.split, device=args.device,
+                                progress=progress, scheduler=args.scheduler)
+    except KeyboardInterrupt:
+        _info(f"interrupted: queued configurations cancelled; the finished ones are in "
+              f"{args.out / 'grid.csv'} and are skipped when the grid runs again")
+        return EXIT_INTERRUPTED
     print(studies.format_grid_table(rows), end="")
     _info(f"ranking written to {args.out / 'grid.csv'}")
     return 0

@@ -32,6 +32,7 @@ import itertools
 import json
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -233,45 +234,56 @@ def iter_study(
         yield StudyProgress(number, len(plan), name, 0, settings.epochs,
                             f"case {case.case} ({case.type}, stride {stride}, l={settings.window}"
                             f", {mode} split)")
-        start = time.perf_counter()
-        try:
-            spec = WindowSpec(length=settings.window, stride=stride, crop=settings.crop)
-            data = WindowDataset(stacks, spec)
-            config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch,
-                                 lr=settings.lr, seed=seed, split=mode, device=device)
-            train_idx, val_idx = split(data, config.val_fraction, seed, mode)
-            seed_everything(seed)
-            model = ConvAutoEncoder3d(settings.window, settings.crop, settings.layers,
-                                      settings.hidden, settings.latent)
-            history: list[EpochReport] = []
-            for report in train(model, data, config, train_idx=train_idx, val_idx=val_idx):
-                history.append(report)
-                yield StudyProgress(number, len(plan), name, report.epoch, settings.epochs,
-                                    f"epoch {report.epoch}: train {report.train_mse:.4f}, "
-                                    f"val {report.val_mse:.4f}")
-            report = evaluate(model, data, train_idx, val_idx, seed=seed)
-            run_dir = save_run(out_dir / name, model, data, config, train_idx, val_idx,
-                               history, report)
-        except ElectrodeCAEError as exc:
-            row.update(status="failed", note=str(exc), seconds=time.perf_counter() - start)
-            yield StudyProgress(number, len(plan), name, 0, settings.epochs, str(exc), row)
-            continue
-        m, w = report.mse, report.window
-        best = min(history, key=lambda r: r.val_mse)
-        row.update(
-            status="ok", n_train=m.n_train, n_val=m.n_val,
-            train_mse_mean=m.train_mean, train_mse_std=m.train_std,
-            val_mse_mean=m.val_mean, val_mse_std=m.val_std, mse_p_value=m.p_value,
-            original_mean=w.original_mean, original_std=w.original_std,
-            reconstruction_mean=w.reconstruction_mean, reconstruction_std=w.reconstruction_std,
-            p_value=w.p_value, voxel_accuracy=w.voxel_accuracy,
-            best_epoch=best.epoch, best_val_mse=best.val_mse,
-            seconds=time.perf_counter() - start, run_dir=str(run_dir),
-        )
-        yield StudyProgress(number, len(plan), name, settings.epochs, settings.epochs,
-                            f"done in {row['seconds']:.1f} s", row)
+        yield from _study_run(row, case, mode, settings, stacks, out_dir / name, seed, device,
+                              (number, len(plan), name))
     write_study_files(out_dir, rows, quick=quick)
     return rows
+
+
+def _study_run(row: dict, case: CaseStudy, mode: str, settings: CaseSettings,
+               stacks: Sequence[ElectrodeStack], run_dir: Path, seed: int, device: str,
+               where: tuple[int, int, str]) -> Iterator[StudyProgress]:
+    """Train, evaluate and save one (case, split) into ``run_dir``, filling ``row``; yields
+    progress (``where``: run number, runs, name). Errors of the settings or data become a
+    ``failed`` row."""
+    number, runs, name = where
+    stride = row["stride"]
+    start = time.perf_counter()
+    try:
+        spec = WindowSpec(length=settings.window, stride=stride, crop=settings.crop)
+        data = WindowDataset(list(stacks), spec)
+        config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch,
+                             lr=settings.lr, seed=seed, split=mode, device=device)
+        train_idx, val_idx = split(data, config.val_fraction, seed, mode)
+        seed_everything(seed)
+        model = build_model(ModelConfig(settings.window, settings.crop, settings.layers,
+                                        settings.hidden, settings.latent))
+        history: list[EpochReport] = []
+        for report in train(model, data, config, train_idx=train_idx, val_idx=val_idx):
+            history.append(report)
+            yield StudyProgress(number, runs, name, report.epoch, settings.epochs,
+                                f"epoch {report.epoch}: train {report.train_mse:.4f}, "
+                                f"val {report.val_mse:.4f}")
+        report = evaluate(model, data, train_idx, val_idx, seed=seed)
+        saved_to = save_run(run_dir, model, data, config, train_idx, val_idx, history, report)
+    except ElectrodeCAEError as exc:
+        row.update(status="failed", note=str(exc), seconds=time.perf_counter() - start)
+        yield StudyProgress(number, runs, name, 0, settings.epochs, str(exc), row)
+        return
+    m, w = report.mse, report.window
+    best = min(history, key=lambda r: r.val_mse)
+    row.update(
+        status="ok", n_train=m.n_train, n_val=m.n_val,
+        train_mse_mean=m.train_mean, train_mse_std=m.train_std,
+        val_mse_mean=m.val_mean, val_mse_std=m.val_std, mse_p_value=m.p_value,
+        original_mean=w.original_mean, original_std=w.original_std,
+        reconstruction_mean=w.reconstruction_mean, reconstruction_std=w.reconstruction_std,
+        p_value=w.p_value, voxel_accuracy=w.voxel_accuracy,
+        best_epoch=best.epoch, best_val_mse=best.val_mse,
+        seconds=time.perf_counter() - start, run_dir=str(saved_to),
+    )
+    yield StudyProgress(number, runs, name, settings.epochs, settings.epochs,
+                        f"done in {row['seconds']:.1f} s", row)
 
 
 def run_study(
@@ -286,6 +298,9 @@ def run_study(
     progress: Callable[[StudyProgress], None] | None = None,
     crop: int | None = None,
     cases: Sequence[str] | None = None,
+    scheduler: str | None = None,
+    workers: int = 1,
+    parallel: str = "auto",
 ) -> list[dict]:
     """Run the paper's case studies 1, 2, 3a, 3b, each with a random and a blocked split.
 
@@ -311,6 +326,10 @@ def run_study(
         Overrides every case's in-plane crop (voxels).
     cases : sequence of str, optional
         Only these cases (``"1"``, ``"2"``, ``"3a"``, ``"3b"``).
+    scheduler, workers, parallel
+        As in :func:`run_grid`: each (case, split) one task on a Dask cluster, or on a local
+        one with ``workers > 1``; ``progress`` then hears of each run when it ends. Ctrl-C
+        cancels what has not started, writes the finished rows and is raised again.
 
     Returns
     -------
@@ -323,6 +342,11 @@ def run_study(
         ``seconds`` and ``run_dir``. A case the stacks cannot give (window deeper than a stack,
         a blocked split with no training window left) is ``failed`` with the reason.
     """
+    if _use_dask(scheduler, workers, parallel):
+        return _run_study_on_cluster(
+            list(cal_stacks), list(uncal_stacks), quick=quick, out_dir=Path(out_dir),
+            epochs=epochs, device=device, seed=seed, crop=crop, cases=cases,
+            scheduler=scheduler, workers=workers, progress=progress)
     generator = iter_study(cal_stacks, uncal_stacks, quick=quick, out_dir=out_dir,
                            epochs=epochs, device=device, seed=seed, crop=crop, cases=cases)
     while True:
@@ -332,6 +356,66 @@ def run_study(
             return stop.value
         if progress is not None:
             progress(event)
+
+
+def _run_study_on_cluster(cal_stacks, uncal_stacks, *, quick, out_dir: Path, epochs, device,
+                          seed, crop, cases, scheduler, workers, progress) -> list[dict]:
+    """:func:`run_study` with every (case, split) a task on a Dask cluster."""
+    if not cal_stacks:
+        raise StudyError("the case studies need at least one calendered (CAL) stack")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = [c for c in CASE_STUDIES if cases is None or c.case in cases]
+    plan = [(case, mode) for case in chosen for mode in SPLITS]
+    cal_records = share_stacks(cal_stacks, out_dir / "stacks" / "cal")
+    uncal_records = share_stacks(uncal_stacks, out_dir / "stacks" / "uncal")
+    rows: list[dict] = []
+    tasks: list[tuple[str, Callable, tuple]] = []
+    numbers: dict[str, int] = {}
+    for number, (case, mode) in enumerate(plan, start=1):
+        settings = case.settings(quick)
+        if epochs is not None:
+            settings = replace(settings, epochs=int(epochs))
+        if crop is not None:
+            settings = replace(settings, crop=int(crop))
+        row = _study_row(case, mode, settings, case.stride(settings))
+        rows.append(row)
+        name = f"{case.case}_{mode}"
+        numbers[name] = number
+        if case.uncalendered and not uncal_stacks:
+            row.update(status="skipped", note="no UNCAL stacks given (case 3 needs CAL and "
+                       "UNCAL stacks)")
+            if progress is not None:
+                progress(StudyProgress(number, len(plan), name, 0, settings.epochs,
+                                       row["note"], row))
+            continue
+        records = cal_records + (uncal_records if case.uncalendered else [])
+        tasks.append((name, _study_task, (row, case.case, mode, vars(settings), records,
+                                          str(out_dir / name), seed, device)))
+
+    def done(name: str, result: dict | None, error: str) -> None:
+        row = rows[numbers[name] - 1]
+        if result is None:
+            row.update(status="failed", note=error)
+        else:
+            row.update(result)
+        if progress is not None:
+            message = (f"done in {row['seconds']:.1f} s" if row["status"] == "ok"
+                       else row["note"])
+            progress(StudyProgress(numbers[name], len(plan), name, row["epochs"],
+                                   row["epochs"], message, row))
+
+    try:
+        with _Cluster(scheduler, workers) as cluster:
+            cluster.run([(n, f, a + (cluster.torch_threads,)) for n, f, a in tasks],
+                        _gpu_resources(scheduler, device), done)
+    except KeyboardInterrupt:
+        for row in rows:
+            if not row["status"]:
+                row.update(status="cancelled", note="interrupted before it finished")
+        write_study_files(out_dir, rows, quick=quick)
+        raise
+    write_study_files(out_dir, rows, quick=quick)
+    return rows
 
 
 STUDY_CSV_FIELDS = (
@@ -674,6 +758,8 @@ def run_grid(
     split_mode: str = "random",
     device: str = "auto",
     progress: Callable[[GridProgress], None] | None = None,
+    scheduler: str | None = None,
+    parallel: str = "auto",
 ) -> list[dict]:
     """Train every configuration of a hyper-parameter grid and rank them.
 
@@ -692,7 +778,9 @@ def run_grid(
     base : {"quick", "paper"}
         Preset supplying the settings the grid does not vary.
     workers : int
-        Configurations trained at once; above 1, in spawned processes with one torch thread each.
+        Configurations trained at once without a scheduler; above 1, on a local Dask cluster
+        of that many worker processes (``parallel="auto"`` with dask.distributed installed,
+        or ``"dask"``) or in a pool of spawned processes (``"processes"``, or without dask).
     resume : bool
         Skip configurations whose folder holds a finished run (weights, report, complete
         history); continue interrupted ones from their ``last.pt``. ``False`` retrains all.
@@ -700,6 +788,17 @@ def run_grid(
         As in :class:`~napari_electrode_cae.core.training.TrainConfig`.
     progress : callable, optional
         Called with a :class:`GridProgress` after each configuration.
+    scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://HOST:PORT``): every configuration is a
+        task there (one GPU worker resource each with ``device="cuda"``); stacks go to
+        ``out_dir/stacks/`` once and tasks memory-map them, so ``out_dir`` must be on a path
+        every worker sees.
+    parallel : {"auto", "dask", "processes"}
+        See ``workers``.
+
+    Ctrl-C cancels the configurations not started yet (on a local cluster also the running
+    ones, which keep their ``last.pt`` for the next call) and is raised again; the finished
+    ones are in ``grid.csv`` and are skipped next time.
 
     Returns
     -------
@@ -751,7 +850,23 @@ def run_grid(
         if progress is not None:
             progress(GridProgress(len(rows), len(configs), row))
 
-    if workers == 1 or len(todo) <= 1:
+    if todo and _use_dask(scheduler, workers if len(todo) > 1 else 1, parallel):
+        records = share_stacks(stacks, out_dir / "stacks")
+        by_name = {run_dir.name: (config, run_dir) for config, run_dir in todo}
+
+        def done(name: str, row: dict | None, error: str) -> None:
+            if row is None:  # the task itself failed (e.g. its worker died)
+                config, run_dir = by_name[name]
+                row = _grid_row(config, name, run_dir, seed, split_mode)
+                row.update(status="failed", error=error)
+            finished(row)
+
+        with _Cluster(scheduler, workers) as cluster:
+            cluster.run([(run_dir.name, _grid_task,
+                          (config, records, str(run_dir), seed, split_mode, device, resume,
+                           cluster.torch_threads)) for config, run_dir in todo],
+                        _gpu_resources(scheduler, device), done)
+    elif workers == 1 or len(todo) <= 1:
         for config, run_dir in todo:
             finished(_train_config(config, stacks, run_dir, seed=seed, split_mode=split_mode,
                                    device=device, resume=resume))
@@ -799,3 +914,183 @@ def format_grid_table(rows: Sequence[Mapping], top: int | None = None) -> str:
             + f"{status} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- on a Dask cluster
+#
+# ``run_grid`` and ``run_study`` with ``scheduler="tcp://HOST:PORT"`` submit every
+# configuration as one task to a running ``dask.distributed`` cluster (workers started with
+# ``dask worker ADDRESS``, or by dask-jobqueue on SLURM/PBS); with ``workers > 1`` and no
+# scheduler they start a LocalCluster of that many worker processes in this process. Stacks
+# travel as paths: they are written once, as uint8 ``.npy`` files under ``OUT/stacks/``, and
+# every task memory-maps them (pages shared between the workers of one machine, read on demand
+# on another), so the output folder must be on a path every worker sees (as the run folders
+# the tasks write are). dask is imported only here, when a cluster is asked for.
+
+#: How ``workers > 1`` runs without a scheduler: "auto" (a local Dask cluster when
+#: dask.distributed is installed, else a process pool), "dask" or "processes".
+PARALLEL_CHOICES = ("auto", "dask", "processes")
+#: Seconds to wait for the scheduler named by ``scheduler=``.
+SCHEDULER_TIMEOUT_S = 20.0
+#: Worker resource a configuration asks for when it trains on a GPU (``device="cuda"``) on a
+#: cluster: start GPU workers with ``dask worker ADDRESS --nthreads 1 --resources GPU=1``.
+GPU_RESOURCE = "GPU"
+
+
+def dask_available() -> bool:
+    """True when ``dask.distributed`` can be imported (the ``cluster`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("distributed") is not None
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError as exc:
+        raise StudyError("a Dask cluster needs dask.distributed: pip install "
+                         "'napari-electrode-cae[cluster]'") from exc
+    return distributed
+
+
+class _Cluster:
+    """A ``distributed.Client`` on ``scheduler``, or on a LocalCluster of ``workers`` worker
+    processes (one thread each) started here; closed (and a local cluster stopped) on exit."""
+
+    def __init__(self, scheduler: str | None, workers: int) -> None:
+        self.scheduler, self.workers = scheduler, workers
+        self.client = self.cluster = None
+
+    def __enter__(self):
+        distributed = _import_distributed()
+        if self.scheduler:
+            try:
+                self.client = distributed.Client(self.scheduler, timeout=SCHEDULER_TIMEOUT_S)
+            except (OSError, ValueError, TypeError) as exc:  # TimeoutError is an OSError
+                raise StudyError(f"cannot reach the Dask scheduler at {self.scheduler}: "
+                                 f"{_one_line(exc)}") from exc
+        else:
+            self.cluster = distributed.LocalCluster(
+                n_workers=self.workers, threads_per_worker=1, processes=True,
+                dashboard_address=None)
+            self.client = distributed.Client(self.cluster)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    @property
+    def torch_threads(self) -> int:
+        """torch threads per task: the local cores shared by the local workers; 0 (leave the
+        worker's own setting) on a cluster someone else started."""
+        if self.cluster is None:
+            return 0
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def run(self, tasks: Sequence[tuple[str, Callable, tuple]], resources: dict | None,
+            done: Callable[[str, dict | None, str], None]) -> None:
+        """Submit ``(name, function, args)`` tasks; call ``done(name, result, error)`` as each
+        ends (``error`` "" on success). Ctrl-C (or a KeyboardInterrupt raised by ``done``)
+        cancels every task not finished yet and is raised again."""
+        distributed = _import_distributed()
+        token = hashlib.sha1(f"{time.time_ns()}-{os.getpid()}".encode()).hexdigest()[:8]
+        futures = {}
+        try:
+            for name, function, args in tasks:
+                future = self.client.submit(function, *args, key=f"electrode-cae-{name}-{token}",
+                                            pure=False, resources=resources)
+                futures[future] = name
+            for future in distributed.as_completed(list(futures)):
+                name = futures[future]
+                if future.status == "finished":
+                    done(name, future.result(), "")
+                elif future.status == "error":
+                    error = future.exception()
+                    done(name, None, f"{type(error).__name__}: {_one_line(error)}")
+                else:  # cancelled or lost with its worker
+                    done(name, None, f"task {future.status}")
+        except KeyboardInterrupt:
+            self.client.cancel(list(futures), force=True)  # queued tasks never start
+            raise
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def share_stacks(stacks: Sequence[ElectrodeStack], folder: str | Path) -> list[dict]:
+    """Write each stack once as a uint8 ``.npy`` file in ``folder`` (kept when a file of the same
+    content is there) and return records :func:`open_shared_stacks` reads back memory-mapped."""
+    from .checkpoint import atomic_write_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, stack in enumerate(stacks):
+        labels = np.ascontiguousarray(stack.labels)
+        digest = hashlib.sha1(labels.tobytes()).hexdigest()[:12]
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stack.name)[:40]
+        path = folder / f"{i:02d}_{safe}_{digest}.npy"
+        if not path.exists():
+            buffer = io.BytesIO()
+            np.save(buffer, labels)
+            atomic_write_bytes(path, buffer.getvalue())
+        records.append({"path": str(path.resolve()), "voxel_size_um": stack.voxel_size_um,
+                        "calendered": stack.calendered, "source": stack.source,
+                        "name": stack.name, "phase_mapping": dict(stack.phase_mapping)})
+    return records
+
+
+def open_shared_stacks(records: Sequence[Mapping]) -> list[ElectrodeStack]:
+    """The stacks of :func:`share_stacks`' records, memory-mapped read-only."""
+    stacks = []
+    for r in records:
+        try:
+            labels = np.load(r["path"], mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise StudyError(f"cannot read the shared stack {r['path']} ({_one_line(exc)}); "
+                             "the output folder must be on a path every worker sees") from exc
+        stacks.append(ElectrodeStack(labels, r["voxel_size_um"], r["calendered"], r["source"],
+                                     r["name"], dict(r["phase_mapping"])))
+    return stacks
+
+
+def _grid_task(config: dict, records: list[dict], run_dir: str, seed: int, split_mode: str,
+               device: str, resume: bool, torch_threads: int) -> dict:
+    """One grid configuration on a Dask worker."""
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    return _train_config(config, open_shared_stacks(records), Path(run_dir), seed=seed,
+                         split_mode=split_mode, device=device, resume=resume)
+
+
+def _study_task(row: dict, case_name: str, mode: str, settings: dict, records: list[dict],
+                run_dir: str, seed: int, device: str, torch_threads: int) -> dict:
+    """One (case, split) of the case studies on a Dask worker; returns its row."""
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    case = next(c for c in CASE_STUDIES if c.case == case_name)
+    for _event in _study_run(row, case, mode, CaseSettings(**settings),
+                             open_shared_stacks(records), Path(run_dir), seed, device,
+                             (0, 0, case_name)):
+        pass
+    return row
+
+
+def _gpu_resources(scheduler: str | None, device: str) -> dict | None:
+    """A task on a cluster that trains on CUDA asks for one GPU worker resource."""
+    return {GPU_RESOURCE: 1} if scheduler and device == "cuda" else None
+
+
+def _use_dask(scheduler: str | None, workers: int, parallel: str) -> bool:
+    if parallel not in PARALLEL_CHOICES:
+        raise StudyError(f"parallel must be one of {PARALLEL_CHOICES}, got {parallel!r}")
+    if scheduler:
+        return True
+    if workers <= 1 or parallel == "processes":
+        return False
+    return parallel == "dask" or dask_available()
