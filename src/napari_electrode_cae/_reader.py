@@ -5,10 +5,12 @@ TIFF slices, a ``.npy`` array) into one Labels layer per stack: phase ids 0 pore
 2 active, named and coloured like every other view of the plugin, the voxel size as scale (µm)
 and the stack's tag, voxel size and phase mapping in ``layer.metadata["electrode_cae"]``.
 
-:func:`napari_get_reader` decides from the path alone (extension, or a folder holding TIFF
-files) and returns None for anything else, so napari falls back to other readers. It is called
-for every matching path napari opens, so this module imports neither napari nor the core (torch)
-until a stack is actually read.
+:func:`napari_get_reader` claims a path by its extension (or a folder holding TIFF files) and
+then by a cheap look at its content: one page, or one slice of a ``.npy``. A colour image, a
+single 2D image or a grey-level image (more than three distinct values in that sample) is left
+to napari's own reader (None). A file whose content cannot be inspected (damaged, empty) is
+claimed, so the user gets the core's one-line reason. It is called for every matching path
+napari opens, so this module imports neither napari nor the core (torch) until a stack is read.
 
 A file that passes that check but cannot be read as an electrode stack (corrupt, colour, 2D, more
 than three label values ...) raises the core's typed error
@@ -53,7 +55,10 @@ def napari_get_reader(path: str | os.PathLike[str] | list | tuple) -> Callable |
         if len(path) != 1:
             return None
         path = path[0]
-    return read_electrode_stacks if _is_candidate(Path(path)) else None
+    path = Path(path)
+    if not _is_candidate(path) or _not_a_segmented_stack(path):
+        return None
+    return read_electrode_stacks
 
 
 def _is_candidate(path: Path) -> bool:
@@ -67,6 +72,50 @@ def _is_candidate(path: Path) -> bool:
         except OSError:
             return False
     return path.suffix.lower() in READER_SUFFIXES
+
+
+#: Largest page (bytes, decoded) the claim looks at; a bigger one is claimed unseen.
+_SAMPLE_BYTES = 64 * 2**20
+#: More distinct values than this in the sample: grey levels, not phases.
+_MAX_PHASE_VALUES = 3
+
+
+def _not_a_segmented_stack(path: Path) -> bool:
+    """True when a cheap sample shows that ``path`` holds no segmented 3D stack: colour, a
+    single 2D image, or more than three distinct values. False when it may be one, or when
+    the content cannot be inspected."""
+    try:
+        if path.is_dir():
+            slices = sorted(e.path for e in os.scandir(path) if not e.name.startswith(".")
+                            and e.name.lower().endswith(SLICE_SUFFIXES))
+            return bool(slices) and _not_phase_image(Path(slices[0]), want_3d=False)
+        return _not_phase_image(path, want_3d=True)
+    except Exception:  # noqa: BLE001 - damaged or unreadable: claim it, the reader says why
+        return False
+
+
+def _not_phase_image(path: Path, want_3d: bool) -> bool:
+    import numpy as np
+
+    if path.suffix.lower() == ".npy":
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.ndim != 3:
+            return True
+        sample = np.asarray(array[array.shape[0] // 2, ::2, ::2])
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            page = series.pages[0]
+            if getattr(page, "samplesperpixel", 1) > 1:
+                return True  # colour
+            if want_3d and len(series.shape) < 3:
+                return True  # one 2D image is not a stack
+            if page.size * page.dtype.itemsize > _SAMPLE_BYTES:
+                return False
+            sample = np.asarray(page.asarray())[::2, ::2]
+    return len(np.unique(sample)) > _MAX_PHASE_VALUES
 
 
 def read_electrode_stacks(path: str | os.PathLike[str] | list | tuple, **_: Any) -> list[LayerData]:
