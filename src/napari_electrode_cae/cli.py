@@ -17,6 +17,7 @@ import numpy as np
 from . import core
 from .core.errors import ElectrodeCAEError
 
+EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 #: A training that diverged (non-finite loss): the run folder is written and flagged.
 EXIT_DIVERGED = 3
@@ -174,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32 (default, the paper's numerics) or bf16 mixed precision "
                         "(faster on GPUs with bfloat16 units; validation stays fp32)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from RUN_DIR/last.pt (same settings)")
+                   help="continue an interrupted run from RUN_DIR/last.pt (same settings and "
+                   "stacks, else refused naming the field; --epochs may grow)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run folder of this tool (only its own files are removed); "
+                   "a folder holding other files is always refused")
     _add_stack_args(p)
     p.set_defaults(func=_malloc_tuned(cmd_train))
 
@@ -188,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, help="window index to compare (default: seeded random "
                    "validation window)")
     p.add_argument("--seed", type=int, default=0)
+    _add_max_stack_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("encode", help="write the latent features of every window as CSV",
@@ -287,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "one, else scipy; scipy; or torch on cpu/cuda")
     p.add_argument("--top", type=_positive_int, default=5,
                    help="surviving correlations to print (default 5)")
+    _add_max_stack_arg(p)
     p.set_defaults(func=cmd_physics)
 
     p = sub.add_parser("predict", help="fit and cross-validate latent -> metric regressors",
@@ -354,6 +361,14 @@ def _add_stack_args(p: argparse.ArgumentParser) -> None:
                    "file metadata, else 0.398)")
     p.add_argument("--tag", choices=("CAL", "UNCAL"), help="calendering state of all stacks "
                    "(default: from metadata or file name)")
+    _add_max_stack_arg(p)
+
+
+def _add_max_stack_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-stack-gib", type=_positive_float, metavar="GIB",
+                   help="largest memory a compressed stack may take once decoded (default "
+                   f"{core.limits.DEFAULT_MAX_STACK_GIB:g} GiB, at most half the memory); "
+                   "checked before decoding")
 
 
 def _version() -> str:
@@ -367,7 +382,8 @@ def _read_stacks(args: argparse.Namespace) -> list[core.ElectrodeStack]:
     calendered = None if args.tag is None else args.tag == "CAL"
     stacks = []
     for path in args.stacks:
-        stack = core.read_stack(path, phases, voxel_size_um=args.voxel_size, calendered=calendered)
+        stack = core.read_stack(path, phases, voxel_size_um=args.voxel_size, calendered=calendered,
+                                max_stack_gib=getattr(args, "max_stack_gib", None))
         _info(f"{stack.name}: {stack.shape[0]}x{stack.shape[1]}x{stack.shape[2]} voxels, "
               f"{stack.tag}, {stack.voxel_size_um} µm, phases "
               f"{core.io.describe_phase_mapping(stack.phase_mapping)}")
@@ -465,7 +481,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``train``; started by torchrun (``WORLD_SIZE`` > 1), one rank of a data-parallel run."""
     context = core.distributed.setup(args.device)  # None outside torchrun
     try:
-        return _train_rank(args, context)
+        if context is not None and not context.is_main:
+            return _train_rank(args, context)
+        # --out is checked and locked before anything else: never into files the tool did
+        # not write, never two trainings in one folder (only rank 0 writes it)
+        with core.runfolder.claim_for_training(args.out, resume=args.resume,
+                                               overwrite=args.overwrite) as found:
+            if args.resume and found != "resume":
+                _info(f"nothing to resume in {args.out} (no last.pt): starting a new run")
+            elif found == "replace":
+                _info(f"replacing the run in {args.out} (--overwrite)")
+            return _train_rank(args, context)
     finally:
         core.distributed.teardown()
 
@@ -474,10 +500,13 @@ def _train_rank(args: argparse.Namespace, context) -> int:
     from tqdm import tqdm
 
     spec, model_config, config, rule = _train_settings(args)
+    core.limits.check_model_size(model_config, training=True)  # before anything is allocated
     main_rank = context is None or context.is_main
     world = 1 if context is None else context.world_size
     stacks = _read_stacks(args)
     data = core.WindowDataset(stacks, spec)
+    mapped = [core.io.file_state(path) if (path := core.io.memory_mapped_file(s.labels))
+              else None for s in stacks]  # a mapped file must not change during training
     train_idx, val_idx = core.split(data, config.val_fraction, config.seed, config.split)
     core.seed_everything(config.seed)
     model = core.build_model(model_config)
@@ -508,20 +537,28 @@ def _train_rank(args: argparse.Namespace, context) -> int:
         if args.resume and main_rank and (args.out / "last.pt").exists():
             saved = core.checkpoint.load_training_state(args.out / "last.pt")
             history = [core.EpochReport(**row) for row in saved["history"]]
+            if config.epochs < saved["epoch"]:
+                raise core.TrainConfigError(
+                    f"--epochs {config.epochs} is fewer than the {saved['epoch']} epochs this "
+                    f"run has done; resume with --epochs {saved['epoch']} (finish it as it is) "
+                    "or more")
             bar.update(len(history) * n_batches)
             estimate.skip_epochs(len(history))
-            _info(f"resuming after epoch {len(history)} from {args.out / 'last.pt'}")
+            _info(f"resuming after epoch {len(history)} from {args.out / 'last.pt'}"
+                  + (f": all {config.epochs} epochs are done, finishing the run"
+                     if config.epochs == saved["epoch"] else ""))
         try:
             while True:
                 report = next(generator)
                 if isinstance(report, core.BatchReport):
                     bar.update(1)
-                    if estimate.batch_done():
+                    if estimate.batch_done() and main_rank:
                         bar.write(f"estimated training time: {estimate.describe()}",
                                   file=sys.stderr)
                 else:
                     history.append(report)
                     estimate.epoch_done(report.seconds)
+                    core.io.check_mapped_unchanged(stacks, mapped)
                     bar.set_postfix(epoch=report.epoch, train=f"{report.train_mse:.4f}",
                                     val=f"{report.val_mse:.4f}", nmse=f"{report.val_nmse:.2f}",
                                     spread=f"{report.spread:.2f}")
@@ -542,9 +579,16 @@ def _train_rank(args: argparse.Namespace, context) -> int:
     core.evaluation.fit_phase_rule(model, data, train_idx, "nearest" if diverged else rule)
     report = _evaluate_with_progress(model, data, train_idx, val_idx, config.seed,
                                      diverged=diverged)
-    core.save_run(args.out, model, data, config, train_idx, val_idx, history, report,
-                  health=health if diverged else _report_health(report),
-                  distributed=None if context is None else context.describe())
+    try:
+        core.save_run(args.out, model, data, config, train_idx, val_idx, history, report,
+                      health=health if diverged else _report_health(report),
+                      distributed=None if context is None else context.describe())
+    except core.errors.ElectrodeCAEError as exc:  # e.g. the disk filled up while saving
+        kept = (args.out / "last.pt").exists()
+        raise core.RunFolderError(
+            f"the run folder {args.out} is incomplete: {exc}"
+            + ("; its last.pt is kept: run the same command with --resume to finish it"
+               if kept else "")) from exc
     if not interrupted:  # last.pt stays after Ctrl-C so that --resume can continue
         for name in ("best.pt", "last.pt"):
             (args.out / name).unlink(missing_ok=True)
@@ -647,13 +691,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
         volume = run.model.values(output)[0, 0].numpy()  # network values, also of 3-phase models
         labels = run.model.phase_labels(output)[0]  # by the run's phase rule
     suffix = args.out.suffix.lower()
-    if args.continuous:
+    if args.continuous:  # written whole, then moved into place: never a half file
+        import io
+
+        buffer = io.BytesIO()
         if suffix == ".npy":
-            np.save(args.out, volume)
+            np.save(buffer, volume)
         else:
             import tifffile
 
-            tifffile.imwrite(args.out, volume)
+            tifffile.imwrite(buffer, volume)
+        core.checkpoint.atomic_write_bytes(args.out, buffer.getvalue())
     else:
         voxel = run.stacks[0].get("voxel_size_um", core.DEFAULT_VOXEL_SIZE_UM) if run.stacks else None
         core.write_stack(args.out, core.ElectrodeStack(labels,
@@ -670,7 +718,8 @@ def _read_tagged(paths: Sequence[Path], args: argparse.Namespace, calendered: bo
     phases = core.parse_phase_mapping(args.phases) if args.phases else None
     stacks = []
     for path in paths:
-        stack = core.read_stack(path, phases, voxel_size_um=args.voxel_size, calendered=calendered)
+        stack = core.read_stack(path, phases, voxel_size_um=args.voxel_size, calendered=calendered,
+                                max_stack_gib=getattr(args, "max_stack_gib", None))
         _info(f"{stack.name}: {stack.shape[0]}x{stack.shape[1]}x{stack.shape[2]} voxels, "
               f"{stack.tag}, {stack.voxel_size_um} µm, phases "
               f"{core.io.describe_phase_mapping(stack.phase_mapping)}")
@@ -887,21 +936,57 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Commands that write into an existing run folder: they hold its lock while they run.
+_RUN_FOLDER_WRITERS = ("evaluate", "physics", "predict", "design")
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line (torch's span several), at most ``limit`` chars."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error(args: argparse.Namespace, message: str) -> None:
+    print(f"electrode-cae {args.command}: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every failure ends in one line on stderr and a non-zero exit: 2 for
+    bad input or files (the tool's own errors, OS errors), 1 for anything else (out of memory,
+    a library's error, a bug: set ELECTRODE_CAE_TRACEBACK=1 to see its traceback), 3 for a
+    diverged training, 130 when interrupted."""
+    import contextlib
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        lock = (core.runfolder.lock_existing(args.run_dir)
+                if args.command in _RUN_FOLDER_WRITERS else contextlib.nullcontext())
+        with lock:
+            return args.func(args)
     except ElectrodeCAEError as exc:
-        print(f"electrode-cae {args.command}: error: {exc}", file=sys.stderr)
+        _error(args, _one_line(exc, 2000))
         return EXIT_BAD_INPUT
     except OSError as exc:
-        print(f"electrode-cae {args.command}: error: {exc.strerror or exc}"
-              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        _error(args, f"{exc.strerror or _one_line(exc)}"
+               + (f": {exc.filename}" if exc.filename else ""))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"electrode-cae {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except UnicodeError as exc:
+        _error(args, f"a file name or text is not valid in this system's encoding ({exc}); "
+               "rename it with plain characters")
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        _error(args, "out of memory; use smaller stacks, --crop, --batch or --hidden")
+        return EXIT_FAILURE
+    except Exception as exc:  # the last resort: one line, never a traceback (see docstring)
+        if os.environ.get("ELECTRODE_CAE_TRACEBACK"):
+            raise
+        _error(args, f"{type(exc).__name__}: {_one_line(exc)} (unexpected; rerun with "
+               "ELECTRODE_CAE_TRACEBACK=1 to see where)")
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

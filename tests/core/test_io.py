@@ -73,18 +73,23 @@ def test_tiff_round_trip_uint16_values(tmp_path):
     assert back.phase_mapping == {0: "pore", 1000: "cbd", 60000: "active"}
 
 
-def test_npy_round_trip_is_memory_mapped_without_copy(tmp_path):
+def test_npy_round_trip_is_memory_mapped_without_copy(tmp_path, monkeypatch):
+    from napari_electrode_cae.core import io as io_module
+
     labels = make_labels()
     path = write_stack(tmp_path / "stack.npy", ElectrodeStack(labels, voxel_size_um=0.7))
     np.testing.assert_array_equal(np.load(path), labels)
     back = read_stack(path)
     np.testing.assert_array_equal(back.labels, labels)
     assert back.phase_mapping == {0: "pore", 1: "cbd", 2: "active"}
-    # .npy carries no metadata: the default voxel size applies.
-    assert back.voxel_size_um == DEFAULT_VOXEL_SIZE_UM
+    # the .npy carries no metadata, its sidecar NAME.npy.phases.json does
+    assert back.voxel_size_um == 0.7
+    assert back.labels.flags.writeable  # small: copied, a rewritten file cannot change it
+    monkeypatch.setattr(io_module, "_MEMMAP_MIN_BYTES", 1)  # every stack counts as large
+    mapped = read_stack(path)
     # The 0/1/2 uint8 array is the read-only memory map itself, not an in-memory copy.
-    assert not back.labels.flags.owndata
-    assert not back.labels.flags.writeable
+    assert not mapped.labels.flags.owndata
+    assert not mapped.labels.flags.writeable
 
 
 def test_npy_with_other_values_is_mapped_into_memory(tmp_path):

@@ -10,18 +10,22 @@ killed writer left behind are removed by the next successful save of the same fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import pickle
 import re
+import secrets
+import shutil
+import stat
 import struct
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from .errors import RunFolderError
+from .errors import OutputWriteError, RunFolderError
+from .limits import check_regular_file
 
 #: A temporary file of a save untouched for this long belongs to a writer that was killed (a
 #: live writer keeps changing its file); the next save of the same target removes it.
@@ -37,16 +41,58 @@ def _remove_stale_temporaries(path: Path) -> None:
                 leftover.unlink()
 
 
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new temporary file ``.NAME.XXXXXXXX.tmp`` next to ``path``, opened for writing.
+
+    Created with mode 0666 less the user's umask (``tempfile.mkstemp`` would make it 0600), so
+    the final file can be read by whoever the user's umask lets read it, e.g. a shared group.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def _write_failure(path: Path, exc: BaseException) -> OutputWriteError:
+    """One line for a failed write: the disk is full, or the OS/torch reason."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EFBIG: "the file is larger than allowed"}[exc.errno]
+    elif not isinstance(exc, OSError):  # torch's zip writer raises RuntimeError
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(path.parent).free < 2**20:
+                reason = "the disk is full"
+    return OutputWriteError(f"cannot write {path}: {reason}; the previous file, if any, is kept")
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(handle)`` on a temp file next to ``path``, fsync, then ``os.replace`` it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Call ``write(handle)`` on a temp file next to ``path``, fsync, then ``os.replace`` it.
+
+    Raises
+    ------
+    OutputWriteError
+        If the folder or the file cannot be written (e.g. a full disk: an ``OSError``, or the
+        ``RuntimeError`` of torch's zip writer); ``path`` is then unchanged.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temporary(path)
+    except OSError as exc:
+        raise _write_failure(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_failure(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -91,11 +137,30 @@ def _one_line(exc: BaseException) -> str:
     return sentence[1] if sentence else lines[0]
 
 
-def _safe_torch_load(path: Path, what: str) -> object:
+def _safe_torch_load(path: Path, what: str, max_bytes: int | None = None) -> object:
+    """``torch.load(weights_only=True)`` of a regular file of at most ``max_bytes``; a FIFO or a
+    device (or a link to one) is refused before it is read."""
+    info = check_regular_file(path, what)
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise RunFolderError(
+            f"{path} is {info.st_size:,} bytes, more than the {max_bytes:,} that a {what} of "
+            "this model can have; it was not read")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        handle = os.fdopen(fd, "rb")
     except FileNotFoundError:
         raise RunFolderError(f"{what} {path} not found") from None
+    except OSError as exc:
+        raise RunFolderError(f"cannot open {what} {path} ({exc.strerror or exc})") from exc
+    with handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise RunFolderError(f"{what} {path} is not a regular file; it was not read")
+        return _torch_load(handle, path, what)
+
+
+def _torch_load(handle, path: Path, what: str) -> object:
+    try:
+        return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise RunFolderError(
             f"{path} is not a plain {what}: it holds pickled objects or code, so it was refused "
@@ -110,16 +175,20 @@ def save_state_dict(state: dict, path: str | Path) -> None:
     _atomic_torch_save(dict(state), path)
 
 
-def load_state_dict(path: str | Path) -> dict:
+def load_state_dict(path: str | Path, *, max_bytes: int | None = None) -> dict:
     """Load weights saved by :func:`save_state_dict` without running pickled code.
+
+    ``max_bytes`` bounds the file's size (e.g. what the run's config implies), checked before
+    anything is read.
 
     Raises
     ------
     RunFolderError
-        If the file is missing, corrupt, or carries anything but tensors.
+        If the file is missing, not a regular file, larger than ``max_bytes``, corrupt, or
+        carries anything but tensors.
     """
     path = Path(path)
-    state = _safe_torch_load(path, "weights file")
+    state = _safe_torch_load(path, "weights file", max_bytes)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RunFolderError(f"{path} does not hold a dict of weight tensors")
     return state

@@ -45,3 +45,18 @@ class TrainingMemoryError(ElectrodeCAEError):
     The message names the device, batch size and window shape and suggests a smaller batch or
     crop; the model keeps the best weights found before the failure.
     """
+
+
+class ResourceLimitError(ElectrodeCAEError):
+    """A file or a setting would take more memory or time than allowed (a decoded stack above
+    ``--max-stack-gib``, a window grid or a model larger than the machine's memory); nothing
+    was allocated. The message names the size, the limit and how to change it."""
+
+
+class RunFolderBusyError(RunFolderError):
+    """Another process holds the run folder's lock (it is training, evaluating or analysing it)."""
+
+
+class OutputWriteError(ElectrodeCAEError):
+    """A file the tool writes could not be written (e.g. the disk is full); the previous file,
+    if any, is left as it was."""

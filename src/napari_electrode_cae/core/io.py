@@ -37,7 +37,8 @@ from typing import IO, Any
 import numpy as np
 import tifffile
 
-from .errors import PhaseMappingError, StackReadError, StackWriteError
+from .errors import PhaseMappingError, ResourceLimitError, StackReadError, StackWriteError
+from .limits import array_nbytes, check_decoded_size, check_regular_file, read_bounded_text
 from .stack import DEFAULT_VOXEL_SIZE_UM, PHASE_IDS, PHASES, ElectrodeStack
 
 __all__ = [
@@ -62,6 +63,8 @@ MIN_SLICES = 2
 
 #: Key of this package's entry in the JSON ImageDescription of TIFFs written by write_stack.
 _METADATA_KEY = "napari_electrode_cae"
+#: Suffix of a ``.npy`` stack's metadata sidecar (see :func:`sidecar_path`).
+_SIDECAR_SUFFIX = ".phases.json"
 #: Voxels handled per chunk when counting or mapping values (bounds temporary memory).
 _CHUNK_VOXELS = 1 << 22
 #: Most distinct values tracked in wide dtypes before the data is declared unsegmented.
@@ -579,10 +582,9 @@ def _volume_shape(shape: tuple[int, ...], axes: str, where: str) -> tuple[int, i
 
 
 def _check_nonempty_file(path: Path) -> None:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise StackReadError(f"cannot access {path} ({exc})") from exc
+    """Refuse a file that is empty, or not a regular file (a FIFO or device would block or
+    never end), before it is opened."""
+    size = check_regular_file(path, "stack file", StackReadError).st_size
     if size == 0:
         raise StackReadError(f"{path} is empty (0 bytes)")
 
@@ -596,6 +598,57 @@ def _positive_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) and number > 0 else None
+
+
+def _metadata_entry(entry: Any, where: str) -> dict[str, Any]:
+    """Voxel size, calendering tag and phase mapping of a metadata entry written by
+    :func:`write_stack` (in a TIFF's description or a ``.npy`` sidecar); {} if it is none."""
+    found: dict[str, Any] = {}
+    if not isinstance(entry, dict):
+        return found
+    voxel = _positive_float(entry.get("voxel_size_um"))
+    if voxel is not None:
+        found["voxel_size_um"] = voxel
+    if isinstance(entry.get("calendered"), bool):
+        found["calendered"] = entry["calendered"]
+    if isinstance(entry.get("phase_mapping"), dict) and entry["phase_mapping"]:
+        try:
+            found["phase_mapping"] = _normalise_mapping(entry["phase_mapping"])
+        except PhaseMappingError as exc:
+            raise PhaseMappingError(
+                f"{where}: the phase mapping stored in the file is invalid ({exc}); "
+                "pass an explicit mapping"
+            ) from exc
+    return found
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The metadata sidecar of a ``.npy`` stack: ``NAME.npy.phases.json`` next to it.
+
+    :func:`write_stack` writes it (phase mapping, voxel size, tag, and the array's shape and
+    dtype); :func:`read_stack` honours it when the shape and dtype still match the array, so
+    the tool's own 0/1/2 files read back exactly (a ``.npy`` itself carries no mapping).
+    """
+    path = Path(path)
+    return path.with_name(path.name + _SIDECAR_SUFFIX)
+
+
+def _npy_sidecar_metadata(path: Path, data: np.ndarray) -> dict[str, Any]:
+    """The metadata of ``path``'s sidecar if it describes ``data`` (same shape and dtype)."""
+    side = sidecar_path(path)
+    if not side.exists() and not side.is_symlink():
+        return {}
+    where = str(side)
+    try:
+        sidecar = json.loads(read_bounded_text(side, "phase sidecar", max_bytes=2**16,
+                                               error=StackReadError))
+    except (ValueError, RecursionError) as exc:
+        raise StackReadError(f"{where} is not valid JSON ({exc}); remove it or fix it") from None
+    if not isinstance(sidecar, dict):
+        raise StackReadError(f"{where} does not hold a JSON object; remove it or fix it")
+    if sidecar.get("shape") != list(data.shape) or sidecar.get("dtype") != data.dtype.str:
+        return {}  # it describes another array (the .npy was replaced): not this one's
+    return _metadata_entry(sidecar.get(_METADATA_KEY), where)
 
 
 def _tiff_metadata(tif: tifffile.TiffFile, where: str) -> dict[str, Any]:
@@ -612,20 +665,7 @@ def _tiff_metadata(tif: tifffile.TiffFile, where: str) -> dict[str, Any]:
             entry = json.loads(description).get(_METADATA_KEY)
         except (ValueError, AttributeError):
             entry = None
-        if isinstance(entry, dict):
-            voxel = _positive_float(entry.get("voxel_size_um"))
-            if voxel is not None:
-                found["voxel_size_um"] = voxel
-            if isinstance(entry.get("calendered"), bool):
-                found["calendered"] = entry["calendered"]
-            if isinstance(entry.get("phase_mapping"), dict) and entry["phase_mapping"]:
-                try:
-                    found["phase_mapping"] = _normalise_mapping(entry["phase_mapping"])
-                except PhaseMappingError as exc:
-                    raise PhaseMappingError(
-                        f"{where}: the phase mapping stored in the file is invalid ({exc}); "
-                        "pass an explicit mapping"
-                    ) from exc
+        found.update(_metadata_entry(entry, where))
     if "voxel_size_um" not in found and tif.is_imagej:
         imagej = tif.imagej_metadata or {}
         if str(imagej.get("unit", "")).strip().lower() in _MICRON_UNITS:
@@ -666,8 +706,8 @@ def _tiff_memmap(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSe
         return None  # e.g. no address space for a map: read it the normal way
 
 
-def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False
-               ) -> tuple[np.ndarray, str, dict[str, Any]]:
+def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False,
+               max_stack_gib: float | None = None) -> tuple[np.ndarray, str, dict[str, Any]]:
     """Read every image of a TIFF file.
 
     Parameters
@@ -679,6 +719,9 @@ def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False
     memmap : bool
         Open a single large uncompressed contiguous series memory-mapped (read-only) instead
         of reading it, see :func:`_tiff_memmap`.
+    max_stack_gib : float, optional
+        Bound on the decoded size (see :func:`.limits.check_decoded_size`), checked from the
+        pages' shapes and dtypes before anything is decoded.
 
     Returns
     -------
@@ -708,6 +751,10 @@ def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False
                             "a stack must have the same shape and dtype"
                         )
                 mapped = _tiff_memmap(path, tif, first) if memmap and len(series) == 1 else None
+                if mapped is None:  # decoded into memory: its size, before decoding
+                    check_decoded_size(
+                        sum(array_nbytes(s.shape, s.dtype) for s in series), where,
+                        max_stack_gib)
                 if mapped is not None:
                     data, axes = mapped, first.axes
                 elif len(series) == 1:
@@ -726,6 +773,11 @@ def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False
             raise StackReadError(
                 f"{where} uses a TIFF encoding that cannot be read ({exc})"
             ) from exc
+        except ImportError as exc:  # a codec package that is not installed (e.g. zstd)
+            raise StackReadError(
+                f"{where} is compressed with a codec that needs the {exc.name or 'imagecodecs'!r}"
+                " package, which is not installed (pip install imagecodecs)"
+            ) from exc
         except MemoryError as exc:
             raise StackReadError(
                 f"{where}: not enough memory to read it, or its header is corrupted ({exc})"
@@ -737,13 +789,14 @@ def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False
     return data, axes, metadata
 
 
-def _read_tiff_stack(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_tiff_stack(path: Path, max_stack_gib: float | None = None
+                     ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a multi-page TIFF as a (Z, Y, X) array of stored values.
 
     A large uncompressed stack stays on disk as a read-only memory map (see
     :func:`_tiff_memmap`), so stacks larger than the memory can be read.
     """
-    data, axes, metadata = _read_tiff(path, memmap=True)
+    data, axes, metadata = _read_tiff(path, memmap=True, max_stack_gib=max_stack_gib)
     shape = _volume_shape(data.shape, axes, str(path))
     return data.reshape(shape), metadata
 
@@ -754,7 +807,8 @@ def _natural_key(path: Path) -> tuple:
     return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), path.name)
 
 
-def _read_slice_folder(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_slice_folder(folder: Path, max_stack_gib: float | None = None
+                       ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a folder of 2D TIFF slices (natural order) as a (Z, Y, X) array of stored values."""
     try:
         entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -775,7 +829,7 @@ def _read_slice_folder(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
     def read_slice(file: Path) -> tuple[np.ndarray, dict[str, Any]]:
         where = f"slice {file.name} in {folder}"
-        data, axes, metadata = _read_tiff(file, where)
+        data, axes, metadata = _read_tiff(file, where, max_stack_gib=max_stack_gib)
         channels = _colour_channels(data.shape, axes)
         if channels is not None:
             raise StackReadError(_colour_message(where, data.shape, channels))
@@ -793,6 +847,8 @@ def _read_slice_folder(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
             f"folder {folder} holds a single 2D slice ({slices[0].name}) of shape "
             f"{_shape_text(first.shape)}; a 3D stack needs at least {MIN_SLICES} slices"
         )
+    check_decoded_size(len(slices) * first.nbytes, f"folder {folder} ({len(slices)} slices)",
+                       max_stack_gib)
     volume = np.empty((len(slices), *first.shape), dtype=first.dtype)
     volume[0] = first
     for z, file in enumerate(slices[1:], start=1):
@@ -838,7 +894,12 @@ def _read_npy(path: Path) -> np.ndarray:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, *_NPY_HEADER_ERRORS) as exc:
         raise StackReadError(f"{path} is truncated or corrupted ({exc})") from exc
-    return data.reshape(_volume_shape(data.shape, "", str(path)))
+    data = data.reshape(_volume_shape(data.shape, "", str(path)))
+    if data.nbytes < _MEMMAP_MIN_BYTES:
+        # a small stack is copied: a map of a file that is later truncated or rewritten would
+        # kill the process (SIGBUS) or change the data under a running training
+        data = np.array(data)
+    return data
 
 
 def _default_name(path: Path) -> str:
@@ -856,6 +917,7 @@ def read_stack(
     voxel_size_um: float | None = None,
     calendered: bool | None = None,
     name: str | None = None,
+    max_stack_gib: float | None = None,
 ) -> ElectrodeStack:
     """Read a segmented electrode stack as (Z, Y, X) uint8 phase ids.
 
@@ -884,6 +946,14 @@ def read_stack(
         :func:`guess_calendered` of the file or folder name.
     name : str, optional
         Display name; defaults to the file stem or folder name.
+    max_stack_gib : float, optional
+        Bound on the memory a compressed TIFF or a slice folder may take once decoded, checked
+        from the pages' shapes before decoding (default
+        :data:`~.limits.DEFAULT_MAX_STACK_GIB`, at most half the memory); a stack above it is
+        refused with :class:`~.errors.ResourceLimitError`. Memory-mapped stacks are not
+        decoded; a ``.npy`` below 256 MiB is copied into memory (a map of a file rewritten
+        later would fail mid-training), and its sidecar (:func:`sidecar_path`) gives its
+        mapping, voxel size and tag.
 
     Returns
     -------
@@ -911,12 +981,14 @@ def read_stack(
     metadata: dict[str, Any] = {}
     owned = True
     if path.is_dir():
-        raw, metadata = _read_slice_folder(path)
+        raw, metadata = _read_slice_folder(path, max_stack_gib)
     elif path.suffix.lower() in TIFF_SUFFIXES:
-        raw, metadata = _read_tiff_stack(path)
+        raw, metadata = _read_tiff_stack(path, max_stack_gib)
         owned = not isinstance(raw, np.memmap)
     elif path.suffix.lower() == NPY_SUFFIX:
-        raw, owned = _read_npy(path), False
+        raw = _read_npy(path)
+        owned = not isinstance(raw, np.memmap)
+        metadata = _npy_sidecar_metadata(path, raw)
     else:
         raise StackReadError(
             f"{path}: unsupported file type {path.suffix!r}; expected a multi-page TIFF "
@@ -938,6 +1010,38 @@ def read_stack(
         stored_mapping=metadata.get("phase_mapping"),
         inplace=owned,
     )
+
+
+def memory_mapped_file(array: np.ndarray) -> Path | None:
+    """The file ``array`` is a memory map of (through views), or None if it is in memory."""
+    while array is not None:
+        if isinstance(array, np.memmap) and getattr(array, "filename", None):
+            return Path(array.filename)
+        array = array.base if isinstance(array.base, np.ndarray) else None
+    return None
+
+
+def file_state(path: Path) -> tuple[int, int] | None:
+    """Size and modification time (ns) of ``path``, or None if it is gone."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def check_mapped_unchanged(stacks: Sequence[ElectrodeStack], states: Sequence) -> None:
+    """Raise :class:`StackReadError` if a memory-mapped stack's file changed since ``states``
+    (from :func:`file_state`, None for stacks in memory) were taken: training on a file that
+    is truncated or rewritten underneath would crash (SIGBUS) or learn other data."""
+    for stack, state in zip(stacks, states):
+        if state is None:
+            continue
+        path = memory_mapped_file(stack.labels)
+        if path is not None and file_state(path) != state:
+            raise StackReadError(
+                f"{path} changed on disk while it was in use (memory-mapped stack "
+                f"{stack.name!r}); stopped: keep the file unchanged until the run ends, or copy it")
 
 
 def stack_from_array(
@@ -1106,7 +1210,8 @@ def write_stack(
     path : str or path-like
         Destination: ``.tif``/``.tiff`` (multi-page, zlib-compressed, one page per Z slice; the
         JSON ImageDescription records voxel size in µm, the calendering tag and the phase mapping,
-        so :func:`read_stack` round-trips them) or ``.npy`` (the array only). Missing parent
+        so :func:`read_stack` round-trips them) or ``.npy`` (the array, and the same record in
+        the sidecar ``NAME.npy.phases.json``, see :func:`sidecar_path`). Missing parent
         folders are created; an existing file is replaced only once the new one is complete.
     stack : ElectrodeStack or numpy.ndarray
         The stack, or a raw (Z, Y, X) integer array of phase ids 0 pore, 1 CBD, 2 active (then no
@@ -1185,4 +1290,9 @@ def write_stack(
             )
 
     _atomic_write(path, write)
+    if suffix == NPY_SUFFIX:  # the .npy carries no mapping: its sidecar does
+        sidecar = {_METADATA_KEY: entry, "shape": [int(n) for n in labels.shape],
+                   "dtype": np.lib.format.dtype_to_descr(dtype)}
+        payload = json.dumps(sidecar, indent=1).encode("utf-8")
+        _atomic_write(sidecar_path(path), lambda fh: fh.write(payload))
     return path

@@ -11,8 +11,12 @@ Layout::
       report.json     evaluation (Tables 6-8 and phase checks), once evaluated
       report.md       the same as Markdown
       stacks/         copies of stacks that had no file of their own (e.g. synthetic ones)
+      .electrode-cae-run.json   marker: the folder is this tool's, and its state (see
+                      :mod:`.runfolder`); saving into a non-empty folder without it is refused
 
-Every file is written atomically; loading validates the config before building the model.
+Every file is written atomically; loading reads only regular files of bounded size and checks
+the config against the weights' shapes before building the model (nothing is allocated for a
+config that names a huge window or layer).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import runfolder
 from .checkpoint import atomic_write_text, load_state_dict, save_state_dict
 from .errors import ElectrodeCAEError, RunFolderError
+from .limits import check_model_size, meta_state_shapes, read_bounded_text
 from .evaluation import EvaluationReport
 from .model import ConvAutoEncoder3d, ModelConfig, build_model
 from .phases import PhaseRule
@@ -37,7 +44,7 @@ from .training import EpochReport, TrainConfig, inference_batch_size
 from .windows import WindowDataset, WindowSpec, resolve_split
 from .health import Health
 
-RUN_FORMAT = "napari-electrode-cae run"
+RUN_FORMAT = runfolder.RUN_FORMAT
 RUN_VERSION = 1
 HISTORY_FIELDS = ("epoch", "train_mse", "val_mse", "seconds", "best_val_mse", "val_nmse",
                   "spread")
@@ -58,8 +65,11 @@ class Run:
     report: dict | None = None
     health: dict = field(default_factory=lambda: {"state": "ok"})
 
-    def load_dataset(self) -> WindowDataset:
-        """Re-read the run's stacks (with their saved phase mappings) as a WindowDataset."""
+    def load_dataset(self, *, max_stack_gib: float | None = None) -> WindowDataset:
+        """Re-read the run's stacks (with their saved phase mappings) as a WindowDataset.
+
+        ``max_stack_gib`` raises the bound on a decoded stack (see :func:`.io.read_stack`).
+        """
         from .io import read_stack  # local: io is only needed when stacks are re-read
 
         stacks = []
@@ -77,6 +87,7 @@ class Run:
                 read_stack(
                     source, mapping, voxel_size_um=meta.get("voxel_size_um"),
                     calendered=meta.get("calendered"), name=meta.get("name"),
+                    max_stack_gib=max_stack_gib,
                 )
             )
         data = WindowDataset(stacks, self.window)
@@ -137,7 +148,9 @@ def save_run(
     the effective batch (windows per optimiser step over all ranks) under ``"distributed"``.
     """
     run_dir = Path(run_dir)
+    runfolder.check_output_folder(run_dir, what="run folder")  # never into someone's files
     run_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.write_marker(run_dir, "saving")  # until every file is written
     config = {
         "format": RUN_FORMAT,
         "version": RUN_VERSION,
@@ -164,6 +177,7 @@ def save_run(
         write_latents(run_dir / "latents.csv", model, data, train_idx, val_idx)
     if report is not None:
         write_report(run_dir, report)
+    runfolder.write_marker(run_dir, "complete")
     return run_dir
 
 
@@ -245,12 +259,18 @@ def write_latents(
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object from a regular file of bounded size (never a FIFO or a device)."""
+    if not path.exists() and not path.is_symlink():
+        raise RunFolderError(f"{path.parent} is not a run folder: {path.name} is missing")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunFolderError(f"{path.parent} is not a run folder: {path.name} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        value = json.loads(read_bounded_text(path, path.name))
+    except json.JSONDecodeError as exc:
         raise RunFolderError(f"{path} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise RunFolderError(f"{path} is not valid JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{path} does not hold a JSON object")
+    return value
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -264,13 +284,19 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist")
+    marker = runfolder.read_marker(run_dir)
+    if marker is not None and marker.get("state") != "complete" and not marker.get("completed"):
+        raise RunFolderError(
+            f"{run_dir} is an incomplete run folder (state {marker.get('state')!r}): it is "
+            "still training, or its training or saving was interrupted; finish it with "
+            "`electrode-cae train ... --resume` (same stacks and settings)")
     config = _read_json(run_dir / "config.json")
     if config.get("format") != RUN_FORMAT:
         raise RunFolderError(f"{run_dir / 'config.json'} is not a napari-electrode-cae run config")
     try:
         model_config = ModelConfig(**config["model"])
-        model = build_model(model_config)
-        model.phase_rule = PhaseRule.from_dict(config.get("phase_rule"))
+        shapes = meta_state_shapes(model_config)  # validates; allocates nothing
+        phase_rule = PhaseRule.from_dict(config.get("phase_rule"))
         window = WindowSpec(**config["window"])
         train_config = TrainConfig(**config["train"])
         stacks = list(config["stacks"])
@@ -283,8 +309,14 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
             f"config window {window.length}x{window.crop} does not match the model's "
             f"window_length {model_config.window_length} and crop {model_config.crop}"
         )
-    state = load_state_dict(run_dir / "weights.pt")
-    check_weights_match(model, state, run_dir / "weights.pt")
+    # the weights must fit the config before anything of the config's size is built: a config
+    # naming a window of 10^6 slices is refused here, not by the allocator
+    expected = sum(math.prod(shape) for shape in shapes.values()) * 4
+    state = load_state_dict(run_dir / "weights.pt", max_bytes=expected + expected // 4 + 2**20)
+    check_weight_shapes(shapes, state, run_dir / "weights.pt", model_config)
+    check_model_size(model_config, training=False, where=f"the model of {run_dir}")
+    model = build_model(model_config)
+    model.phase_rule = phase_rule
     model.load_state_dict(state)
     model.to(device).eval()
     history = read_history(run_dir / "history.csv")
@@ -292,6 +324,27 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     report = _read_json(report_path) if report_path.exists() else None
     return Run(run_dir, model, window, train_config, stacks, train_idx, val_idx, history, report,
                dict(config.get("health") or {"state": "ok"}))
+
+
+def check_weight_shapes(shapes: dict, state: dict, path: Path, config: ModelConfig) -> None:
+    """Raise :class:`RunFolderError` unless ``state`` has exactly the tensors of ``shapes`` (see
+    :func:`.limits.meta_state_shapes` of ``config``), naming the config fields that disagree."""
+    missing = sorted(set(shapes) - set(state))
+    extra = sorted(set(state) - set(shapes))
+    if missing or extra:
+        raise RunFolderError(
+            f"{path} does not match conv_layers={config.conv_layers}, norm={config.norm!r}, "
+            f"output={config.output!r} in config.json (missing {missing[:3]}, unexpected "
+            f"{extra[:3]})"
+        )
+    for key, shape in shapes.items():
+        if tuple(state[key].shape) != shape:
+            fields = (f"window_length={config.window_length}, crop={config.crop}, "
+                      f"hidden={config.hidden}, latent_dim={config.latent_dim}")
+            raise RunFolderError(
+                f"{path}: {key} has shape {tuple(state[key].shape)} but config.json "
+                f"({fields}) implies {shape}"
+            )
 
 
 def check_weights_match(model: ConvAutoEncoder3d, state: dict, path: Path) -> None:
@@ -325,11 +378,18 @@ def _field_for(key: str, model: ConvAutoEncoder3d) -> str:
 
 def read_history(path: Path) -> list[dict]:
     """history.csv as a list of dicts with numeric values (empty if the file is absent)."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [
-            {"epoch": int(row["epoch"]),
-             **{k: float(row[k]) for k in HISTORY_FIELDS[1:] if row.get(k) not in (None, "")}}
-            for row in csv.DictReader(handle)
-        ]
+    text = read_bounded_text(path, "history")
+    rows = []
+    try:
+        for number, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+            try:
+                rows.append({"epoch": int(row["epoch"]), **{
+                    k: float(row[k]) for k in HISTORY_FIELDS[1:] if row.get(k) not in (None, "")}})
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RunFolderError(f"{path} line {number} is not a history row ({exc})"
+                                     ) from None
+    except csv.Error as exc:
+        raise RunFolderError(f"{path} is not a CSV history ({exc})") from None
+    return rows

@@ -29,6 +29,7 @@ from torch import nn
 from . import distributed as ddp
 from .checkpoint import load_training_state, save_state_dict, save_training_state
 from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
+from .runfolder import run_settings, settings_difference
 from .kernels.feeding import BatchFeeder
 from .health import Health, diagnose
 from .losses import PHASE_LOSS_CHOICES, make_loss
@@ -420,6 +421,16 @@ def train(
             saved = load_training_state(checkpoint_dir / "last.pt")
     elif resume and checkpoint_dir is not None:  # rank 0 reads, every rank gets it
         saved = _resume_state_for_ranks(checkpoint_dir / "last.pt", distributed)
+    # what this run is, recorded in last.pt: a resume with other settings or stacks is refused
+    settings = (run_settings(model.config, data, config, train_idx, val_idx)
+                if checkpoint_dir is not None else None)
+    if saved is not None and isinstance(saved.get("settings"), dict):
+        difference = settings_difference(saved["settings"], settings)
+        if difference:
+            raise RunFolderError(
+                f"cannot resume from {checkpoint_dir / 'last.pt'}: it was written for another "
+                f"model or settings ({difference}); resume with the run's settings and stacks, "
+                "or train into a new folder")
     if saved is not None:
         try:
             model.load_state_dict(saved["best_model"])  # checks that the best weights fit too
@@ -519,6 +530,7 @@ def train(
                     "best_val_mse": best_val,
                     "best_epoch": best_epoch,
                     "history": [asdict(r) for r in history],
+                    "settings": settings,
                 })
             yield report
         finished = health.state != "diverged"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import WindowSpecError
+from .limits import check_window_grid
 from .stack import ElectrodeStack
 
 SPLIT_MODES = ("auto", "random", "blocked")
@@ -136,10 +137,15 @@ class WindowDataset(torch.utils.data.Dataset):
                 + ", ".join(f"{s.name or i}: {s.voxel_size_um} µm" for i, s in enumerate(self.stacks))
                 + "; resample them to one voxel size first"
             )
-        grids = []
         for index, stack in enumerate(self.stacks):
             check_fits(stack.shape, spec, stack.name or f"stack {index}")
-            grids.append(window_grid(index, stack.shape, spec))
+        # counted before the index grid is built: stride 1 and tile stride 1 on a large stack
+        # would otherwise ask for gigabytes of indices, then fail in the allocator
+        check_window_grid(
+            count_dataset_windows([s.shape for s in self.stacks], spec),
+            f"windows of {spec.length}x{spec.crop}x{spec.crop} with stride {spec.stride} and "
+            f"tile stride {spec.in_plane_step}")
+        grids = [window_grid(index, stack.shape, spec) for index, stack in enumerate(self.stacks)]
         self._grid = np.concatenate(grids, axis=0)
 
     def __len__(self) -> int:
