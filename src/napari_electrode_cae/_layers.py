@@ -63,6 +63,30 @@ def add_stack_labels(viewer: Any, stack: ElectrodeStack, **kwargs: Any) -> Any:
     return layer
 
 
+def keep_last_slices_reachable(dims: Any) -> Any:
+    """Give ``dims`` (``viewer.dims``) a slider step for every slice, whatever the voxel size.
+
+    napari counts the steps of an axis as ``int((stop - start) / step) + 1``; with a voxel size
+    such as 0.398 µm, ``47 * 0.398 / 0.398`` comes out as 46.99999999999999 and a 48-slice stack
+    gets 47 steps: its last slice cannot be reached (napari/napari#4861). Whenever the range
+    changes, a stop that falls short of a whole number of steps by rounding alone is moved up
+    by a millionth of a step. Returns the callback connected to ``dims.events.range``
+    (disconnect it to undo).
+    """
+    def fix(event: Any = None) -> None:
+        fixed = []
+        for start, stop, step in dims.range:
+            steps = (stop - start) / step if step else 0.0
+            short = step and round(steps) > steps and round(steps) - steps < 1e-6
+            fixed.append((start, stop + step * 1e-6 if short else stop, step))
+        if tuple(fixed) != tuple(dims.range):
+            dims.range = tuple(fixed)
+
+    dims.events.range.connect(fix)
+    fix()
+    return fix
+
+
 def stack_metadata(stack: ElectrodeStack) -> dict[str, Any]:
     """JSON-friendly description of a stack kept in ``layer.metadata[METADATA_KEY]``."""
     return {

@@ -122,6 +122,9 @@ class DataPanel(DataTableView, StackChoice, QWidget):
         for emitter in (layer_events.inserted, layer_events.removed, layer_events.moved):
             emitter.connect(self._on_layers_changed)
         state.events.stack_layers.connect(self._on_state_stack_layers)
+        # every slice of a stack gets its slider step (napari's rounding drops the last one of
+        # some stacks, e.g. 48 slices of 0.398 µm)
+        self._slider_fix = _layers.keep_last_slices_reachable(viewer.dims)
         self._sync_entries()
 
     @property
@@ -486,6 +489,7 @@ class DataPanel(DataTableView, StackChoice, QWidget):
         wait_for_workers(self._workers, SHUTDOWN_WAIT_S)
         self.state.converting_layers = ()  # their results were dropped
         self.state.events.stack_layers.disconnect(self._on_state_stack_layers)
+        self.viewer.dims.events.range.disconnect(self._slider_fix)
         layer_events = self.viewer.layers.events
         for emitter in (layer_events.inserted, layer_events.removed, layer_events.moved):
             emitter.disconnect(self._on_layers_changed)

@@ -41,6 +41,7 @@ from .live_decoder import ChainedRunner, model_snapshot
 from .results_tables import (  # noqa: F401 (re-exported)
     BANNER_STYLES,
     PHASE_LABELS,
+    ReportTables,
     StatisticsTable,
     comparison_rows,
     health_banner_text,
@@ -75,7 +76,7 @@ MODEL_PENDING_MESSAGE = ("a new model is being trained or evaluated; results app
                          "ready")
 
 
-class ResultsPanel(WindowViews, QWidget):
+class ResultsPanel(WindowViews, ReportTables, QWidget):
     """Pick a window and see it next to its reconstruction, with the paper's statistics.
 
     Reads ``state.model``, ``model_version``, ``dataset``, ``split``, ``report``,
@@ -167,6 +168,12 @@ class ResultsPanel(WindowViews, QWidget):
         for check in (self.side_by_side_check, self.three_d_check, self.values_check):
             view_row.addWidget(check)
         view_row.addStretch(1)
+        # in 2D the Z slider spans the whole stack (napari counts every layer, hidden or not):
+        # say which slices hold the window, since its panels are black outside them
+        self.slice_hint = QLabel()
+        self.slice_hint.setWordWrap(True)
+        self.slice_hint.setStyleSheet("color: gray")
+        self.slice_hint.hide()
 
         # an unhealthy model is never shown without this banner
         self.health_banner = QLabel()
@@ -187,6 +194,11 @@ class ResultsPanel(WindowViews, QWidget):
                                 "(per-window MSE, Tables 6 and 8)")
         self.mse_title.setWordWrap(True)
         self.mse_table = StatisticsTable(("Training", "Validation"))
+        self.mse_table.setToolTip(
+            "Per-window MSE of the training and validation windows (Table 6), and Welch's "
+            "t-test between them (Table 8). The Table 7 window is the validation window the "
+            "evaluation report compares in detail (drawn with the run's seed, so the same for "
+            "every reader of the report); the table below compares the window shown now.")
         self.window_table = StatisticsTable(("Original", "Reconstruction"))
         form = QFormLayout()
         form.addRow("Window", pick_row)
@@ -200,6 +212,7 @@ class ResultsPanel(WindowViews, QWidget):
         layout.addWidget(self.window_label)
         layout.addWidget(hint)
         layout.addLayout(view_row)
+        layout.addWidget(self.slice_hint)
         layout.addWidget(self.phases_title)
         layout.addWidget(self.phases_table)
         layout.addWidget(self.mse_title)
@@ -209,15 +222,6 @@ class ResultsPanel(WindowViews, QWidget):
         layout.addWidget(self.window_table)
         layout.addStretch(1)
         fill_with_scrolling(self, content)
-
-    def statistics_texts(self) -> list[str]:
-        """All texts of the statistics tables (row labels and cells)."""
-        return self.phases_table.texts() + self.mse_table.texts() + self.window_table.texts()
-
-    @property
-    def health_warning(self) -> str:
-        """The warning banner's text ("" when none is shown)."""
-        return self.health_banner.text() if not self.health_banner.isHidden() else ""
 
     # ------------------------------------------------------------------------- state events
     def _on_model_changed(self, _event: Any = None) -> None:
@@ -247,31 +251,6 @@ class ResultsPanel(WindowViews, QWidget):
         split = self.state.split
         self.random_val_button.setEnabled(split is not None and len(split.val) > 0)
 
-    def _on_report_changed(self, _event: Any = None) -> None:
-        self.mse_table.set_rows(mse_rows(self.state))
-        report = self.state.report
-        phases = report.phases if report is not None else None
-        if phases is not None:
-            self.phases_title.setText(phases_title(phases))
-            self.phases_table.set_rows(phase_rows(phases))
-        banner = health_banner_text(phases) if phases is not None else ""
-        self.health_banner.setText(banner)
-        if banner:
-            self.health_banner.setStyleSheet(BANNER_STYLES.get(phases.health,
-                                                               BANNER_STYLES["diverged"]))
-        self._update_report_visibility()
-
-    def _update_report_visibility(self) -> None:
-        """The banner follows the report; the tables are shown when a window can be."""
-        problem = self._problem()
-        report = self.state.report
-        has_phases = report is not None and report.phases is not None
-        self.health_banner.setVisible(bool(self.health_banner.text()))
-        for widget in (self.phases_title, self.phases_table):
-            widget.setVisible(has_phases and not problem)
-        for widget in (self.mse_title, self.mse_table):
-            widget.setVisible(not problem)
-
     def _sync_spin(self) -> None:
         self.window_spin.blockSignals(True)
         self.window_spin.setValue(self.state.selected_window)
@@ -298,12 +277,14 @@ class ResultsPanel(WindowViews, QWidget):
         self._tilt_pending = self.viewer.dims.ndisplay == 3
         if self.viewer.canvas.grid.enabled:
             self._focus_on_window()
+        self._update_slice_hint()
 
     def _on_grid_enabled_changed(self, _event: Any = None) -> None:
         """napari's own grid button turned the grid off: leave side by side properly."""
         if not self.viewer.canvas.grid.enabled and self.side_by_side_check.isChecked() \
                 and self._hidden_layers:
             self.side_by_side_check.setChecked(False)
+        self._update_slice_hint()
 
     def _on_side_by_side_toggled(self, checked: bool) -> None:
         if checked and self._window_layers():
@@ -487,20 +468,6 @@ class ResultsPanel(WindowViews, QWidget):
         self._show_comparison(result)
         pending = "" if self._runner.idle else " (newer window pending …)"
         self.status_label.setText(f"showing window {result.index}{pending}")
-
-    # --------------------------------------------------------------------------- statistics
-    def _show_comparison(self, result: WindowResult) -> None:
-        c = result.comparison
-        split = self.state.split
-        side = split.side(result.index) if split is not None else ""
-        side_text = {"val": "validation", "train": "training", "unused": "unused"}.get(side, "")
-        stack_index, z, y, x = c.origin
-        stack = result.dataset.stacks[stack_index]
-        self.window_title.setText(f"<b>Window {result.index}</b> ({side_text})".replace(" ()", ""))
-        self.window_label.setText(
-            f"stack {stack.name or stack_index} [{stack.tag}] at z {z}, y {y}, x {x}; "
-            f"{c.n_voxels:,} voxels")
-        self.window_table.set_rows(comparison_rows(c))
 
     # ------------------------------------------------------------------------------ cleanup
     def shutdown(self) -> None:

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
 from ..core.evaluation import PhaseEvaluation, WindowComparison, format_p
 
 if TYPE_CHECKING:
+    from .results_view import WindowResult
     from .state import CAEState
 
 #: Banner styles of an unhealthy model: collapsed to the mean (orange) and diverged (red).
@@ -154,3 +155,56 @@ def comparison_rows(c: WindowComparison) -> list[tuple[str, Any]]:
         rows.append((f"{label} fraction", (f"{c.original_fractions[phase]:.1%}",
                                            f"{c.reconstruction_fractions[phase]:.1%}")))
     return rows
+
+
+class ReportTables:
+    """The statistics part of the Results panel (a mixin of
+    :class:`.results_panel.ResultsPanel`): the report's tables, the health banner and the shown
+    window's comparison."""
+
+    def statistics_texts(self) -> list[str]:
+        """All texts of the statistics tables (row labels and cells)."""
+        return self.phases_table.texts() + self.mse_table.texts() + self.window_table.texts()
+
+    @property
+    def health_warning(self) -> str:
+        """The warning banner's text ("" when none is shown)."""
+        return self.health_banner.text() if not self.health_banner.isHidden() else ""
+
+    def _on_report_changed(self, _event: Any = None) -> None:
+        self.mse_table.set_rows(mse_rows(self.state))
+        report = self.state.report
+        phases = report.phases if report is not None else None
+        if phases is not None:
+            self.phases_title.setText(phases_title(phases))
+            self.phases_table.set_rows(phase_rows(phases))
+        banner = health_banner_text(phases) if phases is not None else ""
+        self.health_banner.setText(banner)
+        if banner:
+            self.health_banner.setStyleSheet(BANNER_STYLES.get(phases.health,
+                                                               BANNER_STYLES["diverged"]))
+        self._update_report_visibility()
+
+    def _update_report_visibility(self) -> None:
+        """The banner follows the report; the tables are shown when a window can be."""
+        problem = self._problem()
+        report = self.state.report
+        has_phases = report is not None and report.phases is not None
+        self.health_banner.setVisible(bool(self.health_banner.text()))
+        for widget in (self.phases_title, self.phases_table):
+            widget.setVisible(has_phases and not problem)
+        for widget in (self.mse_title, self.mse_table):
+            widget.setVisible(not problem)
+
+    def _show_comparison(self, result: WindowResult) -> None:
+        c = result.comparison
+        split = self.state.split
+        side = split.side(result.index) if split is not None else ""
+        side_text = {"val": "validation", "train": "training", "unused": "unused"}.get(side, "")
+        stack_index, z, y, x = c.origin
+        stack = result.dataset.stacks[stack_index]
+        self.window_title.setText(f"<b>Window {result.index}</b> ({side_text})".replace(" ()", ""))
+        self.window_label.setText(
+            f"stack {stack.name or stack_index} [{stack.tag}] at z {z}, y {y}, x {x}; "
+            f"{c.n_voxels:,} voxels")
+        self.window_table.set_rows(comparison_rows(c))

@@ -162,8 +162,25 @@ class WindowViews:
         self.viewer.canvas.grid.shape = shape
         self._focus_pending = True
 
+    def _update_slice_hint(self) -> None:
+        """In 2D side by side, name the slices that hold the shown window (hidden otherwise)."""
+        result = self._last_result
+        grid = self.viewer.canvas.grid.enabled
+        if result is None or not grid or self.viewer.dims.ndisplay != 2:
+            self.slice_hint.hide()
+            return
+        _, z, _, _ = result.dataset.origin(result.index)
+        length = result.dataset.spec.length
+        voxel = result.dataset.voxel_size_um
+        self.slice_hint.setText(
+            f"2D: the Z slider spans the whole stack; this window holds slices {z}–"
+            f"{z + length - 1} ({z * voxel:.1f}–{(z + length - 1) * voxel:.1f} µm) and its "
+            "panels are black outside them. Tick 3D to see the whole window.")
+        self.slice_hint.show()
+
     def _focus_on_window(self) -> None:
         """Move the slice into the window if it is outside; in the grid, fit the camera to it."""
+        self._update_slice_hint()
         layers = self._window_layers()
         if not layers:
             return
@@ -212,6 +229,7 @@ class WindowViews:
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = True
         self._hidden_layers = []
+        self._update_slice_hint()
         self.viewer.fit_to_view()
         self._steps.schedule()  # the name overlays go, one per turn
 
