@@ -263,40 +263,60 @@ def claim_for_training(run_dir: str | Path, *, resume: bool = False, overwrite: 
     """
     run_dir = Path(run_dir)
     found = check_output_folder(run_dir)
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunFolderError(f"cannot create {run_dir} ({exc.strerror or exc})") from exc
-    with RunFolderLock(run_dir):
-        found = check_output_folder(run_dir)  # again, now that no one else can change it
-        outcome = "new"
-        if found == "own":
-            marker = read_marker(run_dir) or {}
-            interrupted = (run_dir / "last.pt").exists()
-            finished = not interrupted and (run_dir / "config.json").exists() and marker.get(
-                "state", "complete") == "complete"
-            if resume and interrupted:
-                outcome = "resume"
-            elif overwrite:
-                remove_own_files(run_dir)
-                outcome = "replace"
-            elif resume and finished:
-                raise RunFolderError(
-                    f"{run_dir} holds a finished run: there is nothing to resume (its last.pt is "
-                    "removed when a run finishes); train into a new folder, or pass --overwrite "
-                    "to replace it")
-            elif finished:
-                raise RunFolderError(
-                    f"{run_dir} already holds a finished run; nothing was written: choose a new "
-                    "folder, or pass --overwrite to replace it")
-            elif interrupted:
-                raise RunFolderError(
-                    f"{run_dir} holds an interrupted run (last.pt); nothing was written: "
-                    "continue it with --resume, or pass --overwrite to start again")
-            else:
-                remove_own_files(run_dir)  # a run that ended before its first epoch
-        write_marker(run_dir, "training", pid=os.getpid(), completed=False)
-        yield outcome
+    try:
+        with RunFolderLock(run_dir):
+            yield from _claimed(run_dir, resume, overwrite)
+    finally:
+        _remove_if_unused(run_dir, created)
+
+
+def _remove_if_unused(run_dir: Path, created: bool) -> None:
+    """Remove the marker and lock of a run that wrote nothing else (it failed or was stopped
+    before its first epoch), and the folder if this claim created it."""
+    with contextlib.suppress(OSError):
+        if set(_entries(run_dir)) <= set(HIDDEN_OWN):
+            for name in HIDDEN_OWN:
+                (run_dir / name).unlink(missing_ok=True)
+            if created:
+                run_dir.rmdir()
+
+
+def _claimed(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[str]:
+    """The body of :func:`claim_for_training`, with the lock held."""
+    found = check_output_folder(run_dir)  # again, now that no one else can change it
+    outcome = "new"
+    if found == "own":
+        marker = read_marker(run_dir) or {}
+        interrupted = (run_dir / "last.pt").exists()
+        finished = not interrupted and (run_dir / "config.json").exists() and marker.get(
+            "state", "complete") == "complete"
+        if resume and interrupted:
+            outcome = "resume"
+        elif overwrite:
+            remove_own_files(run_dir)
+            outcome = "replace"
+        elif resume and finished:
+            raise RunFolderError(
+                f"{run_dir} holds a finished run: there is nothing to resume (its last.pt is "
+                "removed when a run finishes); train into a new folder, or pass --overwrite "
+                "to replace it")
+        elif finished:
+            raise RunFolderError(
+                f"{run_dir} already holds a finished run; nothing was written: choose a new "
+                "folder, or pass --overwrite to replace it")
+        elif interrupted:
+            raise RunFolderError(
+                f"{run_dir} holds an interrupted run (last.pt); nothing was written: "
+                "continue it with --resume, or pass --overwrite to start again")
+        else:
+            remove_own_files(run_dir)  # a run that ended before its first epoch
+    write_marker(run_dir, "training", pid=os.getpid(), completed=False)
+    yield outcome
 
 
 # ----------------------------------------------------------------------------------------------
