@@ -164,7 +164,7 @@ def instrument_plugin(log: CallLog) -> None:
                                        "_on_worker_finished"],
         latent_panel.LatentPanel: ["_on_slider_moved"],
         results_panel.ResultsPanel: ["_on_ndisplay_changed"],
-        loss_plot.LossPlot: ["_redraw", "paintEvent"],
+        loss_plot.LossPlot: ["_redraw"],  # pyqtgraph paints in its own view
     }
     for cls, names in entry_points.items():
         for name in names:

@@ -1,4 +1,4 @@
-"""The loss plot of the Train tab: a QPainter widget (counts, limits, pixels, throttling)."""
+"""The loss plot of the Train tab on pyqtgraph (counts, limits, pixels, throttling)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from napari_electrode_cae._widgets.loss_plot import (
     LossPlot,
     ladder_above,
     ladder_below,
+    MSEAxis,
     plot_limits,
-    x_step,
-    y_ticks,
 )
 from napari_electrode_cae.core import EpochReport
 
@@ -59,14 +58,6 @@ def count_color(rgb: np.ndarray, color: str, tolerance: int = 24) -> int:
     return int(np.count_nonzero(np.abs(rgb.astype(int) - target).max(axis=-1) <= tolerance))
 
 
-def plot_pixels(widget: LossPlot, rgb: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """The part of ``rgb`` inside the axes (shrunk by 2 px so the frame is left out)."""
-    area = widget.plot_area()
-    top, bottom = int((area.top() + 2) * scale), int((area.bottom() - 2) * scale)
-    left, right = int((area.left() + 2) * scale), int((area.right() - 2) * scale)
-    return rgb[top:bottom, left:right]
-
-
 def test_ladders_and_limits():
     assert ladder_above(0.03) == pytest.approx(0.05)
     assert ladder_above(0.5) == pytest.approx(0.5)
@@ -82,19 +73,15 @@ def test_ladders_and_limits():
         0.01, 1.0)
 
 
-def test_ticks():
-    # a short range labels minor ticks; a wide one only decades
-    assert {round(v, 6) for v, rank in y_ticks(0.02, 0.05) if rank < 4} == {0.02, 0.03, 0.04,
-                                                                             0.05}
-    labelled = {round(v, 6) for v, rank in y_ticks(0.02, 0.5) if rank < 4}
-    assert labelled == {0.02, 0.05, 0.1, 0.2, 0.5}
-    labelled = sorted(v for v, rank in y_ticks(1e-4, 1.0) if rank < 4)
-    assert labelled == pytest.approx([1e-4, 1e-3, 1e-2, 0.1, 1.0])
-    assert len([v for v, rank in y_ticks(1e-30, 1e10) if rank < 4]) <= 8
-    assert x_step((0.5, 10.5)) == 2
-    assert x_step((0.5, 20.5)) == 5
-    assert x_step((0.5, 100.5)) == 20
-    assert x_step((0.5, 1000.5), max_ticks=3) == 500
+def test_mse_axis_labels_fewer_ticks_the_more_decades_it_spans(qtbot):
+    axis = MSEAxis("left")
+    values = np.log10([0.02, 0.03, 0.05, 0.1, 0.4, 1.0])
+    axis.setRange(math.log10(0.01), math.log10(1.0))  # two decades: 1, 2, 5 × 10^k
+    assert axis.logTickStrings(values, 1.0, 1.0) == ["0.02", "", "0.05", "0.1", "", "1"]
+    axis.setRange(math.log10(0.02), math.log10(0.5))  # 25×: and 3 × 10^k
+    assert axis.logTickStrings(values, 1.0, 1.0) == ["0.02", "0.03", "0.05", "0.1", "", "1"]
+    axis.setRange(math.log10(0.5), math.log10(1.0))  # 2×: every tick
+    assert axis.logTickStrings(np.log10([0.5, 0.6, 0.7]), 1.0, 1.0) == ["0.5", "0.6", "0.7"]
 
 
 def test_point_count_and_limits(plot):
@@ -109,10 +96,16 @@ def test_point_count_and_limits(plot):
     assert plot.best is None
 
 
-def test_paints_lines_markers_and_best(plot):
+def redrawn(plot, qtbot):
+    """Wait for the throttled curve update."""
+    qtbot.waitUntil(lambda: not plot.redraw_pending())
+
+
+def test_paints_lines_markers_and_best(plot, qtbot):
     plot.set_history(history(12))
+    redrawn(plot, qtbot)
     rgb = pixels(plot.grab().toImage())
-    inside = plot_pixels(plot, rgb)
+    inside = rgb
     assert count_color(inside, TRAIN_COLOR) > 20
     assert count_color(inside, VAL_COLOR) > 20
     assert count_color(inside, BEST_COLOR) > 10
@@ -120,47 +113,58 @@ def test_paints_lines_markers_and_best(plot):
     assert count_color(rgb, FOREGROUND, tolerance=10) > 50  # frame, ticks, labels
 
 
-def test_empty_history_paints_axes_only(plot):
+def test_empty_history_paints_axes_and_legend_only(plot, qtbot):
+    plot.set_history(history(12))
+    redrawn(plot, qtbot)
+    full = pixels(plot.grab().toImage())
     plot.set_history([])
+    redrawn(plot, qtbot)
     rgb = pixels(plot.grab().toImage())
-    inside = plot_pixels(plot, rgb)
-    for color in (TRAIN_COLOR, VAL_COLOR, BEST_COLOR):
-        assert count_color(inside, color) == 0
+    assert plot.train_curve.getData()[0] is None or len(plot.train_curve.getData()[0]) == 0
+    assert not plot.best_line.isVisible()
+    for color in (TRAIN_COLOR, VAL_COLOR, BEST_COLOR):  # the legend's samples only
+        assert count_color(rgb, color) < count_color(full, color) / 2
     assert count_color(rgb, FOREGROUND, tolerance=10) > 50
 
 
-def test_hidpi_rendering(plot):
+def test_hidpi_rendering(plot, qtbot):
     plot.set_history(history(12))
+    redrawn(plot, qtbot)
     image = QImage(800, 480, QImage.Format.Format_ARGB32_Premultiplied)
     image.setDevicePixelRatio(2.0)
     plot.render(image)
     rgb = pixels(image)
-    inside = plot_pixels(plot, rgb, scale=2.0)
+    inside = rgb
     assert count_color(inside, TRAIN_COLOR) > 80
     assert count_color(inside, VAL_COLOR) > 80
     assert count_color(inside, BEST_COLOR) > 40
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 0.0, -0.5])
-def test_invalid_values_are_skipped(plot, bad):
+def test_invalid_values_are_skipped(plot, qtbot, bad):
     train = [0.5, bad, 0.2, 0.1, bad]
     val = [bad, 0.4, 0.3, bad, 0.2]
     reports = history(5, train, val)
     plot.set_history(reports)
+    redrawn(plot, qtbot)
     assert plot.point_count() == (3, 3)
     rgb = pixels(plot.grab().toImage())
-    assert count_color(plot_pixels(plot, rgb), TRAIN_COLOR) > 0
+    assert count_color(rgb, TRAIN_COLOR) > 0
     # all invalid, and an invalid best: axes only, no crash
     plot.set_history(history(3, [bad] * 3, [bad] * 3))
+    redrawn(plot, qtbot)
     assert plot.point_count() == (0, 0)
     assert plot.limits()[1] == (0.01, 1.0)
     plot.grab()
     plot.set_history([EpochReport(1, 1, 0.1, 0.1, 1.0, 0, math.inf)])  # no best epoch yet
+    redrawn(plot, qtbot)
+    assert not plot.best_line.isVisible()
     plot.grab()
 
 
-def test_tiny_and_huge_sizes(plot):
+def test_tiny_and_huge_sizes(plot, qtbot):
     plot.set_history(history(40))
+    redrawn(plot, qtbot)
     for width, height in ((40, 20), (1600, 900)):
         plot.resize(width, height)
         plot.grab()
@@ -169,16 +173,17 @@ def test_tiny_and_huge_sizes(plot):
 def test_repaints_are_throttled(plot, qtbot):
     plot.show()
     qtbot.waitExposed(plot)
-    qtbot.waitUntil(lambda: plot.paints > 0)
     reports = history(50)
-    painted = plot.paints
+    redraws = plot.redraws
     for n in range(1, 51):
         plot.set_history(reports[:n])
-    assert plot.paints == painted  # set_history never paints
+    assert plot.redraws == redraws  # set_history never touches the curves
     assert plot.redraw_pending()  # one single-shot timer, started by the first call
     assert plot.point_count() == (50, 50)  # the data are stored at once
-    qtbot.waitUntil(lambda: plot.paints > painted)
-    assert not plot.redraw_pending()
+    qtbot.waitUntil(lambda: plot.redraws > redraws)
+    assert not plot.redraw_pending() and plot.redraws == redraws + 1  # once for 50 epochs
+    x, y = plot.train_curve.getData()
+    assert len(x) == 50 and x[-1] == 50
 
 
 def test_stop_cancels_pending_repaint(plot):
