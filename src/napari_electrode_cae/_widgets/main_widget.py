@@ -54,6 +54,10 @@ class ElectrodeCAEWidget(QWidget):
             (self.design_panel, "Design"),
         ):
             self.tabs.addTab(panel, title)
+        # While the Train tab is shown, the layer work of Results and Latents (the window layers,
+        # side by side) waits: new layers do not pile up over the stack the user is watching
+        # train; they are made when another tab (Results, say) is opened.
+        self.tabs.currentChanged.connect(self._on_tab_changed)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
@@ -68,6 +72,12 @@ class ElectrodeCAEWidget(QWidget):
     def panels(self) -> tuple[QWidget, ...]:
         return (self.data_panel, self.windows_panel, self.training_panel, self.results_panel,
                 self.latent_panel, self.physics_panel, self.design_panel)
+
+    def _on_tab_changed(self, _index: int) -> None:
+        if self.tabs.currentWidget() is self.training_panel:
+            self.turns.hold()
+        else:
+            self.turns.release()
 
     def shutdown(self) -> None:
         """Stop every background worker and wait for it (called on close and by tests)."""

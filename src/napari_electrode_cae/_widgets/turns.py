@@ -39,6 +39,7 @@ class TurnQueue:
 
     def __init__(self, parent: QObject) -> None:
         self._waiting: list[Callable[[], bool]] = []
+        self._held = False
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
@@ -48,7 +49,7 @@ class TurnQueue:
         """Let ``step`` run in a later turn (once, however often added)."""
         if step not in self._waiting:
             self._waiting.append(step)
-        if not self._timer.isActive():
+        if not self._timer.isActive() and not self._held:
             self._timer.start()
 
     def remove(self, step: Callable[[], bool]) -> None:
@@ -59,8 +60,24 @@ class TurnQueue:
     def is_waiting(self, step: Callable[[], bool]) -> bool:
         return step in self._waiting
 
+    @property
+    def held(self) -> bool:
+        """True while :meth:`hold` keeps the waiting steps from running."""
+        return self._held
+
+    def hold(self) -> None:
+        """Run no step until :meth:`release`; steps added meanwhile wait, in order."""
+        self._held = True
+        self._timer.stop()
+
+    def release(self) -> None:
+        """Run the waiting steps again, one per turn, from the next turn on."""
+        self._held = False
+        if self._waiting and not self._timer.isActive():
+            self._timer.start()
+
     def _run(self) -> None:
-        if not self._waiting:
+        if not self._waiting or self._held:
             return
         step = self._waiting.pop(0)
         if step() and step not in self._waiting:
