@@ -7,8 +7,10 @@ Bad input is reported as one line on stderr with exit status 2; never a tracebac
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +66,19 @@ def _int_list(text: str) -> list[int]:
 
 def _float_list(text: str) -> list[float]:
     return _comma_list(text, _positive_float, "numbers")
+
+
+def _count_or_all(text: str) -> int | None:
+    """A positive whole number, or ``all`` (None: no limit)."""
+    return None if text.strip().lower() == "all" else _positive_int(text)
+
+
+#: Windows ``electrode-cae physics`` analyses by default (a seeded sample; ``--max-windows all``
+#: for every one): 6,125 windows of a 256³ stack took minutes without a word.
+PHYSICS_WINDOWS = 400
+#: Of those, windows whose pore tortuosity is solved by default (~1-2 s each, twice: original
+#: and reconstruction).
+PHYSICS_TORTUOSITY = 40
 
 
 def _stride_list(text: str) -> list:
@@ -284,9 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tortuosity", action="store_true",
                    help="skip the pore tortuosity (the costly metric: ~1-2 s per 24x224x224 "
                    "volume)")
-    p.add_argument("--max-windows", type=_positive_int,
+    p.add_argument("--max-windows", type=_count_or_all, default=PHYSICS_WINDOWS,
                    help="analyse a seeded random subset of at most N windows (and of N "
-                   "validation windows for the comparison)")
+                   f"validation windows for the comparison); default {PHYSICS_WINDOWS}, "
+                   "'all' for every window")
+    p.add_argument("--tortuosity-windows", type=_count_or_all, default=PHYSICS_TORTUOSITY,
+                   help="of those, solve the pore tortuosity (the costly metric) on a seeded "
+                   f"subset of at most N; default {PHYSICS_TORTUOSITY}, 'all' for every one "
+                   "(the others get no tortuosity value: nan)")
     p.add_argument("--seed", type=int, default=0, help="seed of those subsets")
     p.add_argument("--device", choices=("auto", "scipy", "cpu", "cuda"), default="auto",
                    help="tortuosity solver: auto (default) = torch on a CUDA GPU if there is "
@@ -799,18 +819,19 @@ def cmd_physics(args: argparse.Namespace) -> int:
     every = analysis.select_windows(np.arange(len(data)), args.max_windows, args.seed)
     val = analysis.select_windows(run.val_idx, args.max_windows, args.seed)
     windows = np.union1d(every, val)
+    solved = (analysis.select_windows(windows, args.tortuosity_windows, args.seed)
+              if tortuosity else np.array([], dtype=np.int64))
     splits = {int(i): "train" for i in run.train_idx} | {int(i): "val" for i in run.val_idx}
-    _info(f"{len(windows)} of {len(data)} windows (original and reconstruction"
-          + (", with tortuosity" if tortuosity else ", no tortuosity") + ")")
-    step = max(1, len(windows) // 20)
-
-    def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            _info(f"  {done}/{total} windows")
-
+    _info(f"{len(windows):,} of {len(data):,} windows (original and reconstruction)"
+          + (": a seeded sample; --max-windows all for every window"
+             if len(windows) < len(data) else ""))
+    _info(f"pore tortuosity on {len(solved):,} of them" + (
+        " (--tortuosity-windows all for every one, --no-tortuosity for none)"
+        if tortuosity and len(solved) < len(windows) else "" if tortuosity
+        else " (--no-tortuosity)"))
     device = None if args.device == "scipy" else args.device
-    rows = analysis.window_metrics(data, windows, run.model, tortuosity=tortuosity,
-                                   splits=splits, progress=progress, device=device)
+    rest = np.setdiff1d(windows, solved)
+    rows = _physics_rows(analysis, data, run.model, rest, solved, splits, device)
     analysis.write_metrics_csv(args.run_dir / "metrics.csv", rows)
     comparison = analysis.physics_comparison(
         data, run.val_idx, run.model, tortuosity=tortuosity, max_windows=args.max_windows,
@@ -841,6 +862,37 @@ def cmd_physics(args: argparse.Namespace) -> int:
               + ("n/a" if not np.isfinite(partial) else f"{partial:+.3f}"))
     _info(f"wrote metrics.csv, physics.json, physics.md and correlations.csv in {args.run_dir}")
     return 0
+
+
+def _physics_rows(analysis, data, model, rest, solved, splits, device) -> list[dict]:
+    """Metrics of windows ``rest`` (no tortuosity) and ``solved`` (with it), by window index,
+    with progress lines and the time left on stderr; ``rest`` rows get nan tortuosities."""
+    rows = []
+    for indices, with_tortuosity in ((rest, False), (solved, True)):
+        if not len(indices):
+            continue
+        what = "windows with tortuosity" if with_tortuosity else "windows"
+        step, start = max(1, len(indices) // 20), time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            if done % step == 0 or done == total:
+                left = (time.perf_counter() - start) / done * (total - done)
+                _info(f"  {done:,}/{total:,} {what}"
+                      + (f", about {_duration(left)} left" if done < total else ""))
+
+        rows += analysis.window_metrics(data, indices, model, tortuosity=with_tortuosity,
+                                        splits=splits, progress=progress, device=device)
+    with_keys = next((r for r in rows if any("tortuosity" in k for k in r)), None)
+    if with_keys is not None:  # one set of columns, in order: nan where not solved
+        rows = [{k: r.get(k, math.nan) for k in with_keys} for r in rows]
+    return sorted(rows, key=lambda r: r["window"])
+
+
+def _duration(seconds: float) -> str:
+    """``"45 s"``, ``"3 min"``, ``"1.5 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _fit_prediction(args: argparse.Namespace, run, *, quiet: bool = False):
