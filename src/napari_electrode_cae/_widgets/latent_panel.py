@@ -59,6 +59,7 @@ from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, RunFolderError
 from ..core.checkpoint import atomic_write_text
 from ..core.model import ConvAutoEncoder3d
 from ..core.runs import latents_table
+from .prediction_view import PredictionView
 from .live_decoder import (
     RUNNERS,
     DecodedVolume,
@@ -264,6 +265,8 @@ class LatentPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(scroll, 1)
         layout.addWidget(self.fractions_label)
+        self.prediction_view = PredictionView(self.state)  # predicted vs measured metrics
+        layout.addWidget(self.prediction_view)
         self._update_enabled()
 
     def _snapshot_is_current(self) -> bool:
@@ -389,6 +392,7 @@ class LatentPanel(QWidget):
         if self._closed or not self._snapshot_is_current() or not self.sliders:
             return
         latent, requested = self.latent_vector(), time.perf_counter()
+        self.prediction_view.set_latent(latent)
         if self._inline_turn.isActive():  # decoded inline in this turn: the newest waits
             self._inline_pending = (latent, requested)
         elif self.decodes_inline:
@@ -522,6 +526,7 @@ class LatentPanel(QWidget):
         self.fractions_label.setText(
             f"Decoded: pore {f['pore']:.1%} · CBD {f['cbd']:.1%} · active {f['active']:.1%} "
             f"(decode {result.decode_seconds * 1e3:.0f} ms)")
+        self.prediction_view.set_decoded(result.labels, voxel)
         self.decoded.emit(result)
 
     def _on_decode_error(self, exc: Exception) -> None:
@@ -580,6 +585,7 @@ class LatentPanel(QWidget):
         self._inline_turn.stop()
         self._inline_pending = None
         self.decoder.shutdown()
+        self.prediction_view.shutdown()
         for signal, slot in self._connections:
             signal.disconnect(slot)
         self._connections = []

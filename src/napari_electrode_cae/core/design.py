@@ -64,6 +64,10 @@ __all__ = [
 #: a metric's spread over the windows).
 TARGET_WEIGHT = 100.0
 UNCERTAINTY_WEIGHT = 0.5
+#: Half-width of the box (fraction of each feature's encoded range) searched around each
+#: starting window: candidates stay near distinct encoded windows instead of all converging
+#: to the surrogate's one optimum.
+TRUST_REGION = 0.25
 #: Correction rounds (measure, shift the surrogate's aim, search again) per candidate.
 DEFAULT_ROUNDS = 4
 #: Decodes and measurements of the last, derivative-free refinement of a candidate that still
@@ -328,14 +332,19 @@ def iter_design(
     total = len(start_points) + candidates * rounds
     done = 0
 
-    def search(z0: np.ndarray, shift: Mapping[str, float]) -> np.ndarray:
+    def search(z0: np.ndarray, shift: Mapping[str, float], trust: float | None = None
+               ) -> np.ndarray:
+        reach = None if trust is None else trust * (high - low)
+        box = bounds if reach is None else list(zip(np.maximum(low, z0 - reach),
+                                                    np.minimum(high, z0 + reach)))
         result = optimize.minimize(surrogate_loss, z0, args=(shift,), method="L-BFGS-B",
-                                   bounds=bounds, options={"maxiter": 60})
+                                   bounds=box, options={"maxiter": 60})
         return np.clip(result.x, low, high)
 
     optima: list[tuple[float, np.ndarray]] = []
     for z0 in start_points:
-        z = search(z0, {})
+        # a trust region around each start keeps candidates near distinct encoded windows
+        z = search(z0, {}, TRUST_REGION)
         optima.append((surrogate_loss(z, {}), z))
         done += 1
         yield DesignProgress(done, total, "searching the surrogate")
@@ -343,7 +352,7 @@ def iter_design(
     spread = np.maximum(high - low, 1e-9)
     chosen: list[np.ndarray] = []
     for _, z in optima:
-        if all(np.max(np.abs(z - c) / spread) > 1e-3 for c in chosen):
+        if all(np.max(np.abs(z - c) / spread) > 0.02 for c in chosen):
             chosen.append(z)
         if len(chosen) == candidates:
             break
