@@ -520,11 +520,11 @@ def _train_rank(args: argparse.Namespace, context) -> int:
     from tqdm import tqdm
 
     spec, model_config, config, rule = _train_settings(args)
-    core.limits.check_model_size(model_config, training=True)  # before anything is allocated
     main_rank = context is None or context.is_main
     world = 1 if context is None else context.world_size
     stacks = _read_stacks(args)
     data = core.WindowDataset(stacks, spec)
+    core.limits.check_model_size(model_config, training=True)  # before it is allocated
     mapped = [core.io.file_state(path) if (path := core.io.memory_mapped_file(s.labels))
               else None for s in stacks]  # a mapped file must not change during training
     train_idx, val_idx = core.split(data, config.val_fraction, config.seed, config.split)

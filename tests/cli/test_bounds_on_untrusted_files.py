@@ -132,7 +132,7 @@ def test_training_a_model_larger_than_the_memory_is_refused_up_front(tmp_path, c
                                                                       monkeypatch):
     stack = tmp_path / "tiny_CAL.tif"
     core.write_stack(stack, make_stack((12, 32, 32), seed=0))
-    monkeypatch.setattr(core, "read_stack", lambda *a, **k: pytest.fail("stacks were read"))
+    monkeypatch.setattr(core, "build_model", lambda *a: pytest.fail("a model was built"))
     argv = ["train", str(stack), "--out", str(tmp_path / "run"), *TINY[:-10],
             "--hidden", str(10**9), "--latent", "2", "--epochs", "1", "--device", "cpu"]
     assert cli.main(argv) == cli.EXIT_BAD_INPUT
