@@ -66,6 +66,7 @@ from .live_decoder import (
     decode_latent,
     model_snapshot,
 )
+from .latent_names import SpreadLabels, latent_tracks, slider_title, slider_tooltip
 from .results_panel import MODEL_PENDING_MESSAGE, NO_MODEL_MESSAGE, window_translate
 from .turns import TurnQueue, TurnScheduler
 
@@ -219,6 +220,8 @@ class LatentPanel(QWidget):
         self._snapshot: ConvAutoEncoder3d | None = None
         self._snapshot_source: ConvAutoEncoder3d | None = None  # state.model it was copied from
         self.sliders: list[QLabeledDoubleSlider] = []
+        self.slider_names: list[QLabel] = []
+        self.spread_labels = SpreadLabels()  # each slider's value in the data's spread
         self._slider_rows: list[QWidget] = []
         self.latency_log: list | None = None
         self._to_add: tuple[DecodedVolume, float] | None = None  # (result, delivered at)
@@ -230,6 +233,7 @@ class LatentPanel(QWidget):
             (state.events.latents, self._on_latents_changed),
             (state.events.selected_window, self._on_selected_window_changed),
             (state.events.dataset, self._update_enabled),
+            (state.events.run_dir, self._name_sliders),  # the run's correlations name them
         ]
         for signal, slot in self._connections:
             signal.connect(slot)
@@ -287,19 +291,30 @@ class LatentPanel(QWidget):
         for row in self._slider_rows:
             self.slider_grid.removeWidget(row)
             row.deleteLater()
-        self._slider_rows, self.sliders = [], []
+        self._slider_rows, self.sliders, self.slider_names = [], [], []
         for j in range(k):
             name = QLabel(f"z{j + 1}")
+            self.slider_names.append(name)
             slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-            slider.setToolTip(f"latent feature z{j + 1}")
             slider.valueChanged.connect(self._on_slider_moved)
             self.slider_grid.addWidget(name, j, 0)
             self.slider_grid.addWidget(slider, j, 1)
             self._slider_rows += [name, slider]
             self.sliders.append(slider)
+        self._slider_rows += self.spread_labels.attach(self.slider_grid, self.sliders)
+        self._name_sliders()
+
+    def _name_sliders(self, _event: Any = None) -> None:
+        """Name each slider by what its feature tracks, once the run's correlations say."""
+        tracks = latent_tracks(self.state.run_dir, len(self.sliders))
+        for j, (name, slider) in enumerate(zip(self.slider_names, self.sliders)):
+            name.setText(slider_title(j, tracks[j]))
+            name.setToolTip(slider_tooltip(j, tracks[j]))
+            slider.setToolTip(slider_tooltip(j, tracks[j]))
 
     def _apply_ranges(self) -> None:
         ranges = latent_ranges(self.state.latents, len(self.sliders))
+        self.spread_labels.set_spread(self.state.latents)  # "+1.2 σ" beside each slider
         for slider, (low, high) in zip(self.sliders, ranges):
             slider.blockSignals(True)
             slider.setDecimals(slider_decimals(low, high))
