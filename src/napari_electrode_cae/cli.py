@@ -557,11 +557,6 @@ def _train_rank(args: argparse.Namespace, context) -> int:
         if args.resume and main_rank and (args.out / "last.pt").exists():
             saved = core.checkpoint.load_training_state(args.out / "last.pt")
             history = [core.EpochReport(**row) for row in saved["history"]]
-            if config.epochs < saved["epoch"]:
-                raise core.TrainConfigError(
-                    f"--epochs {config.epochs} is fewer than the {saved['epoch']} epochs this "
-                    f"run has done; resume with --epochs {saved['epoch']} (finish it as it is) "
-                    "or more")
             bar.update(len(history) * n_batches)
             estimate.skip_epochs(len(history))
             _info(f"resuming after epoch {len(history)} from {args.out / 'last.pt'}"

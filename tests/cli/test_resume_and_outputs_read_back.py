@@ -99,7 +99,7 @@ def test_resume_with_fewer_epochs_than_done_is_refused(interrupted_run, stack_fi
     code = cli.main(["train", str(stack_file), "--out", str(interrupted_run), *TINY,
                      "--epochs", "1", "--lr", "0.002", "--resume"])
     assert code == cli.EXIT_BAD_INPUT
-    assert "--epochs 1 is fewer than the 2 epochs this run has done" in _error_line(capsys)
+    assert "epochs 1 is fewer than the 2 epochs this run has done" in _error_line(capsys)
 
 
 def test_resume_with_as_many_epochs_as_done_finishes_without_training(interrupted_run,

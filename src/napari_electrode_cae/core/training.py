@@ -431,6 +431,10 @@ def train(
                 f"cannot resume from {checkpoint_dir / 'last.pt'}: it was written for another "
                 f"model or settings ({difference}); resume with the run's settings and stacks, "
                 "or train into a new folder")
+    if saved is not None and saved["epoch"] > config.epochs:
+        raise TrainConfigError(
+            f"epochs {config.epochs} is fewer than the {saved['epoch']} epochs this run has "
+            f"done; resume with {saved['epoch']} epochs (finish it as it is) or more")
     if saved is not None:
         try:
             model.load_state_dict(saved["best_model"])  # checks that the best weights fit too
