@@ -89,6 +89,8 @@ def launch(
     from ._layers import add_stack_labels
 
     viewer = napari.Viewer(title="napari: Electrode CAE", show=show)
+    if show:
+        enlarge_window(viewer)
     try:
         # The widget first, then the data: what exists before the stacks can be frozen.
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, WIDGET_NAME)
@@ -109,6 +111,37 @@ def launch(
         viewer.close()
         raise
     return viewer, widget
+
+
+#: Size (logical pixels) the window opens at when the screen has room: napari's default (about
+#: 1066×651 on a 1920×1080 screen) is cramped for six tabs and a 3D grid of windows.
+WINDOW_SIZE = (1600, 1000)
+#: Share of the screen's free area the window may take.
+SCREEN_SHARE = 0.92
+
+
+def window_size(available: tuple[int, int], current: tuple[int, int]) -> tuple[int, int]:
+    """The size to open at on a screen with ``available`` (width, height) free: WINDOW_SIZE, at
+    most SCREEN_SHARE of the screen, never smaller than ``current`` (napari's own or a size
+    the user's settings restored)."""
+    return tuple(max(now, min(want, int(room * SCREEN_SHARE)))
+                 for want, room, now in zip(WINDOW_SIZE, available, current))
+
+
+def enlarge_window(viewer: Any) -> None:
+    """Make the viewer's window larger, centred on its screen, when the screen allows."""
+    from qtpy.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen()
+    if screen is None:
+        return
+    free = screen.availableGeometry()
+    _, _, width, height = viewer.window.geometry()
+    new_width, new_height = window_size((free.width(), free.height()), (width, height))
+    if (new_width, new_height) != (width, height):
+        viewer.window.set_geometry(free.x() + (free.width() - new_width) // 2,
+                                   free.y() + (free.height() - new_height) // 2,
+                                   new_width, new_height)
 
 
 def freeze_long_lived_objects() -> None:
