@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import io
 import os
 import pickle
 import re
@@ -110,8 +111,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def _atomic_torch_save(obj: object, path: str | Path) -> None:
-    cpu_obj = _to_cpu(obj)
-    _atomic_write(Path(path), lambda handle: torch.save(cpu_obj, handle))
+    # serialised in memory first: torch's zip writer turns a full disk into an opaque
+    # RuntimeError, a plain write keeps the OS's reason (ENOSPC, EFBIG, EDQUOT)
+    buffer = io.BytesIO()
+    try:
+        torch.save(_to_cpu(obj), buffer)
+    except (RuntimeError, MemoryError) as exc:
+        raise _write_failure(Path(path), exc) from exc
+    _atomic_write(Path(path), lambda handle: handle.write(buffer.getbuffer()))
 
 
 #: What torch.load raises for a truncated or damaged file (found by loading randomly corrupted

@@ -775,8 +775,8 @@ def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False,
             ) from exc
         except ImportError as exc:  # a codec package that is not installed (e.g. zstd)
             raise StackReadError(
-                f"{where} is compressed with a codec that needs the {exc.name or 'imagecodecs'!r}"
-                " package, which is not installed (pip install imagecodecs)"
+                f"{where} uses a compression that this installation cannot decode ({exc}); "
+                "install the imagecodecs package (pip install imagecodecs)"
             ) from exc
         except MemoryError as exc:
             raise StackReadError(
