@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -40,10 +39,9 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _layers
-from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError
+from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, prediction
 from ..core import design as core_design
 from ..core import metrics as metric_registry
-from ..core import prediction
 from .live_decoder import model_snapshot
 from .scrolling import fill_with_scrolling
 

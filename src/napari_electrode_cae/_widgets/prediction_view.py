@@ -31,9 +31,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core import ElectrodeCAEError
+from ..core import ElectrodeCAEError, prediction
 from ..core import metrics as metric_registry
-from ..core import prediction
 from .live_decoder import model_snapshot
 
 if TYPE_CHECKING:

@@ -253,6 +253,132 @@ def _check_objective(maximize: str | None, minimize: str | None) -> tuple[str, s
     return ("maximize" if maximize else "minimize", name)
 
 
+class _Search:
+    """The pieces of one design: surrogate and measured losses, searches, measurement."""
+
+    def __init__(self, model, predictor: Predictor, targets: list[Target], objective,
+                 voxel_size_um: float, refine_evaluations: int, device) -> None:
+        self.model, self.predictor, self.targets = model, predictor, targets
+        self.objective = objective
+        self.voxel_size_um, self.refine_evaluations, self.device = (
+            voxel_size_um, refine_evaluations, device)
+        self.used = list(dict.fromkeys([t.metric for t in targets]
+                                       + ([objective[1]] if objective else [])))
+        missing = [n for n in self.used if n not in predictor.names]
+        if missing:
+            raise DesignError(f"no regressor for {', '.join(missing)} in this run's "
+                              f"prediction; it predicts {', '.join(predictor.names)}")
+        # measure every cheap metric the predictor knows, and costly ones only when used
+        self.measured_names = [n for n in predictor.names
+                               if not metric_registry.get(n).costly or n in self.used]
+        self.scales = {n: predictor.scale(n) for n in self.used}
+        self.low, self.high = predictor.latent_bounds()
+
+    def surrogate_loss(self, z: np.ndarray, shift: Mapping[str, float]) -> float:
+        mean, std = self.predictor.predict(z, self.used)
+        loss = 0.0
+        for t in self.targets:
+            scale = self.scales[t.metric]
+            aim = mean[t.metric] + shift.get(t.metric, 0.0)
+            v = (aim - t.value) / scale if t.kind == "equal" else t.violation(aim) / scale
+            loss += TARGET_WEIGHT * v * v + UNCERTAINTY_WEIGHT * std[t.metric] / scale
+        if self.objective is not None:
+            sense, name = self.objective
+            sign = -1.0 if sense == "maximize" else 1.0
+            loss += (sign * mean[name] + UNCERTAINTY_WEIGHT * std[name]) / self.scales[name]
+        return float(loss)
+
+    def start_points(self, n_starts: int) -> list[np.ndarray]:
+        """Encoded windows closest to the targets by their *measured* metrics."""
+        p = self.predictor
+        scores = np.zeros(len(p.latents))
+        for t in self.targets:
+            v = np.array([t.violation(x) for x in p.values[t.metric]])
+            scores += np.where(np.isfinite(v), v / self.scales[t.metric], 1e6)
+        if self.objective is not None:
+            sense, name = self.objective
+            vals = np.nan_to_num(p.values[name], nan=0.0, posinf=0.0, neginf=0.0)
+            scores += (-1.0 if sense == "maximize" else 1.0) * vals / self.scales[name] * 1e-3
+        points: list[np.ndarray] = []
+        for i in np.argsort(scores, kind="stable"):
+            if all(np.linalg.norm(p.latents[i] - s) > 1e-6 for s in points):
+                points.append(p.latents[i])
+            if len(points) == n_starts:
+                break
+        return points
+
+    def search(self, z0: np.ndarray, shift: Mapping[str, float],
+               trust: float | None = None) -> np.ndarray:
+        """L-BFGS-B on the surrogate from ``z0``, in the encoded range (or a box around z0)."""
+        low, high = self.low, self.high
+        if trust is None:
+            box = list(zip(low, high))
+        else:
+            reach = trust * (high - low)
+            box = list(zip(np.maximum(low, z0 - reach), np.minimum(high, z0 + reach)))
+        result = optimize.minimize(self.surrogate_loss, z0, args=(shift,), method="L-BFGS-B",
+                                   bounds=box, options={"maxiter": 60})
+        return np.clip(result.x, low, high)
+
+    def evaluate(self, z: np.ndarray) -> Candidate:
+        """Decode, snap and measure ``z``."""
+        labels = decode_latent(self.model, z)
+        measured = metric_registry.compute(labels, self.voxel_size_um, self.measured_names,
+                                           device=self.device)
+        mean, std = self.predictor.predict(z)
+        violation = sum(t.violation(measured[t.metric]) / self.scales[t.metric]
+                        for t in self.targets)
+        obj = None if self.objective is None else float(measured[self.objective[1]])
+        return Candidate(np.asarray(z, dtype=np.float64), mean, std, measured,
+                         all(t.met(measured[t.metric]) for t in self.targets), violation, obj,
+                         labels)
+
+    def key(self, c: Candidate) -> tuple:
+        return (c.violation, _neg(c.objective, self.objective))
+
+    def correct(self, best: Candidate) -> Candidate:
+        """One round: the surrogate's error at ``best`` shifts its aim; search, measure."""
+        shift = {t.metric: best.measured[t.metric] - best.predicted[t.metric]
+                 for t in self.targets
+                 if math.isfinite(best.measured[t.metric] - best.predicted[t.metric])}
+        trial = self.evaluate(self.search(best.latent, shift))
+        return trial if self.key(trial) < self.key(best) else best
+
+    def refine(self, start: Candidate) -> Candidate:
+        """Derivative-free (Powell) search on the *measured* violations near ``start``."""
+        best = [start]
+
+        def measured_violation(z: np.ndarray) -> float:
+            trial = self.evaluate(np.clip(z, self.low, self.high))
+            if self.key(trial) < self.key(best[0]):
+                best[0] = trial
+            if trial.meets_targets:
+                raise _TargetsMet
+            return sum((t.violation(trial.measured[t.metric]) / self.scales[t.metric]) ** 2
+                       if math.isfinite(trial.measured[t.metric]) else 1e6
+                       for t in self.targets)
+
+        try:
+            optimize.minimize(measured_violation, start.latent, method="Powell",
+                              bounds=list(zip(self.low, self.high)),
+                              options={"maxfev": self.refine_evaluations, "xtol": 1e-4})
+        except _TargetsMet:
+            pass
+        return best[0]
+
+
+def _distinct(optima: list[tuple[float, np.ndarray]], spread: np.ndarray,
+              n: int) -> list[np.ndarray]:
+    """The best ``n`` optima that differ by more than 2 % of the range in some feature."""
+    chosen: list[np.ndarray] = []
+    for _, z in sorted(optima, key=lambda e: e[0]):
+        if all(np.max(np.abs(z - c) / spread) > 0.02 for c in chosen):
+            chosen.append(z)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
 def iter_design(
     model: ConvAutoEncoder3d,
     predictor: Predictor,
@@ -278,150 +404,40 @@ def iter_design(
         raise DesignError("state at least one target or an objective")
     if candidates < 1:
         raise DesignError(f"candidates must be at least 1, got {candidates}")
-    used = list(dict.fromkeys([t.metric for t in targets]
-                              + ([objective[1]] if objective else [])))
-    missing = [n for n in used if n not in predictor.names]
-    if missing:
-        raise DesignError(f"no regressor for {', '.join(missing)} in this run's prediction; "
-                          f"it predicts {', '.join(predictor.names)}")
-    # measure every cheap metric the predictor knows, and costly ones only when used
-    measured_names = [n for n in predictor.names
-                      if not metric_registry.get(n).costly or n in used]
-    scales = {n: predictor.scale(n) for n in used}
-    low, high = predictor.latent_bounds()
-    bounds = list(zip(low, high))
-
-    def surrogate_loss(z: np.ndarray, shift: Mapping[str, float]) -> float:
-        mean, std = predictor.predict(z, used)
-        loss = 0.0
-        for t in targets:
-            aim_value = mean[t.metric] + shift.get(t.metric, 0.0)
-            if t.kind == "equal":
-                v = (aim_value - t.value) / scales[t.metric]
-            else:
-                v = t.violation(aim_value) / scales[t.metric]
-            loss += TARGET_WEIGHT * v * v + UNCERTAINTY_WEIGHT * std[t.metric] / scales[t.metric]
-        if objective is not None:
-            sense, name = objective
-            sign = -1.0 if sense == "maximize" else 1.0
-            loss += sign * mean[name] / scales[name] + UNCERTAINTY_WEIGHT * std[name] / \
-                scales[name]
-        return float(loss)
-
-    def measured_loss(values: Mapping[str, float]) -> float:
-        return sum(t.violation(values[t.metric]) / scales[t.metric] for t in targets)
-
-    # starts: encoded windows closest to the targets by their measured metrics
-    n_starts = starts or max(3 * candidates, 6)
-    window_scores = np.zeros(len(predictor.latents))
-    for t in targets:
-        v = np.array([t.violation(x) for x in predictor.values[t.metric]])
-        window_scores += np.where(np.isfinite(v), v / scales[t.metric], 1e6)
-    if objective is not None:
-        sense, name = objective
-        vals = np.nan_to_num(predictor.values[name], nan=0.0, posinf=0.0, neginf=0.0)
-        window_scores += (-1.0 if sense == "maximize" else 1.0) * vals / scales[name] * 1e-3
-    order = np.argsort(window_scores, kind="stable")
-    start_points: list[np.ndarray] = []
-    for i in order:
-        z = predictor.latents[i]
-        if all(np.linalg.norm(z - s) > 1e-6 for s in start_points):
-            start_points.append(z)
-        if len(start_points) == n_starts:
-            break
+    run = _Search(model, predictor, targets, objective, voxel_size_um, refine_evaluations,
+                  device)
+    start_points = run.start_points(starts or max(3 * candidates, 6))
     total = len(start_points) + candidates * rounds
     done = 0
-
-    def search(z0: np.ndarray, shift: Mapping[str, float], trust: float | None = None
-               ) -> np.ndarray:
-        reach = None if trust is None else trust * (high - low)
-        box = bounds if reach is None else list(zip(np.maximum(low, z0 - reach),
-                                                    np.minimum(high, z0 + reach)))
-        result = optimize.minimize(surrogate_loss, z0, args=(shift,), method="L-BFGS-B",
-                                   bounds=box, options={"maxiter": 60})
-        return np.clip(result.x, low, high)
-
     optima: list[tuple[float, np.ndarray]] = []
     for z0 in start_points:
         # a trust region around each start keeps candidates near distinct encoded windows
-        z = search(z0, {}, TRUST_REGION)
-        optima.append((surrogate_loss(z, {}), z))
+        z = run.search(z0, {}, TRUST_REGION)
+        optima.append((run.surrogate_loss(z, {}), z))
         done += 1
         yield DesignProgress(done, total, "searching the surrogate")
-    optima.sort(key=lambda e: e[0])
-    spread = np.maximum(high - low, 1e-9)
-    chosen: list[np.ndarray] = []
-    for _, z in optima:
-        if all(np.max(np.abs(z - c) / spread) > 0.02 for c in chosen):
-            chosen.append(z)
-        if len(chosen) == candidates:
-            break
-
-    def evaluate(z: np.ndarray) -> Candidate:
-        labels = decode_latent(model, z)
-        measured = metric_registry.compute(labels, voxel_size_um, measured_names, device=device)
-        mean, std = predictor.predict(z)
-        violation = measured_loss(measured)
-        obj = None if objective is None else float(measured[objective[1]])
-        return Candidate(np.asarray(z, dtype=np.float64), mean, std, measured,
-                         all(t.met(measured[t.metric]) for t in targets), violation, obj, labels)
-
-    def better(a: Candidate, b: Candidate) -> bool:
-        return (a.violation, _neg(a.objective, objective)) < \
-            (b.violation, _neg(b.objective, objective))
-
-    def refine(start: Candidate) -> Candidate:
-        """Derivative-free (Powell) search on the *measured* violations near ``start``."""
-        best = [start]
-
-        def measured_violation(z: np.ndarray) -> float:
-            trial = evaluate(np.clip(z, low, high))
-            if better(trial, best[0]):
-                best[0] = trial
-            if trial.meets_targets:
-                raise _TargetsMet
-            return sum((t.violation(trial.measured[t.metric]) / scales[t.metric]) ** 2
-                       if math.isfinite(trial.measured[t.metric]) else 1e6 for t in targets)
-
-        try:
-            optimize.minimize(measured_violation, start.latent, method="Powell", bounds=bounds,
-                              options={"maxfev": refine_evaluations, "xtol": 1e-4})
-        except _TargetsMet:
-            pass
-        return best[0]
-
     results: list[Candidate] = []
-    for z in chosen:
-        best = evaluate(z)
-        shift: dict[str, float] = {}
+    for z in _distinct(optima, np.maximum(run.high - run.low, 1e-9), candidates):
+        best = run.evaluate(z)
         for r in range(rounds):
             done += 1
             yield DesignProgress(done, total, f"measuring candidate {len(results) + 1}")
-            if best.meets_targets:
+            if best.meets_targets or not targets:
                 continue
-            if r == rounds - 1:
-                if targets and refine_evaluations > 0:
-                    best = refine(best)
-                continue
-            # the surrogate's error at the best point so far shifts what it aims for
-            for t in targets:
-                err = best.measured[t.metric] - best.predicted[t.metric]
-                if math.isfinite(err):
-                    shift[t.metric] = err
-            trial = evaluate(search(best.latent, shift))
-            if better(trial, best):
-                best = trial
+            if r < rounds - 1:
+                best = run.correct(best)
+            elif refine_evaluations > 0:
+                best = run.refine(best)
         results.append(best)
-
-    results.sort(key=lambda c: (not c.meets_targets, c.violation, _neg(c.objective, objective)))
+    results.sort(key=lambda c: (not c.meets_targets, *run.key(c)))
     for rank, c in enumerate(results, start=1):
         c.rank = rank
     reached = any(c.meets_targets for c in results)
     nearest = {t.metric: results[0].measured[t.metric] for t in targets} if results else {}
     binding = [] if reached else _binding(results[0] if results else None, targets, predictor,
-                                          low, high)
+                                          run.low, run.high)
     return DesignResult(results, targets, objective, reached, nearest, binding,
-                        time.perf_counter() - started, (low, high))
+                        time.perf_counter() - started, (run.low, run.high))
 
 
 class _TargetsMet(Exception):

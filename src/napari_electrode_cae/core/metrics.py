@@ -96,6 +96,18 @@ class Metric:
     upper: float = math.inf
     #: The axis a directional metric was made for by :meth:`for_axis` (None before).
     axis: int | None = None
+    #: A short label for narrow tables ("" = the label).
+    short: str = ""
+
+    @property
+    def short_label(self) -> str:
+        """:attr:`short` or, if empty, :attr:`label`."""
+        return self.short or self.label
+
+    @property
+    def is_fraction(self) -> bool:
+        """True for dimensionless metrics bounded by 0..1 (shown as percentages)."""
+        return not self.unit and self.lower == 0.0 and self.upper == 1.0
 
     @property
     def directional(self) -> bool:
@@ -108,7 +120,8 @@ class Metric:
             return self
         letter = AXIS_NAMES[axis]
         return replace(self, name=self.name.format(axis=letter),
-                       label=self.label.format(axis=letter.upper()), axis=int(axis))
+                       label=self.label.format(axis=letter.upper()),
+                       short=self.short.format(axis=letter.upper()), axis=int(axis))
 
     def format(self, value: float) -> str:
         """``value`` with this metric's digits and unit ("n/a" for NaN, "inf")."""
@@ -177,18 +190,19 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("active_fraction", "Active fraction", "", _fraction("active"), lower=0.0,
            upper=1.0),
     Metric("ssa_active_per_um", "Active specific surface area", "µm⁻¹", _ssa_active,
-           lower=0.0),
+           lower=0.0, short="SSA active"),
     Metric("ssa_pore_solid_per_um", "Pore/solid interface area", "µm⁻¹", _ssa_pore_solid,
-           lower=0.0),
-    Metric("tpb_density_per_um2", "Triple-phase boundary density", "µm⁻²", _tpb, lower=0.0),
+           lower=0.0, short="SSA pore/solid"),
+    Metric("tpb_density_per_um2", "Triple-phase boundary density", "µm⁻²", _tpb, lower=0.0,
+           short="TPB density"),
     Metric("pore_connected_fraction_{axis}", "Percolating pore fraction ({axis})", "",
-           _connected("pore"), lower=0.0, upper=1.0),
+           _connected("pore"), lower=0.0, upper=1.0, short="Pore connected ({axis})"),
     Metric("active_connected_fraction_{axis}", "Percolating active fraction ({axis})", "",
-           _connected("active"), lower=0.0, upper=1.0),
+           _connected("active"), lower=0.0, upper=1.0, short="Active connected ({axis})"),
     Metric("cbd_connected_fraction_{axis}", "Percolating CBD fraction ({axis})", "",
-           _connected("cbd"), lower=0.0, upper=1.0),
+           _connected("cbd"), lower=0.0, upper=1.0, short="CBD connected ({axis})"),
     Metric("tortuosity_pore_{axis}", "Pore tortuosity factor ({axis})", "", _tortuosity_pore,
-           costly=True, lower=1.0),
+           costly=True, lower=1.0, short="Pore tortuosity ({axis})"),
 )
 
 
