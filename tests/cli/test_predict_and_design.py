@@ -17,10 +17,10 @@ def run_dir(tmp_path_factory):
 
 def test_predict_json_has_r2_per_metric_beside_a_random_encoder(run_dir, capsys):
     args = ["predict", str(run_dir), "--json", "--folds", "4", "--no-tortuosity",
-            "--max-windows", "64"]
+            "--max-windows", "40"]
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n_folds"] == 4 and out["n_windows"] == 64
+    assert out["n_folds"] == 4 and out["n_windows"] == 40
     pore = out["metrics"]["pore_fraction"]
     for key in ("r2", "r2_random", "rmse", "mae", "spread", "unit", "label", "predicts", "n"):
         assert key in pore

@@ -49,7 +49,7 @@ def test_set_target_run_see_candidates_and_load_one_into_the_sliders(panels, qtb
                                          fitted_report().to_dict())
     row = design.target_rows[0]
     row.set("pore_fraction", "equal", 0.40, 0.01)
-    design.candidates_spin.setValue(2)
+    design.candidates_spin.setValue(1)
     assert design.run_button.isEnabled()
     design.run_button.click()
     assert design.running and design.stop_button.isEnabled()

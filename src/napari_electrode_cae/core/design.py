@@ -267,7 +267,8 @@ class _Search:
         missing = [n for n in self.used if n not in predictor.names]
         if missing:
             raise DesignError(f"no regressor for {', '.join(missing)} in this run's "
-                              f"prediction; it predicts {', '.join(predictor.names)}")
+                              f"prediction; it predicts {', '.join(predictor.names)} (refit "
+                              "with that metric: electrode-cae predict RUN, with tortuosity)")
         # measure every cheap metric the predictor knows, and costly ones only when used
         self.measured_names = [n for n in predictor.names
                                if not metric_registry.get(n).costly or n in self.used]
