@@ -941,7 +941,10 @@ def dask_available() -> bool:
     """True when ``dask.distributed`` can be imported (the ``cluster`` extra)."""
     import importlib.util
 
-    return importlib.util.find_spec("distributed") is not None
+    try:
+        return importlib.util.find_spec("distributed") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
 
 
 def _import_distributed():
