@@ -11,6 +11,7 @@ import pytest
 from napari_electrode_cae import _layers, core
 from napari_electrode_cae._widgets import data_panel as data_panel_module
 from napari_electrode_cae._widgets import training_panel as training_panel_module
+from napari_electrode_cae._widgets import training_runs as training_runs_module
 from napari_electrode_cae._widgets.data_panel import DataPanel
 from napari_electrode_cae._widgets.main_widget import ElectrodeCAEWidget
 from napari_electrode_cae._widgets.state import CAEState, ModelSettings
@@ -31,6 +32,7 @@ def notes(monkeypatch) -> dict[str, list[str]]:
     monkeypatch.setattr(data_panel_module, "show_error", shown["error"].append)
     monkeypatch.setattr(training_panel_module, "show_error", shown["error"].append)
     monkeypatch.setattr(training_panel_module, "show_info", shown["info"].append)
+    monkeypatch.setattr(training_runs_module, "show_info", shown["info"].append)
     return shown
 
 
@@ -362,7 +364,7 @@ def test_shutdown_while_opening_a_run_changes_nothing(make_napari_viewer, notes,
     viewer = make_napari_viewer()
     panel = TrainingPanel(viewer, state)
     panel.open_run(run_dir)
-    watches = list(panel._workers.values())
+    watches = panel.workers.watches()
     threading.Timer(0.2, gate.open).start()
     panel.shutdown()
 

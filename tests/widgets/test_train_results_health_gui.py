@@ -11,6 +11,7 @@ import pytest
 
 from napari_electrode_cae import core
 from napari_electrode_cae._widgets import training_panel as training_panel_module
+from napari_electrode_cae._widgets import training_runs as training_runs_module
 from napari_electrode_cae._widgets.results_panel import ResultsPanel
 from napari_electrode_cae._widgets.state import CAEState
 from napari_electrode_cae._widgets.training_panel import TrainingPanel
@@ -23,6 +24,7 @@ def errors(monkeypatch) -> list[str]:
     shown: list[str] = []
     monkeypatch.setattr(training_panel_module, "show_error", shown.append)
     monkeypatch.setattr(training_panel_module, "show_info", lambda message: None)
+    monkeypatch.setattr(training_runs_module, "show_info", lambda message: None)
     return shown
 
 

@@ -417,7 +417,7 @@ def test_shutdown_stops_and_waits_for_training(make_napari_viewer, qtbot, errors
     panel = TrainingPanel(make_napari_viewer(), state)
     panel.train_button.click()
     qtbot.waitUntil(lambda: len(state.history) >= 1, timeout=WAIT_MS)
-    watches = list(panel._workers.values())
+    watches = panel.workers.watches()
     panel.shutdown()
 
     assert watches and all(watch.finished.is_set() for watch in watches)

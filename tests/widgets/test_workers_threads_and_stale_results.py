@@ -16,6 +16,7 @@ from napari_electrode_cae import _layers, core
 from napari_electrode_cae._widgets import data_panel as data_panel_module
 from napari_electrode_cae._widgets import latent_panel as latent_panel_module
 from napari_electrode_cae._widgets import training_panel as training_panel_module
+from napari_electrode_cae._widgets import training_runs as training_runs_module
 from napari_electrode_cae._widgets.data_panel import DataPanel
 from napari_electrode_cae._widgets.latent_panel import LatentPanel, update_labels_in_place
 from napari_electrode_cae._widgets.live_decoder import decode_latent
@@ -91,14 +92,14 @@ def test_results_of_replaced_windows_are_not_written(make_napari_viewer, qtbot, 
     state = tiny_state(epochs=1)
     panel = TrainingPanel(make_napari_viewer(), state)
     entered, release = threading.Event(), threading.Event()
-    evaluate = training_panel_module._evaluate_model
+    evaluate = training_runs_module._evaluate_model
 
     def held_evaluation(*args):
         entered.set()
         release.wait(20)
         return (yield from evaluate(*args))
 
-    monkeypatch.setattr(training_panel_module, "_evaluate_model", held_evaluation)
+    monkeypatch.setattr(training_runs_module, "_evaluate_model", held_evaluation)
     panel.train_button.click()
     qtbot.waitUntil(entered.is_set, timeout=WAIT_MS)
     trained_on = panel.trained_run.dataset
