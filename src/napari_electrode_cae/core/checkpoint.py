@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import OutputWriteError, RunFolderError
-from .limits import check_regular_file
+from .limits import check_regular_file, memory_bytes
 
 #: A temporary file of a save untouched for this long belongs to a writer that was killed (a
 #: live writer keeps changing its file); the next save of the same target removes it.
@@ -225,7 +225,8 @@ def load_training_state(path: str | Path) -> dict:
         If the file is missing, corrupt, carries pickled code or lacks a field.
     """
     path = Path(path)
-    state = _safe_torch_load(path, "training checkpoint")
+    memory = memory_bytes()  # weights, optimiser state and best weights: bounded by the memory
+    state = _safe_torch_load(path, "training checkpoint", memory // 2 if memory else None)
     required = {"epoch", "model", "optimiser", "best_model", "best_val_mse", "best_epoch",
                 "history"}
     if not isinstance(state, dict) or not required <= set(state):
