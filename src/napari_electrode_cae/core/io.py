@@ -37,7 +37,7 @@ from typing import IO, Any
 import numpy as np
 import tifffile
 
-from .errors import PhaseMappingError, ResourceLimitError, StackReadError, StackWriteError
+from .errors import PhaseMappingError, StackReadError, StackWriteError
 from .limits import array_nbytes, check_decoded_size, check_regular_file, read_bounded_text
 from .stack import DEFAULT_VOXEL_SIZE_UM, PHASE_IDS, PHASES, ElectrodeStack
 

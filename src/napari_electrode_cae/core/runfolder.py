@@ -262,7 +262,7 @@ def claim_for_training(run_dir: str | Path, *, resume: bool = False, overwrite: 
         If another process holds the folder.
     """
     run_dir = Path(run_dir)
-    found = check_output_folder(run_dir)
+    check_output_folder(run_dir)  # before the folder is made or locked: nothing written
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
