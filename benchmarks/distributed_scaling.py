@@ -43,7 +43,8 @@ def bench_ddp(args: argparse.Namespace, tmp: Path) -> None:
     path = tmp / "realistic.tif"
     core.write_stack(path, stack)
     common = ["train", str(path), "--preset", "paper", "--window", "8", "--stride", "8",
-              "--crop", str(args.crop), "--epochs", str(args.epochs), "--lr", "1e-3", "--split", "random",
+              "--crop", str(args.crop), "--epochs", str(args.epochs), "--lr", "1e-3",
+              "--split", "random",
               "--device", "cpu", "--windows-per-epoch", str(args.windows_per_epoch)]
     single = [sys.executable, "-m", "napari_electrode_cae.cli"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -164,3 +164,21 @@ def test_too_few_training_windows_for_the_ranks_is_a_config_error():
     with pytest.raises(core.errors.TrainConfigError, match="cannot be shared by 64 ranks"):
         next(core.train(model, data, config, distributed=context))
     assert math.isfinite(float(next(model.parameters()).detach().sum()))
+
+
+def test_a_plain_run_records_world_size_one_and_its_batch_as_the_effective_batch(tmp_path):
+    import json
+
+    data, model_config, config = _setting()
+    model = core.build_model(model_config)
+    train_idx, val_idx = core.split(data, config.val_fraction, config.seed, config.split)
+    core.save_run(tmp_path / "run", model, data, config, train_idx, val_idx, latents=False)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]
+    assert record == {"world_size": 1, "batch_per_rank": 2, "effective_batch": 2}
+    context = ddp.DistributedContext(0, 3, 0, "gloo", torch.device("cpu"))
+    core.save_run(tmp_path / "ddp", model, data, config, train_idx, val_idx, latents=False,
+                  distributed=context.describe())
+    record = json.loads((tmp_path / "ddp" / "config.json").read_text())["distributed"]
+    assert record == {"world_size": 3, "backend": "gloo", "device": "cpu",
+                      "batch_per_rank": 2, "effective_batch": 6}
+    assert core.load_run(tmp_path / "ddp").train_config.batch_size == 2

@@ -44,7 +44,7 @@ import torch
 from .checkpoint import atomic_write_text
 from .errors import ElectrodeCAEError
 from .evaluation import evaluate, format_p
-from .model import ConvAutoEncoder3d, ModelConfig, build_model, validate_model_config
+from .model import ModelConfig, build_model, validate_model_config
 from .presets import get_preset
 from .runs import read_history, save_run
 from .stack import ElectrodeStack
