@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tortuosity", action="store_true",
                    help="leave out the pore tortuosity (the costly metric)")
     p.add_argument("--seed", type=int, default=0, help="seed of the window subset")
+    p.add_argument("--metrics", type=lambda t: _comma_list(t, str, "metric names"),
+                   help="only these metrics, e.g. pore_fraction,tortuosity_pore_z (default: "
+                   "all of the physics report's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
 
@@ -905,7 +908,7 @@ def _fit_prediction(args: argparse.Namespace, run, *, quiet: bool = False):
     report = prediction.fit_prediction(
         run.model, data, max_windows=getattr(args, "max_windows", 400),
         n_folds=getattr(args, "folds", 5), tortuosity=not getattr(args, "no_tortuosity", False),
-        seed=getattr(args, "seed", 0), progress=progress)
+        seed=getattr(args, "seed", 0), names=getattr(args, "metrics", None), progress=progress)
     prediction.save_prediction(args.run_dir, report)
     return report
 
@@ -913,8 +916,10 @@ def _fit_prediction(args: argparse.Namespace, run, *, quiet: bool = False):
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from .core import prediction
+    from .core import metrics, prediction
 
+    for name in args.metrics or ():
+        metrics.get(name)  # an unknown name is one error line, before any work
     run = core.load_run(args.run_dir)
     if not args.json:
         _info(f"measuring up to {args.max_windows} non-overlapping windows, {args.folds} "

@@ -30,10 +30,17 @@ def test_predict_json_has_r2_per_metric_beside_a_random_encoder(run_dir, capsys)
 
 
 def test_predict_prints_the_r2_table(run_dir, capsys):
-    assert cli.main(["predict", str(run_dir), "--folds", "4", "--no-tortuosity",
-                     "--max-windows", "40"]) == 0
+    assert cli.main(["predict", str(run_dir), "--folds", "4", "--max-windows", "40",
+                     "--metrics", "pore_fraction,ssa_active_per_um"]) == 0
     out = capsys.readouterr().out
     assert "R²" in out and "random" in out and "pore_fraction" in out
+    assert "cbd_fraction" not in out
+
+
+def test_predict_unknown_metric_is_one_line(run_dir, capsys):
+    assert cli.main(["predict", str(run_dir), "--metrics", "porosity"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown metric 'porosity'" in err
 
 
 def test_design_json_shape_and_files(run_dir, tmp_path, capsys):
