@@ -125,6 +125,37 @@ def test_case_studies_run_as_tasks_on_the_scheduler(scheduler, stack_file, tmp_p
     assert sum(e.row is not None and e.row["status"] == "ok" for e in events) == 2
 
 
+def test_ctrl_c_during_the_case_studies_writes_the_finished_and_cancelled_rows(
+        scheduler, stack_file, tmp_path):
+    out = tmp_path / "study"
+    stacks = [core.read_stack(stack_file)]
+
+    heard = []
+
+    def progress(event):  # Ctrl-C as the first run finishes
+        if event.row is not None:
+            heard.append((event.row["case"], event.row["split"], event.row["status"]))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        studies.run_study(stacks, quick=True, out_dir=out, epochs=1, crop=16, device="cpu",
+                          cases=["1", "2"], scheduler=scheduler, progress=progress)
+    rows = [(r["case"], r["split"], r["status"]) for r in _csv_rows(out / "study.csv")]
+    assert len(rows) == 4 and heard[0] in rows  # the finished run (ok, or failed with why)
+    assert sorted(r for r in rows if r != heard[0]) == sorted(
+        (c, s, "cancelled") for c, s, _ in rows if (c, s) != heard[0][:2])
+    assert "cancelled: interrupted before it finished" in (out / "study.md").read_text()
+    _wait_until_workers_idle(scheduler)
+
+
+def test_gpu_configurations_on_a_cluster_without_gpu_workers_are_refused_not_queued(
+        scheduler, stack_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(studies, "SCHEDULER_TIMEOUT_S", 1.0)
+    with pytest.raises(studies.StudyError, match="no worker of the Dask scheduler offers GPU=1"):
+        studies.run_grid([core.read_stack(stack_file)], {"window": [4], "crop": [16]},
+                         out_dir=tmp_path / "grid", device="cuda", scheduler=scheduler)
+
+
 def test_an_unreachable_scheduler_is_one_clear_error_line(stack_file, tmp_path, capsys,
                                                           monkeypatch):
     monkeypatch.setattr(studies, "SCHEDULER_TIMEOUT_S", 1.0)

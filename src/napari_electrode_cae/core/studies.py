@@ -999,6 +999,8 @@ class _Cluster:
         ends (``error`` "" on success). Ctrl-C (or a KeyboardInterrupt raised by ``done``)
         cancels every task not finished yet and is raised again."""
         distributed = _import_distributed()
+        if resources:
+            self._wait_for_resources(resources)
         token = hashlib.sha1(f"{time.time_ns()}-{os.getpid()}".encode()).hexdigest()[:8]
         futures = {}
         try:
@@ -1018,6 +1020,24 @@ class _Cluster:
         except KeyboardInterrupt:
             self.client.cancel(list(futures), force=True)  # queued tasks never start
             raise
+
+
+    def _wait_for_resources(self, resources: dict) -> None:
+        """Wait up to :data:`SCHEDULER_TIMEOUT_S` for a worker that offers ``resources`` (workers
+        of dask-jobqueue join late); none is a :class:`StudyError`, not tasks queued forever."""
+        deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
+        while True:
+            workers = self.client.scheduler_info().get("workers", {}).values()
+            if any(all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())
+                   for w in workers):
+                return
+            if time.monotonic() >= deadline:
+                wanted = ", ".join(f"{k}={v}" for k, v in resources.items())
+                raise StudyError(
+                    f"no worker of the Dask scheduler offers {wanted}: start GPU workers with "
+                    f"'dask worker ADDRESS --nthreads 1 --resources {wanted}', or train on "
+                    "the CPU (--device cpu or auto)")
+            time.sleep(0.5)
 
 
 def _one_line(exc: BaseException) -> str:
