@@ -41,39 +41,22 @@ from ..core import ElectrodeCAEError, EpochReport, TrainConfigError
 from ..core.health import Health
 from ..core.training import TimeEstimate, format_duration, history_health
 from .loss_plot import LossPlot
-from .panel_base import SHUTDOWN_TIMEOUT_S, Panel  # noqa: F401 (re-exported)
+from .panel_base import Panel
 from .scrolling import fill_with_scrolling
 from .state import CAEState
-from .training_fields import (  # noqa: F401 (re-exported: tests use these names)
-    ERROR_STYLE,
-    OUTPUT_CHOICES,
-    PHASE_LOSS_LABELS,
-    LearningRateSpinBox,
-    TrainingFields,
-    row,
-)
-from .training_jobs import (  # noqa: F401 (re-exported: tests and benchmarks use these names)
-    CUSTOM_PRESET,
-    PHASE_RULE_CHOICES,
+from .training_fields import ERROR_STYLE, TrainingFields, row
+from .training_fields import LearningRateSpinBox  # noqa: F401 (re-exported: tests use it)
+from .training_jobs import (
     EvaluationProgress,
-    LoadedRun,
     TrainedRun,
     TrainingPlan,
-    TrainingRunError,
     drive,
     epoch_warning,
     estimate_text,
     format_epoch_status,
-    format_report_status,
     gui_torch_threads,
-    history_from_rows,
-    load_run_folder,
-    matching_preset,
-    open_run_error_message,
+    history_from_rows,  # noqa: F401 (re-exported: tests use it)
     run_health,
-    same_labels,
-    save_run_job,
-    settings_of_preset,
     training_steps,
     warning_text,
 )
