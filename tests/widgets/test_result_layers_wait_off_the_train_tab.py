@@ -56,3 +56,20 @@ def test_result_layers_are_made_at_once_on_other_tabs(make_napari_viewer, qtbot,
                         timeout=WAIT_MS)
     finally:
         widget.shutdown()
+
+
+def test_a_held_turn_queue_runs_nothing_until_released(qtbot):
+    from qtpy.QtCore import QObject
+
+    from napari_electrode_cae._widgets.turns import TurnQueue
+
+    owner = QObject()
+    queue, ran = TurnQueue(owner), []
+    queue.hold()
+    queue.add(lambda: ran.append("first") or False)
+    queue.add(lambda: ran.append("second") or False)
+    qtbot.wait(50)
+    assert ran == [] and queue.held
+    queue.release()
+    qtbot.waitUntil(lambda: len(ran) == 2, timeout=WAIT_MS)
+    assert ran == ["first", "second"] and not queue.held  # in order, one per turn
