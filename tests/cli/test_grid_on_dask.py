@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -107,6 +111,34 @@ def _wait_until_workers_idle(address, timeout_s=60.0):
         deadline = time.monotonic() + timeout_s
         while sum(client.run(executing).values()) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def test_sigint_to_the_grid_command_exits_130_and_keeps_finished_configs(
+        scheduler, stack_file, tmp_path):
+    out = tmp_path / "grid"
+    lrs = ",".join(f"{k}e-3" for k in range(1, 9))
+    args = _grid_args(stack_file, out, scheduler, layers="3", lr=lrs)
+    args[args.index("--epochs") + 1] = "40"  # long enough to be interrupted
+    process = subprocess.Popen([sys.executable, "-m", "napari_electrode_cae.cli", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "grid.csv").exists() and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        _stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == cli.EXIT_INTERRUPTED, stderr[-3000:]
+    assert "interrupted: queued configurations cancelled" in stderr
+    assert "Traceback" not in stderr
+    rows = _csv_rows(out / "grid.csv")
+    assert 1 <= len(rows) < 8 and all(r["status"] == "ok" for r in rows)
+    _wait_until_workers_idle(scheduler)
 
 
 def test_case_studies_run_as_tasks_on_the_scheduler(scheduler, stack_file, tmp_path):
