@@ -723,10 +723,11 @@ def _train_config(
 _WORKER_STACKS: list[ElectrodeStack] = []
 
 
-def _init_worker(stacks: list[ElectrodeStack]) -> None:
-    """Process-pool initialiser: one thread per process, stacks received once."""
+def _init_worker(records: list[dict]) -> None:
+    """Process-pool initialiser: one thread per process, the stacks memory-mapped from the
+    files :func:`share_stacks` wrote (not a pickled copy per process)."""
     torch.set_num_threads(1)
-    _WORKER_STACKS[:] = stacks
+    _WORKER_STACKS[:] = open_shared_stacks(records)
 
 
 def _worker_train(config: dict, run_dir: str, seed: int, split_mode: str, device: str,
@@ -874,7 +875,7 @@ def run_grid(
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=min(workers, len(todo)), mp_context=context,
-            initializer=_init_worker, initargs=(stacks,),
+            initializer=_init_worker, initargs=(share_stacks(stacks, out_dir / "stacks"),),
         ) as pool:
             futures = {
                 pool.submit(_worker_train, config, str(run_dir), seed, split_mode, device,
