@@ -459,6 +459,10 @@ def main() -> None:
     ]
     for (name, start), (_, end) in zip(marks, marks[1:]):
         lines += phase_lines(name, start, end, ticks, calls, gcs)
+    plot = [seconds * 1e3 for _, seconds, what in calls.calls if what == "LossPlot._redraw"]
+    if plot:  # what a new epoch's points cost the GUI thread (curve update, not the repaint)
+        lines.append(f"loss plot updates: {len(plot)}, median {statistics.median(plot):.1f} ms, "
+                     f"max {max(plot):.1f} ms")
     lines.append(f"whole run max stall: {max(ticks.gaps) * 1e3:.1f} ms "
                  f"({sum(g * 1e3 > STALL_MS for g in ticks.gaps)} of {len(ticks.gaps)} "
                  f"ticks over {STALL_MS:.0f} ms)")
