@@ -365,6 +365,7 @@ class DesignPanel(QWidget):
 
     def _on_finished(self) -> None:
         self._worker = None
+        self._done.set()  # also when quit before the generator ran (its finally never ran)
         if not self._closed:
             self._update_buttons()
 
@@ -458,7 +459,20 @@ class DesignPanel(QWidget):
         self._closed = True
         if self._worker is not None:
             self._worker.quit()
-        self._done.wait(SHUTDOWN_TIMEOUT_S)
+        _wait_for(lambda: self._worker is None or self._done.is_set(), SHUTDOWN_TIMEOUT_S)
         for signal, slot in self._connections:
             signal.disconnect(slot)
         self._connections = []
+
+
+def _wait_for(condition, timeout_s: float) -> None:
+    """Process Qt events until ``condition()`` holds or ``timeout_s`` passed (a worker's
+    finished signal is delivered to this thread, so a blocking wait could not see it)."""
+    import time
+
+    from qtpy.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.005)

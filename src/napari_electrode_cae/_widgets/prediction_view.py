@@ -251,6 +251,7 @@ class PredictionView(QWidget):
 
     def _on_fit_finished(self) -> None:
         self._fit_worker = None
+        self._fit_done.set()  # also when quit before the generator ran
         if not self._closed:
             self._update_enabled()
 
@@ -302,7 +303,20 @@ class PredictionView(QWidget):
         self._measure_timer.stop()
         if self._fit_worker is not None:
             self._fit_worker.quit()
-        self._fit_done.wait(SHUTDOWN_TIMEOUT_S)
+        _wait_for(lambda: self._fit_worker is None or self._fit_done.is_set(), SHUTDOWN_TIMEOUT_S)
         for signal, slot in self._connections:
             signal.disconnect(slot)
         self._connections = []
+
+
+def _wait_for(condition, timeout_s: float) -> None:
+    """Process Qt events until ``condition()`` holds or ``timeout_s`` passed (a worker's
+    finished signal is delivered to this thread, so a blocking wait could not see it)."""
+    import time
+
+    from qtpy.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.005)
