@@ -182,3 +182,17 @@ def test_a_plain_run_records_world_size_one_and_its_batch_as_the_effective_batch
     assert record == {"world_size": 3, "backend": "gloo", "device": "cpu",
                       "batch_per_rank": 2, "effective_batch": 6}
     assert core.load_run(tmp_path / "ddp").train_config.batch_size == 2
+
+
+def test_a_lost_peer_is_a_peer_lost_error_and_other_errors_pass_unchanged():
+    context = ddp.DistributedContext(1, 2, 1, "gloo", torch.device("cpu"))
+    with pytest.raises(ddp.PeerLostError, match="rank 1 of 2: another rank stopped"):
+        with ddp.peer_guard(context):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:49325: "
+                               "Connection reset by peer")
+    with pytest.raises(torch.OutOfMemoryError):
+        with ddp.peer_guard(context):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        with ddp.peer_guard(context):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")

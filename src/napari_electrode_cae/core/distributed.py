@@ -188,12 +188,29 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+#: Words of the errors Gloo and NCCL raise (as plain RuntimeErrors) when a peer went away.
+_PEER_ERROR_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "peer")
+
+
+def is_peer_error(exc: BaseException) -> bool:
+    """True for an error of a collective whose peer went away (not, e.g., out of memory)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return False
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(w in text for w in _PEER_ERROR_WORDS)
+
+
 @contextlib.contextmanager
 def peer_guard(context: DistributedContext) -> Iterator[None]:
-    """Turn a collective's failure because a peer went away into :class:`PeerLostError`."""
+    """Turn a collective's failure because a peer went away into :class:`PeerLostError`; other
+    errors (out of memory, bugs) pass unchanged."""
     try:
         yield
-    except RuntimeError as exc:  # torch.distributed.DistBackendError is one
+    except RuntimeError as exc:
+        if not is_peer_error(exc):
+            raise
         raise PeerLostError(
             f"rank {context.rank} of {context.world_size}: another rank stopped "
             f"({_first_line(exc)})") from exc
