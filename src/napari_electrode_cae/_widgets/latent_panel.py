@@ -294,6 +294,8 @@ class LatentPanel(QWidget):
         self._slider_rows, self.sliders, self.slider_names = [], [], []
         for j in range(k):
             name = QLabel(f"z{j + 1}")
+            name.setWordWrap(True)  # a long name wraps instead of squeezing its slider
+            name.setMaximumWidth(name.fontMetrics().horizontalAdvance("z10 · pore fraction +0.00"))
             self.slider_names.append(name)
             slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
             slider.valueChanged.connect(self._on_slider_moved)
