@@ -147,7 +147,7 @@ def test_a_tiff_whose_codec_is_missing_is_one_line(tmp_path, capsys):
     path = tmp_path / "zstd.tif"
     volume = np.zeros((4, 16, 16), np.uint8)
     volume[:, :4], volume[:, 8:] = 1, 2
-    tifffile.imwrite(path, volume)
+    tifffile.imwrite(path, volume, photometric="minisblack")
     data = bytearray(path.read_bytes())
     with tifffile.TiffFile(path) as tif:  # mark the pages as zstd-compressed
         offsets = [page.tags["Compression"].valueoffset for page in tif.pages]

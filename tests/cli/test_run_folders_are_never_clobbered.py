@@ -145,7 +145,7 @@ def test_two_trainings_into_one_folder_at_once_one_refuses(tmp_path, stack_file)
         import sys
         from napari_electrode_cae import cli
         sys.exit(cli.main(["train", {str(stack_file)!r}, "--out", {str(out)!r},
-                           *{TINY[:-6]!r}, "--epochs", "30", "--batch", "4", "--device",
+                           *{TINY[:-6]!r}, "--epochs", "8", "--batch", "4", "--device",
                            "cpu"]))
     """)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -159,4 +159,4 @@ def test_two_trainings_into_one_folder_at_once_one_refuses(tmp_path, stack_file)
     assert ("in use by another electrode-cae process" in refused
             or "already holds a finished run" in refused
             or "interrupted run" in refused)
-    assert core.load_run(out).train_config.epochs == 30
+    assert core.load_run(out).train_config.epochs == 8
