@@ -79,8 +79,10 @@ def test_ctrl_c_cancels_queued_configs_and_keeps_the_finished_ones_in_grid_csv(
         scheduler, stack_file, tmp_path):
     out = tmp_path / "grid"
     stacks = [core.read_stack(stack_file)]
+    # 20 epochs: a configuration takes long enough that the others are still running or
+    # queued when the first one finishes
     grid = {"window": [4], "stride": [4], "crop": [16], "layers": [3], "hidden": [8],
-            "latent": [2], "epochs": [1], "batch": [2],
+            "latent": [2], "epochs": [20], "batch": [2],
             "lr": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]}
     heard = []
 
@@ -93,9 +95,10 @@ def test_ctrl_c_cancels_queued_configs_and_keeps_the_finished_ones_in_grid_csv(
                          progress=progress)
     rows = _csv_rows(out / "grid.csv")
     assert [r["id"] for r in rows] == [heard[0]["id"]] and rows[0]["status"] == "ok"
-    # the two workers were running one each at most; the queued ones never started
+    # besides the finished one, each of the two workers was running one and may have started
+    # the one it held ready (Dask hands a worker a task ahead); the others never started
     started = [p for p in out.iterdir() if p.is_dir() and p.name != "stacks"]
-    assert len(started) <= 3 < len(grid["lr"])
+    assert len(started) <= 4 < len(grid["lr"])
     _wait_until_workers_idle(scheduler)  # a cancelled task that was running ends on its own
     # running again finishes the grid and reuses what finished
     rows = studies.run_grid(stacks, grid, out_dir=out, device="cpu", scheduler=scheduler)
