@@ -234,3 +234,25 @@ def test_both_readers_in_a_real_viewer(make_napari_viewer, real_file, qtbot):
         np.testing.assert_array_equal(state.stacks[1].labels, ids)
     finally:
         data_panel.shutdown()
+
+
+@pytest.mark.parametrize("override", [None, {0: "pore", 85: "cbd", 170: "active"}])
+def test_run_of_a_reader_opened_stack_reads_the_file_back(panel, real_file, tmp_path,
+                                                         override):
+    """The run records the mapping in the file's stored values, so reopening it reads the
+    file as it was used (recorded as phase ids 0/1/2, the file's 85/170 would not map)."""
+    viewer, state, data_panel = panel
+    path, ids = real_file
+    [layer] = open_with_plugin(viewer, path)
+    if override:
+        data_panel.set_phase_mapping(layer.name, override)
+    stack = state.stacks[0]
+    assert stack.source == str(path)
+    data = core.WindowDataset([stack], core.WindowSpec(length=4, stride=4, crop=16))
+    model = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=4,
+                                   latent_dim=2)
+    run_dir = core.save_run(tmp_path / "run", model, data, core.TrainConfig(epochs=1),
+                            [0, 1], [2], latents=False)
+    reread = core.load_run(run_dir).load_dataset().stacks[0]
+    assert reread.phase_mapping == (override or STORED_MAPPING)
+    np.testing.assert_array_equal(reread.labels, stack.labels)
