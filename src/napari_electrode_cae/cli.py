@@ -430,8 +430,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
             shape = (64, 128, 128)  # quick to write; the generator's own default is larger
         else:
             shape = core.synthetic.default_shape(preset)
-        stack = core.generate_electrode(shape, preset=preset, seed=args.seed + offset)
         path = args.out_dir / f"synthetic_{preset}.tif"
+        if (path.exists() or path.is_symlink()) and not core.io.written_by_this_tool(path):
+            raise core.errors.StackWriteError(
+                f"{path} exists and was not written by this tool; nothing was overwritten: "
+                "choose another folder")
+        stack = core.generate_electrode(shape, preset=preset, seed=args.seed + offset)
         core.write_stack(path, stack)
         fractions = ", ".join(f"{k} {v:.1%}" for k, v in core.volume_fractions(stack.labels).items())
         print(f"{path}: {preset}, shape {stack.shape}, {fractions}")

@@ -160,3 +160,13 @@ def test_two_trainings_into_one_folder_at_once_one_refuses(tmp_path, stack_file)
             or "already holds a finished run" in refused
             or "interrupted run" in refused)
     assert core.load_run(out).train_config.epochs == 8
+
+
+def test_sample_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
+    argv = ["sample", str(tmp_path), "--preset", "cal", "--shape", "8", "16", "16"]
+    assert cli.main(argv) == 0  # its own file may be written again
+    assert cli.main([*argv, "--seed", "1"]) == 0
+    (tmp_path / "synthetic_CAL.tif").write_bytes(b"the user's own image")
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert "was not written by this tool" in _error_line(capsys)
+    assert (tmp_path / "synthetic_CAL.tif").read_bytes() == b"the user's own image"

@@ -622,6 +622,26 @@ def _metadata_entry(entry: Any, where: str) -> dict[str, Any]:
     return found
 
 
+def written_by_this_tool(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a stack file that :func:`write_stack` wrote (a TIFF with the tool's
+    metadata, or a ``.npy`` with its sidecar); never reads more than a TIFF header."""
+    path = Path(path)
+    try:
+        check_regular_file(path, "file", StackReadError)
+    except StackReadError:
+        return False
+    if path.suffix.lower() == NPY_SUFFIX:
+        return sidecar_path(path).is_file()
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            description = getattr(tif.pages[0], "description", "") or ""
+        return _METADATA_KEY in json.loads(description) if description.startswith("{") else False
+    except (tifffile.TiffFileError, ValueError, TypeError, OSError, IndexError):
+        return False
+
+
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """The metadata sidecar of a ``.npy`` stack: ``NAME.npy.phases.json`` next to it.
 
