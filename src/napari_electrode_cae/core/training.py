@@ -376,8 +376,79 @@ def train(
         If ``resume`` finds a ``last.pt`` that is corrupt, not a plain training checkpoint or
         written for another model; the model is then left unchanged.
     """
-    spec = data.spec
-    mc = model.config
+    train_idx, val_idx = _checked_split(model, data, config, train_idx, val_idx)
+    device = distributed.device if distributed is not None else resolve_device(config.device)
+    check_precision(config.precision, device)
+    ranks = _Ranks(distributed)
+    model.to(device)
+    optimiser = make_optimiser(model, config.lr)
+    per_epoch = windows_per_epoch(len(train_idx), config, model.config.norm, ranks.world)
+    if per_epoch < ranks.world * (2 if model.config.norm == "batch" else 1):
+        raise TrainConfigError(f"{per_epoch} training windows cannot be shared by {ranks.world} "
+                               "ranks; use fewer processes or more windows")
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    # what this run is, recorded in last.pt: a resume with other settings or stacks is refused
+    settings = (run_settings(model.config, data, config, train_idx, val_idx)
+                if checkpoint_dir is not None else None)
+    progress = _Progress(copy.deepcopy(model.state_dict()))
+    if resume and checkpoint_dir is not None:
+        saved = _read_last(checkpoint_dir / "last.pt", distributed)
+        if saved is not None:
+            progress = _restore(saved, checkpoint_dir / "last.pt", model, optimiser, settings,
+                                config)
+    writes = checkpoint_dir is not None and ranks.writes
+    health, stage = Health("ok"), "training"
+    resources = contextlib.ExitStack()  # closed in the finally below, last in first out
+    resources.enter_context(cudnn_autotune(device))
+    try:
+        feeder = BatchFeeder(data, device)
+        resources.callback(feeder.release)
+        step = _training_step(model, optimiser, device, data, train_idx, config, ranks)
+        resources.callback(step.release)
+        epochs = _Epochs(model, data, config, train_idx, val_idx, per_epoch, device, feeder,
+                         step, optimiser, ranks)
+        for epoch in range(progress.first_epoch, config.epochs + 1):
+            start = time.perf_counter()
+            train_mse = yield from epochs.train(epoch, yield_batches)
+            stage = "validation"
+            checked = epochs.validate()
+            stage = "training"
+            improved = progress.record(model, epoch, train_mse, checked, config,
+                                       time.perf_counter() - start)
+            if improved and writes:
+                save_state_dict(progress.best_state, checkpoint_dir / "best.pt")
+            report = progress.history[-1]
+            if report.health(config).state == "diverged":  # stop, keep the best weights
+                health = report.health(config)
+                yield report
+                break
+            if writes:
+                save_training_state(checkpoint_dir / "last.pt",
+                                    progress.checkpoint(epoch, model, optimiser, settings))
+            yield report
+        finished = health.state != "diverged"
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        # without its traceback, whose frames would keep the failed batch's tensors alive
+        raise TrainingMemoryError(
+            out_of_memory_message(device, config.batch_size, data.spec.window_shape(), stage)
+        ) from exc.with_traceback(None)
+    finally:
+        resources.close()
+        model.load_state_dict(progress.best_state)
+        model.eval()
+    if health.ok and progress.best_epoch:
+        health = history_health(progress.history, config)
+    return TrainResult(
+        progress.history, progress.best_epoch, progress.best_val, train_idx, val_idx,
+        str(device), stopped=not finished, health=health,
+    )
+
+
+def _checked_split(model, data: WindowDataset, config: TrainConfig, train_idx, val_idx
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation indices (``config``'s split unless given), checked: the
+    windows fit the model, both sides hold windows, the settings can train together."""
+    spec, mc = data.spec, model.config
     if (spec.length, spec.crop) != (mc.window_length, mc.crop):
         raise TrainConfigError(
             f"windows are {spec.length}x{spec.crop}x{spec.crop} but the model expects "
@@ -393,166 +464,187 @@ def train(
             f"{len(val_idx)} validation"
         )
     check_trainable(model.config, config)
-    device = resolve_device(config.device)
+    return train_idx, val_idx
+
+
+@dataclass
+class _Ranks:
+    """How this process shares training with others: alone (``context`` None) or one rank of a
+    torchrun job, whose batches are shards of a global batch and whose loss is weighted."""
+
+    context: ddp.DistributedContext | None
+    #: the objective's weight for the current shard (see :func:`.distributed.loss_weight`)
+    share: list = field(default_factory=lambda: [1.0])
+
+    @property
+    def world(self) -> int:
+        return self.context.world_size if self.context is not None else 1
+
+    @property
+    def writes(self) -> bool:
+        """Only rank 0 writes checkpoints."""
+        return self.context is None or self.context.is_main
+
+    def shard(self, batch_idx: np.ndarray) -> np.ndarray:
+        """This rank's part of a global batch (all of it when alone)."""
+        if self.context is None:
+            return batch_idx
+        mine = ddp.shard(batch_idx, self.context.rank, self.world)
+        self.share[0] = ddp.loss_weight(len(mine), len(batch_idx), self.world)
+        return mine
+
+    def guard(self):
+        """Turns a lost peer into :class:`.distributed.PeerLostError` around a step."""
+        return contextlib.nullcontext() if self.context is None else ddp.peer_guard(self.context)
+
+
+def _training_step(model, optimiser, device, data, train_idx, config: TrainConfig,
+                   ranks: _Ranks) -> TrainingStep:
+    """The step (forward, loss, backward, Adam) of ``config``'s loss, wrapped for DDP."""
+    fractions = None
+    if model.config.output == "phases" and config.phase_loss == "weighted_ce":
+        fractions = training_fractions(data, train_idx)
+    objective = make_loss(model, config.phase_loss, fractions)
+    net = model
+    if ranks.context is not None:
+        net = ddp.wrap_model(model, ranks.context)
+        objective = _weighted_loss(objective, ranks.share)
+    # a schedule changes the rate between steps, which a recorded CUDA graph would not see;
+    # under DDP every step runs eagerly (the weight of a short last batch changes too)
+    graph = None if config.is_paper_schedule and ranks.context is None else False
+    return TrainingStep(net, optimiser, device, config.precision, config.batch_size,
+                        use_graph=graph, loss=objective, grad_clip=config.grad_clip)
+
+
+@dataclass
+class _Epochs:
+    """One epoch's training pass and validation."""
+
+    model: ConvAutoEncoder3d
+    data: WindowDataset
+    config: TrainConfig
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    per_epoch: int
+    device: torch.device
+    feeder: BatchFeeder
+    step: TrainingStep
+    optimiser: torch.optim.Optimizer
+    ranks: _Ranks
+
+    def train(self, epoch: int, yield_batches: bool) -> Iterator[BatchReport]:
+        """Yields a :class:`BatchReport` per batch if asked; returns the epoch's train MSE."""
+        config, ranks = self.config, self.ranks
+        global_batch = config.batch_size * ranks.world  # windows per step, all ranks together
+        n_batches = math.ceil(self.per_epoch / global_batch)
+        self.step.model.train()
+        # one generator per epoch, so a resumed run shuffles exactly like an unbroken one
+        order = np.random.default_rng((config.seed, epoch)).permutation(self.train_idx)
+        order = order[:self.per_epoch]
+        # summed on the device in float64 (the CPU for Apple MPS, which has none): a GPU is not
+        # made to wait for every batch's loss (only a GUI asking for each batch's loss reads
+        # it), and on the CPU the sum is the same as Python's float sum
+        sum_device = self.device if self.device.type in ("cpu", "cuda") else torch.device("cpu")
+        total = torch.zeros((), dtype=torch.float64, device=sum_device)
+        for b in range(n_batches):
+            if not config.is_paper_schedule:
+                set_lr(self.optimiser,
+                       config.lr * lr_factor((epoch - 1) * n_batches + b, n_batches, config))
+            batch_idx = ranks.shard(order[b * global_batch : (b + 1) * global_batch])
+            with ranks.guard():
+                loss = self.step(self.feeder(batch_idx))
+            total += loss.to(sum_device, torch.float64) * len(batch_idx)
+            if yield_batches:
+                yield BatchReport(epoch, b + 1, n_batches, loss)
+        if ranks.context is not None:
+            total = ddp.all_reduce_sum(total, ranks.context)
+        return float(total) / len(order)
+
+    def validate(self) -> ValidationStats:
+        if self.ranks.context is None:
+            return validate(self.model, self.data, self.val_idx, self.config.batch_size,
+                            feeder=self.feeder)
+        return _validate_sharded(self.model, self.data, self.val_idx, self.config.batch_size,
+                                 self.feeder, self.ranks.context)
+
+
+@dataclass
+class _Progress:
+    """The run so far: its epochs and its best-validation weights (restored on resume)."""
+
+    best_state: dict
+    best_val: float = math.inf
+    best_epoch: int = 0
+    history: list[EpochReport] = field(default_factory=list)
+    first_epoch: int = 1
+
+    def record(self, model, epoch: int, train_mse: float, checked: ValidationStats,
+               config: TrainConfig, seconds: float) -> bool:
+        """Add the epoch to the history; True if its validation MSE is the best so far (its
+        weights are then kept)."""
+        val_mse = checked.mse
+        improved = math.isfinite(train_mse) and math.isfinite(val_mse) and val_mse < self.best_val
+        if improved:
+            self.best_val, self.best_epoch = val_mse, epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+        self.history.append(EpochReport(
+            epoch, config.epochs, train_mse, val_mse, seconds, self.best_epoch, self.best_val,
+            checked.nmse, checked.spread,
+        ))
+        return improved
+
+    def checkpoint(self, epoch: int, model, optimiser, settings) -> dict:
+        """What ``last.pt`` holds after ``epoch``."""
+        return {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "best_model": self.best_state,
+            "best_val_mse": self.best_val,
+            "best_epoch": self.best_epoch,
+            "history": [asdict(r) for r in self.history],
+            "settings": settings,
+        }
+
+
+def _read_last(path: Path, distributed: ddp.DistributedContext | None) -> dict | None:
+    """``last.pt`` if there is one; under torchrun rank 0 reads it for every rank."""
     if distributed is not None:
-        device = distributed.device
-    world = distributed.world_size if distributed is not None else 1
-    writes = distributed is None or distributed.is_main  # only rank 0 writes checkpoints
-    check_precision(config.precision, device)
-    # where the epoch's loss is summed in float64: the device itself, except on Apple MPS,
-    # which has no float64
-    sum_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
-    model.to(device)
-    optimiser = make_optimiser(model, config.lr)
-    per_epoch = windows_per_epoch(len(train_idx), config, model.config.norm, world)
-    if per_epoch < world * (2 if model.config.norm == "batch" else 1):
-        raise TrainConfigError(f"{per_epoch} training windows cannot be shared by {world} "
-                               "ranks; use fewer processes or more windows")
-    global_batch = config.batch_size * world  # windows per optimiser step, all ranks together
-    n_batches = math.ceil(per_epoch / global_batch)
-    history: list[EpochReport] = []
-    best_state = copy.deepcopy(model.state_dict())
-    best_val, best_epoch = math.inf, 0
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    first_epoch = 1
-    saved = None
-    if resume and checkpoint_dir is not None and distributed is None:
-        if (checkpoint_dir / "last.pt").exists():
-            saved = load_training_state(checkpoint_dir / "last.pt")
-    elif resume and checkpoint_dir is not None:  # rank 0 reads, every rank gets it
-        saved = _resume_state_for_ranks(checkpoint_dir / "last.pt", distributed)
-    # what this run is, recorded in last.pt: a resume with other settings or stacks is refused
-    settings = (run_settings(model.config, data, config, train_idx, val_idx)
-                if checkpoint_dir is not None else None)
-    if saved is not None and isinstance(saved.get("settings"), dict):
+        return _resume_state_for_ranks(path, distributed)
+    return load_training_state(path) if path.exists() else None
+
+
+def _restore(saved: dict, path: Path, model, optimiser, settings, config: TrainConfig
+             ) -> _Progress:
+    """Load a ``last.pt`` into ``model`` and ``optimiser``, after checking that it was written
+    for these settings and stacks and for no more epochs than ``config`` asks for; the model is
+    left unchanged when it does not fit."""
+    if isinstance(saved.get("settings"), dict):
         difference = settings_difference(saved["settings"], settings)
         if difference:
             raise RunFolderError(
-                f"cannot resume from {checkpoint_dir / 'last.pt'}: it was written for another "
-                f"model or settings ({difference}); resume with the run's settings and stacks, "
-                "or train into a new folder")
-    if saved is not None and saved["epoch"] > config.epochs:
+                f"cannot resume from {path}: it was written for another model or settings "
+                f"({difference}); resume with the run's settings and stacks, or train into a "
+                "new folder")
+    if saved["epoch"] > config.epochs:
         raise TrainConfigError(
             f"epochs {config.epochs} is fewer than the {saved['epoch']} epochs this run has "
             f"done; resume with {saved['epoch']} epochs (finish it as it is) or more")
-    if saved is not None:
-        try:
-            model.load_state_dict(saved["best_model"])  # checks that the best weights fit too
-            model.load_state_dict(saved["model"])
-            optimiser.load_state_dict(saved["optimiser"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            model.load_state_dict(best_state)  # undo a partial load: the model is unchanged
-            detail = " ".join(str(exc).split())
-            detail = detail if len(detail) <= 160 else detail[:157] + "..."
-            raise RunFolderError(
-                f"cannot resume from {checkpoint_dir / 'last.pt'}: it was written for another "
-                f"model or settings ({detail}); use another output folder or train without "
-                "resuming"
-            ) from exc
-        best_state = saved["best_model"]
-        best_val, best_epoch = saved["best_val_mse"], saved["best_epoch"]
-        history = [EpochReport(**row) for row in saved["history"]]
-        first_epoch = saved["epoch"] + 1
-    finished = False
-    health = Health("ok")
-    stage = "training"
-    resources = contextlib.ExitStack()  # closed in the finally below, last in first out
-    resources.enter_context(cudnn_autotune(device))
+    initial = copy.deepcopy(model.state_dict())
     try:
-        feeder = BatchFeeder(data, device)
-        resources.callback(feeder.release)
-        fractions = None
-        if model.config.output == "phases" and config.phase_loss == "weighted_ce":
-            fractions = training_fractions(data, train_idx)
-        objective = make_loss(model, config.phase_loss, fractions)
-        net, guard, share = model, contextlib.nullcontext, [1.0]
-        if distributed is not None:
-            net = ddp.wrap_model(model, distributed)
-            guard = lambda: ddp.peer_guard(distributed)  # noqa: E731
-            objective = _weighted_loss(objective, share)
-        # a schedule changes the rate between steps, which a recorded CUDA graph would not see;
-        # under DDP every step runs eagerly (the weight of a short last batch changes too)
-        step = TrainingStep(net, optimiser, device, config.precision, config.batch_size,
-                            use_graph=None if config.is_paper_schedule and distributed is None
-                            else False, loss=objective, grad_clip=config.grad_clip)
-        resources.callback(step.release)
-        for epoch in range(first_epoch, config.epochs + 1):
-            start = time.perf_counter()
-            net.train()
-            # one generator per epoch, so a resumed run shuffles exactly like an unbroken one
-            order = np.random.default_rng((config.seed, epoch)).permutation(train_idx)[:per_epoch]
-            # summed on the device in float64: a GPU is not made to wait for every batch's loss
-            # (only a GUI asking for each batch's loss reads it), and on the CPU the sum is the
-            # same as Python's float sum
-            total = torch.zeros((), dtype=torch.float64, device=sum_device)
-            for b in range(n_batches):
-                if not config.is_paper_schedule:
-                    set_lr(optimiser, config.lr
-                           * lr_factor((epoch - 1) * n_batches + b, n_batches, config))
-                batch_idx = order[b * global_batch : (b + 1) * global_batch]
-                if distributed is not None:
-                    whole = len(batch_idx)
-                    batch_idx = ddp.shard(batch_idx, distributed.rank, world)
-                    share[0] = ddp.loss_weight(len(batch_idx), whole, world)
-                with guard():
-                    loss = step(feeder(batch_idx))
-                total += loss.to(sum_device, torch.float64) * len(batch_idx)
-                if yield_batches:
-                    yield BatchReport(epoch, b + 1, n_batches, loss)
-            if distributed is not None:
-                total = ddp.all_reduce_sum(total, distributed)
-            train_mse = float(total) / len(order)
-            stage = "validation"
-            if distributed is None:
-                checked = validate(model, data, val_idx, config.batch_size, feeder=feeder)
-            else:
-                checked = _validate_sharded(model, data, val_idx, config.batch_size, feeder,
-                                            distributed)
-            stage = "training"
-            val_mse = checked.mse
-            finite = math.isfinite(train_mse) and math.isfinite(val_mse)
-            if finite and val_mse < best_val:
-                best_val, best_epoch = val_mse, epoch
-                best_state = copy.deepcopy(model.state_dict())
-                if checkpoint_dir is not None and writes:
-                    save_state_dict(best_state, checkpoint_dir / "best.pt")
-            report = EpochReport(
-                epoch, config.epochs, train_mse, val_mse,
-                time.perf_counter() - start, best_epoch, best_val, checked.nmse, checked.spread,
-            )
-            history.append(report)
-            if report.health(config).state == "diverged":  # stop, keep the best weights
-                health = report.health(config)
-                yield report
-                break
-            if checkpoint_dir is not None and writes:
-                save_training_state(checkpoint_dir / "last.pt", {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "best_model": best_state,
-                    "best_val_mse": best_val,
-                    "best_epoch": best_epoch,
-                    "history": [asdict(r) for r in history],
-                    "settings": settings,
-                })
-            yield report
-        finished = health.state != "diverged"
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        # without its traceback, whose frames would keep the failed batch's tensors alive
-        raise TrainingMemoryError(
-            out_of_memory_message(device, config.batch_size, spec.window_shape(), stage)
-        ) from exc.with_traceback(None)
-    finally:
-        resources.close()
-        model.load_state_dict(best_state)
-        model.eval()
-    if health.ok and best_epoch:
-        health = history_health(history, config)
-    return TrainResult(
-        history, best_epoch, best_val, train_idx, val_idx, str(device), stopped=not finished,
-        health=health,
-    )
+        model.load_state_dict(saved["best_model"])  # checks that the best weights fit too
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        model.load_state_dict(initial)  # undo a partial load: the model is unchanged
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise RunFolderError(
+            f"cannot resume from {path}: it was written for another model or settings "
+            f"({detail}); use another output folder or train without resuming"
+        ) from exc
+    return _Progress(saved["best_model"], saved["best_val_mse"], saved["best_epoch"],
+                     [EpochReport(**row) for row in saved["history"]], saved["epoch"] + 1)
 
 
 def history_health(history: Sequence[EpochReport], config: TrainConfig | None = None) -> Health:
