@@ -816,6 +816,40 @@ def run_grid(
     configs = expand_grid(grid if grid is not None else default_grid(base, stacks), base)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _claim_grid_folder(out_dir, stacks, base, seed, split_mode, resume)
+    rows: list[dict] = []
+
+    def finished(row: dict) -> None:
+        row.setdefault("reused", False)
+        rows.append(row)
+        atomic_write_text(out_dir / "grid.csv", _csv_text(_rank(list(rows)), GRID_FILE_FIELDS))
+        if progress is not None:
+            progress(GridProgress(len(rows), len(configs), row))
+
+    todo: list[tuple[dict, Path]] = []
+    for config in configs:
+        run_dir = out_dir / config_id({**config, "seed": seed, "split": split_mode})
+        if resume and _finished(run_dir, config):
+            finished({**json.loads((run_dir / "result.json").read_text(encoding="utf-8")),
+                      "reused": True})
+        else:
+            todo.append((config, run_dir))
+    job = _GridJob(stacks, out_dir, seed, split_mode, device, resume, finished)
+    if todo and _use_dask(scheduler, workers if len(todo) > 1 else 1, parallel):
+        job.on_dask(todo, scheduler, workers)
+    elif workers == 1 or len(todo) <= 1:
+        job.here(todo)
+    else:
+        job.in_processes(todo, workers)
+    ranked = _rank(rows)
+    atomic_write_text(out_dir / "grid.csv", _csv_text(ranked, GRID_FILE_FIELDS))
+    return ranked
+
+
+def _claim_grid_folder(out_dir: Path, stacks, base: str, seed: int, split_mode: str,
+                       resume: bool) -> None:
+    """Record the grid's stacks and settings in ``grid.json``; a folder holding a grid over
+    other stacks is refused when resuming."""
     fingerprint = _stacks_fingerprint(stacks)
     meta_path = out_dir / "grid.json"
     if meta_path.exists() and resume:
@@ -830,56 +864,60 @@ def run_grid(
             )
     atomic_write_text(meta_path, json.dumps({"base": base, "seed": seed, "split": split_mode,
                                              "stacks": fingerprint}, indent=1))
-    rows: list[dict] = []
-    todo: list[tuple[dict, Path]] = []
-    for config in configs:
-        cid = config_id({**config, "seed": seed, "split": split_mode})
-        run_dir = out_dir / cid
-        if resume and _finished(run_dir, config):
-            row = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
-            row["reused"] = True
-            rows.append(row)
-            if progress is not None:
-                progress(GridProgress(len(rows), len(configs), row))
-            continue
-        todo.append((config, run_dir))
 
-    def finished(row: dict) -> None:
-        row.setdefault("reused", False)
-        rows.append(row)
-        atomic_write_text(out_dir / "grid.csv", _csv_text(_rank(list(rows)), GRID_FILE_FIELDS))
-        if progress is not None:
-            progress(GridProgress(len(rows), len(configs), row))
 
-    if todo and _use_dask(scheduler, workers if len(todo) > 1 else 1, parallel):
-        records = share_stacks(stacks, out_dir / "stacks")
+@dataclass
+class _GridJob:
+    """Trains the grid's configurations that are not done yet, in one of three places; each
+    result row goes to ``finished`` as it arrives."""
+
+    stacks: list
+    out_dir: Path
+    seed: int
+    split_mode: str
+    device: str
+    resume: bool
+    finished: Callable[[dict], None]
+
+    def failed_row(self, config: dict, run_dir: Path, error: str) -> dict:
+        row = _grid_row(config, run_dir.name, run_dir, self.seed, self.split_mode)
+        row.update(status="failed", error=error)
+        return row
+
+    def here(self, todo) -> None:
+        """One after the other in this process."""
+        for config, run_dir in todo:
+            self.finished(_train_config(config, self.stacks, run_dir, seed=self.seed,
+                                        split_mode=self.split_mode, device=self.device,
+                                        resume=self.resume))
+
+    def on_dask(self, todo, scheduler: str | None, workers: int) -> None:
+        """As tasks on a Dask cluster (``scheduler``, or a local one of ``workers``)."""
+        records = share_stacks(self.stacks, self.out_dir / "stacks")
         by_name = {run_dir.name: (config, run_dir) for config, run_dir in todo}
 
         def done(name: str, row: dict | None, error: str) -> None:
-            if row is None:  # the task itself failed (e.g. its worker died)
-                config, run_dir = by_name[name]
-                row = _grid_row(config, name, run_dir, seed, split_mode)
-                row.update(status="failed", error=error)
-            finished(row)
+            # row None: the task itself failed (e.g. its worker died)
+            self.finished(row if row is not None else self.failed_row(*by_name[name], error))
 
         with _Cluster(scheduler, workers) as cluster:
             cluster.run([(run_dir.name, _grid_task,
-                          (config, records, str(run_dir), seed, split_mode, device, resume,
-                           cluster.torch_threads)) for config, run_dir in todo],
-                        _gpu_resources(scheduler, device), done)
-    elif workers == 1 or len(todo) <= 1:
-        for config, run_dir in todo:
-            finished(_train_config(config, stacks, run_dir, seed=seed, split_mode=split_mode,
-                                   device=device, resume=resume))
-    else:
+                          (config, records, str(run_dir), self.seed, self.split_mode,
+                           self.device, self.resume, cluster.torch_threads))
+                         for config, run_dir in todo],
+                        _gpu_resources(scheduler, self.device), done)
+
+    def in_processes(self, todo, workers: int) -> None:
+        """In a pool of spawned processes (without dask)."""
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=min(workers, len(todo)), mp_context=context,
-            initializer=_init_worker, initargs=(share_stacks(stacks, out_dir / "stacks"),),
+            initializer=_init_worker,
+            initargs=(share_stacks(self.stacks, self.out_dir / "stacks"),),
         ) as pool:
             futures = {
-                pool.submit(_worker_train, config, str(run_dir), seed, split_mode, device,
-                            resume): (config, run_dir)
+                pool.submit(_worker_train, config, str(run_dir), self.seed, self.split_mode,
+                            self.device, self.resume): (config, run_dir)
                 for config, run_dir in todo
             }
             for future in concurrent.futures.as_completed(futures):
@@ -887,13 +925,8 @@ def run_grid(
                 try:
                     row = future.result()
                 except concurrent.futures.process.BrokenProcessPool as exc:
-                    cid = config_id({**config, "seed": seed, "split": split_mode})
-                    row = _grid_row(config, cid, run_dir, seed, split_mode)
-                    row.update(status="failed", error=f"worker process died: {exc}")
-                finished(row)
-    ranked = _rank(rows)
-    atomic_write_text(out_dir / "grid.csv", _csv_text(ranked, GRID_FILE_FIELDS))
-    return ranked
+                    row = self.failed_row(config, run_dir, f"worker process died: {exc}")
+                self.finished(row)
 
 
 def format_grid_table(rows: Sequence[Mapping], top: int | None = None) -> str:
