@@ -46,8 +46,8 @@ def metric_rows(run_dir):
 def test_defaults_sample_windows_and_solve_tortuosity_on_a_subset(run_dir, capsys,
                                                                   monkeypatch):
     # the defaults of a 256³ stack, scaled to this small run
-    monkeypatch.setattr(cli, "PHYSICS_WINDOWS", 8)
-    monkeypatch.setattr(cli, "PHYSICS_TORTUOSITY", 3)
+    monkeypatch.setattr(cli.physics, "PHYSICS_WINDOWS", 8)
+    monkeypatch.setattr(cli.physics, "PHYSICS_TORTUOSITY", 3)
     capsys.readouterr()
     assert cli.main(["physics", str(run_dir), "--device", "scipy"]) == 0
     err = capsys.readouterr().err
@@ -68,7 +68,7 @@ def test_defaults_sample_windows_and_solve_tortuosity_on_a_subset(run_dir, capsy
 
 
 def test_all_windows_on_request(run_dir, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "PHYSICS_WINDOWS", 8)
+    monkeypatch.setattr(cli.physics, "PHYSICS_WINDOWS", 8)
     capsys.readouterr()
     assert cli.main(["physics", str(run_dir), "--max-windows", "all", "--no-tortuosity"]) == 0
     err = capsys.readouterr().err
