@@ -16,7 +16,7 @@ MODEL = core.ModelConfig(4, 16, 3, 32, 4, "batch", "phases")
 TRAIN = core.TrainConfig(epochs=8, batch_size=16, lr=3e-3, seed=0, split="blocked",
                          device="cpu", phase_loss="ce_dice")
 #: Metrics the shared predictor fits (cheap ones: tests stay fast).
-NAMES = ("pore_fraction", "ssa_active_per_um")
+NAMES = ("pore_fraction", "cbd_fraction", "ssa_active_per_um")
 
 
 @functools.lru_cache(maxsize=1)

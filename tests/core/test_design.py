@@ -41,6 +41,13 @@ def test_impossible_target_gets_nearest_values_and_the_binding_constraint():
     assert any("outside the range the model was trained on" in b for b in result.binding)
 
 
+def test_fraction_targets_that_cannot_add_up_name_the_conflict():
+    result = _design(["pore_fraction=0.70:0.01", "cbd_fraction>=0.4"], candidates=1,
+                     rounds=1, refine_evaluations=0)
+    assert not result.reached
+    assert any("add up to 1" in b for b in result.binding)
+
+
 def test_objective_alone_ranks_candidates_by_measured_value():
     result = _design([], maximize="ssa_active_per_um", candidates=2, rounds=1)
     values = [c.objective for c in result.candidates]

@@ -50,7 +50,7 @@ def test_held_out_fold_r2_beats_the_mean_and_a_random_encoder():
 def test_report_per_metric_r2_units_and_random_baseline():
     report = fitted_report()
     fits = {f.name: f for f in report.fits}
-    assert list(fits) == ["pore_fraction", "ssa_active_per_um"]
+    assert list(fits) == ["pore_fraction", "cbd_fraction", "ssa_active_per_um"]
     pore = fits["pore_fraction"]
     assert report.n_windows == 128 and report.n_folds == 4
     assert pore.r2 > 0.6 and pore.r2 > pore.r2_random + 0.1 and pore.predicts
@@ -63,7 +63,7 @@ def test_report_per_metric_r2_units_and_random_baseline():
 def test_saved_predictor_predicts_as_the_fitted_one(tmp_path):
     save_tiny_run(tmp_path / "run")
     record = json.loads((tmp_path / "run" / "prediction.json").read_text())
-    assert set(record["metrics"]) == {"pore_fraction", "ssa_active_per_um"}
+    assert set(record["metrics"]) == {"pore_fraction", "cbd_fraction", "ssa_active_per_um"}
     loaded = prediction.load_predictor(tmp_path / "run")
     fitted = fitted_report().predictor
     z = fitted.latents[:5]

@@ -36,8 +36,7 @@ def panels(make_napari_viewer, qtbot):
     design = DesignPanel(viewer, state, latent)
     qtbot.addWidget(latent)
     qtbot.addWidget(design)
-    qtbot.waitUntil(lambda: _layers.DECODED_LAYER in viewer.layers and latent.idle,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: _layers.DECODED_LAYER in viewer.layers and latent.idle, timeout=WAIT_MS)
     yield viewer, state, latent, design
     design.shutdown()
     latent.shutdown()
@@ -45,8 +44,7 @@ def panels(make_napari_viewer, qtbot):
 
 def test_set_target_run_see_candidates_and_load_one_into_the_sliders(panels, qtbot, tmp_path):
     viewer, state, latent, design = panels
-    latent.prediction_view.set_predictor(fitted_report().predictor,
-                                         fitted_report().to_dict())
+    latent.prediction_view.set_predictor(fitted_report().predictor, fitted_report().to_dict())
     row = design.target_rows[0]
     row.set("pore_fraction", "equal", 0.40, 0.01)
     design.candidates_spin.setValue(1)
@@ -78,14 +76,15 @@ def test_prediction_view_follows_the_sliders_and_measures_the_decoded_volume(pan
     _, _, latent, _ = panels
     view = latent.prediction_view
     view.set_predictor(fitted_report().predictor, fitted_report().to_dict())
-    assert view.table.rowCount() == 2
+    assert view.table.rowCount() == 3
     before = view.table.item(0, 1).text()
     slider = latent.sliders[0]
     slider.setValue(slider.minimum() + 0.9 * (slider.maximum() - slider.minimum()))
     after = view.table.item(0, 1).text()  # predicted at once, before any decode finished
     assert "±" in after and after != before
-    qtbot.waitUntil(lambda: latent.idle and view.idle and view.table.item(0, 2).text() != "",
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: latent.idle and view.idle and view.table.item(0, 2).text() != "", timeout=WAIT_MS
+    )
     measured = float(view.table.item(0, 2).text())
     assert 0.0 <= measured <= 1.0
 

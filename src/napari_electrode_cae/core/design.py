@@ -441,6 +441,9 @@ def iter_design(
                         time.perf_counter() - started, (run.low, run.high))
 
 
+_PHASE_FRACTIONS = ("pore_fraction", "cbd_fraction", "active_fraction")
+
+
 class _TargetsMet(Exception):
     """Ends the measured refinement as soon as a candidate meets every target."""
 
@@ -477,6 +480,11 @@ def _binding(best: Candidate | None, targets: Sequence[Target], predictor: Predi
         else:
             text += " — the target conflicts with the other targets or the decoder's reach"
         lines.append(text)
+    need = sum(max(0.0, t.value - t.tolerance) if t.kind == "equal" else t.value
+               for t in targets if t.metric in _PHASE_FRACTIONS and t.kind != "at_most")
+    if need > 1.0:
+        lines.append(f"the phase-fraction targets need at least {need:.3g} of the volume: "
+                     "pore, CBD and active fractions add up to 1")
     if at_edge:
         lines.append("latent range of the encoded windows binds: " + ", ".join(at_edge))
     return lines
