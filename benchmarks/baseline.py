@@ -29,16 +29,27 @@ class BaselineCAE(nn.Module):
     def __init__(self, length: int, hidden: int = 128, latent: int = 10) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv3d(1, 8, (1, 3, 3), (1, 2, 2)), nn.ReLU(),
-            nn.Conv3d(8, 16, (1, 3, 3), (1, 2, 2)), nn.ReLU(),
-            nn.Conv3d(16, 16, (length, 3, 3), (1, 2, 2)), nn.ReLU(),
-            nn.Flatten(), nn.Linear(11664, hidden), nn.ReLU(), nn.Linear(hidden, latent),
+            nn.Conv3d(1, 8, (1, 3, 3), (1, 2, 2)),
+            nn.ReLU(),
+            nn.Conv3d(8, 16, (1, 3, 3), (1, 2, 2)),
+            nn.ReLU(),
+            nn.Conv3d(16, 16, (length, 3, 3), (1, 2, 2)),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(11664, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, latent),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, 11664), nn.ReLU(),
+            nn.Linear(latent, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 11664),
+            nn.ReLU(),
             nn.Unflatten(1, (16, 1, 27, 27)),
-            nn.ConvTranspose3d(16, 16, (length, 3, 3), (1, 2, 2)), nn.ReLU(),
-            nn.ConvTranspose3d(16, 8, (1, 3, 3), (1, 2, 2)), nn.ReLU(),
+            nn.ConvTranspose3d(16, 16, (length, 3, 3), (1, 2, 2)),
+            nn.ReLU(),
+            nn.ConvTranspose3d(16, 8, (1, 3, 3), (1, 2, 2)),
+            nn.ReLU(),
             nn.ConvTranspose3d(8, 1, (1, 3, 3), (1, 2, 2), output_padding=(0, 1, 1)),
         )
 
@@ -48,5 +59,6 @@ class BaselineCAE(nn.Module):
 
 def baseline_loader(windows: torch.Tensor, batch_size: int = 2, seed: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(windows), batch_size=batch_size, shuffle=True,
-                      generator=generator)
+    return DataLoader(
+        TensorDataset(windows), batch_size=batch_size, shuffle=True, generator=generator
+    )

@@ -38,8 +38,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     stack = core.generate_electrode((args.size,) * 3, preset="CAL", seed=0)
-    print(f"synthetic {args.size}^3 CAL stack generated in {time.perf_counter() - t0:.2f} s "
-          f"({stack.labels.nbytes / 2**20:.1f} MiB uint8)")
+    print(
+        f"synthetic {args.size}^3 CAL stack generated in {time.perf_counter() - t0:.2f} s "
+        f"({stack.labels.nbytes / 2**20:.1f} MiB uint8)"
+    )
 
     before, peak_before = rss_mib(), peak_rss_mib()
     t0 = time.perf_counter()
@@ -47,11 +49,13 @@ def main() -> None:
     train_idx, val_idx = core.split(data, 0.15, 0)
     built = time.perf_counter() - t0
     after = rss_mib()
-    print(f"stride-1 l=24 crop-224 dataset: {len(data)} windows ({len(train_idx)} train / "
-          f"{len(val_idx)} val) built in {built * 1e3:.1f} ms; RSS +{after - before:.2f} MiB "
-          f"(index grid {data.grid.nbytes / 2**10:.1f} KiB; materialised copies would be "
-          f"{len(data) * 24 * 224 * 224 * 4 / 2**30:.2f} GiB float32); peak RSS "
-          f"{peak_rss_mib():.0f} MiB (before dataset {peak_before:.0f} MiB)")
+    print(
+        f"stride-1 l=24 crop-224 dataset: {len(data)} windows ({len(train_idx)} train / "
+        f"{len(val_idx)} val) built in {built * 1e3:.1f} ms; RSS +{after - before:.2f} MiB "
+        f"(index grid {data.grid.nbytes / 2**10:.1f} KiB; materialised copies would be "
+        f"{len(data) * 24 * 224 * 224 * 4 / 2**30:.2f} GiB float32); peak RSS "
+        f"{peak_rss_mib():.0f} MiB (before dataset {peak_before:.0f} MiB)"
+    )
 
     core.seed_everything(0)
     model = core.ConvAutoEncoder3d(24, 224, 3, 128, 10)
@@ -73,8 +77,10 @@ def main() -> None:
     for i in range(args.steps):
         step(i % (len(train_idx) // 2))
     elapsed = time.perf_counter() - t0
-    print(f"training (paper model, l=24, crop 224, batch 2, {args.threads} threads): "
-          f"{2 * args.steps / elapsed:.1f} windows/s")
+    print(
+        f"training (paper model, l=24, crop 224, batch 2, {args.threads} threads): "
+        f"{2 * args.steps / elapsed:.1f} windows/s"
+    )
 
     model.eval()
     z = torch.zeros(1, 10)
@@ -86,8 +92,10 @@ def main() -> None:
             t0 = time.perf_counter()
             model.decode(z)
             times.append(time.perf_counter() - t0)
-    print(f"decode one latent vector (paper model): median {statistics.median(times) * 1e3:.1f} ms, "
-          f"max {max(times) * 1e3:.1f} ms")
+    print(
+        f"decode one latent vector (paper model): median {statistics.median(times) * 1e3:.1f} ms, "
+        f"max {max(times) * 1e3:.1f} ms"
+    )
     print(f"peak RSS of the whole benchmark: {peak_rss_mib():.0f} MiB")
 
 

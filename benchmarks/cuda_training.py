@@ -39,7 +39,6 @@ from napari_electrode_cae.core.kernels.feeding import BatchFeeder  # noqa: E402
 from napari_electrode_cae.core.kernels.train_step import TrainingStep  # noqa: E402
 from napari_electrode_cae.core.training import cudnn_autotune  # noqa: E402
 
-
 SMOKE = False  # --cpu-smoke: run every code path on the CPU with tiny numbers (no timings)
 
 
@@ -89,8 +88,10 @@ def main() -> None:
         sys.exit("no CUDA GPU here: this benchmark is for GPU machines")
     else:
         device = torch.device("cuda")
-        print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, cuDNN "
-              f"{torch.backends.cudnn.version()}, TF32 conv {torch.backends.cudnn.allow_tf32}")
+        print(
+            f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, cuDNN "
+            f"{torch.backends.cudnn.version()}, TF32 conv {torch.backends.cudnn.allow_tf32}"
+        )
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (64, 224, 224), dtype=np.uint8)
     stack = core.ElectrodeStack(labels)
@@ -129,15 +130,15 @@ def main() -> None:
         base_rate = rate
 
         # -- ours ----------------------------------------------------------------------
-        def ours(precision="fp32", batch=2, read_loss=False, fold=True, mode="resident",
-                 graph=True):
+        def ours(
+            precision="fp32", batch=2, read_loss=False, fold=True, mode="resident", graph=True
+        ):
             model = core.ConvAutoEncoder3d(length, 224, 3, 128, 10).to(device)
             model.load_state_dict(init)
             model.fold_depth = fold
             optimiser = core.training.make_optimiser(model, 1e-4)
             feeder = BatchFeeder(data, device, mode=mode)
-            train_step = TrainingStep(model, optimiser, device, precision, batch,
-                                      use_graph=graph)
+            train_step = TrainingStep(model, optimiser, device, precision, batch, use_graph=graph)
             position = 0
 
             def step():
@@ -183,13 +184,18 @@ def main() -> None:
                 model = trained
             rows.append((name, rate, peak, loss))
 
-        print(f"\nl={length}, crop 224, 41 windows per epoch source, {args.steps} steps x "
-              f"{args.rounds} rounds")
-        print(f"  {'variant':<26}{'windows/s':>11}{'vs base':>9}{'peak GPU MiB':>14}"
-              f"{'last loss':>11}")
+        print(
+            f"\nl={length}, crop 224, 41 windows per epoch source, {args.steps} steps x "
+            f"{args.rounds} rounds"
+        )
+        print(
+            f"  {'variant':<26}{'windows/s':>11}{'vs base':>9}{'peak GPU MiB':>14}{'last loss':>11}"
+        )
         for name, rate, peak, loss in rows:
-            print(f"  {name:<26}{rate:>11.1f}{rate / base_rate:>8.2f}x{peak / 2**20:>14.0f}"
-                  f"{loss:>11.4f}")
+            print(
+                f"  {name:<26}{rate:>11.1f}{rate / base_rate:>8.2f}x{peak / 2**20:>14.0f}"
+                f"{loss:>11.4f}"
+            )
 
         # same weights, same batch: ours (folded, fp32) against the baseline's output
         if model is not None:
@@ -198,8 +204,10 @@ def main() -> None:
                 x = data.batch([0, 1]).to(device)
                 gap = float((model(x) - base(x)).abs().max())
                 scale = float(base(x).abs().max())
-            print(f"  output gap ours vs base (same weights, TF32 convs): {gap:.2e} "
-                  f"(outputs up to {scale:.2f})")
+            print(
+                f"  output gap ours vs base (same weights, TF32 convs): {gap:.2e} "
+                f"(outputs up to {scale:.2f})"
+            )
 
             # decode latency: one latent vector -> uint8 phases on the host
             z = torch.zeros(1, 10)
@@ -212,26 +220,31 @@ def main() -> None:
                         fn(z.to(device))[0, 0].float().cpu().numpy()
                         if i >= 5:
                             times[name].append(time.perf_counter() - start)
-            print(f"  decode one latent vector to host: base "
-                  f"{statistics.median(times['base']) * 1e3:.2f} ms, ours "
-                  f"{statistics.median(times['ours']) * 1e3:.2f} ms")
+            print(
+                f"  decode one latent vector to host: base "
+                f"{statistics.median(times['base']) * 1e3:.2f} ms, ours "
+                f"{statistics.median(times['ours']) * 1e3:.2f} ms"
+            )
 
         # one real core.train run: 3 epochs, validation included
         for precision in ("fp32", "bf16"):
             torch.manual_seed(0)
             model = core.ConvAutoEncoder3d(length, 224, 3, 128, 10)
-            config = core.TrainConfig(epochs=3, batch_size=2, device=device.type,
-                                      precision=precision)
+            config = core.TrainConfig(
+                epochs=3, batch_size=2, device=device.type, precision=precision
+            )
             start = time.perf_counter()
             result = core.run_training(model, data, config)
             seconds = time.perf_counter() - start
             n_train = len(result.train_idx)
             later = sum(r.seconds for r in result.history[1:])
-            print(f"  core.train {precision}: 3 epochs in {seconds:.1f} s; epochs 2-3 "
-                  f"{2 * n_train / later:.1f} training windows/s incl. validation; "
-                  f"val MSE {[round(r.val_mse, 4) for r in result.history]}; "
-                  f"cudnn.benchmark restored: {torch.backends.cudnn.benchmark is False}",
-                  flush=True)
+            print(
+                f"  core.train {precision}: 3 epochs in {seconds:.1f} s; epochs 2-3 "
+                f"{2 * n_train / later:.1f} training windows/s incl. validation; "
+                f"val MSE {[round(r.val_mse, 4) for r in result.history]}; "
+                f"cudnn.benchmark restored: {torch.backends.cudnn.benchmark is False}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,18 @@ def main() -> int:
         subprocess.run([*cli, "sample", str(args.work), "--preset", "realistic"], check=True)
         run_dir = args.work / "run"
         start = time.perf_counter()
-        subprocess.run([*cli, "train", str(args.work / "synthetic_REALISTIC.tif"),
-                        "--preset", "quick", "--out", str(run_dir)], check=True)
+        subprocess.run(
+            [
+                *cli,
+                "train",
+                str(args.work / "synthetic_REALISTIC.tif"),
+                "--preset",
+                "quick",
+                "--out",
+                str(run_dir),
+            ],
+            check=True,
+        )
         print(f"training (quick preset): {time.perf_counter() - start:.0f} s")
     run = core.load_run(run_dir)
     data = run.load_dataset()
@@ -58,8 +68,14 @@ def main() -> int:
     print(prediction.r2_table(report))
     for targets, kwargs in EXAMPLES:
         start = time.perf_counter()
-        result = design.design(run.model, report.predictor, targets, candidates=5,
-                               voxel_size_um=data.voxel_size_um, **kwargs)
+        result = design.design(
+            run.model,
+            report.predictor,
+            targets,
+            candidates=5,
+            voxel_size_um=data.voxel_size_um,
+            **kwargs,
+        )
         seconds = time.perf_counter() - start
         print(f"design {targets} {kwargs}: reached={result.reached}, {seconds:.1f} s")
         for line in design.summary_lines(result):

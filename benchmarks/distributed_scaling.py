@@ -42,29 +42,61 @@ def bench_ddp(args: argparse.Namespace, tmp: Path) -> None:
     stack = core.generate_electrode(tuple(args.shape), preset="REALISTIC", seed=0)
     path = tmp / "realistic.tif"
     core.write_stack(path, stack)
-    common = ["train", str(path), "--preset", "paper", "--window", "8", "--stride", "8",
-              "--crop", str(args.crop), "--epochs", str(args.epochs), "--lr", "1e-3",
-              "--split", "random",
-              "--device", "cpu", "--windows-per-epoch", str(args.windows_per_epoch)]
+    common = [
+        "train",
+        str(path),
+        "--preset",
+        "paper",
+        "--window",
+        "8",
+        "--stride",
+        "8",
+        "--crop",
+        str(args.crop),
+        "--epochs",
+        str(args.epochs),
+        "--lr",
+        "1e-3",
+        "--split",
+        "random",
+        "--device",
+        "cpu",
+        "--windows-per-epoch",
+        str(args.windows_per_epoch),
+    ]
     single = [sys.executable, "-m", "napari_electrode_cae.cli"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "napari_electrode_cae.cli"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "napari_electrode_cae.cli",
+    ]
     cases = [
         ("1 process, batch 4, 1 thread", single, "4", "1"),
         ("1 process, batch 4, 2 threads", single, "4", "2"),
         ("torchrun 2 ranks x batch 2, 1 thread each", torchrun, "2", "1"),
     ]
     print(f"stack {args.shape}, paper model at l=8, crop {args.crop}, {args.epochs} epochs")
-    print("| Run | Wall s | Training s | Final train MSE | Final val MSE | Largest relative "
-          "difference of a per-epoch MSE from the first run |")
+    print(
+        "| Run | Wall s | Training s | Final train MSE | Final val MSE | Largest relative "
+        "difference of a per-epoch MSE from the first run |"
+    )
     print("|---|---|---|---|---|---|")
     reference = None
     for label, launcher, batch, threads in cases:
         out = tmp / label.replace(" ", "_").replace(",", "")
         env = dict(os.environ, OMP_NUM_THREADS=threads)
         start = time.perf_counter()
-        done = subprocess.run(launcher + common + ["--out", str(out), "--batch", batch],
-                              capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            launcher + common + ["--out", str(out), "--batch", batch],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         wall = time.perf_counter() - start
         if done.returncode != 0:
             print(f"| {label} | failed: {done.stderr.strip().splitlines()[-1]} |||")
@@ -75,24 +107,45 @@ def bench_ddp(args: argparse.Namespace, tmp: Path) -> None:
         mses = [(float(r["train_mse"]), float(r["val_mse"])) for r in history]
         reference = reference or mses
         worst = max(abs(a / b - 1) for x, y in zip(mses, reference) for a, b in zip(x, y))
-        print(f"| {label} | {wall:.1f} | {seconds:.1f} | {float(last['train_mse']):.5f} | "
-              f"{float(last['val_mse']):.5f} | {worst:.1e} |")
+        print(
+            f"| {label} | {wall:.1f} | {seconds:.1f} | {float(last['train_mse']):.5f} | "
+            f"{float(last['val_mse']):.5f} | {worst:.1e} |"
+        )
 
 
 def bench_grid(args: argparse.Namespace, tmp: Path) -> None:
     stack = core.generate_electrode((32, 64, 64), preset="REALISTIC", seed=0)
-    grid = {"window": [4], "stride": [4], "crop": [32], "layers": [3], "hidden": [32, 128],
-            "latent": [10], "epochs": [3], "batch": [8], "lr": [1e-3, 3e-3]}
-    print(f"grid of {len(studies.expand_grid(grid))} configurations on a (32, 64, 64) "
-          "realistic stack, l=4, crop 32, 3 epochs each")
+    grid = {
+        "window": [4],
+        "stride": [4],
+        "crop": [32],
+        "layers": [3],
+        "hidden": [32, 128],
+        "latent": [10],
+        "epochs": [3],
+        "batch": [8],
+        "lr": [1e-3, 3e-3],
+    }
+    print(
+        f"grid of {len(studies.expand_grid(grid))} configurations on a (32, 64, 64) "
+        "realistic stack, l=4, crop 32, 3 epochs each"
+    )
     print("| How | Workers | Wall s |")
     print("|---|---|---|")
-    for label, workers, parallel in (("one by one", 1, "auto"),
-                                     ("process pool", args.workers, "processes"),
-                                     ("local Dask cluster", args.workers, "dask")):
+    for label, workers, parallel in (
+        ("one by one", 1, "auto"),
+        ("process pool", args.workers, "processes"),
+        ("local Dask cluster", args.workers, "dask"),
+    ):
         start = time.perf_counter()
-        rows = studies.run_grid([stack], grid, out_dir=tmp / label.replace(" ", "_"),
-                                workers=workers, parallel=parallel, device="cpu")
+        rows = studies.run_grid(
+            [stack],
+            grid,
+            out_dir=tmp / label.replace(" ", "_"),
+            workers=workers,
+            parallel=parallel,
+            device="cpu",
+        )
         wall = time.perf_counter() - start
         ok = sum(r["status"] == "ok" for r in rows)
         print(f"| {label} | {workers} | {wall:.1f} ({ok} ok) |")
@@ -105,8 +158,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128))
     p.add_argument("--crop", type=int, default=32)
-    p.add_argument("--windows-per-epoch", type=int, default=96,
-                   help="a multiple of 4, so that every batch is whole in all three runs")
+    p.add_argument(
+        "--windows-per-epoch",
+        type=int,
+        default=96,
+        help="a multiple of 4, so that every batch is whole in all three runs",
+    )
     p = sub.add_parser("grid")
     p.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()

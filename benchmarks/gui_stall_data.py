@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from gui_stall_training import CallLog, Driver, TickRecorder, stall_lines
 
 
@@ -52,11 +51,22 @@ def instrument_plugin(log: CallLog) -> None:
     from napari_electrode_cae._widgets import data_panel, training_panel
 
     entry_points = {
-        data_panel.DataPanel: ["_on_layers_changed", "_on_layer_data_changed",
-                               "_on_layer_renamed", "set_phase_mapping", "_on_converted",
-                               "_on_conversion_finished", "_on_state_stack_layers"],
-        training_panel.TrainingPanel: ["open_run", "_on_run_loaded", "_on_open_finished",
-                                       "_on_evaluation_returned", "_on_worker_finished"],
+        data_panel.DataPanel: [
+            "_on_layers_changed",
+            "_on_layer_data_changed",
+            "_on_layer_renamed",
+            "set_phase_mapping",
+            "_on_converted",
+            "_on_conversion_finished",
+            "_on_state_stack_layers",
+        ],
+        training_panel.TrainingPanel: [
+            "open_run",
+            "_on_run_loaded",
+            "_on_open_finished",
+            "_on_evaluation_returned",
+            "_on_worker_finished",
+        ],
     }
     for cls, names in entry_points.items():
         for name in names:
@@ -79,14 +89,38 @@ def make_run(folder: Path, shape: tuple[int, int, int]) -> Path:
     """A run folder written by ``electrode-cae train`` on a synthetic stack of ``shape``."""
     from napari_electrode_cae import core
 
-    stack = core.ElectrodeStack(three_phase_volume(shape, seed=1), calendered=True,
-                                name="big_CAL", source="")
+    stack = core.ElectrodeStack(
+        three_phase_volume(shape, seed=1), calendered=True, name="big_CAL", source=""
+    )
     path = core.write_stack(folder / "big_CAL.npy", stack)
     run_dir = folder / "run"
-    command = [sys.executable, "-m", "napari_electrode_cae.cli", "train", str(path),
-               "--out", str(run_dir), "--epochs", "1", "--window", "8", "--crop", "64",
-               "--stride", "64", "--tile-stride", "256", "--hidden", "16", "--latent", "3",
-               "--batch", "8", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "napari_electrode_cae.cli",
+        "train",
+        str(path),
+        "--out",
+        str(run_dir),
+        "--epochs",
+        "1",
+        "--window",
+        "8",
+        "--crop",
+        "64",
+        "--stride",
+        "64",
+        "--tile-stride",
+        "256",
+        "--hidden",
+        "16",
+        "--latent",
+        "3",
+        "--batch",
+        "8",
+        "--device",
+        "cpu",
+    ]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as exc:
@@ -95,8 +129,9 @@ def make_run(folder: Path, shape: tuple[int, int, int]) -> Path:
     return run_dir
 
 
-def phase_lines(name: str, start: float, end: float, done: float, ticks: TickRecorder,
-                calls: CallLog) -> list[str]:
+def phase_lines(
+    name: str, start: float, end: float, done: float, ticks: TickRecorder, calls: CallLog
+) -> list[str]:
     lines, _ = stall_lines(name, start, end, ticks, calls)
     lines.append(f"{name} seconds: {done - start:.2f}")
     return lines
@@ -106,8 +141,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 1024, 1024))
     parser.add_argument("--run", type=Path, default=None, help="existing run folder to open")
-    parser.add_argument("--run-shape", type=int, nargs=3, default=(256, 1024, 1024),
-                        help="shape of the synthetic stack the run is trained on")
+    parser.add_argument(
+        "--run-shape",
+        type=int,
+        nargs=3,
+        default=(256, 1024, 1024),
+        help="shape of the synthetic stack the run is trained on",
+    )
     parser.add_argument("--no-run", action="store_true", help="skip the open-run phase")
     parser.add_argument("--repeat", type=int, default=1, help="repeat the conversion phases")
     parser.add_argument("--screenshot", type=Path, default=None)
@@ -145,9 +185,13 @@ def main() -> None:
     def converted(name: str, data_array=None):
         def check() -> bool:
             entry = next((e for e in data.entries if e.layer.name == name), None)
-            return (idle() and entry is not None
-                    and (entry.converted is not None or bool(entry.error))
-                    and (data_array is None or entry.layer.data is data_array))
+            return (
+                idle()
+                and entry is not None
+                and (entry.converted is not None or bool(entry.error))
+                and (data_array is None or entry.layer.data is data_array)
+            )
+
         return check
 
     def phase(name: str, action, condition, timeout_s: float = args.timeout_s) -> None:
@@ -162,9 +206,11 @@ def main() -> None:
     for round_ in range(args.repeat):
         suffix = f" #{round_ + 1}" if args.repeat > 1 else ""
         layer_name = f"big{round_}"
-        phase(f"napari alone: add layer{suffix}",
-              lambda: viewer.add_labels(volume, name=_layers.ORIGINAL_LAYER),
-              lambda: _layers.ORIGINAL_LAYER in viewer.layers)
+        phase(
+            f"napari alone: add layer{suffix}",
+            lambda: viewer.add_labels(volume, name=_layers.ORIGINAL_LAYER),
+            lambda: _layers.ORIGINAL_LAYER in viewer.layers,
+        )
         viewer.layers.remove(_layers.ORIGINAL_LAYER)
         driver.settle(0.5)
 
@@ -180,13 +226,17 @@ def main() -> None:
             marks.append((f"add layer{suffix}", start, time.perf_counter()))
             driver.settle(1.0)
             viewer.window._qt_window.grab().save(
-                str(grab_path.with_name(grab_path.stem + "-done" + grab_path.suffix)))
+                str(grab_path.with_name(grab_path.stem + "-done" + grab_path.suffix))
+            )
         else:
             phase(f"add layer{suffix}", add_layer, converted(layer_name))
-        phase(f"apply mapping{suffix}",
-              lambda name=layer_name: data.set_phase_mapping(
-                  name, {0: "pore", 1: "active", 2: "cbd"}),
-              converted(layer_name))
+        phase(
+            f"apply mapping{suffix}",
+            lambda name=layer_name: data.set_phase_mapping(
+                name, {0: "pore", 1: "active", 2: "cbd"}
+            ),
+            converted(layer_name),
+        )
         layer = viewer.layers[layer_name]
         new_data = volume2 if round_ % 2 == 0 else volume
 
@@ -200,17 +250,28 @@ def main() -> None:
     if run_dir is not None:
         widget.tabs.setCurrentWidget(train)
         driver.settle(1.0)
-        phase("open run", lambda: train.open_run(run_dir),
-              lambda: not train.is_busy and state.run_dir == str(run_dir)
-              and state.report is not None and idle())
+        phase(
+            "open run",
+            lambda: train.open_run(run_dir),
+            lambda: (
+                not train.is_busy
+                and state.run_dir == str(run_dir)
+                and state.report is not None
+                and idle()
+            ),
+        )
     ticks.stop()
     t_end = time.perf_counter()
 
-    lines = [f"volume: {'x'.join(map(str, args.shape))} uint8 ({volume.nbytes / 2**20:.0f} MiB)",
-             f"cpu count: {os.cpu_count()}"]
+    lines = [
+        f"volume: {'x'.join(map(str, args.shape))} uint8 ({volume.nbytes / 2**20:.0f} MiB)",
+        f"cpu count: {os.cpu_count()}",
+    ]
     if run_dir is not None:
-        lines.append(f"run: {run_dir}, stacks "
-                     + ", ".join("x".join(map(str, s.shape)) for s in state.stacks))
+        lines.append(
+            f"run: {run_dir}, stacks "
+            + ", ".join("x".join(map(str, s.shape)) for s in state.stacks)
+        )
     ends = [start for _, start, _ in marks[1:]] + [t_end]
     for (name, start, done), end in zip(marks, ends):
         lines += phase_lines(name, start, end, done, ticks, calls)
@@ -219,10 +280,15 @@ def main() -> None:
     for i in np.argsort(ticks.gaps)[::-1][:8]:
         end, gap = ticks.ends[i], ticks.gaps[i]
         name = [n for n, start, _ in marks if start < end][-1]
-        inside = [f"{what} {d * 1e3:.0f} ms" for s, d, what in calls.calls
-                  if s < end and s + d > end - gap]
-        lines.append(f"gap {gap * 1e3:.0f} ms ending at {end - t0:.2f} s ({name})"
-                     + (f": plugin calls {', '.join(inside)}" if inside else ""))
+        inside = [
+            f"{what} {d * 1e3:.0f} ms"
+            for s, d, what in calls.calls
+            if s < end and s + d > end - gap
+        ]
+        lines.append(
+            f"gap {gap * 1e3:.0f} ms ending at {end - t0:.2f} s ({name})"
+            + (f": plugin calls {', '.join(inside)}" if inside else "")
+        )
     widget.shutdown()
     viewer.close()
     tmp.cleanup()

@@ -105,8 +105,7 @@ class CallLog:
             return
         params = list(inspect.signature(function).parameters.values())
         varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
-        n_positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                           for p in params)
+        n_positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
         label = f"{cls.__name__}.{name}"
 
         @functools.wraps(function)
@@ -139,8 +138,7 @@ class GCLog:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.runs.append((self._start, time.perf_counter() - self._start,
-                              info["generation"]))
+            self.runs.append((self._start, time.perf_counter() - self._start, info["generation"]))
 
 
 def instrument_plugin(log: CallLog) -> None:
@@ -159,9 +157,13 @@ def instrument_plugin(log: CallLog) -> None:
         live_decoder._RunnerBase: ["_deliver"],
         live_decoder.ChainedRunner: ["_on_worker_finished"],
         live_decoder.ThreadRunner: ["_on_worker_finished", "_take"],
-        training_panel.TrainingPanel: ["_on_train_clicked", "_on_training_report",
-                                       "_on_training_finished", "_on_evaluation_returned",
-                                       "_on_worker_finished"],
+        training_panel.TrainingPanel: [
+            "_on_train_clicked",
+            "_on_training_report",
+            "_on_training_finished",
+            "_on_evaluation_returned",
+            "_on_worker_finished",
+        ],
         latent_panel.LatentPanel: ["_on_slider_moved"],
         results_panel.ResultsPanel: ["_on_ndisplay_changed"],
         loss_plot.LossPlot: ["_redraw"],  # pyqtgraph paints in its own view
@@ -224,8 +226,9 @@ class SliderDrag:
         self.slider = slider
         n = max(2, int(seconds / 0.016))
         low, high = slider.minimum(), slider.maximum()
-        self.values = np.concatenate([np.linspace(slider.value(), high, n // 2),
-                                      np.linspace(high, low, n - n // 2)])
+        self.values = np.concatenate(
+            [np.linspace(slider.value(), high, n // 2), np.linspace(high, low, n - n // 2)]
+        )
         self.moved = 0
         self.timer = QTimer()
         self.timer.setInterval(16)
@@ -268,15 +271,18 @@ class NapariUpdates:
         return self.count >= self.n
 
 
-def stall_lines(name: str, start: float, end: float, ticks: TickRecorder,
-                calls: CallLog) -> tuple[list[str], list[tuple[float, float, str]]]:
+def stall_lines(
+    name: str, start: float, end: float, ticks: TickRecorder, calls: CallLog
+) -> tuple[list[str], list[tuple[float, float, str]]]:
     """Max stall, stalls over STALL_MS and the longest plugin call of one phase; and the
     plugin calls that ended in it."""
     gaps = [g * 1e3 for t, g in zip(ticks.ends, ticks.gaps) if start < t <= end]
     in_phase = [(s, d, n) for s, d, n in calls.calls if start < s + d <= end]
-    lines = [f"{name} max stall: {max(gaps, default=0.0):.1f} ms",
-             f"{name} stalls over {STALL_MS:.0f} ms: {sum(g > STALL_MS for g in gaps)} "
-             f"of {len(gaps)} ticks"]
+    lines = [
+        f"{name} max stall: {max(gaps, default=0.0):.1f} ms",
+        f"{name} stalls over {STALL_MS:.0f} ms: {sum(g > STALL_MS for g in gaps)} "
+        f"of {len(gaps)} ticks",
+    ]
     if in_phase:
         _, seconds, what = max(in_phase, key=lambda c: c[1])
         lines.append(f"{name} longest plugin call: {seconds * 1e3:.1f} ms ({what})")
@@ -285,22 +291,32 @@ def stall_lines(name: str, start: float, end: float, ticks: TickRecorder,
     return lines, in_phase
 
 
-def phase_lines(name: str, start: float, end: float, ticks: TickRecorder, calls: CallLog,
-                gcs: GCLog) -> list[str]:
+def phase_lines(
+    name: str, start: float, end: float, ticks: TickRecorder, calls: CallLog, gcs: GCLog
+) -> list[str]:
     lines, in_phase = stall_lines(name, start, end, ticks, calls)
     runs = [d for s, d, _ in gcs.runs if start < s + d <= end]
-    lines.append(f"{name} plugin calls over {STALL_MS:.0f} ms: "
-                 f"{sum(d * 1e3 > STALL_MS for _, d, _ in in_phase)}")
+    lines.append(
+        f"{name} plugin calls over {STALL_MS:.0f} ms: "
+        f"{sum(d * 1e3 > STALL_MS for _, d, _ in in_phase)}"
+    )
     lines.append(f"{name} longest GC pause: {max(runs, default=0.0) * 1e3:.1f} ms")
     return lines
 
 
-def timeline_lines(phase: str, marks: list[tuple[str, float]], ticks: TickRecorder,
-                   calls: CallLog, gcs: GCLog, t0: float) -> list[str]:
+def timeline_lines(
+    phase: str,
+    marks: list[tuple[str, float]],
+    ticks: TickRecorder,
+    calls: CallLog,
+    gcs: GCLog,
+    t0: float,
+) -> list[str]:
     """Every gap over STALL_MS in ``phase``, split into the plugin calls and GC runs inside it
     and the rest (napari's and Qt's own work: repaints, layer events)."""
-    bounds = dict(zip([n for n, _ in marks], zip([s for _, s in marks],
-                                                 [s for _, s in marks[1:]] + [np.inf])))
+    bounds = dict(
+        zip([n for n, _ in marks], zip([s for _, s in marks], [s for _, s in marks[1:]] + [np.inf]))
+    )
     if phase not in bounds:
         return [f"timeline: no phase {phase!r} (phases: {', '.join(bounds)})"]
     start, end = bounds[phase]
@@ -317,42 +333,79 @@ def timeline_lines(phase: str, marks: list[tuple[str, float]], ticks: TickRecord
                 if not any(cs <= s and s + d <= cs + cd for cs, cd, _ in parts[:-1]):
                     inside += d  # not already inside a plugin call
         parts.sort()
-        what = ", ".join(f"{n} {d * 1e3:.0f} ms" for _, d, n in parts
-                         if d >= 0.002) or "no plugin call"
-        lines.append(f"{phase} gap {gap * 1e3:.0f} ms at {begin - t0:.2f} s: {what}; "
-                     f"rest {(gap - inside) * 1e3:.0f} ms")
+        what = (
+            ", ".join(f"{n} {d * 1e3:.0f} ms" for _, d, n in parts if d >= 0.002)
+            or "no plugin call"
+        )
+        lines.append(
+            f"{phase} gap {gap * 1e3:.0f} ms at {begin - t0:.2f} s: {what}; "
+            f"rest {(gap - inside) * 1e3:.0f} ms"
+        )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs to train (default: the quick preset's 80)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs to train (default: the quick preset's 80)"
+    )
     parser.add_argument("--drag-s", type=float, default=3.0, help="seconds of slider drag")
-    parser.add_argument("--second-run", action="store_true",
-                        help="train a second time (layers exist: updated in place)")
-    parser.add_argument("--no-freeze-gc", action="store_true",
-                        help="nothing freezes the long-lived objects (launch(freeze_gc=False))")
-    parser.add_argument("--plugins-menu", action="store_true",
-                        help="as opened from napari's Plugins menu: nothing freezes the GC "
-                             "(the docked widget changes no process-wide state)")
+    parser.add_argument(
+        "--second-run",
+        action="store_true",
+        help="train a second time (layers exist: updated in place)",
+    )
+    parser.add_argument(
+        "--no-freeze-gc",
+        action="store_true",
+        help="nothing freezes the long-lived objects (launch(freeze_gc=False))",
+    )
+    parser.add_argument(
+        "--plugins-menu",
+        action="store_true",
+        help="as opened from napari's Plugins menu: nothing freezes the GC "
+        "(the docked widget changes no process-wide state)",
+    )
     parser.add_argument("--3d", dest="three_d", action="store_true", help="3D view")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads before training (default: torch's choice)")
-    parser.add_argument("--all-cores", action="store_true",
-                        help="train with all of torch's threads (the panel leaves one core free)")
-    parser.add_argument("--baseline-s", type=float, default=3.0,
-                        help="seconds of idle-viewer baseline before training")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads before training (default: torch's choice)",
+    )
+    parser.add_argument(
+        "--all-cores",
+        action="store_true",
+        help="train with all of torch's threads (the panel leaves one core free)",
+    )
+    parser.add_argument(
+        "--baseline-s",
+        type=float,
+        default=3.0,
+        help="seconds of idle-viewer baseline before training",
+    )
     parser.add_argument("--timeout-s", type=float, default=1200.0)
-    parser.add_argument("--preset", choices=("quick", "paper"), default="quick",
-                        help="training preset (paper: l=24, crop 224; needs --stack-shape)")
-    parser.add_argument("--stack-shape", type=lambda t: tuple(int(v) for v in t.split(",")),
-                        default=None, metavar="Z,Y,X",
-                        help="two synthetic CAL/UNCAL stacks of this shape instead of the "
-                             "sample data, e.g. 40,256,256 for the paper preset")
-    parser.add_argument("--timeline", metavar="PHASE", default=None,
-                        help="explain every gap over 50 ms in this phase, e.g. 'first "
-                             "results': the plugin calls and GC runs inside it, and the rest")
+    parser.add_argument(
+        "--preset",
+        choices=("quick", "paper"),
+        default="quick",
+        help="training preset (paper: l=24, crop 224; needs --stack-shape)",
+    )
+    parser.add_argument(
+        "--stack-shape",
+        type=lambda t: tuple(int(v) for v in t.split(",")),
+        default=None,
+        metavar="Z,Y,X",
+        help="two synthetic CAL/UNCAL stacks of this shape instead of the "
+        "sample data, e.g. 40,256,256 for the paper preset",
+    )
+    parser.add_argument(
+        "--timeline",
+        metavar="PHASE",
+        default=None,
+        help="explain every gap over 50 ms in this phase, e.g. 'first "
+        "results': the plugin calls and GC runs inside it, and the rest",
+    )
     args = parser.parse_args()
 
     from napari_electrode_cae import _layers
@@ -372,8 +425,9 @@ def main() -> None:
         stacks = [generate_electrode(args.stack_shape, preset=p, seed=0) for p in ("CAL", "UNCAL")]
         for stack, name in zip(stacks, ("synthetic_CAL", "synthetic_UNCAL")):
             stack.name = name
-    viewer, widget = launch(stacks, show=True,
-                            freeze_gc=not (args.no_freeze_gc or args.plugins_menu))
+    viewer, widget = launch(
+        stacks, show=True, freeze_gc=not (args.no_freeze_gc or args.plugins_menu)
+    )
     state = widget.state
     train, results, latent = widget.training_panel, widget.results_panel, widget.latent_panel
     viewer.window._qt_window.resize(1500, 950)
@@ -401,20 +455,25 @@ def main() -> None:
         driver.settle(0.5)
         marks.append((f"{prefix}epochs", time.perf_counter()))
         driver.run_until(lambda: state.model_version > version, args.timeout_s)
-        marks.append((f"{prefix}{'first ' if not prefix else ''}results",
-                      time.perf_counter()))
+        marks.append((f"{prefix}{'first ' if not prefix else ''}results", time.perf_counter()))
         driver.call_in_loop(lambda: widget.tabs.setCurrentWidget(results))
-        driver.run_until(lambda: results.idle and latent.idle
-                         and _layers.RECONSTRUCTION_LAYER in viewer.layers
-                         and _layers.DECODED_LAYER in viewer.layers, 120.0)
+        driver.run_until(
+            lambda: (
+                results.idle
+                and latent.idle
+                and _layers.RECONSTRUCTION_LAYER in viewer.layers
+                and _layers.DECODED_LAYER in viewer.layers
+            ),
+            120.0,
+        )
         driver.settle(1.0)
 
     train_once("")
     history = state.history
-    marks.append(("latents tab", driver.call_in_loop(
-        lambda: widget.tabs.setCurrentWidget(latent))))
-    driver.run_until(lambda: latent.idle and results.idle
-                     and _layers.DECODED_LAYER in viewer.layers, 120.0)
+    marks.append(("latents tab", driver.call_in_loop(lambda: widget.tabs.setCurrentWidget(latent))))
+    driver.run_until(
+        lambda: latent.idle and results.idle and _layers.DECODED_LAYER in viewer.layers, 120.0
+    )
     driver.settle(1.0)
     drag = SliderDrag(latent.sliders[0], args.drag_s)
     shown: list[float] = []
@@ -434,9 +493,10 @@ def main() -> None:
     marks.append(("napari alone 60 Hz updates", driver.call_in_loop(napari_updates.timer.start)))
     driver.run_until(lambda: napari_updates.done, args.drag_s + 30.0)
     driver.settle(0.5)
-    layers_before = [viewer.layers[n] for n in (_layers.ORIGINAL_LAYER,
-                                                 _layers.RECONSTRUCTION_LAYER,
-                                                 _layers.DECODED_LAYER)]
+    layers_before = [
+        viewer.layers[n]
+        for n in (_layers.ORIGINAL_LAYER, _layers.RECONSTRUCTION_LAYER, _layers.DECODED_LAYER)
+    ]
     if args.second_run:
         widget.tabs.setCurrentWidget(train)
         driver.settle(1.0)
@@ -448,8 +508,14 @@ def main() -> None:
     n_batches = -(-len(state.split.train) // state.train_config.batch_size)
     lines = [
         f"torch threads for training: {training_panel.gui_torch_threads(torch.device('cpu'))}",
-        "gc frozen: " + ("no" if args.no_freeze_gc else "after docking, stacks included"
-                         if args.plugins_menu else "at launch, before the stacks"),
+        "gc frozen: "
+        + (
+            "no"
+            if args.no_freeze_gc
+            else "after docking, stacks included"
+            if args.plugins_menu
+            else "at launch, before the stacks"
+        ),
         f"view: {'3D' if args.three_d else '2D'}",
         f"windows: {len(state.dataset)} ({len(state.split.train)} train, "
         f"{len(state.split.val)} val), {n_batches} batches/epoch",
@@ -461,11 +527,15 @@ def main() -> None:
         lines += phase_lines(name, start, end, ticks, calls, gcs)
     plot = [seconds * 1e3 for _, seconds, what in calls.calls if what == "LossPlot._redraw"]
     if plot:  # what a new epoch's points cost the GUI thread (curve update, not the repaint)
-        lines.append(f"loss plot updates: {len(plot)}, median {statistics.median(plot):.1f} ms, "
-                     f"max {max(plot):.1f} ms")
-    lines.append(f"whole run max stall: {max(ticks.gaps) * 1e3:.1f} ms "
-                 f"({sum(g * 1e3 > STALL_MS for g in ticks.gaps)} of {len(ticks.gaps)} "
-                 f"ticks over {STALL_MS:.0f} ms)")
+        lines.append(
+            f"loss plot updates: {len(plot)}, median {statistics.median(plot):.1f} ms, "
+            f"max {max(plot):.1f} ms"
+        )
+    lines.append(
+        f"whole run max stall: {max(ticks.gaps) * 1e3:.1f} ms "
+        f"({sum(g * 1e3 > STALL_MS for g in ticks.gaps)} of {len(ticks.gaps)} "
+        f"ticks over {STALL_MS:.0f} ms)"
+    )
     if args.second_run:
         reused = all(viewer.layers[layer.name] is layer for layer in layers_before)
         lines.append(f"second run reused the window layers: {'yes' if reused else 'no'}")

@@ -69,13 +69,14 @@ def main() -> None:
             for _ in range(args.steps):
                 step(x)
             times[name].append((time.perf_counter() - start) / args.steps)
-    print(f"l={args.length}, crop {args.crop}, batch 2, {args.threads} threads, "
-          f"median of {args.rounds} rounds x {args.steps} steps")
+    print(
+        f"l={args.length}, crop {args.crop}, batch 2, {args.threads} threads, "
+        f"median of {args.rounds} rounds x {args.steps} steps"
+    )
     base = statistics.median(times["plain"])
     for name in VARIANTS:
         t = statistics.median(times[name])
-        print(f"{name:>14}: {t * 1e3:7.1f} ms/step  {2 / t:6.1f} windows/s  "
-              f"{base / t:4.2f}x plain")
+        print(f"{name:>14}: {t * 1e3:7.1f} ms/step  {2 / t:6.1f} windows/s  {base / t:4.2f}x plain")
     if args.profile:
         best = min(VARIANTS, key=lambda v: statistics.median(times[v]))
         from torch.profiler import ProfilerActivity, profile
@@ -83,10 +84,14 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(3):
                 steps[best](x)
-        print(prof.key_averages(group_by_input_shape=True).table(
-            sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=32,
-            max_shapes_column_width=60))
-
+        print(
+            prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total",
+                row_limit=20,
+                max_name_column_width=32,
+                max_shapes_column_width=60,
+            )
+        )
 
     if args.breakdown:
         breakdown(steps["channels_last"], x, args.length)
@@ -150,8 +155,10 @@ def breakdown(step: TrainingStep, x: torch.Tensor, length: int) -> None:
         print(f"  oneDNN kernels, {kind}: {ms:.2f} ms")
     print(f"  oneDNN kernels, all: {total:.2f} ms ({100 * total / step_ms:.0f} % of the step)")
     print(f"  fused Adam: {adam:.2f} ms")
-    print(f"  everything else (Linear layers, per-call set-up, element-wise, Python): "
-          f"{step_ms - total - adam:.2f} ms")
+    print(
+        f"  everything else (Linear layers, per-call set-up, element-wise, Python): "
+        f"{step_ms - total - adam:.2f} ms"
+    )
     small = make("channels_last", length, 32, core.ConvAutoEncoder3d(length, 32).state_dict())
     xs = torch.randint(0, 3, (2, 1, length, 32, 32)).float() - 1
     small(xs)

@@ -68,8 +68,9 @@ def busy_wait(seconds: float) -> None:
         pass
 
 
-def bare_decode(model, repeats: int, pause_s: float = 0.0,
-                busy: bool = False) -> tuple[float, float]:
+def bare_decode(
+    model, repeats: int, pause_s: float = 0.0, busy: bool = False
+) -> tuple[float, float]:
     """Median seconds of ``model.decode`` and of decode + snap for one random latent vector,
     back to back, or each after ``pause_s`` of sleep (caches and idle CPUs gone cold, as for
     the isolated slider moves), or of busy waiting in this thread (``busy``: the CPU stays
@@ -180,8 +181,15 @@ class SliderDriver:
             QTimer.singleShot(self.spacing_ms, self._move)
 
 
-def panel_latency(viewer, state, runner: str, mode: str, n_moves: int,
-                  spacing_ms: int, settings: dict | None = None) -> dict:
+def panel_latency(
+    viewer,
+    state,
+    runner: str,
+    mode: str,
+    n_moves: int,
+    spacing_ms: int,
+    settings: dict | None = None,
+) -> dict:
     """Drive a docked LatentPanel's first slider and collect the latency log."""
     from qtpy.QtCore import QEventLoop
 
@@ -212,8 +220,14 @@ def panel_latency(viewer, state, runner: str, mode: str, n_moves: int,
     delivered = [d - r.requested_at for r, d, _ in log]
     layer = [u - r.requested_at for r, _, u in log]
     return {
-        "moves": driver.moved, "decodes": worker + inline, "inline": inline, "shown": len(log),
-        "ready": ready, "delivered": delivered, "layer": layer, "max_stall_ms": max_stall,
+        "moves": driver.moved,
+        "decodes": worker + inline,
+        "inline": inline,
+        "shown": len(log),
+        "ready": ready,
+        "delivered": delivered,
+        "layer": layer,
+        "max_stall_ms": max_stall,
         "lag_last": log[-1][2] - driver.last_move_at if log else float("nan"),
     }
 
@@ -237,8 +251,9 @@ def in_place(layer, volume: np.ndarray) -> None:
 UPDATES = {"in-place": in_place, "set": set_data}
 
 
-def napari_update(viewer, layer, volumes: list[np.ndarray], n: int,
-                  update=in_place) -> tuple[float, float]:
+def napari_update(
+    viewer, layer, volumes: list[np.ndarray], n: int, update=in_place
+) -> tuple[float, float]:
     """napari alone: median seconds of ``update(layer, volume)`` (each after the previous
     one's repaint) and the longest GUI stall (ms) of a 60 Hz stream of such updates."""
     from qtpy.QtCore import QEventLoop, QTimer
@@ -300,46 +315,69 @@ def torch_threads(threads: int):
         torch.set_num_threads(previous)
 
 
-def run_variant(viewer, state, name: str, tag: str, runner: str, bare: float,
-                settings: dict, update: str, volumes: list[np.ndarray],
-                napari_ms: dict[str, float], spacing_ms: int) -> None:
+def run_variant(
+    viewer,
+    state,
+    name: str,
+    tag: str,
+    runner: str,
+    bare: float,
+    settings: dict,
+    update: str,
+    volumes: list[np.ndarray],
+    napari_ms: dict[str, float],
+    spacing_ms: int,
+) -> None:
     """Isolated moves, napari alone (once per layer update kind) and a 60 Hz drag."""
     from napari_electrode_cae import _layers
 
     if _layers.DECODED_LAYER in viewer.layers:
         viewer.layers.remove(_layers.DECODED_LAYER)
-    result = panel_latency(viewer, state, runner, "isolated", N_ISOLATED[name], spacing_ms,
-                           settings)
-    for key, text in (("ready", "slider → decoded array (worker)"),
-                      ("delivered", "slider → result in main thread"),
-                      ("layer", "slider → layer data updated")):
+    result = panel_latency(
+        viewer, state, runner, "isolated", N_ISOLATED[name], spacing_ms, settings
+    )
+    for key, text in (
+        ("ready", "slider → decoded array (worker)"),
+        ("delivered", "slider → result in main thread"),
+        ("layer", "slider → layer data updated"),
+    ):
         median = percentile_ms(result[key], 50)
-        print(f"[{tag}] {text}: median {median:.2f} ms, "
-              f"p95 {percentile_ms(result[key], 95):.2f} ms, "
-              f"x{median / (bare * 1e3):.2f} bare decode"
-              + (f" ({result['inline']} of {result['decodes']} decodes inline)"
-                 if key == "ready" else ""))
+        print(
+            f"[{tag}] {text}: median {median:.2f} ms, "
+            f"p95 {percentile_ms(result[key], 95):.2f} ms, "
+            f"x{median / (bare * 1e3):.2f} bare decode"
+            + (
+                f" ({result['inline']} of {result['decodes']} decodes inline)"
+                if key == "ready"
+                else ""
+            )
+        )
     if update not in napari_ms:  # napari alone, on the decoded layer the panel made
         layer = viewer.layers[_layers.DECODED_LAYER]
-        seconds, napari_stall = napari_update(viewer, layer, volumes, N_ISOLATED[name],
-                                              UPDATES[update])
+        seconds, napari_stall = napari_update(
+            viewer, layer, volumes, N_ISOLATED[name], UPDATES[update]
+        )
         napari_ms[update] = seconds * 1e3
         prefix = f"[{name}]" if update == "in-place" else f"[{name} {update}]"
-        how = ("copy into the layer's array + refresh, as the panel" if update == "in-place"
-               else "layer.data = volume")
+        how = (
+            "copy into the layer's array + refresh, as the panel"
+            if update == "in-place"
+            else "layer.data = volume"
+        )
         print(f"{prefix} napari layer.data update: median {napari_ms[update]:.2f} ms ({how})")
-        print(f"{prefix} napari alone, 60 Hz layer.data updates, max stall: "
-              f"{napari_stall:.1f} ms")
-    overhead = (percentile_ms(result["layer"], 50) - percentile_ms(result["ready"], 50)
-                - napari_ms[update])
+        print(f"{prefix} napari alone, 60 Hz layer.data updates, max stall: {napari_stall:.1f} ms")
+    overhead = (
+        percentile_ms(result["layer"], 50) - percentile_ms(result["ready"], 50) - napari_ms[update]
+    )
     print(f"[{tag}] plugin overhead on top of napari's update: median {overhead:.2f} ms")
-    drag = panel_latency(viewer, state, runner, "drag", int(DRAG_S / 0.016), spacing_ms,
-                         settings)
-    print(f"[{tag}] 60 Hz drag: {drag['moves']} moves, {drag['decodes']} decodes "
-          f"({drag['inline']} inline), {drag['shown']} shown; shown latency median "
-          f"{percentile_ms(drag['layer'], 50):.1f} ms, p95 "
-          f"{percentile_ms(drag['layer'], 95):.1f} ms; last move → layer "
-          f"{drag['lag_last'] * 1e3:.1f} ms")
+    drag = panel_latency(viewer, state, runner, "drag", int(DRAG_S / 0.016), spacing_ms, settings)
+    print(
+        f"[{tag}] 60 Hz drag: {drag['moves']} moves, {drag['decodes']} decodes "
+        f"({drag['inline']} inline), {drag['shown']} shown; shown latency median "
+        f"{percentile_ms(drag['layer'], 50):.1f} ms, p95 "
+        f"{percentile_ms(drag['layer'], 95):.1f} ms; last move → layer "
+        f"{drag['lag_last'] * 1e3:.1f} ms"
+    )
     print(f"[{tag}] 60 Hz drag max stall: {drag['max_stall_ms']:.1f} ms")
 
 
@@ -358,12 +396,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--runners", nargs="+", default=["thread", "chained"],
-                        choices=["thread", "chained"])
-    parser.add_argument("--spacing-ms", type=int, default=100,
-                        help="pause between isolated moves (after the previous layer update)")
-    parser.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS),
-                        help="panel set-ups to compare (see VARIANTS)")
+    parser.add_argument(
+        "--runners", nargs="+", default=["thread", "chained"], choices=["thread", "chained"]
+    )
+    parser.add_argument(
+        "--spacing-ms",
+        type=int,
+        default=100,
+        help="pause between isolated moves (after the previous layer update)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default"],
+        choices=list(VARIANTS),
+        help="panel set-ups to compare (see VARIANTS)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run every variant this often")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -386,36 +434,53 @@ def main() -> None:
         model = core.ConvAutoEncoder3d(**MODELS[name]).eval()
         bare, snapped = bare_decode(model, N_ISOLATED[name])
         c = model.config
-        print(f"[{name}] model: l={c.window_length}, crop {c.crop}, {c.conv_layers} layers, "
-              f"{c.hidden} hidden, {c.latent_dim} latent")
+        print(
+            f"[{name}] model: l={c.window_length}, crop {c.crop}, {c.conv_layers} layers, "
+            f"{c.hidden} hidden, {c.latent_dim} latent"
+        )
         print(f"[{name}] bare decode: {bare * 1e3:.2f} ms (median of {N_ISOLATED[name]})")
         print(f"[{name}] decode + snap + fractions: {snapped * 1e3:.2f} ms")
         cold, cold_snapped = bare_decode(model, N_ISOLATED[name], args.spacing_ms / 1e3)
         with torch_threads(1):
             cold1, cold1_snapped = bare_decode(model, N_ISOLATED[name], args.spacing_ms / 1e3)
-        print(f"[{name}] bare decode after a {args.spacing_ms} ms pause: {cold * 1e3:.2f} ms; "
-              f"decode + snap {cold_snapped * 1e3:.2f} ms; with 1 torch thread "
-              f"{cold1 * 1e3:.2f} ms, decode + snap {cold1_snapped * 1e3:.2f} ms")
+        print(
+            f"[{name}] bare decode after a {args.spacing_ms} ms pause: {cold * 1e3:.2f} ms; "
+            f"decode + snap {cold_snapped * 1e3:.2f} ms; with 1 torch thread "
+            f"{cold1 * 1e3:.2f} ms, decode + snap {cold1_snapped * 1e3:.2f} ms"
+        )
         busy, _ = bare_decode(model, N_ISOLATED[name], args.spacing_ms / 1e3, busy=True)
         with torch_threads(1):
             busy1, _ = bare_decode(model, N_ISOLATED[name], args.spacing_ms / 1e3, busy=True)
-        print(f"[{name}] bare decode after {args.spacing_ms} ms of busy waiting in the same "
-              f"thread (its core never idles): {busy * 1e3:.2f} ms; with 1 torch thread "
-              f"{busy1 * 1e3:.2f} ms")
+        print(
+            f"[{name}] bare decode after {args.spacing_ms} ms of busy waiting in the same "
+            f"thread (its core never idles): {busy * 1e3:.2f} ms; with 1 torch thread "
+            f"{busy1 * 1e3:.2f} ms"
+        )
         state = make_state(model)
         rng = np.random.default_rng(2)
-        volumes = [decode_latent(model, rng.standard_normal(c.latent_dim)).labels
-                   for _ in range(4)]
+        volumes = [decode_latent(model, rng.standard_normal(c.latent_dim)).labels for _ in range(4)]
         for _repeat in range(args.repeat):
             napari_ms: dict[str, float] = {}  # napari alone, measured once per repeat
             for variant in args.variants:
                 settings, update = VARIANTS[variant]
                 latent_panel.update_labels_in_place = (
-                    update_in_place if update == "in-place" else lambda layer, labels: False)
+                    update_in_place if update == "in-place" else lambda layer, labels: False
+                )
                 for runner in args.runners:
                     tag = f"{name}/{runner}" + ("" if variant == "default" else f" {variant}")
-                    run_variant(viewer, state, name, tag, runner, bare, settings, update,
-                                volumes, napari_ms, args.spacing_ms)
+                    run_variant(
+                        viewer,
+                        state,
+                        name,
+                        tag,
+                        runner,
+                        bare,
+                        settings,
+                        update,
+                        volumes,
+                        napari_ms,
+                        args.spacing_ms,
+                    )
         latent_panel.update_labels_in_place = update_in_place
     viewer.close()
 

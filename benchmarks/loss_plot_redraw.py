@@ -54,8 +54,10 @@ def time_plot(plot_class, app, epochs: int, size: tuple[int, int]) -> list[float
 def report(name: str, times: list[float]) -> None:
     ordered = sorted(times)
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-    print(f"{name}: median {statistics.median(times):.2f} ms, p95 {p95:.2f} ms, "
-          f"max {max(times):.2f} ms over {len(times)} epochs")
+    print(
+        f"{name}: median {statistics.median(times):.2f} ms, p95 {p95:.2f} ms, "
+        f"max {max(times):.2f} ms over {len(times)} epochs"
+    )
 
 
 def main() -> None:

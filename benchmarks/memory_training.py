@@ -113,14 +113,23 @@ def code_state(core) -> str:
     if Path(core.__file__).resolve().parent.parent.parent != src:
         return ""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"],
-                               capture_output=True, text=True, check=True).stdout.splitlines()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return ""
-    return f"(git {head}" + (f", uncommitted changes in {len(dirty)} files under src/)"
-                             if dirty else ")")
+    return f"(git {head}" + (
+        f", uncommitted changes in {len(dirty)} files under src/)" if dirty else ")"
+    )
 
 
 def say(name: str, value: object) -> None:
@@ -135,12 +144,18 @@ def child(args: argparse.Namespace) -> None:
 
     baseline = rss_mib()
     say("RSS python only (MiB)", f"{start:.1f}")
-    say("RSS after import torch, napari_electrode_cae.core = import baseline (MiB)",
-        f"{baseline:.1f}")
+    say(
+        "RSS after import torch, napari_electrode_cae.core = import baseline (MiB)",
+        f"{baseline:.1f}",
+    )
     say("torch threads", torch.get_num_threads())
     say("napari_electrode_cae from", f"{Path(core.__file__).parent.parent} {code_state(core)}")
-    say("optimiser", "torch.optim.Adam(fused=True)" if args.optimiser == "torch"
-        else "core.training.make_optimiser (torch.optim.Adam, fused)")
+    say(
+        "optimiser",
+        "torch.optim.Adam(fused=True)"
+        if args.optimiser == "torch"
+        else "core.training.make_optimiser (torch.optim.Adam, fused)",
+    )
     lazy_mib = 0.0
     if args.optimiser == "torch":
         # The first torch.optim optimiser imports torch._dynamo (and sympy, torch.distributed,
@@ -150,19 +165,24 @@ def child(args: argparse.Namespace) -> None:
         import torch._dynamo  # noqa: F401
 
         lazy_mib = rss_mib() - baseline
-    say("RSS added by torch's lazy import of torch._dynamo on the first optimiser (MiB)",
-        f"{lazy_mib:.1f}" + ("" if args.optimiser == "torch" else " (not imported)"))
+    say(
+        "RSS added by torch's lazy import of torch._dynamo on the first optimiser (MiB)",
+        f"{lazy_mib:.1f}" + ("" if args.optimiser == "torch" else " (not imported)"),
+    )
     overall_peak = hwm_mib()
 
     before_read = rss_mib()
     if args.child == "quick":
         preset = core.get_preset("quick")
-        stacks = [core.read_stack(ROOT / "sample_data" / name)
-                  for name in ("synthetic_CAL.tif", "synthetic_UNCAL.tif")]
+        stacks = [
+            core.read_stack(ROOT / "sample_data" / name)
+            for name in ("synthetic_CAL.tif", "synthetic_UNCAL.tif")
+        ]
         spec = preset.window
         layers, hidden, latent = preset.conv_layers, preset.hidden, preset.latent_dim
-        config = core.TrainConfig(epochs=args.quick_epochs, batch_size=preset.train.batch_size,
-                                  lr=preset.train.lr)
+        config = core.TrainConfig(
+            epochs=args.quick_epochs, batch_size=preset.train.batch_size, lr=preset.train.lr
+        )
     else:
         length = 24 if args.child == "paper" else 4
         stride = args.stride or (12 if length == 24 else 13)
@@ -172,20 +192,30 @@ def child(args: argparse.Namespace) -> None:
         config = core.TrainConfig(epochs=2, batch_size=2, lr=1e-4)
     stack_mib = sum(s.labels.nbytes for s in stacks) / MiB
     loaded = rss_mib()
-    say("stacks", ", ".join(f"{s.name} {'x'.join(map(str, s.shape))} "
-                            f"({'memory-mapped' if mapped(s.labels) else 'in memory'})"
-                            for s in stacks))
+    say(
+        "stacks",
+        ", ".join(
+            f"{s.name} {'x'.join(map(str, s.shape))} "
+            f"({'memory-mapped' if mapped(s.labels) else 'in memory'})"
+            for s in stacks
+        ),
+    )
     say("stack size, uint8 (MiB)", f"{stack_mib:.1f}")
-    say("RSS after reading the stacks (MiB)",
-        f"{loaded:.1f} (+{loaded - before_read:.1f}; mapped pages count once read)")
+    say(
+        "RSS after reading the stacks (MiB)",
+        f"{loaded:.1f} (+{loaded - before_read:.1f}; mapped pages count once read)",
+    )
 
     data = core.WindowDataset(stacks, spec)
     train_idx, val_idx = core.split(data, config.val_fraction, config.seed, config.split)
     core.seed_everything(config.seed)
     model = core.ConvAutoEncoder3d(spec.length, spec.crop, layers, hidden, latent)
-    say("windows", f"{len(data)} of {spec.length}x{spec.crop}x{spec.crop} (stride "
+    say(
+        "windows",
+        f"{len(data)} of {spec.length}x{spec.crop}x{spec.crop} (stride "
         f"{spec.stride}, tile stride {spec.in_plane_step}): {len(train_idx)} train, "
-        f"{len(val_idx)} val; batch {config.batch_size}, {config.epochs} epochs")
+        f"{len(val_idx)} val; batch {config.batch_size}, {config.epochs} epochs",
+    )
     param_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / MiB
     say("parameters", f"{core.count_parameters(model):,} ({param_mib:.1f} MiB)")
     before_train = rss_mib()
@@ -197,11 +227,18 @@ def child(args: argparse.Namespace) -> None:
     def capture(optimiser) -> None:
         params = [p for g in optimiser.param_groups for p in g["params"]]
         captured["params"] = sum(p.numel() * p.element_size() for p in params) / MiB
-        captured["grads"] = sum(p.grad.numel() * p.grad.element_size()
-                                for p in params if p.grad is not None) / MiB
-        captured["adam"] = sum(t.numel() * t.element_size()
-                               for state in optimiser.state.values()
-                               for t in state.values() if torch.is_tensor(t)) / MiB
+        captured["grads"] = (
+            sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None) / MiB
+        )
+        captured["adam"] = (
+            sum(
+                t.numel() * t.element_size()
+                for state in optimiser.state.values()
+                for t in state.values()
+                if torch.is_tensor(t)
+            )
+            / MiB
+        )
 
     original = core.training.make_optimiser
 
@@ -225,19 +262,31 @@ def child(args: argparse.Namespace) -> None:
     core.training.make_optimiser = capturing
     run_dir = Path(args.tmp) / f"run_{args.child}_{os.getpid()}"
     reset_peak()
-    generator = core.train(model, data, config, train_idx=train_idx, val_idx=val_idx,
-                           checkpoint_dir=run_dir, yield_batches=True)
+    generator = core.train(
+        model,
+        data,
+        config,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        checkpoint_dir=run_dir,
+        yield_batches=True,
+    )
     history = [r for r in generator if isinstance(r, core.EpochReport)]
     train_peak = hwm_mib()
     core.training.make_optimiser = original
     after_train = rss_mib()
     model_mib = captured["params"] + captured["grads"] + captured["adam"]
-    say("model = params + grads + Adam state (MiB)",
+    say(
+        "model = params + grads + Adam state (MiB)",
         f"{model_mib:.1f} ({captured['params']:.1f} + {captured['grads']:.1f} + "
-        f"{captured['adam']:.1f})")
+        f"{captured['adam']:.1f})",
+    )
     seconds = sorted(r.seconds for r in history)
-    say("training seconds", f"{sum(seconds):.1f} over {len(history)} epochs "
-        f"(median epoch {seconds[len(seconds) // 2]:.2f} s)")
+    say(
+        "training seconds",
+        f"{sum(seconds):.1f} over {len(history)} epochs "
+        f"(median epoch {seconds[len(seconds) // 2]:.2f} s)",
+    )
 
     reset_peak()
     report = core.evaluate(model, data, train_idx, val_idx, seed=config.seed)
@@ -255,18 +304,27 @@ def child(args: argparse.Namespace) -> None:
     say("peak RSS during save_run incl. latents (MiB)", f"{save_peak:.1f} (RSS after {end:.1f})")
     peak = max(overall_peak, train_peak, eval_peak, save_peak)
     say("peak RSS of the whole run (MiB)", f"{peak:.1f}")
-    say("import baseline + stack + model (MiB)",
-        f"{budget:.1f} = {baseline:.1f} + {stack_mib:.1f} + {model_mib:.1f}")
-    for label, value in (("training", train_peak), ("evaluation", eval_peak),
-                         ("save_run", save_peak)):
+    say(
+        "import baseline + stack + model (MiB)",
+        f"{budget:.1f} = {baseline:.1f} + {stack_mib:.1f} + {model_mib:.1f}",
+    )
+    for label, value in (
+        ("training", train_peak),
+        ("evaluation", eval_peak),
+        ("save_run", save_peak),
+    ):
         say(f"  {label}: peak - budget (MiB)", f"{value - budget:.1f}")
     excess = peak - budget
-    say("verdict", f"peak - (import baseline + stack + model) = {excess:.1f} MiB "
-        f"(target <= {TARGET_MIB:.0f}): {'PASS' if excess <= TARGET_MIB else 'FAIL'}")
-    say("torch._dynamo imported during the run",
-        "yes" if "torch._dynamo" in sys.modules else "no")
-    say("  the same without torch's lazy torch._dynamo import",
-        f"{excess - lazy_mib:.1f} MiB: {'PASS' if excess - lazy_mib <= TARGET_MIB else 'FAIL'}")
+    say(
+        "verdict",
+        f"peak - (import baseline + stack + model) = {excess:.1f} MiB "
+        f"(target <= {TARGET_MIB:.0f}): {'PASS' if excess <= TARGET_MIB else 'FAIL'}",
+    )
+    say("torch._dynamo imported during the run", "yes" if "torch._dynamo" in sys.modules else "no")
+    say(
+        "  the same without torch's lazy torch._dynamo import",
+        f"{excess - lazy_mib:.1f} MiB: {'PASS' if excess - lazy_mib <= TARGET_MIB else 'FAIL'}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,16 +340,26 @@ np.save(sys.argv[1], stack.labels)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--case", nargs="+", choices=("paper", "l4", "quick"),
-                        default=["paper", "l4", "quick"])
-    parser.add_argument("--alloc", nargs="+", choices=tuple(ALLOCATORS),
-                        default=["default", "pinned"])
+    parser.add_argument(
+        "--case", nargs="+", choices=("paper", "l4", "quick"), default=["paper", "l4", "quick"]
+    )
+    parser.add_argument(
+        "--alloc", nargs="+", choices=tuple(ALLOCATORS), default=["default", "pinned"]
+    )
     parser.add_argument("--stride", type=int, help="Z stride of the 256³ cases")
-    parser.add_argument("--quick-epochs", type=int, default=80,
-                        help="epochs of the quick case (default: the preset's 80)")
-    parser.add_argument("--optimiser", choices=("ours", "torch"), default="ours",
-                        help="Adam used by core.train: the package's own (default) or "
-                             "torch.optim.Adam(fused=True), for comparison")
+    parser.add_argument(
+        "--quick-epochs",
+        type=int,
+        default=80,
+        help="epochs of the quick case (default: the preset's 80)",
+    )
+    parser.add_argument(
+        "--optimiser",
+        choices=("ours", "torch"),
+        default="ours",
+        help="Adam used by core.train: the package's own (default) or "
+        "torch.optim.Adam(fused=True), for comparison",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--npy", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -304,16 +372,30 @@ def main() -> None:
         npy = Path(tmp) / f"synthetic_CAL_{SIZE}.npy"
         if any(c != "quick" for c in args.case):
             subprocess.run([sys.executable, "-c", GENERATE, str(npy), str(SIZE)], check=True)
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+        }
         for case in args.case:
             for alloc in args.alloc:
                 extra, description = ALLOCATORS[alloc]
                 env = clean | extra
                 print(f"== case {case}, allocator {alloc} ({description})", flush=True)
-                command = [sys.executable, __file__, "--child", case, "--npy", str(npy),
-                           "--tmp", tmp, "--quick-epochs", str(args.quick_epochs),
-                           "--optimiser", args.optimiser]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    case,
+                    "--npy",
+                    str(npy),
+                    "--tmp",
+                    tmp,
+                    "--quick-epochs",
+                    str(args.quick_epochs),
+                    "--optimiser",
+                    args.optimiser,
+                ]
                 if args.stride:
                     command += ["--stride", str(args.stride)]
                 subprocess.run(command, env=env, check=True)

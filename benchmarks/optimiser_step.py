@@ -59,9 +59,14 @@ def main() -> None:
             for name, make in optimisers().items():
                 torch.manual_seed(0)
                 model = build_model(config)
-                step = TrainingStep(model, make(model.parameters(), 1e-3), torch.device("cpu"),
-                                    "fp32", batch, loss=make_loss(model, "ce_dice", None)
-                                    if config.output == "phases" else None)
+                step = TrainingStep(
+                    model,
+                    make(model.parameters(), 1e-3),
+                    torch.device("cpu"),
+                    "fp32",
+                    batch,
+                    loss=make_loss(model, "ce_dice", None) if config.output == "phases" else None,
+                )
                 model.train()
                 for _ in range(3):  # warm-up
                     step(x)

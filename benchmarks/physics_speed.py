@@ -50,29 +50,45 @@ def main() -> None:
             cpus.append(time.process_time() - c0)
         best = int(np.argmin(walls))
         shown = f"{value:.4g}" if isinstance(value, float) else ""
-        print(f"  {label:<40s} best {walls[best] * 1e3:8.1f} ms  median "
-              f"{statistics.median(walls) * 1e3:8.1f} ms  (cpu {cpus[best] * 1e3:8.1f} ms)  "
-              f"{shown}")
+        print(
+            f"  {label:<40s} best {walls[best] * 1e3:8.1f} ms  median "
+            f"{statistics.median(walls) * 1e3:8.1f} ms  (cpu {cpus[best] * 1e3:8.1f} ms)  "
+            f"{shown}"
+        )
         return value
 
-    print(f"threads {args.threads}, repeat {args.repeat}, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
+    print(
+        f"threads {args.threads}, repeat {args.repeat}, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs"
+    )
     for preset in ("CAL", "UNCAL"):
         labels = core.generate_electrode((24, 224, 224), preset=preset, seed=0).labels
         vs = 0.398
         print(f"{preset} 24×224×224, porosity {core.volume_fractions(labels)['pore']:.3f}")
         timed("volume_fractions", core.volume_fractions, labels)
         timed("specific_surface_area(active)", physics.specific_surface_area, labels, "active", vs)
-        timed("interface_area_density(pore|solid)", physics.interface_area_density, labels,
-              "pore", ("cbd", "active"), vs)
+        timed(
+            "interface_area_density(pore|solid)",
+            physics.interface_area_density,
+            labels,
+            "pore",
+            ("cbd", "active"),
+            vs,
+        )
         timed("triple_phase_boundary_density", physics.triple_phase_boundary_density, labels, vs)
         for phase in ("pore", "active", "cbd"):
             timed(f"connected_fraction({phase}, z)", physics.connected_fraction, labels, phase, 0)
         timed("tortuosity(pore, z)", physics.tortuosity, labels, "pore", 0)
         timed("tortuosity(pore, x)", physics.tortuosity, labels, "pore", 2)
         if args.torch_device:
-            timed(f"tortuosity(pore, z, device={args.torch_device})", physics.tortuosity, labels,
-                  "pore", 0, device=args.torch_device)
+            timed(
+                f"tortuosity(pore, z, device={args.torch_device})",
+                physics.tortuosity,
+                labels,
+                "pore",
+                0,
+                device=args.torch_device,
+            )
         timed("microstructure_metrics (all)", physics.microstructure_metrics, labels, vs)
         print("  load average now " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 

@@ -44,35 +44,74 @@ def _config(name: str) -> tuple[core.WindowSpec, core.ModelConfig, core.TrainCon
         # the quick preset before this change: the paper's model at lr 2e-3, random split
         "old_quick": (old_quick_window, core.ModelConfig(8, 64), old_quick_train, "nearest"),
         # what stops the collapse: one change at a time on top of the old quick preset
-        "old_quick_batch_norm": (old_quick_window, core.ModelConfig(8, 64, norm="batch"),
-                                 old_quick_train, "nearest"),
-        "old_quick_warmup_clip": (old_quick_window, core.ModelConfig(8, 64),
-                                  dataclasses.replace(old_quick_train, warmup_epochs=2,
-                                                      schedule="cosine", grad_clip=1.0),
-                                  "nearest"),
-        "old_quick_lr5e-4": (old_quick_window, core.ModelConfig(8, 64),
-                             dataclasses.replace(old_quick_train, lr=5e-4), "nearest"),
+        "old_quick_batch_norm": (
+            old_quick_window,
+            core.ModelConfig(8, 64, norm="batch"),
+            old_quick_train,
+            "nearest",
+        ),
+        "old_quick_warmup_clip": (
+            old_quick_window,
+            core.ModelConfig(8, 64),
+            dataclasses.replace(old_quick_train, warmup_epochs=2, schedule="cosine", grad_clip=1.0),
+            "nearest",
+        ),
+        "old_quick_lr5e-4": (
+            old_quick_window,
+            core.ModelConfig(8, 64),
+            dataclasses.replace(old_quick_train, lr=5e-4),
+            "nearest",
+        ),
         "quick": (q.window, q.model_config(), q.train, (q.phase_rule, "argmax")),
-        "quick_random": (q.window, q.model_config(),
-                         dataclasses.replace(q.train, split="random"), q.phase_rule),
-        "quick_value": (q.window, dataclasses.replace(q.model_config(), output="value"),
-                        q.train, ("fitted", "nearest")),
-        "quick_ce": (q.window, q.model_config(), dataclasses.replace(q.train, phase_loss="ce"),
-                     q.phase_rule),
-        "quick_no_norm": (q.window, dataclasses.replace(q.model_config(), norm="none"),
-                          q.train, q.phase_rule),
-        "quick_no_schedule": (q.window, q.model_config(),
-                              dataclasses.replace(q.train, warmup_epochs=0,
-                                                  schedule="constant", grad_clip=0.0),
-                              q.phase_rule),
-        "quick_weighted_ce": (q.window, q.model_config(),
-                              dataclasses.replace(q.train, phase_loss="weighted_ce"),
-                              q.phase_rule),
-        "quick_crop64": (core.WindowSpec(8, 4, 64, tile_stride=32),
-                         dataclasses.replace(q.model_config(), crop=64), q.train, q.phase_rule),
+        "quick_random": (
+            q.window,
+            q.model_config(),
+            dataclasses.replace(q.train, split="random"),
+            q.phase_rule,
+        ),
+        "quick_value": (
+            q.window,
+            dataclasses.replace(q.model_config(), output="value"),
+            q.train,
+            ("fitted", "nearest"),
+        ),
+        "quick_ce": (
+            q.window,
+            q.model_config(),
+            dataclasses.replace(q.train, phase_loss="ce"),
+            q.phase_rule,
+        ),
+        "quick_no_norm": (
+            q.window,
+            dataclasses.replace(q.model_config(), norm="none"),
+            q.train,
+            q.phase_rule,
+        ),
+        "quick_no_schedule": (
+            q.window,
+            q.model_config(),
+            dataclasses.replace(q.train, warmup_epochs=0, schedule="constant", grad_clip=0.0),
+            q.phase_rule,
+        ),
+        "quick_weighted_ce": (
+            q.window,
+            q.model_config(),
+            dataclasses.replace(q.train, phase_loss="weighted_ce"),
+            q.phase_rule,
+        ),
+        "quick_crop64": (
+            core.WindowSpec(8, 4, 64, tile_stride=32),
+            dataclasses.replace(q.model_config(), crop=64),
+            q.train,
+            q.phase_rule,
+        ),
         "paper": (p.window, p.model_config(), p.train, ("nearest", "fitted")),
-        "paper_random": (p.window, p.model_config(),
-                         dataclasses.replace(p.train, split="random"), ("nearest", "fitted")),
+        "paper_random": (
+            p.window,
+            p.model_config(),
+            dataclasses.replace(p.train, split="random"),
+            ("nearest", "fitted"),
+        ),
     }
     return table[name]
 
@@ -84,13 +123,13 @@ def _tortuosity(labels: np.ndarray) -> float:
         return math.nan
 
 
-def run(name: str, stack: core.ElectrodeStack, minutes: float, seed: int,
-        epochs: int | None = None) -> list[dict]:
+def run(
+    name: str, stack: core.ElectrodeStack, minutes: float, seed: int, epochs: int | None = None
+) -> list[dict]:
     """Train configuration ``name`` once; one row per phase rule it is judged by."""
     spec, model_config, config, rules = _config(name)
     rules = (rules,) if isinstance(rules, str) else rules
-    config = dataclasses.replace(config, seed=seed, device="cpu",
-                                 epochs=epochs or config.epochs)
+    config = dataclasses.replace(config, seed=seed, device="cpu", epochs=epochs or config.epochs)
     data = core.WindowDataset([stack], spec)
     train_idx, val_idx = core.split(data, config.val_fraction, config.seed, config.split)
     core.seed_everything(seed)
@@ -117,28 +156,46 @@ def run(name: str, stack: core.ElectrodeStack, minutes: float, seed: int,
         report = core.evaluate(model, data, train_idx, val_idx, seed=seed, diverged=diverged)
         eval_s = time.perf_counter() - t0
         taus = []
-        for i in np.asarray(val_idx)[np.linspace(0, len(val_idx) - 1, min(12, len(val_idx)))
-                                      .astype(int)]:
+        for i in np.asarray(val_idx)[
+            np.linspace(0, len(val_idx) - 1, min(12, len(val_idx))).astype(int)
+        ]:
             _, labels = reconstruct_window(model, data[int(i)])
             taus.append((_tortuosity(np.asarray(data.view(int(i)))), _tortuosity(labels)))
         taus = np.array(taus)
         finite = np.isfinite(taus).all(axis=1)
         summary = report.summary()
-        rows.append({
-            "config": name if len(rules) == 1 else f"{name}[{rule}]",
-            "split": core.windows.resolve_split(config.split, spec),
-            "output": model_config.output,
-            "rule": model.phase_rule.describe(),
-            "windows": len(data), "train": len(train_idx), "val": len(val_idx),
-            "epochs": len(history), "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
-            **{k: summary[k] for k in ("val_nmse", "voxel_accuracy", "phase_fractions",
-                                       "phase_iou", "tpb_density_per_um2", "collapsed",
-                                       "diverged")},
-            "tau_pore_z": {
-                "original": float(np.mean(taus[finite, 0])) if finite.any() else None,
-                "reconstruction": float(np.mean(taus[finite, 1])) if finite.any() else None,
-                "windows_finite": int(finite.sum()), "windows": len(taus)},
-        })
+        rows.append(
+            {
+                "config": name if len(rules) == 1 else f"{name}[{rule}]",
+                "split": core.windows.resolve_split(config.split, spec),
+                "output": model_config.output,
+                "rule": model.phase_rule.describe(),
+                "windows": len(data),
+                "train": len(train_idx),
+                "val": len(val_idx),
+                "epochs": len(history),
+                "train_s": round(train_s, 1),
+                "eval_s": round(eval_s, 1),
+                **{
+                    k: summary[k]
+                    for k in (
+                        "val_nmse",
+                        "voxel_accuracy",
+                        "phase_fractions",
+                        "phase_iou",
+                        "tpb_density_per_um2",
+                        "collapsed",
+                        "diverged",
+                    )
+                },
+                "tau_pore_z": {
+                    "original": float(np.mean(taus[finite, 0])) if finite.any() else None,
+                    "reconstruction": float(np.mean(taus[finite, 1])) if finite.any() else None,
+                    "windows_finite": int(finite.sum()),
+                    "windows": len(taus),
+                },
+            }
+        )
     return rows
 
 
@@ -149,31 +206,40 @@ def format_row(r: dict) -> str:
     def pct(d):
         return "/".join(f"{100 * d[k]:.0f}" for k in ("pore", "cbd", "active"))
 
-    tau_text = ("n/a" if tau["original"] is None
-                else f"{tau['original']:.2f}->{tau['reconstruction']:.2f}")
-    return (f"{r['config']:<24} {r['split']:<8} {r['output']:<7} {r['epochs']:>4} "
-            f"{r['train_s']:>6.0f}s {r['val_nmse']:>6.3f} {100 * r['voxel_accuracy']:>5.1f}% "
-            f"{pct(fo):>9} -> {pct(fr):<9} "
-            f"{'/'.join(f'{iou[k]:.2f}' for k in ('pore', 'cbd', 'active')):<15} "
-            f"{tpb['original']:.3f}->{tpb['reconstruction']:.3f} {tau_text:<11} "
-            f"{'COLLAPSED' if r['collapsed'] else ('DIVERGED' if r['diverged'] else 'ok')}")
+    tau_text = (
+        "n/a" if tau["original"] is None else f"{tau['original']:.2f}->{tau['reconstruction']:.2f}"
+    )
+    return (
+        f"{r['config']:<24} {r['split']:<8} {r['output']:<7} {r['epochs']:>4} "
+        f"{r['train_s']:>6.0f}s {r['val_nmse']:>6.3f} {100 * r['voxel_accuracy']:>5.1f}% "
+        f"{pct(fo):>9} -> {pct(fr):<9} "
+        f"{'/'.join(f'{iou[k]:.2f}' for k in ('pore', 'cbd', 'active')):<15} "
+        f"{tpb['original']:.3f}->{tpb['reconstruction']:.3f} {tau_text:<11} "
+        f"{'COLLAPSED' if r['collapsed'] else ('DIVERGED' if r['diverged'] else 'ok')}"
+    )
 
 
-HEADER = (f"{'config':<24} {'split':<8} {'output':<7} {'ep':>4} {'train':>7} {'NMSE':>6} "
-          f"{'acc':>6} {'p/c/a % orig -> recon':<22} {'IoU p/c/a':<15} {'TPB µm⁻²':<13} "
-          f"{'τ pore Z':<11} health")
+HEADER = (
+    f"{'config':<24} {'split':<8} {'output':<7} {'ep':>4} {'train':>7} {'NMSE':>6} "
+    f"{'acc':>6} {'p/c/a % orig -> recon':<22} {'IoU p/c/a':<15} {'TPB µm⁻²':<13} "
+    f"{'τ pore Z':<11} health"
+)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stack", nargs="?", type=Path)
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget per config")
-    parser.add_argument("--only", default="old_quick,quick,paper",
-                        help="comma-separated configuration names")
+    parser.add_argument(
+        "--only", default="old_quick,quick,paper", help="comma-separated configuration names"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int,
-                        help="train every configuration this many epochs (its schedule follows)"
-                             "; compares configurations fairly on a loaded machine")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="train every configuration this many epochs (its schedule follows)"
+        "; compares configurations fairly on a loaded machine",
+    )
     parser.add_argument("--out", type=Path, help="append the rows as JSON lines here")
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
@@ -182,10 +248,14 @@ def main(argv=None) -> int:
     else:
         t0 = time.perf_counter()
         stack = core.generate_electrode(preset="REALISTIC", seed=0)
-        print(f"generated {stack.name} {stack.shape} in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr)
-    print(f"stack {stack.name}: {stack.shape}, fractions "
-          + ", ".join(f"{k} {v:.1%}" for k, v in core.volume_fractions(stack.labels).items()))
+        print(
+            f"generated {stack.name} {stack.shape} in {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+        )
+    print(
+        f"stack {stack.name}: {stack.shape}, fractions "
+        + ", ".join(f"{k} {v:.1%}" for k, v in core.volume_fractions(stack.labels).items())
+    )
     print(HEADER)
     for name in args.only.split(","):
         for row in run(name.strip(), stack, args.minutes, args.seed, args.epochs):

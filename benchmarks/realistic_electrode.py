@@ -154,8 +154,9 @@ def statistics(labels: np.ndarray, voxel_um: float, n_blocks: int, tau: bool) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
-                        default=(256, 256, 256))
+    parser.add_argument(
+        "--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=(256, 256, 256)
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--blocks", type=int, default=4, help="48x96x96 blocks for tau")
     parser.add_argument("--no-tortuosity", action="store_true", help="skip the (slow) tau rows")
@@ -181,11 +182,15 @@ def main() -> None:
     for name, (low, high) in REAL.items():
         value = columns["REALISTIC"][name]
         real = f"{low:g}" if low == high else f"{low:g}-{high:g}"
-        print(f"{name:<30}{value:>10.3f}{real:>12}{columns['CAL'][name]:>10.3f}  "
-              f"{verdict(value, low, high)}")
+        print(
+            f"{name:<30}{value:>10.3f}{real:>12}{columns['CAL'][name]:>10.3f}  "
+            f"{verdict(value, low, high)}"
+        )
     print(f"{'generation time (s)':<30}{times['REALISTIC']:>10.1f}{'':>12}{times['CAL']:>10.1f}")
-    print(f"{'generation peak memory (GiB)':<30}{memory['REALISTIC']:>10.2f}{'':>12}"
-          f"{memory['CAL']:>10.2f}")
+    print(
+        f"{'generation peak memory (GiB)':<30}{memory['REALISTIC']:>10.2f}{'':>12}"
+        f"{memory['CAL']:>10.2f}"
+    )
 
 
 def verdict(value: float, low: float, high: float) -> str:

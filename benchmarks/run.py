@@ -72,13 +72,18 @@ print(json.dumps({"added_mib": rss() - before, "stack_mib": labels.nbytes / 2**2
 
 
 def memory(size: int, which: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(HERE), str(size), which],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(HERE), str(size), which],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def train_speed(length: int, steps: int, rounds: int, keep_buffers: bool = False,
-                which: str = "both") -> tuple[float | None, float | None, float | None]:
+def train_speed(
+    length: int, steps: int, rounds: int, keep_buffers: bool = False, which: str = "both"
+) -> tuple[float | None, float | None, float | None]:
     """windows/s of the baseline and of our training step, and their max output gap.
 
     Both draw batches of 2 windows (l, 224, 224) from the same random three-phase stack: the
@@ -86,8 +91,8 @@ def train_speed(length: int, steps: int, rounds: int, keep_buffers: bool = False
     through ``core.train``'s ``BatchFeeder`` and ``TrainingStep`` (its step and optimiser).
     Same initial weights; rounds are interleaved.
     ``keep_buffers``: with ``which="ours"``, the whole measurement runs inside
-    ``core.kernels.allocator.reuse_freed_memory()`` as ``core.train`` does (only matters when glibc's
-    malloc is not pinned through the environment).
+    ``core.kernels.allocator.reuse_freed_memory()`` as ``electrode-cae train --tune-malloc``
+    does (only matters when glibc's malloc is not pinned through the environment).
     ``which``: "both" (interleaved), or only "base" / "ours" (the others are None); with
     glibc's defaults each runs in a process of its own, because ``reuse_freed_memory`` leaves
     the process's malloc thresholds where they would be after a training run.
@@ -102,8 +107,9 @@ def train_speed(length: int, steps: int, rounds: int, keep_buffers: bool = False
     base.load_state_dict(ours.state_dict())
     opt_base = torch.optim.Adam(base.parameters(), lr=1e-4)
     # ours: the step and the batches exactly as core.train makes them
-    our_step = TrainingStep(ours, core.training.make_optimiser(ours, 1e-4),
-                            torch.device("cpu"), "fp32", 2)
+    our_step = TrainingStep(
+        ours, core.training.make_optimiser(ours, 1e-4), torch.device("cpu"), "fp32", 2
+    )
     feeder = BatchFeeder(data, torch.device("cpu"))
     order = np.random.default_rng(1).permutation(len(data))
     loss_fn = torch.nn.MSELoss()
@@ -173,13 +179,15 @@ PINNED = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "107
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+    }
     return env | extra
 
 
-def script_lines(command: list[str], env: dict[str, str] | None = None,
-                 timeout: float = 1800) -> dict[str, str]:
+def script_lines(
+    command: list[str], env: dict[str, str] | None = None, timeout: float = 1800
+) -> dict[str, str]:
     """Run a benchmark script; its ``name: value`` lines as a dict (last one wins)."""
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     if out.returncode != 0:
@@ -209,19 +217,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer timed steps")
-    parser.add_argument("--no-gui", action="store_true",
-                        help="skip the napari figures (live decode, stalls, first result)")
-    parser.add_argument("--no-memory", action="store_true",
-                        help="skip the peak-RSS-of-a-training-run figures")
-    parser.add_argument("--train-child", nargs=3, metavar=("L", "MODE", "WHICH"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-gui",
+        action="store_true",
+        help="skip the napari figures (live decode, stalls, first result)",
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-RSS-of-a-training-run figures"
+    )
+    parser.add_argument(
+        "--train-child", nargs=3, metavar=("L", "MODE", "WHICH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps, rounds = (3, 2) if args.quick else (8, 5)
     if args.train_child:  # one training comparison in this (fresh) process
         length, mode, which = int(args.train_child[0]), args.train_child[1], args.train_child[2]
-        base, ours, gap = train_speed(length, steps, rounds, keep_buffers=mode == "default",
-                                      which=which)
+        base, ours, gap = train_speed(
+            length, steps, rounds, keep_buffers=mode == "default", which=which
+        )
         print(json.dumps({"base": base, "ours": ours, "gap": gap}))
         return
     size = 256
@@ -234,11 +248,25 @@ def main() -> None:
     for mode, label in (("pinned", "allocator pinned"), ("default", "glibc default")):
         env = clean_env(**PINNED) if mode == "pinned" else clean_env()
         for length in (24, 4):
+
             def child(which: str) -> dict:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--threads", str(args.threads), "--train-child",
-                     str(length), mode, which] + (["--quick"] if args.quick else []),
-                    capture_output=True, text=True, env=env, check=True)
+                    [
+                        sys.executable,
+                        __file__,
+                        "--threads",
+                        str(args.threads),
+                        "--train-child",
+                        str(length),
+                        mode,
+                        which,
+                    ]
+                    + (["--quick"] if args.quick else []),
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=True,
+                )
                 return json.loads(out.stdout.strip().splitlines()[-1])
 
             if mode == "pinned":  # interleaved in one process
@@ -247,39 +275,70 @@ def main() -> None:
             else:  # one fresh process each: ours changes the process's malloc thresholds
                 r = {"base": child("base")["base"], "ours": child("ours")["ours"]}
                 note = "one fresh process each"
-            row(f"training windows/s, l={length}, crop 224, batch 2 ({label})",
-                "≥ 2× baseline", f"{r['base']:.1f}", f"{r['ours']:.1f}",
-                f"{r['ours'] / r['base']:.2f}×", note)
+            row(
+                f"training windows/s, l={length}, crop 224, batch 2 ({label})",
+                "≥ 2× baseline",
+                f"{r['base']:.1f}",
+                f"{r['ours']:.1f}",
+                f"{r['ours'] / r['base']:.2f}×",
+                note,
+            )
 
     base, ours = decode_latency(24, 20)
-    row("decode one latent vector, l=24 (ms)", "—", f"{base:.1f}", f"{ours:.1f}",
-        f"{base / ours:.2f}× faster")
+    row(
+        "decode one latent vector, l=24 (ms)",
+        "—",
+        f"{base:.1f}",
+        f"{ours:.1f}",
+        f"{base / ours:.2f}× faster",
+    )
     mem_base, mem_ours = memory(size, "baseline"), memory(size, "ours")
-    row(f"stride-1 l=24 data set over a {size}³ stack: added RSS (MiB)",
+    row(
+        f"stride-1 l=24 data set over a {size}³ stack: added RSS (MiB)",
         f"≤ {0.1 * mem_ours['stack_mib']:.1f} (10 % of stack)",
-        f"{mem_base['added_mib']:.0f}", f"{mem_ours['added_mib']:.2f}",
-        f"{mem_base['added_mib'] / max(mem_ours['added_mib'], 1e-3):.0f}× less")
+        f"{mem_base['added_mib']:.0f}",
+        f"{mem_ours['added_mib']:.2f}",
+        f"{mem_base['added_mib'] / max(mem_ours['added_mib'], 1e-3):.0f}× less",
+    )
 
     if not args.no_memory:
-        for case, what in (("paper", "l=24, 256³ stack"), ("l4", "l=4, 256³ stack"),
-                           ("quick", "quick preset, sample data")):
-            found = script_lines([sys.executable, str(HERE / "memory_training.py"),
-                                  "--case", case, "--alloc", "default"]
-                                 + (["--quick-epochs", "5"] if args.quick else []),
-                                 env=clean_env())
+        for case, what in (
+            ("paper", "l=24, 256³ stack"),
+            ("l4", "l=4, 256³ stack"),
+            ("quick", "quick preset, sample data"),
+        ):
+            found = script_lines(
+                [
+                    sys.executable,
+                    str(HERE / "memory_training.py"),
+                    "--case",
+                    case,
+                    "--alloc",
+                    "default",
+                ]
+                + (["--quick-epochs", "5"] if args.quick else []),
+                env=clean_env(),
+            )
             excess = number(found["verdict"].split("=", 1)[1])
             dynamo = found.get("torch._dynamo imported during the run", "?")
-            row(f"peak RSS of a training run above import + stack + model, {what} (MiB)",
-                "≤ 300", "—", f"{excess:.0f}", "",
-                f"glibc default; train + evaluate + save run; torch._dynamo imported: {dynamo}")
+            row(
+                f"peak RSS of a training run above import + stack + model, {what} (MiB)",
+                "≤ 300",
+                "—",
+                f"{excess:.0f}",
+                "",
+                f"glibc default; train + evaluate + save run; torch._dynamo imported: {dynamo}",
+            )
 
     if not args.no_gui:
         add_gui_rows(row, args.quick)
 
     header = ("figure", "target", "baseline", "ours", "ratio", "note")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}"
+    )
     for r in (header, *rows):
         print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
 
@@ -298,47 +357,85 @@ def add_gui_rows(row, quick: bool) -> None:
         napari_ms = number(live[f"[{name}] napari layer.data update"])
         overhead = number(live[f"[{name}/thread] plugin overhead on top of napari's update"])
         # the faster of 1 and 2 torch threads, after the isolated moves' pause spent busy
-        busy_key = next((k for k in live if k.startswith(f"[{name}] bare decode after")
-                         and "busy" in k), None)
-        busy_ms = min((float(t) for t in re.findall(r"(\d+(?:\.\d+)?) ms",
-                                                      live.get(busy_key, ""))), default=None)
+        busy_key = next(
+            (k for k in live if k.startswith(f"[{name}] bare decode after") and "busy" in k), None
+        )
+        busy_ms = min(
+            (float(t) for t in re.findall(r"(\d+(?:\.\d+)?) ms", live.get(busy_key, ""))),
+            default=None,
+        )
         busy_pause = re.search(r"after (\d+) ms", busy_key or "")
-        row(f"live decode, {name} model: slider → decoded array (ms, median)",
-            "≤ 1.2× bare decode", f"{bare:.1f} (bare decode)", f"{ready:.1f}",
-            f"{ready / bare:.2f}×", f"slider → layer shown {layer:.1f} ms; bare decode back to "
-            "back, warm caches, no snapping" + (
-                "" if busy_ms is None or busy_pause is None else
-                f"; after {busy_pause.group(1)} ms of busy waiting {busy_ms:.1f} ms (1 or 2 "
-                "threads, the faster)"))
+        row(
+            f"live decode, {name} model: slider → decoded array (ms, median)",
+            "≤ 1.2× bare decode",
+            f"{bare:.1f} (bare decode)",
+            f"{ready:.1f}",
+            f"{ready / bare:.2f}×",
+            f"slider → layer shown {layer:.1f} ms; bare decode back to "
+            "back, warm caches, no snapping"
+            + (
+                ""
+                if busy_ms is None or busy_pause is None
+                else f"; after {busy_pause.group(1)} ms of busy waiting {busy_ms:.1f} ms (1 or 2 "
+                "threads, the faster)"
+            ),
+        )
         # the same work alone under the same conditions: decode + snap to phases, each after
         # the pause that separates the isolated slider moves, with 1 or 2 torch threads
         # (whichever is faster: the panel picks the thread count per decode size)
         cold = next(v for k, v in live.items() if k.startswith(f"[{name}] bare decode after a"))
         snaps = [float(v) for v in re.findall(r"decode \+ snap (\d+(?:\.\d+)?) ms", cold)]
         alone = min(snaps)
-        row(f"live decode, {name} model: slider → decoded array vs the same decode + snap alone "
-            "after the same pause (ms, median)", "≤ 1.2×", f"{alone:.1f} (decode + snap alone)",
-            f"{ready:.1f}", f"{ready / alone:.2f}×", "the plugin's own share of a slider move")
-        row(f"live decode, {name} model: plugin time on top of napari's layer update (ms)",
-            "≤ 10", f"{napari_ms:.1f} (napari alone)", f"{overhead:.1f}", "",
-            "median; layer shown − array ready − napari's own update")
-        row(f"GUI stall while dragging a latent slider at 60 Hz, {name} model (ms)", "≤ 50",
+        row(
+            f"live decode, {name} model: slider → decoded array vs the same decode + snap alone "
+            "after the same pause (ms, median)",
+            "≤ 1.2×",
+            f"{alone:.1f} (decode + snap alone)",
+            f"{ready:.1f}",
+            f"{ready / alone:.2f}×",
+            "the plugin's own share of a slider move",
+        )
+        row(
+            f"live decode, {name} model: plugin time on top of napari's layer update (ms)",
+            "≤ 10",
+            f"{napari_ms:.1f} (napari alone)",
+            f"{overhead:.1f}",
+            "",
+            "median; layer shown − array ready − napari's own update",
+        )
+        row(
+            f"GUI stall while dragging a latent slider at 60 Hz, {name} model (ms)",
+            "≤ 50",
             f"{number(live[f'[{name}] napari alone, 60 Hz layer.data updates, max stall']):.0f}"
-            " (napari alone)", f"{number(live[f'[{name}/thread] 60 Hz drag max stall']):.0f}",
-            "", live[f"[{name}/thread] 60 Hz drag"].split(";")[0])
+            " (napari alone)",
+            f"{number(live[f'[{name}/thread] 60 Hz drag max stall']):.0f}",
+            "",
+            live[f"[{name}/thread] 60 Hz drag"].split(";")[0],
+        )
     epochs = ["--epochs", "3"] if quick else []
     stalls = script_lines(gui_command("gui_stall_training.py", *epochs))
     for phase in ("train press", "epochs", "first results", "latents tab", "slider drag"):
         key = f"{phase} max stall"
         if key in stalls:
-            row(f"longest GUI stall: {phase} (ms, 10 ms QTimer)", "≤ 50",
-                f"{number(stalls['idle max stall']):.0f} (idle viewer)" if "idle max stall"
-                in stalls else "—", f"{number(stalls[key]):.0f}", "",
-                stalls.get(f"{phase} longest plugin call", ""))
+            row(
+                f"longest GUI stall: {phase} (ms, 10 ms QTimer)",
+                "≤ 50",
+                f"{number(stalls['idle max stall']):.0f} (idle viewer)"
+                if "idle max stall" in stalls
+                else "—",
+                f"{number(stalls[key]):.0f}",
+                "",
+                stalls.get(f"{phase} longest plugin call", ""),
+            )
     first = script_lines(gui_command("time_to_first_result.py", *epochs))
-    row("README launch → first reconstruction, quick preset, sample data (s)", "< 120", "—",
-        f"{number(first['launch to first reconstruction']):.0f}", "",
-        first.get("training 80 epochs of the quick preset", "") if not quick else "3 epochs")
+    row(
+        "README launch → first reconstruction, quick preset, sample data (s)",
+        "< 120",
+        "—",
+        f"{number(first['launch to first reconstruction']):.0f}",
+        "",
+        first.get("training 80 epochs of the quick preset", "") if not quick else "3 epochs",
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--screenshot", help="PNG path for a screenshot of the full workflow")
     parser.add_argument("--epochs", type=int, help="override the quick preset's epochs")
-    parser.add_argument("--plugin-camera", action="store_true",
-                        help="screenshot with the camera the plugin left (no tilt or zoom)")
+    parser.add_argument(
+        "--plugin-camera",
+        action="store_true",
+        help="screenshot with the camera the plugin left (no tilt or zoom)",
+    )
     args = parser.parse_args()
 
     from qtpy.QtCore import QTimer
@@ -69,21 +72,32 @@ def main() -> None:
     wait_until(lambda: state.model_version >= 1)
     t_trained = time.perf_counter()
     widget.tabs.setCurrentWidget(widget.results_panel)
-    wait_until(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers
-               and viewer.layers[_layers.RECONSTRUCTION_LAYER].data.any())
+    wait_until(
+        lambda: (
+            _layers.RECONSTRUCTION_LAYER in viewer.layers
+            and viewer.layers[_layers.RECONSTRUCTION_LAYER].data.any()
+        )
+    )
     t_first = time.perf_counter()
     wait_until(lambda: widget.results_panel.idle)  # the side-by-side grid is complete
     timer.stop()
     epochs = len(state.history)
     print(f"launch (imports, sample data, widget): {t_ready - T_START:.1f} s")
-    print(f"training {epochs} epochs of the quick preset: {t_trained - t_train:.1f} s "
-          f"({len(state.dataset)} windows)")
+    print(
+        f"training {epochs} epochs of the quick preset: {t_trained - t_train:.1f} s "
+        f"({len(state.dataset)} windows)"
+    )
     print(f"launch to first reconstruction: {t_first - T_START:.1f} s")
-    print(f"longest GUI stall while training and evaluating: {max(gaps) * 1e3:.0f} ms "
-          f"(ticks {len(gaps)}, over 50 ms: {sum(g > 0.05 for g in gaps)})")
-    print("stalls over 50 ms at (s since launch, ms): " + ", ".join(
-        f"({at:.1f}, {gap * 1e3:.0f})" for at, gap in stalls) + f"; Train pressed at "
-        f"{t_train - T_START:.1f} s, model ready at {t_trained - T_START:.1f} s")
+    print(
+        f"longest GUI stall while training and evaluating: {max(gaps) * 1e3:.0f} ms "
+        f"(ticks {len(gaps)}, over 50 ms: {sum(g > 0.05 for g in gaps)})"
+    )
+    print(
+        "stalls over 50 ms at (s since launch, ms): "
+        + ", ".join(f"({at:.1f}, {gap * 1e3:.0f})" for at, gap in stalls)
+        + f"; Train pressed at "
+        f"{t_train - T_START:.1f} s, model ready at {t_trained - T_START:.1f} s"
+    )
     report = state.report
     if report is not None:
         print("evaluation: " + ", ".join(f"{k} {v}" for k, v in report.table8_row().items()))
@@ -93,8 +107,14 @@ def main() -> None:
         widget.tabs.setCurrentWidget(widget.latent_panel)  # the decoded volume joins the grid
         slider = widget.latent_panel.sliders[0]
         slider.setValue(slider.value() + 0.5 * (slider.maximum() - slider.value()))
-        wait_until(lambda: _layers.DECODED_LAYER in viewer.layers and widget.latent_panel.idle
-                   and widget.results_panel.idle, 30)
+        wait_until(
+            lambda: (
+                _layers.DECODED_LAYER in viewer.layers
+                and widget.latent_panel.idle
+                and widget.results_panel.idle
+            ),
+            30,
+        )
         viewer.window._qt_window.resize(1500, 950)
         for _ in range(50):
             app.processEvents()

@@ -22,8 +22,9 @@ def _names(requirements) -> set[str]:
     names = set()
     for requirement in requirements:
         names.add(re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0])
-        names |= set(re.findall(r"\[([^\]]*)\]", requirement)[0].split(",")
-                     if "[" in requirement else [])
+        names |= set(
+            re.findall(r"\[([^\]]*)\]", requirement)[0].split(",") if "[" in requirement else []
+        )
     return {n.strip().lower().replace("_", "-") for n in names}
 
 

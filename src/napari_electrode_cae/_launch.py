@@ -78,11 +78,14 @@ def launch(
         if isinstance(item, ElectrodeStack):
             loaded.append(item)
         else:
-            loaded.append(read_stack(item, phases, voxel_size_um=voxel_size_um,
-                                     calendered=calendered))
+            loaded.append(
+                read_stack(item, phases, voxel_size_um=voxel_size_um, calendered=calendered)
+            )
     if run_dir is not None and not Path(run_dir).is_dir():
-        raise RunFolderError(f"run folder {run_dir} "
-                             + ("is not a folder" if Path(run_dir).exists() else "does not exist"))
+        raise RunFolderError(
+            f"run folder {run_dir} "
+            + ("is not a folder" if Path(run_dir).exists() else "does not exist")
+        )
 
     import napari
 
@@ -124,8 +127,10 @@ def window_size(available: tuple[int, int], current: tuple[int, int]) -> tuple[i
     """The size to open at on a screen with ``available`` (width, height) free: WINDOW_SIZE, at
     most SCREEN_SHARE of the screen, never smaller than ``current`` (napari's own or a size
     the user's settings restored)."""
-    return tuple(max(now, min(want, int(room * SCREEN_SHARE)))
-                 for want, room, now in zip(WINDOW_SIZE, available, current))
+    return tuple(
+        max(now, min(want, int(room * SCREEN_SHARE)))
+        for want, room, now in zip(WINDOW_SIZE, available, current)
+    )
 
 
 def enlarge_window(viewer: Any) -> None:
@@ -139,9 +144,12 @@ def enlarge_window(viewer: Any) -> None:
     _, _, width, height = viewer.window.geometry()
     new_width, new_height = window_size((free.width(), free.height()), (width, height))
     if (new_width, new_height) != (width, height):
-        viewer.window.set_geometry(free.x() + (free.width() - new_width) // 2,
-                                   free.y() + (free.height() - new_height) // 2,
-                                   new_width, new_height)
+        viewer.window.set_geometry(
+            free.x() + (free.width() - new_width) // 2,
+            free.y() + (free.height() - new_height) // 2,
+            new_width,
+            new_height,
+        )
 
 
 def freeze_long_lived_objects() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .core import ElectrodeStack, PHASES
+from .core import PHASES, ElectrodeStack
 from .core.io import stack_from_array
 from .core.stack import PHASE_COLORS
 
@@ -73,6 +73,7 @@ def keep_last_slices_reachable(dims: Any) -> Any:
     by a millionth of a step. Returns the callback connected to ``dims.events.range``
     (disconnect it to undo).
     """
+
     def fix(event: Any = None) -> None:
         fixed = []
         for start, stop, step in dims.range:
@@ -98,8 +99,14 @@ def stack_metadata(stack: ElectrodeStack) -> dict[str, Any]:
     }
 
 
-def add_phase_labels(viewer: Any, labels: np.ndarray, name: str, voxel_size_um: float,
-                     index: int | None = None, **kwargs: Any) -> Any:
+def add_phase_labels(
+    viewer: Any,
+    labels: np.ndarray,
+    name: str,
+    voxel_size_um: float,
+    index: int | None = None,
+    **kwargs: Any,
+) -> Any:
     """Add (or update in place) a phase Labels layer called ``name``; returns the layer.
 
     A new layer goes on top of the layer list, or at position ``index``; one that replaces a
@@ -114,8 +121,14 @@ def add_phase_labels(viewer: Any, labels: np.ndarray, name: str, voxel_size_um: 
             return layer
         index = viewer.layers.index(layer)
         viewer.layers.remove(layer)
-    layer = Labels(labels, name=name, scale=(voxel_size_um,) * 3, units="µm",
-                   colormap=phase_colormap(), **kwargs)
+    layer = Labels(
+        labels,
+        name=name,
+        scale=(voxel_size_um,) * 3,
+        units="µm",
+        colormap=phase_colormap(),
+        **kwargs,
+    )
     viewer.layers.insert(len(viewer.layers) if index is None else index, layer)
     return layer
 
@@ -150,13 +163,24 @@ def stack_from_layer(layer: Any, phases: dict[int, str] | None = None) -> Electr
     own = read_as_phase_ids(layer, data)
     source = meta.get("source") or f"layer:{layer.name}"
     if not own:
-        return stack_from_array(data, phases, voxel_size_um=voxel,
-                                calendered=meta.get("calendered"), source=source,
-                                name=layer.name)
+        return stack_from_array(
+            data,
+            phases,
+            voxel_size_um=voxel,
+            calendered=meta.get("calendered"),
+            source=source,
+            name=layer.name,
+        )
     stored = read_mapping(meta)
     ids = remap_phase_ids(data, stored, phases, source)
-    stack = stack_from_array(data, ids, voxel_size_um=voxel, calendered=meta.get("calendered"),
-                             source=source, name=layer.name)
+    stack = stack_from_array(
+        data,
+        ids,
+        voxel_size_um=voxel,
+        calendered=meta.get("calendered"),
+        source=source,
+        name=layer.name,
+    )
     return dataclasses.replace(stack, phase_mapping=dict(sorted((phases or stored).items())))
 
 
@@ -188,8 +212,9 @@ def read_mapping(meta: dict[str, Any]) -> dict[int, str]:
         return dict(IDENTITY_MAPPING)
 
 
-def remap_phase_ids(data: np.ndarray, stored: dict[int, str],
-                    phases: dict[int, str] | None, where: str) -> dict[int, str]:
+def remap_phase_ids(
+    data: np.ndarray, stored: dict[int, str], phases: dict[int, str] | None, where: str
+) -> dict[int, str]:
     """Phase id -> phase name for phase-id ``data`` read with mapping ``stored``, so that the
     stack follows ``phases`` given in the same stored values (None: as read).
 
@@ -204,7 +229,7 @@ def remap_phase_ids(data: np.ndarray, stored: dict[int, str],
 
     if phases is None:
         return dict(IDENTITY_MAPPING)
-    counts = np.bincount(data.reshape(-1), minlength=len(PHASES))[:len(PHASES)]
+    counts = np.bincount(data.reshape(-1), minlength=len(PHASES))[: len(PHASES)]
     ids: dict[int, str] = {}
     missing: list[int] = []
     for phase_id, name in enumerate(PHASES):

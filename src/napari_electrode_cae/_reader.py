@@ -86,8 +86,11 @@ def _not_a_segmented_stack(path: Path) -> bool:
     the content cannot be inspected."""
     try:
         if path.is_dir():
-            slices = sorted(e.path for e in os.scandir(path) if not e.name.startswith(".")
-                            and e.name.lower().endswith(SLICE_SUFFIXES))
+            slices = sorted(
+                e.path
+                for e in os.scandir(path)
+                if not e.name.startswith(".") and e.name.lower().endswith(SLICE_SUFFIXES)
+            )
             return bool(slices) and _not_phase_image(Path(slices[0]), want_3d=False)
         return _not_phase_image(path, want_3d=True)
     except Exception:  # noqa: BLE001 - damaged or unreadable: claim it, the reader says why

@@ -14,11 +14,26 @@ import numpy as np
 import pytest
 
 from napari_electrode_cae import cli, core
-
 from tests.conftest import make_stack
 
-TINY = ["--window", "4", "--stride", "4", "--crop", "16", "--hidden", "8", "--latent", "2",
-        "--epochs", "1", "--batch", "4", "--device", "cpu"]
+TINY = [
+    "--window",
+    "4",
+    "--stride",
+    "4",
+    "--crop",
+    "16",
+    "--hidden",
+    "8",
+    "--latent",
+    "2",
+    "--epochs",
+    "1",
+    "--batch",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 def _error_line(capsys) -> str:
@@ -73,7 +88,8 @@ def _edit_config(run, **model):
 
 
 def test_a_tiny_compressed_tiff_that_decodes_large_is_refused_before_decoding(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     import tifffile
 
     bomb = tmp_path / "bomb.tif"
@@ -83,8 +99,11 @@ def test_a_tiny_compressed_tiff_that_decodes_large_is_refused_before_decoding(
     assert bomb.stat().st_size < 100_000
     decoded = []
     original = tifffile.TiffPageSeries.asarray
-    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray",
-                        lambda self, *a, **k: decoded.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        tifffile.TiffPageSeries,
+        "asarray",
+        lambda self, *a, **k: decoded.append(1) or original(self, *a, **k),
+    )
     argv = ["train", str(bomb), "--out", str(tmp_path / "run"), *TINY]
     assert cli.main([*argv, "--max-stack-gib", "0.01"]) == cli.EXIT_BAD_INPUT
     line = _error_line(capsys)
@@ -106,7 +125,8 @@ def test_a_slice_folder_is_bounded_before_it_is_assembled(tmp_path):
 
 
 def test_a_config_naming_a_huge_window_is_refused_before_anything_is_built(
-        run_copy, capsys, monkeypatch):
+    run_copy, capsys, monkeypatch
+):
     _edit_config(run_copy, window_length=10**6)
     monkeypatch.setattr(core.runs, "build_model", lambda *a: pytest.fail("a model was built"))
     assert cli.main(["evaluate", str(run_copy)]) == cli.EXIT_BAD_INPUT
@@ -128,28 +148,58 @@ def test_a_weights_file_larger_than_its_config_implies_is_not_read(run_copy, cap
     assert "it was not read" in _error_line(capsys)
 
 
-def test_training_a_model_larger_than_the_memory_is_refused_up_front(tmp_path, capsys,
-                                                                      monkeypatch):
+def test_training_a_model_larger_than_the_memory_is_refused_up_front(tmp_path, capsys, monkeypatch):
     stack = tmp_path / "tiny_CAL.tif"
     core.write_stack(stack, make_stack((12, 32, 32), seed=0))
     monkeypatch.setattr(core, "build_model", lambda *a: pytest.fail("a model was built"))
-    argv = ["train", str(stack), "--out", str(tmp_path / "run"), *TINY[:-10],
-            "--hidden", str(10**9), "--latent", "2", "--epochs", "1", "--device", "cpu"]
+    argv = [
+        "train",
+        str(stack),
+        "--out",
+        str(tmp_path / "run"),
+        *TINY[:-10],
+        "--hidden",
+        str(10**9),
+        "--latent",
+        "2",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv) == cli.EXIT_BAD_INPUT
     line = _error_line(capsys)
     assert "parameters" in line and "hidden (1000000000)" in line
 
 
-def test_a_window_grid_larger_than_the_memory_is_refused_with_advice(tmp_path, capsys,
-                                                                     monkeypatch):
+def test_a_window_grid_larger_than_the_memory_is_refused_with_advice(tmp_path, capsys, monkeypatch):
     stack = tmp_path / "tiny_CAL.tif"
     core.write_stack(stack, make_stack((24, 64, 64), seed=0))
     # stride 1 and tile stride 1: 23 x 49 x 49 = 55,223 windows, ~3 MiB of index; on a
     # machine of 8 MiB that is too much (the same arithmetic as 512 x 1024² on a real one)
     monkeypatch.setattr(core.limits, "memory_bytes", lambda: 8 * 2**20)
-    argv = ["train", str(stack), "--out", str(tmp_path / "run"), "--window", "2", "--stride",
-            "1", "--tile-stride", "1", "--crop", "16", "--hidden", "8", "--latent", "2",
-            "--epochs", "1", "--device", "cpu"]
+    argv = [
+        "train",
+        str(stack),
+        "--out",
+        str(tmp_path / "run"),
+        "--window",
+        "2",
+        "--stride",
+        "1",
+        "--tile-stride",
+        "1",
+        "--crop",
+        "16",
+        "--hidden",
+        "8",
+        "--latent",
+        "2",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv) == cli.EXIT_BAD_INPUT
     line = _error_line(capsys)
     assert "55,223 windows" in line and "larger --stride or --tile-stride" in line

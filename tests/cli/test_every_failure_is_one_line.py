@@ -20,11 +20,26 @@ import torch
 
 from napari_electrode_cae import cli, core
 from napari_electrode_cae.core import checkpoint
-
 from tests.conftest import make_stack
 
-TINY = ["--window", "4", "--stride", "4", "--crop", "16", "--hidden", "8", "--latent", "2",
-        "--epochs", "1", "--batch", "4", "--device", "cpu"]
+TINY = [
+    "--window",
+    "4",
+    "--stride",
+    "4",
+    "--crop",
+    "16",
+    "--hidden",
+    "8",
+    "--latent",
+    "2",
+    "--epochs",
+    "1",
+    "--batch",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 def _error_line(capsys) -> str:
@@ -61,8 +76,13 @@ def test_a_full_disk_during_training_is_one_line(tmp_path, stack_file):
         sys.exit(cli.main(["train", {str(stack_file)!r}, "--out", {str(out)!r},
                            *{TINY!r}]))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert done.returncode == cli.EXIT_BAD_INPUT, done.stderr
     assert len(errors) == 1 and "Traceback" not in done.stderr
@@ -86,8 +106,10 @@ def test_a_full_disk_keeps_the_previous_file_and_says_so(tmp_path, monkeypatch):
 
 def test_torchs_zip_writer_error_on_a_full_disk_is_said_so(tmp_path, monkeypatch):
     def failing_save(obj, handle):
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
-                           "failed writing file data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
+            "failed writing file data/0: file write failed"
+        )
 
     monkeypatch.setattr(checkpoint.torch, "save", failing_save)
     usage = collections.namedtuple("usage", "total used free")
@@ -97,7 +119,8 @@ def test_torchs_zip_writer_error_on_a_full_disk_is_said_so(tmp_path, monkeypatch
 
 
 def test_a_failure_late_in_a_run_says_it_is_incomplete_and_resume_finishes_it(
-        tmp_path, stack_file, capsys, monkeypatch):
+    tmp_path, stack_file, capsys, monkeypatch
+):
     out = tmp_path / "run"
 
     def disk_full(*args, **kwargs):
@@ -128,8 +151,10 @@ def test_running_out_of_memory_is_one_line(stack_file, tmp_path, capsys, monkeyp
 
 def test_a_librarys_unexpected_error_is_one_line(run_dir, capsys, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("CUDA error: an illegal memory access\nCompile with "
-                           "TORCH_USE_CUDA_DSA to enable device-side assertions.")
+        raise RuntimeError(
+            "CUDA error: an illegal memory access\nCompile with "
+            "TORCH_USE_CUDA_DSA to enable device-side assertions."
+        )
 
     monkeypatch.setattr(core, "load_run", broken)
     assert cli.main(["evaluate", str(run_dir)]) == cli.EXIT_FAILURE
@@ -152,7 +177,7 @@ def test_a_tiff_whose_codec_is_missing_is_one_line(tmp_path, capsys):
     with tifffile.TiffFile(path) as tif:  # mark the pages as zstd-compressed
         offsets = [page.tags["Compression"].valueoffset for page in tif.pages]
     for offset in offsets:
-        data[offset:offset + 2] = (50000).to_bytes(2, "little" if data[:2] == b"II" else "big")
+        data[offset : offset + 2] = (50000).to_bytes(2, "little" if data[:2] == b"II" else "big")
     path.write_bytes(bytes(data))
     code = cli.main(["train", str(path), "--out", str(tmp_path / "run"), *TINY])
     assert code == cli.EXIT_BAD_INPUT
@@ -176,13 +201,16 @@ def test_a_file_name_that_is_not_valid_text_is_one_line(tmp_path, capsys):
         assert "not valid in this system's encoding" in _error_line(capsys)
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("history.csv", "epoch,train_mse\nabc,1\n", "line 2 is not a history row"),
-    ("history.csv", "epoch\n" + "1" * 200_000 + "\n", "not a CSV history"),
-    ("report.json", "[1, 2]", "does not hold a JSON object"),
-    ("report.json", "[" * 100000, "not valid JSON"),
-    ("config.json", b"\xff\xfe{", "not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("history.csv", "epoch,train_mse\nabc,1\n", "line 2 is not a history row"),
+        ("history.csv", "epoch\n" + "1" * 200_000 + "\n", "not a CSV history"),
+        ("report.json", "[1, 2]", "does not hold a JSON object"),
+        ("report.json", "[" * 100000, "not valid JSON"),
+        ("config.json", b"\xff\xfe{", "not UTF-8 text"),
+    ],
+)
 def test_an_edited_run_file_is_one_line(run_dir, capsys, name, text, message):
     data = text if isinstance(text, bytes) else text.encode()
     (run_dir / name).write_bytes(data)

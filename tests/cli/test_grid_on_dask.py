@@ -25,8 +25,9 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def scheduler():
     """Address of a scheduler with two one-thread worker processes on 127.0.0.1."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         yield cluster.scheduler_address
 
@@ -39,10 +40,34 @@ def stack_file(tmp_path_factory):
 
 
 def _grid_args(stack_file, out, scheduler, layers="3,5", lr="1e-3,3e-3"):
-    return ["grid", str(stack_file), "--out", str(out), "--window", "4", "--stride", "4",
-            "--crop", "16", "--layers", layers, "--hidden", "8", "--latent", "2",
-            "--epochs", "1", "--batch", "2", "--lr", lr, "--device", "cpu",
-            "--scheduler", scheduler]
+    return [
+        "grid",
+        str(stack_file),
+        "--out",
+        str(out),
+        "--window",
+        "4",
+        "--stride",
+        "4",
+        "--crop",
+        "16",
+        "--layers",
+        layers,
+        "--hidden",
+        "8",
+        "--latent",
+        "2",
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--lr",
+        lr,
+        "--device",
+        "cpu",
+        "--scheduler",
+        scheduler,
+    ]
 
 
 def _csv_rows(path):
@@ -51,7 +76,8 @@ def _csv_rows(path):
 
 
 def test_grid_runs_on_the_scheduler_a_failing_config_is_reported_and_a_rerun_skips(
-        scheduler, stack_file, tmp_path, capsys):
+    scheduler, stack_file, tmp_path, capsys
+):
     out = tmp_path / "grid"
     assert cli.main(_grid_args(stack_file, out, scheduler)) == 0
     rows = _csv_rows(out / "grid.csv")
@@ -76,14 +102,23 @@ def test_grid_runs_on_the_scheduler_a_failing_config_is_reported_and_a_rerun_ski
 
 
 def test_ctrl_c_cancels_queued_configs_and_keeps_the_finished_ones_in_grid_csv(
-        scheduler, stack_file, tmp_path):
+    scheduler, stack_file, tmp_path
+):
     out = tmp_path / "grid"
     stacks = [core.read_stack(stack_file)]
     # 20 epochs: a configuration takes long enough that the others are still running or
     # queued when the first one finishes
-    grid = {"window": [4], "stride": [4], "crop": [16], "layers": [3], "hidden": [8],
-            "latent": [2], "epochs": [20], "batch": [2],
-            "lr": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]}
+    grid = {
+        "window": [4],
+        "stride": [4],
+        "crop": [16],
+        "layers": [3],
+        "hidden": [8],
+        "latent": [2],
+        "epochs": [20],
+        "batch": [2],
+        "lr": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3],
+    }
     heard = []
 
     def progress(event):  # the user presses Ctrl-C as the first configuration finishes
@@ -91,8 +126,9 @@ def test_ctrl_c_cancels_queued_configs_and_keeps_the_finished_ones_in_grid_csv(
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        studies.run_grid(stacks, grid, out_dir=out, device="cpu", scheduler=scheduler,
-                         progress=progress)
+        studies.run_grid(
+            stacks, grid, out_dir=out, device="cpu", scheduler=scheduler, progress=progress
+        )
     rows = _csv_rows(out / "grid.csv")
     assert [r["id"] for r in rows] == [heard[0]["id"]] and rows[0]["status"] == "ok"
     # besides the finished one, each of the two workers was running one and may have started
@@ -117,14 +153,19 @@ def _wait_until_workers_idle(address, timeout_s=60.0):
 
 
 def test_sigint_to_the_grid_command_exits_130_and_keeps_finished_configs(
-        scheduler, stack_file, tmp_path):
+    scheduler, stack_file, tmp_path
+):
     out = tmp_path / "grid"
     lrs = ",".join(f"{k}e-3" for k in range(1, 9))
     args = _grid_args(stack_file, out, scheduler, layers="3", lr=lrs)
     args[args.index("--epochs") + 1] = "40"  # long enough to be interrupted
-    process = subprocess.Popen([sys.executable, "-m", "napari_electrode_cae.cli", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_electrode_cae.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not (out / "grid.csv").exists() and time.monotonic() < deadline:
@@ -148,20 +189,32 @@ def test_case_studies_run_as_tasks_on_the_scheduler(scheduler, stack_file, tmp_p
     out = tmp_path / "study"
     stacks = [core.read_stack(stack_file)]
     events = []
-    rows = studies.run_study(stacks, quick=True, out_dir=out, epochs=1, crop=16, device="cpu",
-                             cases=["2", "3b"], scheduler=scheduler, progress=events.append)
+    rows = studies.run_study(
+        stacks,
+        quick=True,
+        out_dir=out,
+        epochs=1,
+        crop=16,
+        device="cpu",
+        cases=["2", "3b"],
+        scheduler=scheduler,
+        progress=events.append,
+    )
     assert [(r["case"], r["split"], r["status"]) for r in rows] == [
-        ("2", "random", "ok"), ("2", "blocked", "ok"),
-        ("3b", "random", "skipped"), ("3b", "blocked", "skipped")]
+        ("2", "random", "ok"),
+        ("2", "blocked", "ok"),
+        ("3b", "random", "skipped"),
+        ("3b", "blocked", "skipped"),
+    ]
     assert (out / "2_random" / "config.json").exists()
-    assert json.loads((out / "2_blocked" / "config.json").read_text())["split"]["mode"] == \
-        "blocked"
+    assert json.loads((out / "2_blocked" / "config.json").read_text())["split"]["mode"] == "blocked"
     assert (out / "study.csv").exists()
     assert sum(e.row is not None and e.row["status"] == "ok" for e in events) == 2
 
 
 def test_ctrl_c_during_the_case_studies_writes_the_finished_and_cancelled_rows(
-        scheduler, stack_file, tmp_path):
+    scheduler, stack_file, tmp_path
+):
     out = tmp_path / "study"
     stacks = [core.read_stack(stack_file)]
 
@@ -173,30 +226,48 @@ def test_ctrl_c_during_the_case_studies_writes_the_finished_and_cancelled_rows(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        studies.run_study(stacks, quick=True, out_dir=out, epochs=1, crop=16, device="cpu",
-                          cases=["1", "2"], scheduler=scheduler, progress=progress)
+        studies.run_study(
+            stacks,
+            quick=True,
+            out_dir=out,
+            epochs=1,
+            crop=16,
+            device="cpu",
+            cases=["1", "2"],
+            scheduler=scheduler,
+            progress=progress,
+        )
     rows = [(r["case"], r["split"], r["status"]) for r in _csv_rows(out / "study.csv")]
     assert len(rows) == 4 and heard[0] in rows  # the finished run (ok, or failed with why)
     assert sorted(r for r in rows if r != heard[0]) == sorted(
-        (c, s, "cancelled") for c, s, _ in rows if (c, s) != heard[0][:2])
+        (c, s, "cancelled") for c, s, _ in rows if (c, s) != heard[0][:2]
+    )
     assert "cancelled: interrupted before it finished" in (out / "study.md").read_text()
     _wait_until_workers_idle(scheduler)
 
 
 def test_gpu_configurations_on_a_cluster_without_gpu_workers_are_refused_not_queued(
-        scheduler, stack_file, tmp_path, monkeypatch):
+    scheduler, stack_file, tmp_path, monkeypatch
+):
     monkeypatch.setattr(studies, "SCHEDULER_TIMEOUT_S", 1.0)
     with pytest.raises(studies.StudyError, match="no worker of the Dask scheduler offers GPU=1"):
-        studies.run_grid([core.read_stack(stack_file)], {"window": [4], "crop": [16]},
-                         out_dir=tmp_path / "grid", device="cuda", scheduler=scheduler)
+        studies.run_grid(
+            [core.read_stack(stack_file)],
+            {"window": [4], "crop": [16]},
+            out_dir=tmp_path / "grid",
+            device="cuda",
+            scheduler=scheduler,
+        )
 
 
-def test_an_unreachable_scheduler_is_one_clear_error_line(stack_file, tmp_path, capsys,
-                                                          monkeypatch):
+def test_an_unreachable_scheduler_is_one_clear_error_line(
+    stack_file, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(studies, "SCHEDULER_TIMEOUT_S", 1.0)
     with socket_closed_port() as address:
-        code = cli.main(_grid_args(stack_file, tmp_path / "grid", address, layers="3",
-                                   lr="1e-3,2e-3"))
+        code = cli.main(
+            _grid_args(stack_file, tmp_path / "grid", address, layers="3", lr="1e-3,2e-3")
+        )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == cli.EXIT_BAD_INPUT
     assert err[-1].startswith("electrode-cae grid: error: cannot reach the Dask scheduler at")

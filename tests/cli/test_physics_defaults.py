@@ -19,7 +19,6 @@ from napari_electrode_cae.core import (
     save_run,
     seed_everything,
 )
-
 from tests.conftest import make_stack
 
 #: Stride 1: 9 window positions in Z × 4 in-plane tiles = 36 windows.
@@ -34,8 +33,16 @@ def run_dir(tmp_path_factory):
     config = TrainConfig(epochs=1, batch_size=8, lr=3e-3, device="cpu")
     result = run_training(model, data, config)
     report = evaluate(model, data, result.train_idx, result.val_idx)
-    return save_run(tmp_path_factory.mktemp("physics") / "run", model, data, config,
-                    result.train_idx, result.val_idx, result.history, report)
+    return save_run(
+        tmp_path_factory.mktemp("physics") / "run",
+        model,
+        data,
+        config,
+        result.train_idx,
+        result.val_idx,
+        result.history,
+        report,
+    )
 
 
 def metric_rows(run_dir):
@@ -43,8 +50,7 @@ def metric_rows(run_dir):
         return list(csv.DictReader(handle))
 
 
-def test_defaults_sample_windows_and_solve_tortuosity_on_a_subset(run_dir, capsys,
-                                                                  monkeypatch):
+def test_defaults_sample_windows_and_solve_tortuosity_on_a_subset(run_dir, capsys, monkeypatch):
     # the defaults of a 256³ stack, scaled to this small run
     monkeypatch.setattr(cli.physics, "PHYSICS_WINDOWS", 8)
     monkeypatch.setattr(cli.physics, "PHYSICS_TORTUOSITY", 3)
@@ -62,8 +68,10 @@ def test_defaults_sample_windows_and_solve_tortuosity_on_a_subset(run_dir, capsy
     solved = [r for r in rows if r["tortuosity_pore_z"] != "nan"]
     assert len(solved) == 3
     assert all(r["recon_tortuosity_pore_z"] != "nan" for r in solved)
-    assert all(float(r["tortuosity_pore_z"]) >= 1 or math.isinf(float(r["tortuosity_pore_z"]))
-               for r in solved)
+    assert all(
+        float(r["tortuosity_pore_z"]) >= 1 or math.isinf(float(r["tortuosity_pore_z"]))
+        for r in solved
+    )
     assert (run_dir / "correlations.csv").exists() and (run_dir / "physics.json").exists()
 
 

@@ -16,8 +16,16 @@ def run_dir(tmp_path_factory):
 
 
 def test_predict_json_has_r2_per_metric_beside_a_random_encoder(run_dir, capsys):
-    args = ["predict", str(run_dir), "--json", "--folds", "4", "--no-tortuosity",
-            "--max-windows", "40"]
+    args = [
+        "predict",
+        str(run_dir),
+        "--json",
+        "--folds",
+        "4",
+        "--no-tortuosity",
+        "--max-windows",
+        "40",
+    ]
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_folds"] == 4 and out["n_windows"] == 40
@@ -30,8 +38,21 @@ def test_predict_json_has_r2_per_metric_beside_a_random_encoder(run_dir, capsys)
 
 
 def test_predict_prints_the_r2_table(run_dir, capsys):
-    assert cli.main(["predict", str(run_dir), "--folds", "4", "--max-windows", "40",
-                     "--metrics", "pore_fraction,ssa_active_per_um"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(run_dir),
+                "--folds",
+                "4",
+                "--max-windows",
+                "40",
+                "--metrics",
+                "pore_fraction,ssa_active_per_um",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "R²" in out and "random" in out and "pore_fraction" in out
     assert "cbd_fraction" not in out
@@ -45,9 +66,19 @@ def test_predict_unknown_metric_is_one_line(run_dir, capsys):
 
 def test_design_json_shape_and_files(run_dir, tmp_path, capsys):
     out_dir = tmp_path / "designed"
-    args = ["design", str(run_dir), "--target", "pore_fraction=0.40:0.02",
-            "--maximize", "ssa_active_per_um", "--candidates", "2", "--out", str(out_dir),
-            "--json"]
+    args = [
+        "design",
+        str(run_dir),
+        "--target",
+        "pore_fraction=0.40:0.02",
+        "--maximize",
+        "ssa_active_per_um",
+        "--candidates",
+        "2",
+        "--out",
+        str(out_dir),
+        "--json",
+    ]
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out["reached"], bool)
@@ -65,16 +96,32 @@ def test_design_json_shape_and_files(run_dir, tmp_path, capsys):
 
 
 def test_design_unreachable_target_prints_nearest_and_binding(run_dir, tmp_path, capsys):
-    assert cli.main(["design", str(run_dir), "--target", "pore_fraction=0.99:0.005",
-                     "--candidates", "1", "--out", str(tmp_path / "d")]) == 0
+    assert (
+        cli.main(
+            [
+                "design",
+                str(run_dir),
+                "--target",
+                "pore_fraction=0.99:0.005",
+                "--candidates",
+                "1",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "NOT reached" in out and "nearest" in out and "binding" in out
 
 
-@pytest.mark.parametrize("target, message", [
-    ("porosity=0.4:0.01", "unknown metric"),
-    ("pore_fraction=2:0.1", "outside the possible values"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("porosity=0.4:0.01", "unknown metric"),
+        ("pore_fraction=2:0.1", "outside the possible values"),
+    ],
+)
 def test_design_bad_target_is_one_line(run_dir, tmp_path, capsys, target, message):
     code = cli.main(["design", str(run_dir), "--target", target, "--out", str(tmp_path)])
     err = capsys.readouterr().err

@@ -12,11 +12,24 @@ import pytest
 import torch
 
 from napari_electrode_cae import cli, core
-
 from tests.conftest import make_stack
 
-TINY = ["--window", "4", "--stride", "4", "--crop", "16", "--hidden", "8", "--latent", "2",
-        "--batch", "4", "--device", "cpu"]
+TINY = [
+    "--window",
+    "4",
+    "--stride",
+    "4",
+    "--crop",
+    "16",
+    "--hidden",
+    "8",
+    "--latent",
+    "2",
+    "--batch",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 def _error_line(capsys) -> str:
@@ -53,25 +66,43 @@ def interrupted_run(tmp_path, stack_file, monkeypatch, capsys):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         _stop_after_epochs(patch, 2)
-        code = cli.main(["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "4",
-                         "--lr", "0.002"])
+        code = cli.main(
+            ["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "4", "--lr", "0.002"]
+        )
     assert code == cli.EXIT_INTERRUPTED and (out / "last.pt").exists()
     capsys.readouterr()
     return out
 
 
 def _resume(stack, out, *extra):
-    return cli.main(["train", str(stack), "--out", str(out), *TINY, "--epochs", "4",
-                     "--lr", "0.002", "--resume", *extra])
+    return cli.main(
+        [
+            "train",
+            str(stack),
+            "--out",
+            str(out),
+            *TINY,
+            "--epochs",
+            "4",
+            "--lr",
+            "0.002",
+            "--resume",
+            *extra,
+        ]
+    )
 
 
-@pytest.mark.parametrize("extra, field", [
-    (["--seed", "7"], "train seed: the run has 0, now 7"),
-    (["--lr", "0.5"], "train lr: the run has 0.002, now 0.5"),
-    (["--hidden", "16"], "model hidden: the run has 8, now 16"),
-])
-def test_resume_with_other_settings_is_refused_naming_the_field(interrupted_run, stack_file,
-                                                                capsys, extra, field):
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (["--seed", "7"], "train seed: the run has 0, now 7"),
+        (["--lr", "0.5"], "train lr: the run has 0.002, now 0.5"),
+        (["--hidden", "16"], "model hidden: the run has 8, now 16"),
+    ],
+)
+def test_resume_with_other_settings_is_refused_naming_the_field(
+    interrupted_run, stack_file, capsys, extra, field
+):
     config_before = (interrupted_run / "config.json").read_bytes()
     assert _resume(stack_file, interrupted_run, *extra) == cli.EXIT_BAD_INPUT
     line = _error_line(capsys)
@@ -96,39 +127,64 @@ def test_resume_with_the_same_settings_finishes_the_run(interrupted_run, stack_f
 
 
 def test_resume_with_fewer_epochs_than_done_is_refused(interrupted_run, stack_file, capsys):
-    code = cli.main(["train", str(stack_file), "--out", str(interrupted_run), *TINY,
-                     "--epochs", "1", "--lr", "0.002", "--resume"])
+    code = cli.main(
+        [
+            "train",
+            str(stack_file),
+            "--out",
+            str(interrupted_run),
+            *TINY,
+            "--epochs",
+            "1",
+            "--lr",
+            "0.002",
+            "--resume",
+        ]
+    )
     assert code == cli.EXIT_BAD_INPUT
     assert "epochs 1 is fewer than the 2 epochs this run has done" in _error_line(capsys)
 
 
-def test_resume_with_as_many_epochs_as_done_finishes_without_training(interrupted_run,
-                                                                      stack_file, capsys):
-    code = cli.main(["train", str(stack_file), "--out", str(interrupted_run), *TINY,
-                     "--epochs", "2", "--lr", "0.002", "--resume"])
+def test_resume_with_as_many_epochs_as_done_finishes_without_training(
+    interrupted_run, stack_file, capsys
+):
+    code = cli.main(
+        [
+            "train",
+            str(stack_file),
+            "--out",
+            str(interrupted_run),
+            *TINY,
+            "--epochs",
+            "2",
+            "--lr",
+            "0.002",
+            "--resume",
+        ]
+    )
     assert code == 0
     assert "all 2 epochs are done, finishing the run" in capsys.readouterr().err
     assert len(core.load_run(interrupted_run).history) == 2
 
 
-def test_an_interrupted_run_is_not_restarted_without_resume(interrupted_run, stack_file,
-                                                            capsys):
+def test_an_interrupted_run_is_not_restarted_without_resume(interrupted_run, stack_file, capsys):
     last = (interrupted_run / "last.pt").read_bytes()
-    code = cli.main(["train", str(stack_file), "--out", str(interrupted_run), *TINY,
-                     "--epochs", "4"])
+    code = cli.main(
+        ["train", str(stack_file), "--out", str(interrupted_run), *TINY, "--epochs", "4"]
+    )
     assert code == cli.EXIT_BAD_INPUT
     assert "interrupted run" in _error_line(capsys)
     assert (interrupted_run / "last.pt").read_bytes() == last
 
 
-def test_resume_of_a_finished_run_says_there_is_nothing_to_resume(tmp_path, stack_file,
-                                                                  capsys):
+def test_resume_of_a_finished_run_says_there_is_nothing_to_resume(tmp_path, stack_file, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1"]) == 0
     weights = (out / "weights.pt").read_bytes()
     capsys.readouterr()
-    code = cli.main(["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1",
-                     "--resume"])
+    code = cli.main(
+        ["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1", "--resume"]
+    )
     assert code == cli.EXIT_BAD_INPUT
     assert "holds a finished run: there is nothing to resume" in _error_line(capsys)
     assert (out / "weights.pt").read_bytes() == weights
@@ -136,16 +192,32 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_resume(tmp_path, stac
 
 def test_resume_into_a_new_folder_says_it_starts_a_new_run(tmp_path, stack_file, capsys):
     out = tmp_path / "run"
-    code = cli.main(["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1",
-                     "--resume"])
+    code = cli.main(
+        ["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1", "--resume"]
+    )
     assert code == 0
     assert "nothing to resume" in capsys.readouterr().err
 
 
 def test_a_diverged_training_exits_non_zero_and_is_flagged(tmp_path, stack_file, capsys):
     out = tmp_path / "run"
-    code = cli.main(["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "3",
-                     "--lr", "1e30", "--grad-clip", "0", "--warmup-epochs", "0"])
+    code = cli.main(
+        [
+            "train",
+            str(stack_file),
+            "--out",
+            str(out),
+            *TINY,
+            "--epochs",
+            "3",
+            "--lr",
+            "1e30",
+            "--grad-clip",
+            "0",
+            "--warmup-epochs",
+            "0",
+        ]
+    )
     assert code == cli.EXIT_DIVERGED
     assert "diverged" in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["health"]["state"] == "diverged"
@@ -184,8 +256,7 @@ def test_decode_to_npy_reads_back_as_the_decoded_phases(tmp_path, stack_file, ca
     np.testing.assert_array_equal(core.read_stack(volume).labels, expected)
 
 
-def test_a_mapped_stack_changed_during_training_stops_in_one_line(tmp_path, capsys,
-                                                                   monkeypatch):
+def test_a_mapped_stack_changed_during_training_stops_in_one_line(tmp_path, capsys, monkeypatch):
     from napari_electrode_cae.core import io as io_module
 
     stack = tmp_path / "big_CAL.npy"
@@ -198,7 +269,6 @@ def test_a_mapped_stack_changed_during_training_stops_in_one_line(tmp_path, caps
         os.utime(stack, ns=(1, 1))
 
     monkeypatch.setattr(core.training.TimeEstimate, "epoch_done", touched)
-    code = cli.main(["train", str(stack), "--out", str(tmp_path / "run"), *TINY,
-                     "--epochs", "3"])
+    code = cli.main(["train", str(stack), "--out", str(tmp_path / "run"), *TINY, "--epochs", "3"])
     assert code == cli.EXIT_BAD_INPUT
     assert "changed on disk while it was in use" in _error_line(capsys)

@@ -12,11 +12,26 @@ import pytest
 
 from napari_electrode_cae import cli, core
 from napari_electrode_cae.core import runfolder
-
 from tests.conftest import make_stack
 
-TINY = ["--window", "4", "--stride", "4", "--crop", "16", "--hidden", "8", "--latent", "2",
-        "--epochs", "1", "--batch", "4", "--device", "cpu"]
+TINY = [
+    "--window",
+    "4",
+    "--stride",
+    "4",
+    "--crop",
+    "16",
+    "--hidden",
+    "8",
+    "--latent",
+    "2",
+    "--epochs",
+    "1",
+    "--batch",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture
@@ -41,8 +56,9 @@ def _snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
-def test_train_refuses_a_folder_of_the_users_own_files_and_leaves_them(tmp_path, stack_file,
-                                                                         capsys):
+def test_train_refuses_a_folder_of_the_users_own_files_and_leaves_them(
+    tmp_path, stack_file, capsys
+):
     out = tmp_path / "mine"
     out.mkdir()
     for name in ("best.pt", "last.pt", "config.json", "report.md"):
@@ -65,7 +81,8 @@ def test_train_refuses_an_out_that_is_a_file(tmp_path, stack_file, capsys):
 
 
 def test_a_finished_run_is_replaced_only_with_overwrite_and_only_its_own_files(
-        tmp_path, stack_file, capsys):
+    tmp_path, stack_file, capsys
+):
     out = tmp_path / "run"
     assert _train(stack_file, out) == 0
     weights = (out / "weights.pt").read_bytes()
@@ -80,8 +97,7 @@ def test_a_finished_run_is_replaced_only_with_overwrite_and_only_its_own_files(
     assert core.load_run(out).train_config.seed == 1
 
 
-def test_a_run_folder_is_checked_before_training_starts(tmp_path, stack_file, capsys,
-                                                        monkeypatch):
+def test_a_run_folder_is_checked_before_training_starts(tmp_path, stack_file, capsys, monkeypatch):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "data.csv").write_text("1,2,3")
@@ -117,13 +133,21 @@ def test_a_lock_held_by_another_process_refuses_and_dies_with_it(tmp_path, stack
     assert _train(stack_file, out) == 0
     capsys.readouterr()
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys
             from napari_electrode_cae.core.runfolder import RunFolderLock
             lock = RunFolderLock({str(out)!r}).acquire()
             print("locked", flush=True)
             sys.stdin.read()  # hold it until killed
-        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert _train(stack_file, out, "--overwrite") == cli.EXIT_BAD_INPUT
@@ -149,16 +173,26 @@ def test_two_trainings_into_one_folder_at_once_one_refuses(tmp_path, stack_file)
                            "cpu"]))
     """)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(300), p.stderr.read()) for p in runs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, cli.EXIT_BAD_INPUT], results
     refused = next(err for code, err in results if code)
     assert "Traceback" not in refused
-    assert ("in use by another electrode-cae process" in refused
-            or "already holds a finished run" in refused
-            or "interrupted run" in refused)
+    assert (
+        "in use by another electrode-cae process" in refused
+        or "already holds a finished run" in refused
+        or "interrupted run" in refused
+    )
     assert core.load_run(out).train_config.epochs == 8
 
 

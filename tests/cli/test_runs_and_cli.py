@@ -21,7 +21,6 @@ from napari_electrode_cae.core import (
     seed_everything,
     write_stack,
 )
-
 from tests.conftest import make_stack
 
 SPEC = WindowSpec(4, 2, crop=16)
@@ -45,15 +44,29 @@ def trained_run(tmp_path, tiny_stacks):
     config = TrainConfig(epochs=2, batch_size=4, lr=3e-3, device="cpu", split="random")
     result = run_training(model, data, config)
     report = evaluate(model, data, result.train_idx, result.val_idx)
-    run_dir = save_run(tmp_path / "run", model, data, config, result.train_idx,
-                       result.val_idx, result.history, report)
+    run_dir = save_run(
+        tmp_path / "run",
+        model,
+        data,
+        config,
+        result.train_idx,
+        result.val_idx,
+        result.history,
+        report,
+    )
     return run_dir, model, data, result, report
 
 
 def test_save_load_round_trip(trained_run):
     run_dir, model, data, result, report = trained_run
     assert {p.name for p in run_dir.iterdir()} >= {
-        "config.json", "weights.pt", "history.csv", "latents.csv", "report.json", "report.md"}
+        "config.json",
+        "weights.pt",
+        "history.csv",
+        "latents.csv",
+        "report.json",
+        "report.md",
+    }
     run = load_run(run_dir)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(run.model.state_dict()[key], value)
@@ -128,6 +141,7 @@ def test_missing_run_folder(tmp_path):
 
 # --- CLI -------------------------------------------------------------------------------------
 
+
 def test_cli_summary_prints_table_3(capsys):
     assert cli.main(["summary", "--window", "24"]) == 0
     out = capsys.readouterr().out
@@ -143,9 +157,32 @@ def test_cli_sample(tmp_path, capsys):
 
 def test_cli_train_evaluate_encode_decode(tmp_path, stack_files, capsys):
     run_dir = tmp_path / "run one"
-    code = cli.main(["train", *map(str, stack_files), "--window", "4", "--stride", "2",
-                     "--crop", "16", "--hidden", "16", "--latent", "3", "--epochs", "2",
-                     "--batch", "4", "--lr", "0.003", "--device", "cpu", "--out", str(run_dir)])
+    code = cli.main(
+        [
+            "train",
+            *map(str, stack_files),
+            "--window",
+            "4",
+            "--stride",
+            "2",
+            "--crop",
+            "16",
+            "--hidden",
+            "16",
+            "--latent",
+            "3",
+            "--epochs",
+            "2",
+            "--batch",
+            "4",
+            "--lr",
+            "0.003",
+            "--device",
+            "cpu",
+            "--out",
+            str(run_dir),
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "Validation MSE" in captured.out
@@ -170,18 +207,28 @@ def test_cli_train_evaluate_encode_decode(tmp_path, stack_files, capsys):
     assert decoded.shape == (4, 16, 16)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "missing.tif", "--out", "r"], "missing.tif"),
-    (["train", "{stack}", "--window", "40", "--crop", "16", "--out", "r"], "window length 40 exceeds"),
-    (["train", "{stack}", "--stride", "0", "--out", "r"], "must be at least 1"),
-    (["train", "{stack}", "--crop", "64", "--out", "r"], "crop 64 is larger"),
-    (["train", "{stack}", "--phases", "0=pore,1=gold", "--out", "r"], "gold"),
-    (["summary", "--window", "4", "--crop", "10", "--layers", "5"], "too small for 5 conv layers"),
-    (["evaluate", "no_such_run"], "does not exist"),
-    (["decode", "{run}", "--latent", "1,2", "--out", "v.tif"], "needs 3 finite values"),
-])
-def test_cli_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, stack_files, trained_run,
-                                               capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "missing.tif", "--out", "r"], "missing.tif"),
+        (
+            ["train", "{stack}", "--window", "40", "--crop", "16", "--out", "r"],
+            "window length 40 exceeds",
+        ),
+        (["train", "{stack}", "--stride", "0", "--out", "r"], "must be at least 1"),
+        (["train", "{stack}", "--crop", "64", "--out", "r"], "crop 64 is larger"),
+        (["train", "{stack}", "--phases", "0=pore,1=gold", "--out", "r"], "gold"),
+        (
+            ["summary", "--window", "4", "--crop", "10", "--layers", "5"],
+            "too small for 5 conv layers",
+        ),
+        (["evaluate", "no_such_run"], "does not exist"),
+        (["decode", "{run}", "--latent", "1,2", "--out", "v.tif"], "needs 3 finite values"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_nonzero(
+    argv, message, tmp_path, stack_files, trained_run, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     argv = [a.format(stack=stack_files[0], run=trained_run[0]) for a in argv]
     with pytest.raises(SystemExit) if argv[0] == "train" and "--stride" in argv else _nullcontext():

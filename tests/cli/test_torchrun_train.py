@@ -22,11 +22,20 @@ import torch
 from napari_electrode_cae import core
 from tests.conftest import make_stack
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
-                                reason="this torch has no torch.distributed")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="this torch has no torch.distributed"
+)
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-            "2", "-m", "napari_electrode_cae.cli"]
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc-per-node",
+    "2",
+    "-m",
+    "napari_electrode_cae.cli",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +46,28 @@ def stack_file(tmp_path_factory):
 
 
 def _train_args(stack_file, out, epochs):
-    return ["train", str(stack_file), "--out", str(out), "--window", "4", "--crop", "16",
-            "--layers", "3", "--hidden", "8", "--latent", "2", "--batch", "2",
-            "--epochs", str(epochs), "--device", "cpu"]
+    return [
+        "train",
+        str(stack_file),
+        "--out",
+        str(out),
+        "--window",
+        "4",
+        "--crop",
+        "16",
+        "--layers",
+        "3",
+        "--hidden",
+        "8",
+        "--latent",
+        "2",
+        "--batch",
+        "2",
+        "--epochs",
+        str(epochs),
+        "--device",
+        "cpu",
+    ]
 
 
 def _env():
@@ -48,28 +76,49 @@ def _env():
 
 def test_torchrun_trains_on_two_ranks_and_rank_zero_alone_writes_the_run(stack_file, tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run(TORCHRUN + _train_args(stack_file, out, 2), capture_output=True,
-                          text=True, env=_env(), timeout=300)
+    done = subprocess.run(
+        TORCHRUN + _train_args(stack_file, out, 2),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # one rank printed: one table, one summary line, one plan line naming both ranks
     assert done.stdout.count("Training dataset") == 1
     assert done.stderr.count("run saved to") == 1
     assert done.stderr.count("per rank on 2 ranks (gloo; effective batch 4)") == 1
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert names == ["config.json", "history.csv", "latents.csv", "report.json", "report.md",
-                     "weights.pt"]
+    assert names == [
+        "config.json",
+        "history.csv",
+        "latents.csv",
+        "report.json",
+        "report.md",
+        "weights.pt",
+    ]
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    assert config["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu",
-                                     "batch_per_rank": 2, "effective_batch": 4}
+    assert config["distributed"] == {
+        "world_size": 2,
+        "backend": "gloo",
+        "device": "cpu",
+        "batch_per_rank": 2,
+        "effective_batch": 4,
+    }
     run = core.load_run(out)  # what the GUI opens
     assert len(run.history) == 2 and run.train_config.batch_size == 2
 
 
 def test_ctrl_c_ends_every_rank_keeps_the_run_and_resume_continues(stack_file, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen(TORCHRUN + _train_args(stack_file, out, 3000),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_env(), start_new_session=True)
+    process = subprocess.Popen(
+        TORCHRUN + _train_args(stack_file, out, 3000),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not (out / "last.pt").exists() and time.monotonic() < deadline:
@@ -86,15 +135,21 @@ def test_ctrl_c_ends_every_rank_keeps_the_run_and_resume_continues(stack_file, t
     with pytest.raises(ProcessLookupError):  # no rank is left running
         os.killpg(process.pid, 0)
     assert stderr.count("run saved to") == 1, stderr[-3000:]
-    assert "Error" not in "".join(line for line in stderr.splitlines(keepends=True)
-                                  if "electrode-cae" in line)
+    assert "Error" not in "".join(
+        line for line in stderr.splitlines(keepends=True) if "electrode-cae" in line
+    )
     history = core.load_run(out).history
     assert 1 <= len(history) < 3000
     assert (out / "last.pt").exists()  # kept for --resume
     # resume, two more epochs
     epochs = core.checkpoint.load_training_state(out / "last.pt")["epoch"] + 2
-    done = subprocess.run(TORCHRUN + _train_args(stack_file, out, epochs) + ["--resume"],
-                          capture_output=True, text=True, env=_env(), timeout=300)
+    done = subprocess.run(
+        TORCHRUN + _train_args(stack_file, out, epochs) + ["--resume"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming after epoch" in done.stderr
     assert len(core.load_run(out).history) == epochs

@@ -5,8 +5,8 @@ import json
 import math
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from napari_electrode_cae import cli
 from napari_electrode_cae.core import (
@@ -14,6 +14,7 @@ from napari_electrode_cae.core import (
     TrainConfig,
     WindowDataset,
     WindowSpec,
+    analysis,
     evaluate,
     generate_electrode,
     run_training,
@@ -21,8 +22,6 @@ from napari_electrode_cae.core import (
     seed_everything,
     split,
 )
-from napari_electrode_cae.core import analysis
-
 from tests.conftest import make_stack
 
 SPEC = WindowSpec(4, 4, crop=16)
@@ -30,8 +29,10 @@ SPEC = WindowSpec(4, 4, crop=16)
 
 @pytest.fixture(scope="module")
 def data():
-    stacks = [make_stack((12, 32, 32), seed=0, name="cal"),
-              make_stack((12, 32, 32), seed=1, name="uncal", calendered=False)]
+    stacks = [
+        make_stack((12, 32, 32), seed=0, name="cal"),
+        make_stack((12, 32, 32), seed=1, name="uncal", calendered=False),
+    ]
     return WindowDataset(stacks, SPEC)
 
 
@@ -90,8 +91,9 @@ def test_window_metrics_rows_with_and_without_a_model(data, model):
     assert sum(fractions) == pytest.approx(1.0)
 
     seen = []
-    full = analysis.window_metrics(data, [0], model, tortuosity=True,
-                                   progress=lambda done, total: seen.append((done, total)))
+    full = analysis.window_metrics(
+        data, [0], model, tortuosity=True, progress=lambda done, total: seen.append((done, total))
+    )
     assert seen == [(1, 1)]
     row = full[0]
     assert "tortuosity_pore_z" in row and "recon_tortuosity_pore_z" in row
@@ -107,11 +109,14 @@ def test_physics_comparison_over_validation_windows(data, model):
     assert result["subset"] is False and result["windows"] == sorted(int(i) for i in val_idx)
     assert result["voxel_size_um"] == data.voxel_size_um
     stats = result["metrics"]["pore_fraction"]
-    assert {"n", "original_mean", "reconstruction_mean", "p_value", "wilcoxon_p_value"} <= set(stats)
+    assert {"n", "original_mean", "reconstruction_mean", "p_value", "wilcoxon_p_value"} <= set(
+        stats
+    )
     assert "tortuosity_pore_z" not in result["metrics"]
     assert 0 <= result["metrics"]["voxel_accuracy"]["mean"] <= 1
-    capped = analysis.physics_comparison(data, val_idx, model, tortuosity=False, max_windows=2,
-                                         seed=1)
+    capped = analysis.physics_comparison(
+        data, val_idx, model, tortuosity=False, max_windows=2, seed=1
+    )
     assert capped["n_windows"] == 2 and capped["subset"] is True
     assert set(capped["windows"]) <= set(int(i) for i in val_idx)
     assert "subset" in analysis.comparison_markdown(capped)
@@ -122,8 +127,9 @@ def test_physics_comparison_over_validation_windows(data, model):
 
 
 def test_csv_writers(tmp_path, data, model):
-    rows = analysis.window_metrics(data, [0, 1], model, tortuosity=False,
-                                   splits={0: "train", 1: "val"})
+    rows = analysis.window_metrics(
+        data, [0, 1], model, tortuosity=False, splits={0: "train", 1: "val"}
+    )
     rows[0]["recon_tpb_density_per_um2"] = math.inf
     path = analysis.write_metrics_csv(tmp_path / "metrics.csv", rows)
     with path.open() as handle:
@@ -141,16 +147,26 @@ def test_csv_writers(tmp_path, data, model):
 
 
 def test_cli_physics_end_to_end(tmp_path, capsys):
-    stacks = [generate_electrode((12, 32, 32), preset="CAL", seed=0),
-              generate_electrode((12, 32, 32), preset="UNCAL", seed=1)]
+    stacks = [
+        generate_electrode((12, 32, 32), preset="CAL", seed=0),
+        generate_electrode((12, 32, 32), preset="UNCAL", seed=1),
+    ]
     data = WindowDataset(stacks, SPEC)
     seed_everything(0)
     model = ConvAutoEncoder3d(4, crop=16, hidden=16, latent_dim=3)
     config = TrainConfig(epochs=1, batch_size=4, lr=3e-3, device="cpu")
     result = run_training(model, data, config)
     report = evaluate(model, data, result.train_idx, result.val_idx)
-    run_dir = save_run(tmp_path / "run", model, data, config, result.train_idx, result.val_idx,
-                       result.history, report)
+    run_dir = save_run(
+        tmp_path / "run",
+        model,
+        data,
+        config,
+        result.train_idx,
+        result.val_idx,
+        result.history,
+        report,
+    )
     capsys.readouterr()
     assert cli.main(["physics", str(run_dir), "--no-tortuosity", "--max-windows", "6"]) == 0
     out = capsys.readouterr().out
@@ -171,8 +187,7 @@ def test_cli_physics_end_to_end(tmp_path, capsys):
     # the tortuosity solvers give the same metrics (auto = torch on a GPU if any, else scipy)
     taus = {}
     for device in ("scipy", "cpu", "auto"):
-        assert cli.main(["physics", str(run_dir), "--max-windows", "2",
-                         "--device", device]) == 0
+        assert cli.main(["physics", str(run_dir), "--max-windows", "2", "--device", device]) == 0
         with (run_dir / "metrics.csv").open() as handle:
             taus[device] = [float(r["tortuosity_pore_z"]) for r in csv.DictReader(handle)]
     assert taus["cpu"] == pytest.approx(taus["scipy"], rel=1e-4)
@@ -203,15 +218,21 @@ def _study_data(n=60, seed=0):
 
 def test_study_keeps_a_real_correlation_and_drops_noise():
     rng, metrics = _study_data()
-    latents = np.column_stack([metrics["pore_fraction"] + 0.01 * rng.standard_normal(60),
-                               rng.standard_normal(60), rng.standard_normal(60)])
+    latents = np.column_stack(
+        [
+            metrics["pore_fraction"] + 0.01 * rng.standard_normal(60),
+            rng.standard_normal(60),
+            rng.standard_normal(60),
+        ]
+    )
     random = rng.standard_normal((60, 3))
     study = analysis.correlation_study(latents, metrics, random_latents=random)
     surviving = {(j, name) for j, name, *_ in study.surviving()}
     assert (0, "pore_fraction") in surviving and (0, "tortuosity_pore_z") in surviving
     assert not any(j > 0 for j, _ in surviving)
-    assert np.all(study.q_values[np.isfinite(study.p_values)]
-                  >= study.p_values[np.isfinite(study.p_values)])
+    assert np.all(
+        study.q_values[np.isfinite(study.p_values)] >= study.p_values[np.isfinite(study.p_values)]
+    )
     # z1 follows tortuosity only through porosity: the partial correlation is small
     m = study.names.index("tortuosity_pore_z")
     assert abs(study.rho[0, m]) > 0.9 and abs(study.partial_rho[0, m]) < 0.4
@@ -221,8 +242,9 @@ def test_study_keeps_a_real_correlation_and_drops_noise():
 
 def test_study_says_when_nothing_survives():
     rng, metrics = _study_data(n=30)
-    study = analysis.correlation_study(rng.standard_normal((30, 4)), metrics,
-                                       random_latents=rng.standard_normal((30, 4)))
+    study = analysis.correlation_study(
+        rng.standard_normal((30, 4)), metrics, random_latents=rng.standard_normal((30, 4))
+    )
     assert not study.survives.any()
     assert study.note.startswith("nothing survives")
 

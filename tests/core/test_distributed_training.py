@@ -21,8 +21,9 @@ from napari_electrode_cae import core
 from napari_electrode_cae.core import distributed as ddp
 from tests.conftest import make_stack
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
-                                reason="this torch has no torch.distributed")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="this torch has no torch.distributed"
+)
 
 #: Relative agreement of per-epoch MSEs between 2 ranks and 1 process (float reduction order).
 RTOL = 1e-4
@@ -39,8 +40,15 @@ def _setting(norm: str = "none", windows_per_epoch: int = 0, batch: int = 2):
     stacks = [make_stack((20, 16, 16), seed=3)]
     data = core.WindowDataset(stacks, core.WindowSpec(length=4, stride=1, crop=16))
     model_config = core.ModelConfig(4, 16, 3, 16, 4, norm)
-    config = core.TrainConfig(epochs=EPOCHS, batch_size=batch, lr=3e-3, seed=5, split="random",
-                              device="cpu", windows_per_epoch=windows_per_epoch)
+    config = core.TrainConfig(
+        epochs=EPOCHS,
+        batch_size=batch,
+        lr=3e-3,
+        seed=5,
+        split="random",
+        device="cpu",
+        windows_per_epoch=windows_per_epoch,
+    )
     return data, model_config, config
 
 
@@ -54,8 +62,13 @@ def _train(data, model_config, config, **kwargs):
 def _rank_main(rank: int, port: int, out: str) -> None:
     """One rank: the three distributed trainings the tests below look at, in one process group
     (spawning ranks costs more than these tiny trainings)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     results = {}
     with ddp.distributed_session("cpu") as context:
@@ -65,10 +78,19 @@ def _rank_main(rank: int, port: int, out: str) -> None:
             if resume_from:  # a first run cut short, then resumed in the same folder
                 short = core.TrainConfig(**{**config.to_dict(), "epochs": resume_from})
                 _train(data, model_config, short, checkpoint_dir=ckpt, distributed=context)
-            model, result = _train(data, model_config, config, distributed=context,
-                                   checkpoint_dir=ckpt, resume=bool(resume_from))
-            results[name] = {"history": [(r.train_mse, r.val_mse) for r in result.history],
-                             "state": model.state_dict(), "best": result.best_epoch}
+            model, result = _train(
+                data,
+                model_config,
+                config,
+                distributed=context,
+                checkpoint_dir=ckpt,
+                resume=bool(resume_from),
+            )
+            results[name] = {
+                "history": [(r.train_mse, r.val_mse) for r in result.history],
+                "state": model.state_dict(),
+                "best": result.best_epoch,
+            }
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 
@@ -176,11 +198,24 @@ def test_a_plain_run_records_world_size_one_and_its_batch_as_the_effective_batch
     record = json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]
     assert record == {"world_size": 1, "batch_per_rank": 2, "effective_batch": 2}
     context = ddp.DistributedContext(0, 3, 0, "gloo", torch.device("cpu"))
-    core.save_run(tmp_path / "ddp", model, data, config, train_idx, val_idx, latents=False,
-                  distributed=context.describe())
+    core.save_run(
+        tmp_path / "ddp",
+        model,
+        data,
+        config,
+        train_idx,
+        val_idx,
+        latents=False,
+        distributed=context.describe(),
+    )
     record = json.loads((tmp_path / "ddp" / "config.json").read_text())["distributed"]
-    assert record == {"world_size": 3, "backend": "gloo", "device": "cpu",
-                      "batch_per_rank": 2, "effective_batch": 6}
+    assert record == {
+        "world_size": 3,
+        "backend": "gloo",
+        "device": "cpu",
+        "batch_per_rank": 2,
+        "effective_batch": 6,
+    }
     assert core.load_run(tmp_path / "ddp").train_config.batch_size == 2
 
 
@@ -188,8 +223,10 @@ def test_a_lost_peer_is_a_peer_lost_error_and_other_errors_pass_unchanged():
     context = ddp.DistributedContext(1, 2, 1, "gloo", torch.device("cpu"))
     with pytest.raises(ddp.PeerLostError, match="rank 1 of 2: another rank stopped"):
         with ddp.peer_guard(context):
-            raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:49325: "
-                               "Connection reset by peer")
+            raise RuntimeError(
+                "[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:49325: "
+                "Connection reset by peer"
+            )
     with pytest.raises(torch.OutOfMemoryError):
         with ddp.peer_guard(context):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")

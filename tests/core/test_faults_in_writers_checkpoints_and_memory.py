@@ -27,7 +27,6 @@ from napari_electrode_cae.core.checkpoint import (
     save_state_dict,
     save_training_state,
 )
-
 from tests.conftest import make_stack
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX only")
@@ -79,8 +78,12 @@ while True:
 
 def _spawn(script: str, folder: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", script, str(folder)], cwd=REPO, text=True,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-c", script, str(folder)],
+        cwd=REPO,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -146,8 +149,7 @@ def test_killed_checkpoint_writer_leaves_the_previous_complete_checkpoint(tmp_pa
     assert load_state_dict(tmp_path / "best.pt")["w"].shape == (1 << 20,)
     save_state_dict({"w": torch.zeros(3)}, tmp_path / "best.pt")
     save_training_state(tmp_path / "last.pt", load_training_state(tmp_path / "last.pt"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.pt.busy.tmp", "best.pt",
-                                                          "last.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.pt.busy.tmp", "best.pt", "last.pt"]
 
 
 def test_killed_save_run_leaves_a_loadable_run_folder(tmp_path):
@@ -188,8 +190,9 @@ class _Payload:
 
 
 def _tiny_data() -> core.WindowDataset:
-    return core.WindowDataset([make_stack(seed=0, name="cal"),
-                               make_stack(seed=1, name="uncal", calendered=False)], SPEC)
+    return core.WindowDataset(
+        [make_stack(seed=0, name="cal"), make_stack(seed=1, name="uncal", calendered=False)], SPEC
+    )
 
 
 def _tiny_model(hidden: int = 16) -> core.ConvAutoEncoder3d:
@@ -205,8 +208,18 @@ def malicious_last_pt(tmp_path) -> tuple[Path, Path]:
     """An output folder whose last.pt runs code when unpickled; and the marker it would create."""
     out, marker = tmp_path / "out", tmp_path / "pwned"
     out.mkdir()
-    torch.save({"epoch": _Payload(marker), "model": {}, "optimiser": {}, "best_model": {},
-                "best_val_mse": 1.0, "best_epoch": 1, "history": []}, out / "last.pt")
+    torch.save(
+        {
+            "epoch": _Payload(marker),
+            "model": {},
+            "optimiser": {},
+            "best_model": {},
+            "best_val_mse": 1.0,
+            "best_epoch": 1,
+            "history": [],
+        },
+        out / "last.pt",
+    )
     return out, marker
 
 
@@ -232,16 +245,40 @@ def test_pickle_payload_is_refused_when_resuming_training(malicious_last_pt):
 
 
 def _cli_train(stack_files, out: Path, *extra: str) -> list[str]:
-    return ["train", *map(str, stack_files), "--window", "4", "--stride", "2", "--crop", "16",
-            "--hidden", "16", "--latent", "3", "--epochs", "2", "--batch", "4",
-            "--device", "cpu", "--out", str(out), "--resume", *extra]
+    return [
+        "train",
+        *map(str, stack_files),
+        "--window",
+        "4",
+        "--stride",
+        "2",
+        "--crop",
+        "16",
+        "--hidden",
+        "16",
+        "--latent",
+        "3",
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--resume",
+        *extra,
+    ]
 
 
 @pytest.fixture
 def stack_files(tmp_path) -> list[Path]:
-    return [core.write_stack(tmp_path / f"tiny_{tag}.tif",
-                             make_stack(seed=seed, calendered=tag == "CAL"))
-            for seed, tag in ((0, "CAL"), (1, "UNCAL"))]
+    return [
+        core.write_stack(
+            tmp_path / f"tiny_{tag}.tif", make_stack(seed=seed, calendered=tag == "CAL")
+        )
+        for seed, tag in ((0, "CAL"), (1, "UNCAL"))
+    ]
 
 
 def _one_error_line(err: str) -> str:
@@ -264,8 +301,12 @@ def test_pickle_payload_is_refused_by_cli_resume(malicious_last_pt, stack_files,
 def test_resume_from_another_models_checkpoint_is_refused(tmp_path, stack_files, capsys):
     out = tmp_path / "out"
     data = _tiny_data()
-    core.run_training(_tiny_model(hidden=32), data,
-                      core.TrainConfig(epochs=1, batch_size=4, device="cpu"), checkpoint_dir=out)
+    core.run_training(
+        _tiny_model(hidden=32),
+        data,
+        core.TrainConfig(epochs=1, batch_size=4, device="cpu"),
+        checkpoint_dir=out,
+    )
     model = _tiny_model(hidden=16)
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(core.RunFolderError, match="another model"):
@@ -277,16 +318,29 @@ def test_resume_from_another_models_checkpoint_is_refused(tmp_path, stack_files,
     assert "another model" in _one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("epoch", "seven"), ("epoch", -1), ("history", [{"epoch": 1}]),
-    ("history", "not a list"), ("model", {"w": [1, 2]}), ("optimiser", []),
-    ("best_val_mse", None),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epoch", "seven"),
+        ("epoch", -1),
+        ("history", [{"epoch": 1}]),
+        ("history", "not a list"),
+        ("model", {"w": [1, 2]}),
+        ("optimiser", []),
+        ("best_val_mse", None),
+    ],
+)
 def test_malformed_training_checkpoint_is_refused(tmp_path, stack_files, capsys, field, value):
     row = dict.fromkeys(HISTORY_FIELDS, 1)
-    state = {"epoch": 1, "model": {"w": torch.ones(2)}, "optimiser": {"state": {},
-             "param_groups": []}, "best_model": {"w": torch.ones(2)}, "best_val_mse": 0.5,
-             "best_epoch": 1, "history": [row]}
+    state = {
+        "epoch": 1,
+        "model": {"w": torch.ones(2)},
+        "optimiser": {"state": {}, "param_groups": []},
+        "best_model": {"w": torch.ones(2)},
+        "best_val_mse": 0.5,
+        "best_epoch": 1,
+        "history": [row],
+    }
     state[field] = value
     out = tmp_path / "out"
     save_training_state(out / "last.pt", state)
@@ -301,17 +355,26 @@ def test_history_fields_are_those_of_epoch_report():
 
     from napari_electrode_cae.core.checkpoint import OPTIONAL_HISTORY_FIELDS
 
-    assert tuple(f.name for f in fields(core.EpochReport)) == (HISTORY_FIELDS
-                                                               + OPTIONAL_HISTORY_FIELDS)
+    assert tuple(f.name for f in fields(core.EpochReport)) == (
+        HISTORY_FIELDS + OPTIONAL_HISTORY_FIELDS
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_randomly_damaged_checkpoints_raise_only_run_folder_errors(tmp_path):
     good = tmp_path / "good.pt"
-    save_training_state(good, {
-        "epoch": 1, "model": {"w": torch.ones(8)}, "optimiser": {"state": {}, "param_groups": []},
-        "best_model": {"w": torch.ones(8)}, "best_val_mse": 0.5, "best_epoch": 1,
-        "history": [dict.fromkeys(HISTORY_FIELDS, 1)]})
+    save_training_state(
+        good,
+        {
+            "epoch": 1,
+            "model": {"w": torch.ones(8)},
+            "optimiser": {"state": {}, "param_groups": []},
+            "best_model": {"w": torch.ones(8)},
+            "best_val_mse": 0.5,
+            "best_epoch": 1,
+            "history": [dict.fromkeys(HISTORY_FIELDS, 1)],
+        },
+    )
     original = good.read_bytes()
     rng = np.random.default_rng(0)
     damaged = tmp_path / "damaged.pt"
@@ -356,8 +419,11 @@ class _FailingForward:
         return self.original(x)
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"),
-                                   MemoryError("cannot allocate")], ids=["cuda", "host"])
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory"), MemoryError("cannot allocate")],
+    ids=["cuda", "host"],
+)
 @pytest.mark.parametrize("mode", ["training", "validation"])
 def test_out_of_memory_is_a_clear_error_and_keeps_the_best_weights(monkeypatch, error, mode):
     data, model = _tiny_data(), _tiny_model()
@@ -382,8 +448,10 @@ def test_out_of_memory_is_a_clear_error_and_keeps_the_best_weights(monkeypatch, 
 
 def test_out_of_memory_message_with_batch_one():
     message = core.training.out_of_memory_message(torch.device("cuda"), 1, (24, 224, 224))
-    assert message == ("ran out of memory on cuda during training with batch 1 of 24x224x224 "
-                       "windows; try a smaller crop or window length (the batch is already 1)")
+    assert message == (
+        "ran out of memory on cuda during training with batch 1 of 24x224x224 "
+        "windows; try a smaller crop or window length (the batch is already 1)"
+    )
 
 
 def test_out_of_memory_is_one_line_in_the_cli(monkeypatch, stack_files, tmp_path, capsys):

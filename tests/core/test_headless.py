@@ -1,8 +1,17 @@
 import subprocess
 import sys
 
-FORBIDDEN = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt",
-             "vispy")
+FORBIDDEN = (
+    "napari",
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "magicgui",
+    "superqt",
+    "vispy",
+)
 
 
 def test_core_imports_no_gui_toolkit():

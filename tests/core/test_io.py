@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import tifffile
@@ -240,8 +239,11 @@ def test_standard_value_sets(tmp_path, values, dtype):
     np.save(tmp_path / "s.npy", stored(labels, values, dtype))
     stack = read_stack(tmp_path / "s.npy")
     np.testing.assert_array_equal(stack.labels, labels)
-    assert stack.phase_mapping == {int(values[0]): "pore", int(values[1]): "cbd",
-                                   int(values[2]): "active"}
+    assert stack.phase_mapping == {
+        int(values[0]): "pore",
+        int(values[1]): "cbd",
+        int(values[2]): "active",
+    }
 
 
 def test_two_values_are_pore_and_active(tmp_path):
@@ -292,7 +294,10 @@ def test_bad_explicit_mappings(tmp_path, phases, match):
 def test_parse_phase_mapping():
     assert parse_phase_mapping("0=pore,85=active,170=cbd") == {0: "pore", 85: "active", 170: "cbd"}
     assert parse_phase_mapping(" 170 : CBD ; 0=Pore ;85= active ,") == {
-        0: "pore", 85: "active", 170: "cbd"}
+        0: "pore",
+        85: "active",
+        170: "cbd",
+    }
     assert parse_phase_mapping("-1=pore,1=active") == {-1: "pore", 1: "active"}
 
 
@@ -316,7 +321,10 @@ def test_parse_phase_mapping_rejects_bad_text(text, match):
 def test_infer_phase_mapping_rules():
     assert infer_phase_mapping([170, 0, 85], [10, 50, 40]) == {0: "pore", 85: "active", 170: "cbd"}
     assert infer_phase_mapping([0, 128, 255], [50, 10, 40]) == {
-        0: "pore", 128: "cbd", 255: "active"}
+        0: "pore",
+        128: "cbd",
+        255: "active",
+    }
     assert infer_phase_mapping([0, 1, 2], [5, 3, 3]) == {0: "pore", 1: "cbd", 2: "active"}  # tie
     assert infer_phase_mapping([0, 7, 9], [5, 0, 4]) == {0: "pore", 9: "active"}  # zero count
     with pytest.raises(PhaseMappingError, match=r"single value \(3\)"):
@@ -327,7 +335,8 @@ def test_infer_phase_mapping_rules():
 
 def test_describe_phase_mapping():
     assert describe_phase_mapping({170: "cbd", 0: "pore", 85: "active"}) == (
-        "0→pore, 85→active, 170→cbd")
+        "0→pore, 85→active, 170→cbd"
+    )
     assert describe_phase_mapping({}) == "(empty mapping)"
 
 
@@ -368,7 +377,10 @@ def test_explicit_arguments_override_file_metadata(tmp_path):
 def test_imagej_micron_calibration_gives_voxel_size(tmp_path):
     data = stored(make_labels(), (0, 1, 2))
     tifffile.imwrite(
-        tmp_path / "ij.tif", data, imagej=True, resolution=(1 / 0.6, 1 / 0.6),
+        tmp_path / "ij.tif",
+        data,
+        imagej=True,
+        resolution=(1 / 0.6, 1 / 0.6),
         metadata={"unit": "um", "spacing": 0.6, "axes": "ZYX"},
     )
     assert read_stack(tmp_path / "ij.tif").voxel_size_um == pytest.approx(0.6)

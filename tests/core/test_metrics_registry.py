@@ -46,9 +46,9 @@ def test_every_metric_has_label_and_units_where_physical():
 def test_registry_values_equal_the_physics_functions(labels):
     values = metrics.compute(labels, 0.5, ["ssa_active_per_um", "tortuosity_pore_x"])
     assert values["ssa_active_per_um"] == pytest.approx(
-        physics.specific_surface_area(labels, "active", 0.5))
-    assert values["tortuosity_pore_x"] == pytest.approx(
-        physics.tortuosity(labels, "pore", 2))
+        physics.specific_surface_area(labels, "active", 0.5)
+    )
+    assert values["tortuosity_pore_x"] == pytest.approx(physics.tortuosity(labels, "pore", 2))
 
 
 def test_unknown_metric_is_one_clear_error():
@@ -61,13 +61,19 @@ def test_format_value_uses_digits_unit_and_nan():
     assert metrics.format_value("pore_fraction", math.nan) == "n/a"
     assert metrics.format_value("tortuosity_pore_z", math.inf) == "inf"
     assert metrics.table_header(["tpb_density_per_um2"])["tpb_density_per_um2"] == (
-        "Triple-phase boundary density (µm⁻²)")
+        "Triple-phase boundary density (µm⁻²)"
+    )
 
 
 def test_adding_a_metric_is_one_edit(monkeypatch, labels):
-    extra = metrics.Metric("solid_fraction", "Solid fraction", "",
-                           lambda lab, vs, axis, dev: float(np.mean(lab > 0)),
-                           lower=0.0, upper=1.0)
+    extra = metrics.Metric(
+        "solid_fraction",
+        "Solid fraction",
+        "",
+        lambda lab, vs, axis, dev: float(np.mean(lab > 0)),
+        lower=0.0,
+        upper=1.0,
+    )
     monkeypatch.setattr(metrics, "REGISTRY", (*metrics.REGISTRY, extra))
     report = physics.microstructure_metrics(labels, 0.4)
     assert report["solid_fraction"] == pytest.approx(1 - report["pore_fraction"])

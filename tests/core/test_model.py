@@ -11,8 +11,9 @@ def _rows(model):
 
 @pytest.mark.parametrize("length, third_conv", [(24, 55_312), (4, 9_232)])
 def test_tables_3_and_4_shapes_and_parameter_counts(length, third_conv):
-    model = ConvAutoEncoder3d(window_length=length, crop=224, conv_layers=3, hidden=128,
-                              latent_dim=10)
+    model = ConvAutoEncoder3d(
+        window_length=length, crop=224, conv_layers=3, hidden=128, latent_dim=10
+    )
     enc = [r for r in _rows(model) if r[0] == "encoder"]
     dec = [r for r in _rows(model) if r[0] == "decoder"]
     assert [(name, shape, n) for _, name, shape, n in enc] == [

@@ -30,15 +30,17 @@ def test_options_keep_the_encoder_and_latent_size_and_round_trip_the_shape(norm,
     assert out.shape == (2, 3 if output == "phases" else 1, 4, 32, 32)
     assert model.values(out).shape == (2, 1, 4, 32, 32)
     assert not model.routed  # options run the plain modules
-    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm3d,
-                                                          torch.nn.GroupNorm))]
+    norms = [
+        m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm3d, torch.nn.GroupNorm))
+    ]
     assert len(norms) == 2 * 3 - 1  # after every conv but the decoder's last
 
 
 def test_three_phase_values_are_the_expected_network_value():
     model = ConvAutoEncoder3d(4, 16, 3, 8, 2, output="phases")
-    logits = torch.tensor([[10.0, -10.0, -10.0], [-10.0, 10.0, -10.0], [-10.0, -10.0, 10.0],
-                           [0.0, -100.0, 0.0]]).T.reshape(1, 3, 1, 1, 4)
+    logits = torch.tensor(
+        [[10.0, -10.0, -10.0], [-10.0, 10.0, -10.0], [-10.0, -10.0, 10.0], [0.0, -100.0, 0.0]]
+    ).T.reshape(1, 3, 1, 1, 4)
     assert model.values(logits).flatten().tolist() == pytest.approx([-1, 0, 1, 0], abs=1e-4)
 
 

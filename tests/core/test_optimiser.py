@@ -36,13 +36,15 @@ def test_a_run_resumes_from_a_checkpoint_of_the_unfused_adam(tmp_path, monkeypat
     full = core.run_training(model, data, config)
 
     with monkeypatch.context() as m:
-        m.setattr(training, "make_optimiser",
-                  lambda mod, lr: torch.optim.Adam(mod.parameters(), lr=lr))
+        m.setattr(
+            training, "make_optimiser", lambda mod, lr: torch.optim.Adam(mod.parameters(), lr=lr)
+        )
         model.load_state_dict(initial)
         for report in (gen := core.train(model, data, config, checkpoint_dir=tmp_path)):
             if report.epoch == 2:
                 gen.close()
     resumed = core.run_training(model, data, config, checkpoint_dir=tmp_path, resume=True)
     assert [r.epoch for r in resumed.history] == [1, 2, 3]
-    np.testing.assert_allclose([r.val_mse for r in resumed.history],
-                               [r.val_mse for r in full.history], rtol=1e-4)
+    np.testing.assert_allclose(
+        [r.val_mse for r in resumed.history], [r.val_mse for r in full.history], rtol=1e-4
+    )

@@ -66,10 +66,12 @@ def test_phase_scores_give_accuracy_iou_and_fractions():
     scores = PhaseScores()
     scores.add(original, recon)
     assert scores.voxel_accuracy == pytest.approx(4 / 6)
-    assert scores.fractions("original") == pytest.approx({"pore": 2 / 6, "cbd": 1 / 6,
-                                                          "active": 3 / 6})
-    assert scores.fractions("reconstruction") == pytest.approx({"pore": 2 / 6, "cbd": 2 / 6,
-                                                                "active": 2 / 6})
+    assert scores.fractions("original") == pytest.approx(
+        {"pore": 2 / 6, "cbd": 1 / 6, "active": 3 / 6}
+    )
+    assert scores.fractions("reconstruction") == pytest.approx(
+        {"pore": 2 / 6, "cbd": 2 / 6, "active": 2 / 6}
+    )
     iou = scores.iou()
     assert iou["pore"] == pytest.approx(1 / 3)  # 1 shared of {0,1,5}
     assert iou["cbd"] == pytest.approx(1 / 2)

@@ -29,10 +29,18 @@ from napari_electrode_cae.core import (
 )
 from napari_electrode_cae.core.stack import PHASES
 
-FEW = settings(max_examples=40, deadline=None, derandomize=True,
-               suppress_health_check=[HealthCheck.function_scoped_fixture])
-SOME = settings(max_examples=25, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FEW = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+SOME = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 # --------------------------------------------------------------------------- window arithmetic
@@ -56,16 +64,22 @@ def datasets(draw):
         crop=draw(st.integers(1, 8)),
         tile_stride=draw(st.none() | st.integers(1, 8)),
     )
-    shapes = draw(st.lists(
-        st.tuples(st.integers(length, 20), st.integers(spec.crop, 20), st.integers(spec.crop, 20)),
-        min_size=1, max_size=3,
-    ))
+    shapes = draw(
+        st.lists(
+            st.tuples(
+                st.integers(length, 20), st.integers(spec.crop, 20), st.integers(spec.crop, 20)
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
     return spec, shapes
 
 
 def _dataset(spec: WindowSpec, shapes) -> WindowDataset:
-    stacks = [ElectrodeStack(np.zeros(shape, np.uint8), name=f"s{i}")
-              for i, shape in enumerate(shapes)]
+    stacks = [
+        ElectrodeStack(np.zeros(shape, np.uint8), name=f"s{i}") for i, shape in enumerate(shapes)
+    ]
     return WindowDataset(stacks, spec)
 
 
@@ -173,8 +187,9 @@ def test_write_then_read_reproduces_the_phase_ids(tmp_path, case, suffix):
         doubled = [2 * c for c in counts]
         assert back.phase_mapping == infer_phase_mapping(values, doubled)
         ids = {v: PHASES.index(name) for v, name in back.phase_mapping.items()}
-        np.testing.assert_array_equal(back.labels, np.vectorize(ids.get)(
-            np.asarray(values)[labels]).astype(np.uint8))
+        np.testing.assert_array_equal(
+            back.labels, np.vectorize(ids.get)(np.asarray(values)[labels]).astype(np.uint8)
+        )
     explicit = read_stack(path, {v: PHASES[i] for i, v in enumerate(values)})
     np.testing.assert_array_equal(explicit.labels, labels)
 

@@ -5,9 +5,7 @@ import csv
 import pytest
 
 from napari_electrode_cae import cli, core
-from napari_electrode_cae.core import load_run, write_stack
-from napari_electrode_cae.core import studies
-
+from napari_electrode_cae.core import load_run, studies, write_stack
 from tests.conftest import make_stack
 
 SHAPE = (24, 32, 32)  # deep enough for a blocked split at l=8, stride 1
@@ -27,8 +25,15 @@ def test_case_studies_follow_the_paper():
     cases = {c.case: c for c in studies.CASE_STUDIES}
     assert list(cases) == ["1", "2", "3a", "3b"]
     one, two, three_a, three_b = cases.values()
-    assert (one.paper.window, one.paper.layers, one.paper.hidden, one.paper.latent,
-            one.paper.batch, one.paper.lr, one.paper.crop) == (24, 3, 128, 10, 2, 1e-4, 224)
+    assert (
+        one.paper.window,
+        one.paper.layers,
+        one.paper.hidden,
+        one.paper.latent,
+        one.paper.batch,
+        one.paper.lr,
+        one.paper.crop,
+    ) == (24, 3, 128, 10, 2, 1e-4, 224)
     assert (two.paper.window, two.paper.batch) == (4, 8) and two.stride(two.paper) == 4
     assert one.stride(one.paper) == 1 and not one.uncalendered
     assert three_a.paper.hidden == three_b.paper.hidden == 1000
@@ -39,10 +44,12 @@ def test_case_studies_follow_the_paper():
 
 def test_run_study_eight_runs_with_sizes_and_files(tmp_path, cal, uncal):
     events = []
-    rows = studies.run_study(cal, uncal, quick=True, out_dir=tmp_path, epochs=1, device="cpu",
-                             progress=events.append)
+    rows = studies.run_study(
+        cal, uncal, quick=True, out_dir=tmp_path, epochs=1, device="cpu", progress=events.append
+    )
     assert [(r["case"], r["split"]) for r in rows] == [
-        (c, s) for c in ("1", "2", "3a", "3b") for s in ("random", "blocked")]
+        (c, s) for c in ("1", "2", "3a", "3b") for s in ("random", "blocked")
+    ]
     assert all(r["status"] == "ok" for r in rows), [r["note"] for r in rows]
     by = {(r["case"], r["split"]): r for r in rows}
     # case 1: l=8, stride 1 on a 24-deep stack, one 32x32 tile -> 17 windows, 15 % -> 3 val
@@ -70,8 +77,9 @@ def test_run_study_eight_runs_with_sizes_and_files(tmp_path, cal, uncal):
 
 def test_run_study_skips_case_3_without_uncal_and_records_failures(tmp_path):
     shallow = [make_stack((12, 32, 32), seed=0, name="cal")]
-    rows = studies.run_study(shallow, [], quick=True, out_dir=tmp_path, epochs=1, device="cpu",
-                             cases=["1", "3a"])
+    rows = studies.run_study(
+        shallow, [], quick=True, out_dir=tmp_path, epochs=1, device="cpu", cases=["1", "3a"]
+    )
     by = {(r["case"], r["split"]): r for r in rows}
     assert by["1", "random"]["status"] == "ok"
     # 12 slices, l=8: a blocked split leaves no training window -> recorded, not fatal
@@ -82,8 +90,16 @@ def test_run_study_skips_case_3_without_uncal_and_records_failures(tmp_path):
 
 
 def test_grid_ranks_records_failures_and_resumes(tmp_path, cal, monkeypatch):
-    grid = {"window": [4], "crop": [16], "layers": [3, 5], "hidden": [8], "latent": [3],
-            "epochs": [1], "batch": [4], "lr": [3e-3, 1e-3]}
+    grid = {
+        "window": [4],
+        "crop": [16],
+        "layers": [3, 5],
+        "hidden": [8],
+        "latent": [3],
+        "epochs": [1],
+        "batch": [4],
+        "lr": [3e-3, 1e-3],
+    }
     rows = studies.run_grid(cal, grid, out_dir=tmp_path, device="cpu")
     assert len(rows) == 4
     ok = [r for r in rows if r["status"] == "ok"]
@@ -100,8 +116,11 @@ def test_grid_ranks_records_failures_and_resumes(tmp_path, cal, monkeypatch):
 
     calls = []
     original = studies._train_config
-    monkeypatch.setattr(studies, "_train_config",
-                        lambda config, *a, **k: calls.append(config) or original(config, *a, **k))
+    monkeypatch.setattr(
+        studies,
+        "_train_config",
+        lambda config, *a, **k: calls.append(config) or original(config, *a, **k),
+    )
     again = studies.run_grid(cal, grid, out_dir=tmp_path, device="cpu")
     assert [r["id"] for r in again] == [r["id"] for r in rows]
     assert all(r["reused"] for r in again if r["status"] == "ok")
@@ -147,8 +166,22 @@ def stack_files(tmp_path):
 
 def test_cli_study_without_uncal(tmp_path, stack_files, capsys):
     out = tmp_path / "study"
-    assert cli.main(["study", stack_files[0], "--out", str(out), "--quick", "--epochs", "1",
-                     "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "study",
+                stack_files[0],
+                "--out",
+                str(out),
+                "--quick",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| 1 | CAL | 1 | 8 | random |" in printed and "skipped" in printed
     with (out / "study.csv").open() as handle:
@@ -158,9 +191,28 @@ def test_cli_study_without_uncal(tmp_path, stack_files, capsys):
 
 def test_cli_grid_in_parallel_then_resumed(tmp_path, stack_files, capsys):
     out = tmp_path / "grid"
-    argv = ["grid", stack_files[0], "--out", str(out), "--window", "4", "--crop", "16",
-            "--hidden", "8", "--latent", "3", "--epochs", "1", "--batch", "4",
-            "--lr", "3e-3,1e-3", "--device", "cpu"]
+    argv = [
+        "grid",
+        stack_files[0],
+        "--out",
+        str(out),
+        "--window",
+        "4",
+        "--crop",
+        "16",
+        "--hidden",
+        "8",
+        "--latent",
+        "3",
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--lr",
+        "3e-3,1e-3",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv + ["--workers", "2"]) == 0
     first = capsys.readouterr()
     assert "| 1 |" in first.out and "| 2 |" in first.out
@@ -169,17 +221,23 @@ def test_cli_grid_in_parallel_then_resumed(tmp_path, stack_files, capsys):
     assert second.out.count("reused") == 2
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["grid", "{cal}", "--out", "{out}", "--layers", "3,x"], "whole number"),
-    (["grid", "{cal}", "--out", "{out}", "--lr", "0"], "positive"),
-    (["grid", "{missing}", "--out", "{out}"], "error"),
-    (["study", "{missing}", "--out", "{out}", "--quick"], "error"),
-    (["study", "{cal}", "--out", "{out}", "--epochs", "0"], "at least 1"),
-    (["physics", "{out}", "--max-windows", "-1"], "at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["grid", "{cal}", "--out", "{out}", "--layers", "3,x"], "whole number"),
+        (["grid", "{cal}", "--out", "{out}", "--lr", "0"], "positive"),
+        (["grid", "{missing}", "--out", "{out}"], "error"),
+        (["study", "{missing}", "--out", "{out}", "--quick"], "error"),
+        (["study", "{cal}", "--out", "{out}", "--epochs", "0"], "at least 1"),
+        (["physics", "{out}", "--max-windows", "-1"], "at least 1"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, stack_files, capsys):
-    fill = {"cal": stack_files[0], "out": str(tmp_path / "o"),
-            "missing": str(tmp_path / "missing.tif")}
+    fill = {
+        "cal": stack_files[0],
+        "out": str(tmp_path / "o"),
+        "missing": str(tmp_path / "missing.tif"),
+    }
     argv = [a.format(**fill) for a in argv]
     try:
         code = cli.main(argv)

@@ -24,15 +24,29 @@ def test_without_dask_parallel_work_falls_back_to_the_process_pool(no_dask):
 
 def test_asking_for_a_cluster_without_dask_says_what_to_install(no_dask, tmp_path):
     with pytest.raises(studies.StudyError, match=r"pip install 'napari-electrode-cae\[cluster\]'"):
-        studies.run_grid([make_stack((12, 16, 16))], {"window": [4], "crop": [16]},
-                         out_dir=tmp_path, scheduler="tcp://127.0.0.1:1", device="cpu")
+        studies.run_grid(
+            [make_stack((12, 16, 16))],
+            {"window": [4], "crop": [16]},
+            out_dir=tmp_path,
+            scheduler="tcp://127.0.0.1:1",
+            device="cpu",
+        )
 
 
-def test_without_dask_workers_train_in_a_process_pool_reading_the_shared_stacks(no_dask,
-                                                                               tmp_path):
-    grid = {"window": [4], "stride": [4], "crop": [16], "layers": [3], "hidden": [8],
-            "latent": [2], "epochs": [1], "batch": [2], "lr": [1e-3, 2e-3]}
-    rows = studies.run_grid([make_stack((16, 16, 16))], grid, out_dir=tmp_path, workers=2,
-                            device="cpu")
+def test_without_dask_workers_train_in_a_process_pool_reading_the_shared_stacks(no_dask, tmp_path):
+    grid = {
+        "window": [4],
+        "stride": [4],
+        "crop": [16],
+        "layers": [3],
+        "hidden": [8],
+        "latent": [2],
+        "epochs": [1],
+        "batch": [2],
+        "lr": [1e-3, 2e-3],
+    }
+    rows = studies.run_grid(
+        [make_stack((16, 16, 16))], grid, out_dir=tmp_path, workers=2, device="cpu"
+    )
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert len(list((tmp_path / "stacks").glob("*.npy"))) == 1  # one file, mapped by both

@@ -80,6 +80,7 @@ def test_cbd_is_not_dust(stacks):
 def test_particles_have_the_requested_size():
     small = generate_labels(SHAPE, SyntheticSpec(mean_radius=3.0), seed=0) == 2
     large = generate_labels(SHAPE, SyntheticSpec(mean_radius=8.0), seed=0) == 2
+
     # surface voxels per active voxel falls as the particles grow
     def surface_ratio(active):
         return np.count_nonzero(active & ~ndimage.binary_erosion(active)) / active.sum()
@@ -174,8 +175,10 @@ REALISTIC_SHAPE = (48, 64, 64)
 
 @pytest.fixture(scope="module")
 def realistic_and_cal() -> dict[str, np.ndarray]:
-    return {name: generate_electrode(REALISTIC_SHAPE, name, seed=0).labels
-            for name in ("REALISTIC", "CAL")}
+    return {
+        name: generate_electrode(REALISTIC_SHAPE, name, seed=0).labels
+        for name in ("REALISTIC", "CAL")
+    }
 
 
 def _cbd_clusters_per_voxel(labels: np.ndarray) -> float:
@@ -257,8 +260,23 @@ def test_cli_sample_writes_the_realistic_preset(tmp_path, capsys):
     from napari_electrode_cae.cli import main
     from napari_electrode_cae.core.io import read_stack
 
-    assert main(["sample", str(tmp_path), "--preset", "realistic", "--shape", "16", "32", "32",
-                 "--seed", "2"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(tmp_path),
+                "--preset",
+                "realistic",
+                "--shape",
+                "16",
+                "32",
+                "32",
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_REALISTIC.tif"]
     stack = read_stack(tmp_path / "synthetic_REALISTIC.tif")
     expected = generate_electrode((16, 32, 32), "REALISTIC", seed=2).labels
@@ -271,8 +289,10 @@ def test_cli_sample_without_preset_writes_cal_and_uncal(tmp_path):
     from napari_electrode_cae.cli import main
 
     assert main(["sample", str(tmp_path), "--shape", "8", "16", "16"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_CAL.tif",
-                                                          "synthetic_UNCAL.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "synthetic_CAL.tif",
+        "synthetic_UNCAL.tif",
+    ]
 
 
 def test_cli_sample_rejects_an_unknown_preset_in_one_line(tmp_path, capsys):

@@ -62,8 +62,9 @@ def test_seeded_training_is_reproducible(tiny_stacks):
     states = []
     for _ in range(2):
         model, data = _setup(tiny_stacks, seed=7)
-        result = run_training(model, data, TrainConfig(epochs=2, batch_size=4, lr=1e-3, seed=7,
-                                                       device="cpu"))
+        result = run_training(
+            model, data, TrainConfig(epochs=2, batch_size=4, lr=1e-3, seed=7, device="cpu")
+        )
         states.append((model.state_dict(), [r.val_mse for r in result.history]))
     assert states[0][1] == states[1][1]
     for key in states[0][0]:
@@ -99,15 +100,18 @@ def test_mismatched_windows_and_model_are_refused(tiny_stacks):
         next(train(model, data, TrainConfig(epochs=1, device="cpu")))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(epochs=0), "epochs must be a positive integer"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(lr=-1.0), "learning rate"),
-    (dict(lr=float("nan")), "learning rate"),
-    (dict(val_fraction=1.0), "validation fraction"),
-    (dict(split="diagonal"), "split must be one of"),
-    (dict(device="tpu"), "device must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(epochs=0), "epochs must be a positive integer"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=-1.0), "learning rate"),
+        (dict(lr=float("nan")), "learning rate"),
+        (dict(val_fraction=1.0), "validation fraction"),
+        (dict(split="diagonal"), "split must be one of"),
+        (dict(device="tpu"), "device must be one of"),
+    ],
+)
 def test_bad_train_config(kwargs, message):
     with pytest.raises(TrainConfigError, match=message):
         TrainConfig(**kwargs)
@@ -124,8 +128,9 @@ def test_device_resolution():
 def test_explicit_split_is_used(tiny_stacks):
     model, data = _setup(tiny_stacks)
     train_idx, val_idx = split(data, 0.3, seed=1, mode="blocked")
-    result = run_training(model, data, TrainConfig(epochs=1, device="cpu"),
-                          train_idx=train_idx, val_idx=val_idx)
+    result = run_training(
+        model, data, TrainConfig(epochs=1, device="cpu"), train_idx=train_idx, val_idx=val_idx
+    )
     np.testing.assert_array_equal(result.val_idx, val_idx)
 
 
@@ -145,7 +150,8 @@ def test_resume_reaches_the_same_weights_and_history(tiny_stacks, tmp_path):
     resumed = run_training(model, data, config, checkpoint_dir=tmp_path, resume=True)
     assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
     assert [r.val_mse for r in resumed.history] == pytest.approx(
-        [r.val_mse for r in full.history], rel=1e-6)
+        [r.val_mse for r in full.history], rel=1e-6
+    )
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, full_state[key])
 

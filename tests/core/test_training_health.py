@@ -20,7 +20,6 @@ from napari_electrode_cae.core import (
 )
 from napari_electrode_cae.core.health import diagnose
 from napari_electrode_cae.core.training import TimeEstimate, lr_factor
-
 from tests.conftest import make_stack
 
 SPEC = WindowSpec(4, 2, crop=16)
@@ -41,8 +40,7 @@ def test_an_absurd_learning_rate_diverges_stops_and_keeps_the_initial_weights():
     seed_everything(0)
     model = ConvAutoEncoder3d(4, 16, 3, 16, 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = run_training(model, _data(), TrainConfig(epochs=5, batch_size=4, lr=1e8,
-                                                      device="cpu"))
+    result = run_training(model, _data(), TrainConfig(epochs=5, batch_size=4, lr=1e8, device="cpu"))
     assert result.diverged and result.stopped
     assert len(result.history) < 5  # stopped at the first non-finite epoch
     assert "diverged" in result.health.message and "learning rate" in result.health.advice
@@ -52,9 +50,17 @@ def test_an_absurd_learning_rate_diverges_stops_and_keeps_the_initial_weights():
 def test_every_epoch_reports_nmse_and_spread():
     seed_everything(0)
     model = ConvAutoEncoder3d(4, 16, 3, 16, 4, norm="batch", output="phases")
-    config = TrainConfig(epochs=2, batch_size=4, lr=1e-3, device="cpu", warmup_epochs=1,
-                         schedule="cosine", grad_clip=1.0, windows_per_epoch=8,
-                         phase_loss="ce_dice")
+    config = TrainConfig(
+        epochs=2,
+        batch_size=4,
+        lr=1e-3,
+        device="cpu",
+        warmup_epochs=1,
+        schedule="cosine",
+        grad_clip=1.0,
+        windows_per_epoch=8,
+        phase_loss="ce_dice",
+    )
     result = run_training(model, _data(), config)
     for report in result.history:
         assert 0 < report.val_nmse < 5 and 0 <= report.spread < 5
@@ -67,16 +73,18 @@ def test_windows_per_epoch_bounds_the_batches_of_an_epoch():
     seed_everything(0)
     model = ConvAutoEncoder3d(4, 16, 3, 16, 4)
     config = TrainConfig(epochs=1, batch_size=2, device="cpu", windows_per_epoch=6)
-    batches = [r for r in train(model, _data(), config, yield_batches=True)
-               if isinstance(r, BatchReport)]
+    batches = [
+        r for r in train(model, _data(), config, yield_batches=True) if isinstance(r, BatchReport)
+    ]
     assert len(batches) == 3 and batches[0].batches == 3
 
 
 def test_weighted_cross_entropy_trains_a_three_phase_model():
     seed_everything(0)
     model = ConvAutoEncoder3d(4, 16, 3, 16, 4, output="phases")
-    result = run_training(model, _data(), TrainConfig(epochs=1, batch_size=4, device="cpu",
-                                                      phase_loss="weighted_ce"))
+    result = run_training(
+        model, _data(), TrainConfig(epochs=1, batch_size=4, device="cpu", phase_loss="weighted_ce")
+    )
     assert math.isfinite(result.history[0].train_mse)
 
 
@@ -89,9 +97,16 @@ def test_warm_up_rises_to_the_rate_and_cosine_decays_to_zero():
     assert lr_factor(50, 10, constant) == 1.0
 
 
-@pytest.mark.parametrize("field, value", [("windows_per_epoch", -1), ("warmup_epochs", 1.5),
-                                          ("grad_clip", -1.0), ("schedule", "step"),
-                                          ("phase_loss", "focal")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("windows_per_epoch", -1),
+        ("warmup_epochs", 1.5),
+        ("grad_clip", -1.0),
+        ("schedule", "step"),
+        ("phase_loss", "focal"),
+    ],
+)
 def test_bad_training_options_are_refused_with_the_field(field, value):
     with pytest.raises(TrainConfigError, match=field):
         TrainConfig(**{field: value})
@@ -115,16 +130,49 @@ def stack_file(tmp_path):
 
 
 def _train_cli(stack_file, out, *extra):
-    return cli.main(["train", str(stack_file), "--out", str(out), "--window", "4",
-                     "--stride", "2", "--crop", "16", "--epochs", "1", "--batch", "4",
-                     "--hidden", "16", "--latent", "4", "--device", "cpu", *extra])
+    return cli.main(
+        [
+            "train",
+            str(stack_file),
+            "--out",
+            str(out),
+            "--window",
+            "4",
+            "--stride",
+            "2",
+            "--crop",
+            "16",
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--hidden",
+            "16",
+            "--latent",
+            "4",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
-def test_cli_diverged_run_warns_exits_non_zero_and_is_flagged_in_json(stack_file, tmp_path,
-                                                                       capsys):
+def test_cli_diverged_run_warns_exits_non_zero_and_is_flagged_in_json(stack_file, tmp_path, capsys):
     out = tmp_path / "run"
-    code = _train_cli(stack_file, out, "--lr", "1e9", "--norm", "none", "--output", "value",
-                      "--grad-clip", "0", "--warmup-epochs", "0")
+    code = _train_cli(
+        stack_file,
+        out,
+        "--lr",
+        "1e9",
+        "--norm",
+        "none",
+        "--output",
+        "value",
+        "--grad-clip",
+        "0",
+        "--warmup-epochs",
+        "0",
+    )
     err = capsys.readouterr().err
     assert code == cli.EXIT_DIVERGED
     assert "warning: training diverged" in err and "learning rate" in err
@@ -134,8 +182,7 @@ def test_cli_diverged_run_warns_exits_non_zero_and_is_flagged_in_json(stack_file
     assert summary["diverged"] is True
 
 
-def test_cli_collapsed_run_warns_and_is_flagged_in_json(stack_file, tmp_path, capsys,
-                                                        monkeypatch):
+def test_cli_collapsed_run_warns_and_is_flagged_in_json(stack_file, tmp_path, capsys, monkeypatch):
     # force a collapse: a model whose decoder ends in zero weights outputs one constant value
     from napari_electrode_cae.core import model as model_module
 
@@ -176,7 +223,8 @@ def test_cli_evaluate_json_has_the_documented_keys(stack_file, tmp_path, capsys)
 
 
 def test_cli_one_channel_run_saves_fitted_thresholds_and_the_paper_rule_on_request(
-        stack_file, tmp_path):
+    stack_file, tmp_path
+):
     from napari_electrode_cae.core import load_run
 
     fitted = tmp_path / "fitted"
@@ -187,8 +235,9 @@ def test_cli_one_channel_run_saves_fitted_thresholds_and_the_paper_rule_on_reque
     assert load_run(nearest).model.phase_rule.name == "nearest"
 
 
-def test_cli_reports_windows_batches_and_a_time_estimate_before_training(stack_file, tmp_path,
-                                                                          capsys):
+def test_cli_reports_windows_batches_and_a_time_estimate_before_training(
+    stack_file, tmp_path, capsys
+):
     assert _train_cli(stack_file, tmp_path / "run", "--epochs", "2") == 0
     err = capsys.readouterr().err
     assert "2 epochs of" in err and "batches of 4" in err
@@ -205,8 +254,9 @@ def test_batch_norm_refuses_a_batch_of_one_and_drops_a_last_batch_of_one():
     config = TrainConfig(epochs=1, batch_size=4, device="cpu", windows_per_epoch=9)
     assert windows_per_epoch(20, config, "batch") == 8
     assert windows_per_epoch(20, config, "group") == 9
-    batches = [r for r in train(model, _data(), config, yield_batches=True)
-               if isinstance(r, BatchReport)]
+    batches = [
+        r for r in train(model, _data(), config, yield_batches=True) if isinstance(r, BatchReport)
+    ]
     assert len(batches) == 2  # 9 windows in batches of 4: the one left over is dropped
 
 
@@ -245,7 +295,11 @@ def test_time_estimate_is_reported_once_for_short_epochs():
 
 
 def test_cli_summary_shows_the_model_options(capsys):
-    assert cli.main(["summary", "--window", "4", "--crop", "32", "--norm", "batch",
-                     "--output", "phases"]) == 0
+    assert (
+        cli.main(
+            ["summary", "--window", "4", "--crop", "32", "--norm", "batch", "--output", "phases"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "BatchNorm3d" in out and "[-1, 3, 4, 32, 32]" in out

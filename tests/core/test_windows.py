@@ -11,7 +11,6 @@ from napari_electrode_cae.core import (
     count_windows,
     split,
 )
-
 from tests.conftest import make_stack
 
 
@@ -33,8 +32,9 @@ def test_count_windows_follows_the_paper(length, stride_is_length, depth):
 def test_count_windows_too_thin_is_zero_and_dataset_refuses():
     assert count_windows(3, 4, 1) == 0
     with pytest.raises(WindowSpecError, match="window length 24 exceeds the depth 16"):
-        WindowDataset([ElectrodeStack(np.zeros((16, 8, 8), np.uint8), name="s")],
-                      WindowSpec(24, 1, crop=8))
+        WindowDataset(
+            [ElectrodeStack(np.zeros((16, 8, 8), np.uint8), name="s")], WindowSpec(24, 1, crop=8)
+        )
 
 
 def test_in_plane_tiles_and_origins():
@@ -53,7 +53,7 @@ def test_windows_are_views_not_copies(tiny_stack):
         view = data.view(i)
         assert np.shares_memory(view, tiny_stack.labels)
         s, z, y, x = data.origin(i)
-        np.testing.assert_array_equal(view, tiny_stack.labels[z:z + 4, y:y + 16, x:x + 16])
+        np.testing.assert_array_equal(view, tiny_stack.labels[z : z + 4, y : y + 16, x : x + 16])
     # only the index grid is stored: 4 int64 per window
     assert data.grid.nbytes == len(data) * 4 * 8
 
@@ -76,13 +76,16 @@ def test_memory_of_a_stride_one_dataset_is_small():
     assert data.grid.nbytes < 0.01 * stack.labels.nbytes
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(length=0), "length must be at least 1"),
-    (dict(length=4, stride=0), "stride must be at least 1"),
-    (dict(length=4, stride=-2), "stride must be at least 1"),
-    (dict(length=4, crop=0), "crop must be at least 1"),
-    (dict(length=4.5), "must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(length=0), "length must be at least 1"),
+        (dict(length=4, stride=0), "stride must be at least 1"),
+        (dict(length=4, stride=-2), "stride must be at least 1"),
+        (dict(length=4, crop=0), "crop must be at least 1"),
+        (dict(length=4.5), "must be an integer"),
+    ],
+)
 def test_bad_window_specs(kwargs, message):
     with pytest.raises(WindowSpecError, match=message):
         WindowSpec(**kwargs)
@@ -121,10 +124,18 @@ def test_blocked_split_never_shares_a_slice(length, stride):
         assert len(train) and len(val)
         assert set(train).isdisjoint(val)
         for s in range(2):
-            val_slices = {z for i in val if data.origin(i)[0] == s
-                          for z in range(data.origin(i)[1], data.origin(i)[1] + length)}
-            train_slices = {z for i in train if data.origin(i)[0] == s
-                            for z in range(data.origin(i)[1], data.origin(i)[1] + length)}
+            val_slices = {
+                z
+                for i in val
+                if data.origin(i)[0] == s
+                for z in range(data.origin(i)[1], data.origin(i)[1] + length)
+            }
+            train_slices = {
+                z
+                for i in train
+                if data.origin(i)[0] == s
+                for z in range(data.origin(i)[1], data.origin(i)[1] + length)
+            }
             assert val_slices, "each stack contributes validation windows"
             assert val_slices.isdisjoint(train_slices)
 

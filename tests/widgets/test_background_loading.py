@@ -16,7 +16,6 @@ from napari_electrode_cae._widgets.data_panel import DataPanel
 from napari_electrode_cae._widgets.main_widget import ElectrodeCAEWidget
 from napari_electrode_cae._widgets.state import CAEState, ModelSettings
 from napari_electrode_cae._widgets.training_panel import TrainingPanel
-
 from tests.conftest import make_stack
 
 SHAPE = (12, 32, 32)
@@ -146,8 +145,9 @@ def test_layer_changed_while_converting_drops_the_stale_result(panel, qtbot, big
     np.testing.assert_array_equal(state.stacks[0].labels, new_data)
 
 
-def test_layer_renamed_while_converting_keeps_its_result_under_its_new_name(panel, qtbot, big,
-                                                                           monkeypatch):
+def test_layer_renamed_while_converting_keeps_its_result_under_its_new_name(
+    panel, qtbot, big, monkeypatch
+):
     viewer, state, data_panel = panel
     gate = Gate(monkeypatch)
     layer = add_electrode(viewer, name="before")
@@ -173,8 +173,7 @@ def test_layer_removed_while_converting_is_forgotten(panel, qtbot, big, notes, m
     assert notes["error"] == []
 
 
-def test_mapping_set_on_a_big_layer_is_applied_in_a_worker(panel, qtbot, big, notes,
-                                                           monkeypatch):
+def test_mapping_set_on_a_big_layer_is_applied_in_a_worker(panel, qtbot, big, notes, monkeypatch):
     viewer, state, data_panel = panel
     ids = make_stack(SHAPE).labels
     stored = np.array([0, 170, 85], dtype=np.uint8)[ids]
@@ -257,8 +256,9 @@ def test_shutdown_while_converting_waits_and_drops_the_result(panel, qtbot, big,
 
 def make_run_folder(path, names=("cal", "uncal")):
     """A run folder of an untrained tiny model on two small stacks."""
-    stacks = [make_stack(SHAPE, seed=i, name=name, calendered=i == 0)
-              for i, name in enumerate(names)]
+    stacks = [
+        make_stack(SHAPE, seed=i, name=name, calendered=i == 0) for i, name in enumerate(names)
+    ]
     dataset = core.WindowDataset(stacks, WINDOW)
     train_idx, val_idx = core.split(dataset, 0.25, 0, "random")
     model_config = ModelSettings(conv_layers=3, hidden=16, latent_dim=3).model_config(WINDOW)
@@ -292,8 +292,9 @@ def wait_not_busy(qtbot, panel) -> None:
     qtbot.waitUntil(lambda: not panel.is_busy, timeout=WAIT_MS)
 
 
-def test_open_run_reads_the_folder_in_a_worker(make_napari_viewer, qtbot, notes, tmp_path,
-                                               monkeypatch):
+def test_open_run_reads_the_folder_in_a_worker(
+    make_napari_viewer, qtbot, notes, tmp_path, monkeypatch
+):
     run_dir = make_run_folder(tmp_path / "run")
     gate = RunGate(monkeypatch)
     state = CAEState()
@@ -318,8 +319,9 @@ def test_open_run_reads_the_folder_in_a_worker(make_napari_viewer, qtbot, notes,
     panel.shutdown()
 
 
-def test_open_run_of_a_bad_folder_reports_the_core_error(make_napari_viewer, qtbot, notes,
-                                                         tmp_path):
+def test_open_run_of_a_bad_folder_reports_the_core_error(
+    make_napari_viewer, qtbot, notes, tmp_path
+):
     state = CAEState()
     panel = TrainingPanel(make_napari_viewer(), state)
     run_dir = make_run_folder(tmp_path / "run")
@@ -336,8 +338,9 @@ def test_open_run_of_a_bad_folder_reports_the_core_error(make_napari_viewer, qtb
     panel.shutdown()
 
 
-def test_a_run_opened_meanwhile_replaces_the_one_being_read(make_napari_viewer, qtbot, notes,
-                                                            tmp_path, monkeypatch):
+def test_a_run_opened_meanwhile_replaces_the_one_being_read(
+    make_napari_viewer, qtbot, notes, tmp_path, monkeypatch
+):
     first = make_run_folder(tmp_path / "first", names=("a", "b"))
     second = make_run_folder(tmp_path / "second", names=("c", "d"))
     gate = RunGate(monkeypatch)
@@ -356,8 +359,9 @@ def test_a_run_opened_meanwhile_replaces_the_one_being_read(make_napari_viewer, 
     panel.shutdown()
 
 
-def test_shutdown_while_opening_a_run_changes_nothing(make_napari_viewer, notes, tmp_path,
-                                                      monkeypatch):
+def test_shutdown_while_opening_a_run_changes_nothing(
+    make_napari_viewer, notes, tmp_path, monkeypatch
+):
     run_dir = make_run_folder(tmp_path / "run")
     gate = RunGate(monkeypatch)
     state = CAEState()
@@ -374,8 +378,9 @@ def test_shutdown_while_opening_a_run_changes_nothing(make_napari_viewer, notes,
 
 
 @pytest.mark.parametrize("big_layers", [True, False], ids=["big", "small"])
-def test_opened_run_keeps_its_dataset(make_napari_viewer, qtbot, notes, tmp_path, monkeypatch,
-                                      big_layers):
+def test_opened_run_keeps_its_dataset(
+    make_napari_viewer, qtbot, notes, tmp_path, monkeypatch, big_layers
+):
     """The whole widget: the Data panel converts the run's layers (in the background if big)
     and then shows them checked, and another layer unchecked, without rebuilding the run's
     dataset (nor writing the state from inside the Windows panel's outline-layer insert)."""
@@ -399,8 +404,9 @@ def test_opened_run_keeps_its_dataset(make_napari_viewer, qtbot, notes, tmp_path
         assert state.stack_layers == ("cal", "uncal") and state.dataset is dataset
         used = {e.layer.name: e.used for e in data_panel.entries}
         assert used == {"other": False, "cal": True, "uncal": True}
-        assert all(s.labels is viewer.layers[n].data
-                   for s, n in zip(state.stacks, state.stack_layers))
+        assert all(
+            s.labels is viewer.layers[n].data for s, n in zip(state.stacks, state.stack_layers)
+        )
         assert state.model_version == 1 and state.latents.shape[0] == len(dataset)
         assert other.name in viewer.layers
     finally:

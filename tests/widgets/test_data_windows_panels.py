@@ -11,7 +11,6 @@ from napari_electrode_cae import _layers, core
 from napari_electrode_cae._widgets.data_panel import DataPanel
 from napari_electrode_cae._widgets.state import CAEState
 from napari_electrode_cae._widgets.windows_panel import SIDE_COLORS, WindowsPanel, box_edges
-
 from tests.conftest import make_stack
 
 SHAPE = (12, 32, 32)

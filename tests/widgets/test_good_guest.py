@@ -15,8 +15,10 @@ import napari_electrode_cae
 from napari_electrode_cae import _layers
 from napari_electrode_cae._launch import PLUGIN_NAME, WIDGET_NAME, launch
 
-from .test_live_decode_inline import make_state
-from .test_live_decode_inline import model  # noqa: F401 (the shared module-scoped fixture)
+from .test_live_decode_inline import (
+    make_state,
+    model,  # noqa: F401 (the shared module-scoped fixture)
+)
 
 WAIT_MS = 20_000
 PLUGIN_DIR = str(Path(napari_electrode_cae.__file__).parent)
@@ -37,8 +39,9 @@ def docked_from_plugins_menu(viewer):
     return widget
 
 
-def test_docking_from_the_plugins_menu_changes_no_process_wide_state(make_napari_viewer,
-                                                                      qtbot, no_freeze):
+def test_docking_from_the_plugins_menu_changes_no_process_wide_state(
+    make_napari_viewer, qtbot, no_freeze
+):
     threads = torch.get_num_threads()
     viewer = make_napari_viewer()
     viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="someone else's layer")
@@ -68,13 +71,17 @@ def test_only_the_gui_launcher_freezes_the_garbage_collector(qtbot, no_freeze):
 
 def napari_warnings(caught) -> list[str]:
     """Future/deprecation warnings raised from the plugin's code or by napari itself."""
-    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
-            if issubclass(w.category, (FutureWarning, DeprecationWarning))
-            and (w.filename.startswith(PLUGIN_DIR) or w.filename.startswith(NAPARI_DIR))]
+    return [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (FutureWarning, DeprecationWarning))
+        and (w.filename.startswith(PLUGIN_DIR) or w.filename.startswith(NAPARI_DIR))
+    ]
 
 
 def test_a_latent_slider_decode_raises_no_napari_deprecation_warnings(
-        make_napari_viewer, qtbot, model):  # noqa: F811 (the fixture)
+    make_napari_viewer, qtbot, model
+):  # noqa: F811 (the fixture)
     viewer = make_napari_viewer()
     widget = docked_from_plugins_menu(viewer)
     panel = widget.latent_panel
@@ -82,14 +89,14 @@ def test_a_latent_slider_decode_raises_no_napari_deprecation_warnings(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             state = make_state(model)
-            for name in ("stacks", "stack_layers", "window", "val_fraction", "model",
-                         "latents"):
+            for name in ("stacks", "stack_layers", "window", "val_fraction", "model", "latents"):
                 setattr(widget.state, name, getattr(state, name))
             widget.state.rebuild_dataset()
             widget.state.latents = state.latents
             widget.state.model_version += 1
-            qtbot.waitUntil(lambda: panel.idle and _layers.DECODED_LAYER in viewer.layers,
-                            timeout=WAIT_MS)
+            qtbot.waitUntil(
+                lambda: panel.idle and _layers.DECODED_LAYER in viewer.layers, timeout=WAIT_MS
+            )
             slider = panel.sliders[0]
             for value in (slider.maximum(), slider.minimum()):
                 slider.setValue(float(value))  # inline or in the runner, as estimated

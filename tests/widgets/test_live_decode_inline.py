@@ -11,8 +11,8 @@ from napari_electrode_cae._widgets import latent_panel as latent_panel_module
 from napari_electrode_cae._widgets.latent_panel import LatentPanel, update_labels_in_place
 from napari_electrode_cae._widgets.live_decoder import decode_latent
 from napari_electrode_cae._widgets.state import CAEState
-
 from tests.conftest import make_stack
+
 from .test_results_latent_panels import decode_directly
 
 SPEC = core.WindowSpec(length=4, stride=2, crop=16)
@@ -22,8 +22,9 @@ WAIT_MS = 20_000
 @pytest.fixture(scope="module")
 def model():
     core.seed_everything(0)
-    return core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=16,
-                                  latent_dim=3).eval()
+    return core.ConvAutoEncoder3d(
+        window_length=4, crop=16, conv_layers=3, hidden=16, latent_dim=3
+    ).eval()
 
 
 def make_state(model) -> CAEState:
@@ -40,20 +41,17 @@ def make_state(model) -> CAEState:
     return state
 
 
-
 def settled_panel(viewer, qtbot, model, **kwargs) -> LatentPanel:
     """A panel whose first decode (always in the runner) is shown."""
     panel = LatentPanel(viewer, make_state(model), **kwargs)
-    qtbot.waitUntil(lambda: _layers.DECODED_LAYER in viewer.layers and panel.idle,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: _layers.DECODED_LAYER in viewer.layers and panel.idle, timeout=WAIT_MS)
     assert panel.decoder.jobs_run == 1 and panel.inline_decodes == 0
     assert panel.decode_estimate_s is not None and panel.decode_estimate_s > 0
     return panel
 
 
 # ------------------------------------------------------------------------ in-place updates
-def test_update_labels_in_place_keeps_the_array_and_notifies_data_listeners(
-        make_napari_viewer):
+def test_update_labels_in_place_keeps_the_array_and_notifies_data_listeners(make_napari_viewer):
     viewer = make_napari_viewer()
     first = np.zeros((4, 16, 16), np.uint8)
     layer = _layers.add_phase_labels(viewer, first.copy(), _layers.DECODED_LAYER, 0.4)
@@ -102,7 +100,8 @@ def test_cheap_decodes_run_inline_in_the_turn_of_the_move(make_napari_viewer, qt
 
 
 def test_many_moves_in_one_turn_decode_the_first_and_then_only_the_last(
-        make_napari_viewer, qtbot, model):
+    make_napari_viewer, qtbot, model
+):
     viewer = make_napari_viewer()
     panel = settled_panel(viewer, qtbot, model, inline_max_s=10.0)
     layer = viewer.layers[_layers.DECODED_LAYER]
@@ -163,8 +162,9 @@ def test_a_new_model_decodes_first_in_the_worker(make_napari_viewer, qtbot, mode
     viewer = make_napari_viewer()
     panel = settled_panel(viewer, qtbot, model, inline_max_s=10.0)
     state = panel.state
-    state.model = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=16,
-                                         latent_dim=3).eval()
+    state.model = core.ConvAutoEncoder3d(
+        window_length=4, crop=16, conv_layers=3, hidden=16, latent_dim=3
+    ).eval()
     state.latents = core.encode_windows(state.model, state.dataset)
     state.model_version += 1  # its first decode: oneDNN kernels, not on the GUI thread
     assert panel.decode_estimate_s is None and not panel.decodes_inline
@@ -172,13 +172,13 @@ def test_a_new_model_decodes_first_in_the_worker(make_napari_viewer, qtbot, mode
     assert panel.inline_decodes == 0 and panel.decoder.jobs_run == 2
     assert panel.decodes_inline
     layer = viewer.layers[_layers.DECODED_LAYER]
-    np.testing.assert_array_equal(layer.data,
-                                  decode_directly(state.model, panel.latent_vector()))
+    np.testing.assert_array_equal(layer.data, decode_directly(state.model, panel.latent_vector()))
     panel.shutdown()
 
 
 def test_a_worker_result_overtaken_by_an_inline_decode_is_dropped(
-        make_napari_viewer, qtbot, model, monkeypatch):
+    make_napari_viewer, qtbot, model, monkeypatch
+):
     import threading
 
     viewer = make_napari_viewer()

@@ -13,9 +13,9 @@ from napari_electrode_cae._widgets.loss_plot import (
     TRAIN_COLOR,
     VAL_COLOR,
     LossPlot,
+    MSEAxis,
     ladder_above,
     ladder_below,
-    MSEAxis,
     plot_limits,
 )
 from napari_electrode_cae.core import EpochReport
@@ -69,8 +69,7 @@ def test_ladders_and_limits():
     assert y_limits == pytest.approx((0.02, 0.5))
     # no history / no positive value: default axes
     assert plot_limits(np.zeros(0), np.zeros(0)) == ((0.5, 10.5), (0.01, 1.0))
-    assert plot_limits(np.arange(1.0, 3.0), np.array([np.nan, -1.0, 0.0, np.inf]))[1] == (
-        0.01, 1.0)
+    assert plot_limits(np.arange(1.0, 3.0), np.array([np.nan, -1.0, 0.0, np.inf]))[1] == (0.01, 1.0)
 
 
 def test_mse_axis_labels_fewer_ticks_the_more_decades_it_spans(qtbot):

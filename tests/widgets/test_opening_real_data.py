@@ -13,7 +13,6 @@ from napari_electrode_cae import _layers, core
 from napari_electrode_cae._reader import read_electrode_stacks
 from napari_electrode_cae._widgets.data_panel import DataPanel
 from napari_electrode_cae._widgets.state import CAEState
-
 from tests.conftest import make_stack
 
 SHAPE = (12, 32, 32)
@@ -99,7 +98,10 @@ def test_override_in_stored_values_is_accepted_for_reader_opened_layer(panel, re
     data_panel.apply_mapping_button.click()
     swapped = np.array([0, 2, 1], dtype=np.uint8)[ids]
     assert entry.error == "" and state.stacks[0].phase_mapping == {
-        0: "pore", 85: "cbd", 170: "active"}
+        0: "pore",
+        85: "cbd",
+        170: "active",
+    }
     np.testing.assert_array_equal(state.stacks[0].labels, swapped)
     np.testing.assert_array_equal(layer.data, before)
     assert "colours still show" in data_panel.details_label.text()
@@ -125,8 +127,9 @@ def test_stored_value_mapping_travels_with_the_layer(panel, real_file, qtbot):
     try:
         data, kwargs, kind = layer.as_layer_data_tuple()
         assert kind == "labels"
-        other.add_labels(data, metadata=kwargs["metadata"], name=kwargs["name"],
-                         scale=kwargs["scale"])
+        other.add_labels(
+            data, metadata=kwargs["metadata"], name=kwargs["name"], scale=kwargs["scale"]
+        )
         assert other_state.stacks[0].phase_mapping == STORED_MAPPING
         other_panel.set_phase_mapping(layer.name, {0: "pore", 85: "active", 170: "cbd"})
         assert entry_named(other_panel, layer.name).error == ""
@@ -160,8 +163,12 @@ def test_default_reader_image_is_used_in_one_click_at_the_plugins_voxel_size(pan
     np.testing.assert_array_equal(stack.labels, ids)
     assert button.isHidden()  # nothing left to adopt
     # the adopted layer's mapping is shown, and overridden, in the file's stored values
-    assert MAPPING_TEXT in data_panel.table.item(
-        data_panel.entries.index(entry_named(data_panel, adopted.name)), 4).text()
+    assert (
+        MAPPING_TEXT
+        in data_panel.table.item(
+            data_panel.entries.index(entry_named(data_panel, adopted.name)), 4
+        ).text()
+    )
 
 
 def test_default_reader_image_alone_takes_the_default_voxel_size(panel, real_file):
@@ -237,8 +244,7 @@ def test_both_readers_in_a_real_viewer(make_napari_viewer, real_file, qtbot):
 
 
 @pytest.mark.parametrize("override", [None, {0: "pore", 85: "cbd", 170: "active"}])
-def test_run_of_a_reader_opened_stack_reads_the_file_back(panel, real_file, tmp_path,
-                                                         override):
+def test_run_of_a_reader_opened_stack_reads_the_file_back(panel, real_file, tmp_path, override):
     """The run records the mapping in the file's stored values, so reopening it reads the
     file as it was used (recorded as phase ids 0/1/2, the file's 85/170 would not map)."""
     viewer, state, data_panel = panel
@@ -249,10 +255,10 @@ def test_run_of_a_reader_opened_stack_reads_the_file_back(panel, real_file, tmp_
     stack = state.stacks[0]
     assert stack.source == str(path)
     data = core.WindowDataset([stack], core.WindowSpec(length=4, stride=4, crop=16))
-    model = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=4,
-                                   latent_dim=2)
-    run_dir = core.save_run(tmp_path / "run", model, data, core.TrainConfig(epochs=1),
-                            [0, 1], [2], latents=False)
+    model = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=4, latent_dim=2)
+    run_dir = core.save_run(
+        tmp_path / "run", model, data, core.TrainConfig(epochs=1), [0, 1], [2], latents=False
+    )
     reread = core.load_run(run_dir).load_dataset().stacks[0]
     assert reread.phase_mapping == (override or STORED_MAPPING)
     np.testing.assert_array_equal(reread.labels, stack.labels)

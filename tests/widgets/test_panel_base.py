@@ -19,8 +19,9 @@ from .test_training_panel import WAIT_MS, tiny_state, wait_idle
 
 def test_worker_set_delivers_a_result_and_forgets_the_worker(qtbot):
     workers, results, finished = WorkerSet(), [], []
-    worker = workers.create(lambda x: x * 2, 21, on_returned=results.append,
-                            on_finished=lambda: finished.append(True))
+    worker = workers.create(
+        lambda x: x * 2, 21, on_returned=results.append, on_finished=lambda: finished.append(True)
+    )
     assert workers.busy and not worker.is_running  # made, not started
     worker.start()
     qtbot.waitUntil(lambda: not workers.busy, timeout=WAIT_MS)
@@ -107,8 +108,9 @@ def test_stop_makes_the_phase_stopping_then_done(make_napari_viewer, qtbot, erro
     panel.shutdown()
 
 
-def test_a_failing_training_ends_in_the_failed_phase(make_napari_viewer, qtbot, errors,
-                                                    monkeypatch):
+def test_a_failing_training_ends_in_the_failed_phase(
+    make_napari_viewer, qtbot, errors, monkeypatch
+):
     def failing_train(*args, **kwargs):
         raise core.TrainConfigError("no luck")
         yield  # a generator, as core.train

@@ -19,7 +19,6 @@ from napari_electrode_cae._widgets.physics_panel import (
 )
 from napari_electrode_cae._widgets.results_panel import NO_MODEL_MESSAGE
 from napari_electrode_cae._widgets.state import CAEState
-
 from tests.conftest import make_stack
 
 SPEC = core.WindowSpec(length=4, stride=2, crop=16)
@@ -30,13 +29,14 @@ TAU_ROW = len(METRIC_ROWS) - 1
 @pytest.fixture(scope="module")
 def trained():
     """(stacks, model, latents) of a 1-epoch model on two 12x32x32 stacks (CAL and UNCAL)."""
-    stacks = [make_stack((12, 32, 32), seed=0, name="cal"),
-              make_stack((12, 32, 32), seed=1, name="uncal", calendered=False)]
+    stacks = [
+        make_stack((12, 32, 32), seed=0, name="cal"),
+        make_stack((12, 32, 32), seed=1, name="uncal", calendered=False),
+    ]
     data = core.WindowDataset(stacks, SPEC)
     core.seed_everything(0)
     model = core.ConvAutoEncoder3d(4, 16, 3, 16, 3)
-    core.run_training(model, data, core.TrainConfig(epochs=1, batch_size=4, lr=1e-3,
-                                                    device="cpu"))
+    core.run_training(model, data, core.TrainConfig(epochs=1, batch_size=4, lr=1e-3, device="cpu"))
     model.eval()
     return stacks, model, core.encode_windows(model, data)
 
@@ -168,8 +168,9 @@ def test_correlations_heatmap_strongest_and_export(qtbot, panel_and_state, train
     assert corr == tmp_path / "physics_correlations.csv"
     with open(written, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 and sorted(int(r["window"]) for r in rows) == \
-        sorted(result.indices.tolist())
+    assert len(rows) == 12 and sorted(int(r["window"]) for r in rows) == sorted(
+        result.indices.tolist()
+    )
     assert "pore_fraction" in rows[0] and rows[0]["split"] in ("train", "val")
     with open(corr, newline="") as f:
         assert len(list(csv.DictReader(f))) == k * len(names)
@@ -213,8 +214,12 @@ def test_shutdown_leaves_no_running_worker(make_napari_viewer, qtbot, trained):
     panel.compute_correlations()
     panel.shutdown()
     assert not panel._corr_guard.running
-    for runner in (panel._window_runner, panel._window_tau_runner, panel._decoded_runner,
-                   panel._decoded_tau_runner):
+    for runner in (
+        panel._window_runner,
+        panel._window_tau_runner,
+        panel._decoded_runner,
+        panel._decoded_tau_runner,
+    ):
         assert not runner.worker_alive
     assert not panel._tau_timer.isActive()
     wait_correlations(qtbot, panel)  # the quit worker still reports finished

@@ -11,7 +11,6 @@ import pytest
 from napari_electrode_cae import _reader, core
 from napari_electrode_cae._layers import METADATA_KEY
 from napari_electrode_cae.core.stack import PHASE_COLORS
-
 from tests.conftest import make_stack
 
 PLUGIN = "napari-electrode-cae"
@@ -32,9 +31,9 @@ def manifest():
 
 
 def test_manifest_is_discovered_from_the_installed_package(manifest):
-    import napari_electrode_cae
-
     from npe2 import PluginManifest
+
+    import napari_electrode_cae
 
     assert manifest.display_name == "Electrode CAE"
     assert manifest.package_metadata.name == "napari-electrode-cae"
@@ -167,8 +166,11 @@ def test_viewer_opens_tiff_and_slice_folder_with_the_plugin(make_napari_viewer, 
     assert from_folder.name == "nmc_UNCAL_slices"
     # the inferred mapping (CBD = least abundant non-pore value) recovers the phases
     np.testing.assert_array_equal(from_folder.data, stack.labels)
-    assert from_folder.metadata[METADATA_KEY]["phase_mapping"] == {0: "pore", 85: "active",
-                                                                  170: "cbd"}
+    assert from_folder.metadata[METADATA_KEY]["phase_mapping"] == {
+        0: "pore",
+        85: "active",
+        170: "cbd",
+    }
 
 
 def test_viewer_opens_npy_with_the_plugin(make_napari_viewer, tmp_path):
@@ -229,8 +231,9 @@ def test_sample_data_opens_as_phase_labels(make_napari_viewer, key, tags):
     layers = viewer.open_sample(PLUGIN, key)
     assert [layer.metadata[METADATA_KEY]["calendered"] for layer in layers] == tags
     for layer in layers:
-        _check_phase_layer(layer, core.DEFAULT_VOXEL_SIZE_UM, layer.metadata[METADATA_KEY]
-                           ["calendered"])
+        _check_phase_layer(
+            layer, core.DEFAULT_VOXEL_SIZE_UM, layer.metadata[METADATA_KEY]["calendered"]
+        )
         assert layer.data.shape == (48, 96, 96)
         assert set(np.unique(layer.data).tolist()) == {0, 1, 2}
     assert [layer.name for layer in layers] == [
@@ -261,7 +264,9 @@ def test_sample_data_equal_the_shipped_files(preset):
     read = core.read_stack(shipped)
     np.testing.assert_array_equal(made.labels, read.labels)
     assert (made.calendered, made.voxel_size_um, made.name) == (
-        read.calendered, read.voxel_size_um, read.name
+        read.calendered,
+        read.voxel_size_um,
+        read.name,
     )
 
 
@@ -337,16 +342,20 @@ def test_launch_opens_a_run_folder_in_the_train_panel(fixture_viewers, tmp_path,
         widget.shutdown()
 
 
-def test_launch_opens_the_run_once_a_large_stack_is_converted(fixture_viewers, tmp_path,
-                                                              monkeypatch, qtbot):
+def test_launch_opens_the_run_once_a_large_stack_is_converted(
+    fixture_viewers, tmp_path, monkeypatch, qtbot
+):
     from napari_electrode_cae._launch import launch
     from napari_electrode_cae._widgets import data_panel
     from napari_electrode_cae._widgets.training_panel import TrainingPanel
 
     monkeypatch.setattr(data_panel, "SYNC_CONVERT_MAX_VOXELS", 10)  # convert in the background
     opened = []
-    monkeypatch.setattr(TrainingPanel, "open_run",
-                        lambda self, path: opened.append((path, self.state.converting_layers)))
+    monkeypatch.setattr(
+        TrainingPanel,
+        "open_run",
+        lambda self, path: opened.append((path, self.state.converting_layers)),
+    )
     path = core.write_stack(tmp_path / "big_CAL.tif", make_stack(shape=(4, 8, 8)))
     viewer, widget = launch([path], run_dir=tmp_path, show=False)
     try:
@@ -393,16 +402,17 @@ def test_gui_command_reads_stacks_then_launches_and_runs(monkeypatch, tmp_path, 
 
     calls.clear()  # a run folder brings its own stacks: no sample stacks beside them
     assert cli.main(["gui", "--run", str(run_dir)]) == 0
-    assert calls[0] == (([],), {"run_dir": run_dir, "sample": False, "show": True,
-                                "freeze_gc": True})
+    assert calls[0] == (
+        ([],),
+        {"run_dir": run_dir, "sample": False, "show": True, "freeze_gc": True},
+    )
     calls.clear()
     assert cli.main(["gui"]) == 0
     assert calls[0][1]["sample"] is True
 
     calls.clear()
     assert cli.main(["gui", "--no-sample"]) == 0
-    assert calls[0] == (([],), {"run_dir": None, "sample": False, "show": True,
-                                "freeze_gc": True})
+    assert calls[0] == (([],), {"run_dir": None, "sample": False, "show": True, "freeze_gc": True})
 
 
 def test_gui_command_reports_bad_input_in_one_line(tmp_path, capsys):

@@ -16,12 +16,14 @@ def rng():
 
 def test_segmented_stacks_are_claimed(tmp_path, rng):
     np.save(tmp_path / "labels.npy", rng.integers(0, 3, (6, 16, 16), dtype=np.uint8))
-    tifffile.imwrite(tmp_path / "stored.tif",
-                     (rng.integers(0, 3, (6, 16, 16)) * 85).astype(np.uint8))
+    tifffile.imwrite(
+        tmp_path / "stored.tif", (rng.integers(0, 3, (6, 16, 16)) * 85).astype(np.uint8)
+    )
     (tmp_path / "slices").mkdir()
     for z in range(3):
-        tifffile.imwrite(tmp_path / "slices" / f"s{z}.tif",
-                         (rng.integers(0, 3, (16, 16)) * 127).astype(np.uint8))
+        tifffile.imwrite(
+            tmp_path / "slices" / f"s{z}.tif", (rng.integers(0, 3, (16, 16)) * 127).astype(np.uint8)
+        )
     for name in ("labels.npy", "stored.tif", "slices"):
         assert _reader.napari_get_reader(str(tmp_path / name)) is _reader.read_electrode_stacks
 
@@ -31,14 +33,23 @@ def test_grey_level_colour_and_2d_images_are_left_to_napari(tmp_path, rng):
     tifffile.imwrite(tmp_path / "grey.tif", rng.integers(0, 255, (6, 16, 16), dtype=np.uint8))
     tifffile.imwrite(tmp_path / "float.tif", rng.random((4, 16, 16), dtype=np.float32))
     tifffile.imwrite(tmp_path / "one_slice.tif", rng.integers(0, 3, (16, 16), dtype=np.uint8))
-    tifffile.imwrite(tmp_path / "rgb.tif", rng.integers(0, 3, (16, 16, 3), dtype=np.uint8),
-                     photometric="rgb")
+    tifffile.imwrite(
+        tmp_path / "rgb.tif", rng.integers(0, 3, (16, 16, 3), dtype=np.uint8), photometric="rgb"
+    )
     np.save(tmp_path / "flat.npy", rng.integers(0, 3, (16, 16), dtype=np.uint8))
     (tmp_path / "grey_slices").mkdir()
-    tifffile.imwrite(tmp_path / "grey_slices" / "s0.tif",
-                     rng.integers(0, 255, (16, 16), dtype=np.uint8))
-    for name in ("grey.npy", "grey.tif", "float.tif", "one_slice.tif", "rgb.tif", "flat.npy",
-                 "grey_slices"):
+    tifffile.imwrite(
+        tmp_path / "grey_slices" / "s0.tif", rng.integers(0, 255, (16, 16), dtype=np.uint8)
+    )
+    for name in (
+        "grey.npy",
+        "grey.tif",
+        "float.tif",
+        "one_slice.tif",
+        "rgb.tif",
+        "flat.npy",
+        "grey_slices",
+    ):
         assert _reader.napari_get_reader(str(tmp_path / name)) is None, name
 
 

@@ -9,26 +9,26 @@ def test_updating_a_layer_of_the_same_shape_keeps_the_layer(make_napari_viewer):
     viewer = make_napari_viewer()
     labels = np.zeros((4, 16, 16), np.uint8)
     layer = _layers.add_phase_labels(viewer, labels, "window: original", 0.4)
-    again = _layers.add_phase_labels(viewer, np.ones((4, 16, 16), np.uint8),
-                                     "window: original", 0.4)
+    again = _layers.add_phase_labels(
+        viewer, np.ones((4, 16, 16), np.uint8), "window: original", 0.4
+    )
     assert again is layer and len(viewer.layers) == 1
     assert int(layer.data.max()) == 1
 
 
-def test_first_results_collect_garbage_in_a_turn_of_their_own(make_napari_viewer, qtbot,
-                                                              monkeypatch):
+def test_first_results_collect_garbage_in_a_turn_of_their_own(
+    make_napari_viewer, qtbot, monkeypatch
+):
     """A full collection runs once before the window layers are made (not amid them), not
     again for a later result that only replaces the layers' data, and again before a layer
     has to be made anew."""
     import gc
-
-    from napari_electrode_cae import core
     from types import SimpleNamespace
 
+    from napari_electrode_cae import core
     from napari_electrode_cae._widgets import results_panel
     from napari_electrode_cae._widgets.results_panel import ResultsPanel
     from napari_electrode_cae._widgets.state import CAEState
-
     from tests.conftest import make_stack
 
     stack = make_stack((12, 32, 32), seed=0, name="tiny")
@@ -52,13 +52,17 @@ def test_first_results_collect_garbage_in_a_turn_of_their_own(make_napari_viewer
     monkeypatch.setattr(results_panel, "gc", SimpleNamespace(collect=collect))
     turns = []
     real_step = panel._apply_step
-    monkeypatch.setattr(panel, "_apply_step", lambda: turns.append(
-        (len(collections), len(viewer.layers))) or real_step())
+    monkeypatch.setattr(
+        panel,
+        "_apply_step",
+        lambda: turns.append((len(collections), len(viewer.layers))) or real_step(),
+    )
     panel._steps._step = panel._apply_step
     state.model = core.ConvAutoEncoder3d(4, 16, 3, 8, 2).eval()
     state.model_version += 1
-    qtbot.waitUntil(lambda: panel.idle and _layers.RECONSTRUCTION_LAYER in viewer.layers,
-                    timeout=20_000)
+    qtbot.waitUntil(
+        lambda: panel.idle and _layers.RECONSTRUCTION_LAYER in viewer.layers, timeout=20_000
+    )
     assert len(collections) == 1
     layers_then, _ = collections[0]
     assert layers_then == 1  # before any window layer
@@ -72,7 +76,6 @@ def test_first_results_collect_garbage_in_a_turn_of_their_own(make_napari_viewer
 
     viewer.layers.remove(_layers.ORIGINAL_LAYER)  # the user deletes one: the next result
     panel.window_spin.setValue(2)  # makes it again, after a collection of its own
-    qtbot.waitUntil(lambda: panel.idle and _layers.ORIGINAL_LAYER in viewer.layers,
-                    timeout=20_000)
+    qtbot.waitUntil(lambda: panel.idle and _layers.ORIGINAL_LAYER in viewer.layers, timeout=20_000)
     assert len(collections) == 2
     panel.shutdown()

@@ -6,8 +6,10 @@ from __future__ import annotations
 from napari_electrode_cae import _layers
 from napari_electrode_cae._widgets.main_widget import ElectrodeCAEWidget
 
-from .test_live_decode_inline import make_state
-from .test_live_decode_inline import model  # noqa: F401 (the shared module-scoped fixture)
+from .test_live_decode_inline import (
+    make_state,
+    model,  # noqa: F401 (the shared module-scoped fixture)
+)
 
 WAIT_MS = 20_000
 RESULT_LAYERS = (_layers.ORIGINAL_LAYER, _layers.RECONSTRUCTION_LAYER, _layers.DECODED_LAYER)
@@ -24,8 +26,7 @@ def final_model(widget, model):  # noqa: F811 (the fixture)
     widget.state.model_version += 1
 
 
-def test_result_layers_wait_while_the_train_tab_is_shown(make_napari_viewer, qtbot,
-                                                         model):  # noqa: F811
+def test_result_layers_wait_while_the_train_tab_is_shown(make_napari_viewer, qtbot, model):  # noqa: F811
     viewer = make_napari_viewer()
     widget = ElectrodeCAEWidget(viewer)
     viewer.window.add_dock_widget(widget)
@@ -36,15 +37,18 @@ def test_result_layers_wait_while_the_train_tab_is_shown(make_napari_viewer, qtb
         assert not any(name in viewer.layers for name in RESULT_LAYERS)
         assert not viewer.grid.enabled
         widget.tabs.setCurrentWidget(widget.results_panel)
-        qtbot.waitUntil(lambda: all(name in viewer.layers for name in RESULT_LAYERS)
-                        and widget.results_panel.idle, timeout=WAIT_MS)
+        qtbot.waitUntil(
+            lambda: (
+                all(name in viewer.layers for name in RESULT_LAYERS) and widget.results_panel.idle
+            ),
+            timeout=WAIT_MS,
+        )
         assert viewer.grid.enabled  # side by side, as when results arrive on that tab
     finally:
         widget.shutdown()
 
 
-def test_result_layers_are_made_at_once_on_other_tabs(make_napari_viewer, qtbot,
-                                                      model):  # noqa: F811
+def test_result_layers_are_made_at_once_on_other_tabs(make_napari_viewer, qtbot, model):  # noqa: F811
     viewer = make_napari_viewer()
     widget = ElectrodeCAEWidget(viewer)
     viewer.window.add_dock_widget(widget)
@@ -52,8 +56,9 @@ def test_result_layers_are_made_at_once_on_other_tabs(make_napari_viewer, qtbot,
         widget.tabs.setCurrentWidget(widget.training_panel)
         widget.tabs.setCurrentWidget(widget.windows_panel)  # left the Train tab: released
         final_model(widget, model)
-        qtbot.waitUntil(lambda: all(name in viewer.layers for name in RESULT_LAYERS),
-                        timeout=WAIT_MS)
+        qtbot.waitUntil(
+            lambda: all(name in viewer.layers for name in RESULT_LAYERS), timeout=WAIT_MS
+        )
     finally:
         widget.shutdown()
 

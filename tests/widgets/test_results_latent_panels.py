@@ -27,7 +27,6 @@ from napari_electrode_cae._widgets.results_panel import (
     window_at,
 )
 from napari_electrode_cae._widgets.state import CAEState
-
 from tests.conftest import make_stack
 
 SPEC = core.WindowSpec(length=4, stride=2, crop=16)
@@ -40,8 +39,7 @@ def trained():
     stack = make_stack((12, 32, 32), seed=0, name="tiny")
     data = core.WindowDataset([stack], SPEC)
     core.seed_everything(0)
-    model = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=16,
-                                   latent_dim=3)
+    model = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=16, latent_dim=3)
     config = core.TrainConfig(epochs=2, batch_size=4, lr=1e-3, device="cpu")
     result = core.run_training(model, data, config)
     model.eval()
@@ -146,8 +144,9 @@ def test_thread_runner_gives_its_pool_thread_back_when_idle(qtbot, monkeypatch):
     results = []
     runner = ThreadRunner(results.append)
     runner.submit(abs, -1)
-    qtbot.waitUntil(lambda: runner.idle and not runner.worker_alive and runner._worker is None,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: runner.idle and not runner.worker_alive and runner._worker is None, timeout=WAIT_MS
+    )
     runner.submit(abs, -2)  # starts a new serving worker
     qtbot.waitUntil(lambda: runner.idle, timeout=WAIT_MS)
     runner.shutdown()
@@ -203,12 +202,14 @@ def test_results_panel_shows_window_side_by_side(make_napari_viewer, qtbot, trai
     stack, model, _, report = trained
     viewer = make_napari_viewer()
     viewer.add_labels(stack.labels, name=stack.name, scale=(stack.voxel_size_um,) * 3)
-    outline = viewer.add_shapes([np.array([[0, 0], [0, 5], [5, 5]])], shape_type="path",
-                                name=_layers.WINDOW_OUTLINE_LAYER)
+    outline = viewer.add_shapes(
+        [np.array([[0, 0], [0, 5], [5, 5]])], shape_type="path", name=_layers.WINDOW_OUTLINE_LAYER
+    )
     state = make_state(trained)
     panel = ResultsPanel(viewer, state)
-    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle, timeout=WAIT_MS
+    )
     outline.visible = True  # the Windows panel re-shows its outline on each selection
     assert not outline.visible and viewer.canvas.grid.shape == (1, 2)
     original = viewer.layers[_layers.ORIGINAL_LAYER]
@@ -226,8 +227,7 @@ def test_results_panel_shows_window_side_by_side(make_napari_viewer, qtbot, trai
     target = int(state.split.val[0]) if int(state.split.val[0]) != 0 else int(state.split.val[-1])
     state.selected_window = target
     assert panel.window_spin.value() == target
-    qtbot.waitUntil(lambda: panel.idle and panel._last_result.index == target,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: panel.idle and panel._last_result.index == target, timeout=WAIT_MS)
     assert viewer.layers[_layers.RECONSTRUCTION_LAYER] is recon
     np.testing.assert_array_equal(original.data, state.dataset.view(target))
     expected = core.snap_to_phases(core.reconstruct(model, state.dataset[target]))
@@ -239,8 +239,10 @@ def test_results_panel_shows_window_side_by_side(make_napari_viewer, qtbot, trai
     panel.values_check.setChecked(True)
     qtbot.waitUntil(lambda: panel.idle, timeout=WAIT_MS)
     assert viewer.layers[_layers.RECONSTRUCTION_VALUES_LAYER].data.dtype == np.float32
-    assert viewer.layers.index(_layers.RECONSTRUCTION_VALUES_LAYER) \
+    assert (
+        viewer.layers.index(_layers.RECONSTRUCTION_VALUES_LAYER)
         == viewer.layers.index(_layers.RECONSTRUCTION_LAYER) + 1
+    )
     assert viewer.canvas.grid.shape == (1, 3)
     panel.side_by_side_check.setChecked(False)
     assert not viewer.canvas.grid.enabled and viewer.layers[stack.name].visible
@@ -250,13 +252,15 @@ def test_results_panel_shows_window_side_by_side(make_napari_viewer, qtbot, trai
     panel.shutdown()
 
 
-def test_side_by_side_3d_starts_tilted_and_keeps_the_users_rotation(make_napari_viewer, qtbot,
-                                                                     trained):
+def test_side_by_side_3d_starts_tilted_and_keeps_the_users_rotation(
+    make_napari_viewer, qtbot, trained
+):
     viewer = make_napari_viewer()
     state = make_state(trained)
     panel = ResultsPanel(viewer, state)
-    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle, timeout=WAIT_MS
+    )
     assert viewer.canvas.grid.enabled
     camera = viewer_camera(viewer)
     panel.three_d_check.setChecked(True)
@@ -266,8 +270,9 @@ def test_side_by_side_3d_starts_tilted_and_keeps_the_users_rotation(make_napari_
     # the user turns the volumes; the next window keeps that view
     camera.angles = (10.0, -40.0, 25.0)
     state.selected_window = int(state.split.val[0]) or int(state.split.val[-1])
-    qtbot.waitUntil(lambda: panel.idle and panel._last_result.index == state.selected_window,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: panel.idle and panel._last_result.index == state.selected_window, timeout=WAIT_MS
+    )
     assert np.allclose(camera.angles, (10.0, -40.0, 25.0))
 
     # back to 2D and to 3D again: tilted again; leaving and re-entering side by side too
@@ -284,16 +289,21 @@ def test_side_by_side_3d_starts_tilted_and_keeps_the_users_rotation(make_napari_
 
 
 @pytest.mark.parametrize("ndisplay", [2, 3])
-def test_side_by_side_camera_fits_the_windows_not_a_large_stack(make_napari_viewer, qtbot,
-                                                                trained, ndisplay):
+def test_side_by_side_camera_fits_the_windows_not_a_large_stack(
+    make_napari_viewer, qtbot, trained, ndisplay
+):
     viewer = make_napari_viewer()
     viewer.dims.ndisplay = ndisplay
-    big = viewer.add_labels(np.zeros((64, 256, 256), np.uint8), name="big stack",
-                            scale=(core.DEFAULT_VOXEL_SIZE_UM,) * 3)
+    big = viewer.add_labels(
+        np.zeros((64, 256, 256), np.uint8),
+        name="big stack",
+        scale=(core.DEFAULT_VOXEL_SIZE_UM,) * 3,
+    )
     state = make_state(trained)
     panel = ResultsPanel(viewer, state)
-    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle, timeout=WAIT_MS
+    )
     assert viewer.canvas.grid.enabled and not big.visible
     camera = viewer_camera(viewer)
     zoom = camera.zoom
@@ -306,11 +316,13 @@ def test_window_layers_keep_their_grid_order(make_napari_viewer, qtbot, trained)
     """A decoded layer made first (the Latents panel was faster) stays right of the others."""
     viewer = make_napari_viewer()
     state = make_state(trained)
-    decoded = _layers.add_phase_labels(viewer, np.zeros((4, 16, 16), np.uint8),
-                                       _layers.DECODED_LAYER, 1.0)
+    decoded = _layers.add_phase_labels(
+        viewer, np.zeros((4, 16, 16), np.uint8), _layers.DECODED_LAYER, 1.0
+    )
     panel = ResultsPanel(viewer, state)
-    qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle, timeout=WAIT_MS
+    )
     names = [layer.name for layer in viewer.layers]
     assert names == [_layers.ORIGINAL_LAYER, _layers.RECONSTRUCTION_LAYER, _layers.DECODED_LAYER]
     assert viewer.layers[_layers.DECODED_LAYER] is decoded
@@ -337,9 +349,14 @@ def test_results_panel_spin_random_and_click_select_windows(make_napari_viewer, 
     assert z <= 9 < z + 4 and y <= 20 < y + 16 and x <= 3 < x + 16
     assert panel.select_window_at(np.array([100.0, 0.0, 0.0])) is None
     # the viewer mouse callback: a click selects, a drag (pan) does not
-    click = SimpleNamespace(button=1, modifiers=(), type="mouse_press", view_direction=None,
-                            dims_displayed=[1, 2],
-                            position=np.array([1, 2, 20]) * stack.voxel_size_um)
+    click = SimpleNamespace(
+        button=1,
+        modifiers=(),
+        type="mouse_press",
+        view_direction=None,
+        dims_displayed=[1, 2],
+        position=np.array([1, 2, 20]) * stack.voxel_size_um,
+    )
     for moves in (1, 0):
         press = panel._on_mouse_drag(viewer, click)
         next(press)
@@ -352,8 +369,14 @@ def test_results_panel_spin_random_and_click_select_windows(make_napari_viewer, 
         click.type = "mouse_press"
         picked = state.dataset.origin(state.selected_window)
         assert (picked[3] <= 20 < picked[3] + 16) == (moves == 0)
-    qtbot.waitUntil(lambda: panel.idle and panel._last_result is not None
-                    and panel._last_result.index == state.selected_window, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: (
+            panel.idle
+            and panel._last_result is not None
+            and panel._last_result.index == state.selected_window
+        ),
+        timeout=WAIT_MS,
+    )
     panel.shutdown()
 
 
@@ -368,8 +391,7 @@ def test_latent_panel_sliders_decode_live(make_napari_viewer, qtbot, trained):
     state.model_version += 1
     assert len(panel.sliders) == model.config.latent_dim
     np.testing.assert_allclose(panel.latent_vector(), latents[0], atol=1e-2)
-    qtbot.waitUntil(lambda: _layers.DECODED_LAYER in viewer.layers and panel.idle,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: _layers.DECODED_LAYER in viewer.layers and panel.idle, timeout=WAIT_MS)
     layer = viewer.layers[_layers.DECODED_LAYER]
     assert layer.data.shape == (4, 16, 16)
 
@@ -412,8 +434,9 @@ def test_panels_wait_while_a_new_model_is_trained(make_napari_viewer, qtbot, tra
     state = make_state(trained)
     results, latent = ResultsPanel(viewer, state), LatentPanel(viewer, state)
     qtbot.waitUntil(lambda: results.idle and latent.idle, timeout=WAIT_MS)
-    training = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=16,
-                                      latent_dim=2)
+    training = core.ConvAutoEncoder3d(
+        window_length=4, crop=16, conv_layers=3, hidden=16, latent_dim=2
+    )
     state.model, state.latents, state.report = training, None, None
     assert results.status_label.text() == MODEL_PENDING_MESSAGE
     assert latent.status_label.text() == MODEL_PENDING_MESSAGE
@@ -423,8 +446,15 @@ def test_panels_wait_while_a_new_model_is_trained(make_napari_viewer, qtbot, tra
     state.latents = core.encode_windows(training, state.dataset)
     state.model_version += 1  # training finished
     assert len(latent.sliders) == 2 and latent.slider_box.isEnabled()
-    qtbot.waitUntil(lambda: results.idle and latent.idle and results._last_result is not None
-                    and results._last_result.index == 1, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: (
+            results.idle
+            and latent.idle
+            and results._last_result is not None
+            and results._last_result.index == 1
+        ),
+        timeout=WAIT_MS,
+    )
     assert results.status_label.text().startswith("showing window 1")
     results.shutdown()
     latent.shutdown()
@@ -463,8 +493,9 @@ def test_window_layers_are_made_once_and_reused(make_napari_viewer, qtbot, train
         return results.idle and latent.idle
 
     names = (_layers.ORIGINAL_LAYER, _layers.RECONSTRUCTION_LAYER, _layers.DECODED_LAYER)
-    qtbot.waitUntil(lambda: all(name in viewer.layers for name in names) and settled(),
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: all(name in viewer.layers for name in names) and settled(), timeout=WAIT_MS
+    )
     assert viewer.canvas.grid.enabled and viewer.canvas.grid.shape == (1, 3)
     assert not viewer.layers[stack.name].visible
     layers = [viewer.layers[name] for name in names]
@@ -484,8 +515,7 @@ def test_window_layers_are_made_once_and_reused(make_napari_viewer, qtbot, train
     index = state.selected_window
     expected = core.snap_to_phases(core.reconstruct(second, state.dataset[index]))
     np.testing.assert_array_equal(layers[1].data, expected)
-    np.testing.assert_array_equal(layers[2].data,
-                                  decode_directly(second, latent.latent_vector()))
+    np.testing.assert_array_equal(layers[2].data, decode_directly(second, latent.latent_vector()))
     np.testing.assert_allclose(latent.latent_vector(), second_latents[index], atol=1e-2)
     assert viewer.canvas.grid.shape == (1, 3)
     results.shutdown()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from napari.components import ViewerModel
 
@@ -11,7 +10,6 @@ from napari_electrode_cae import _layers, core
 from napari_electrode_cae._widgets.data_panel import DataPanel
 from napari_electrode_cae._widgets.results_panel import ResultsPanel, viewer_camera
 from napari_electrode_cae._widgets.state import CAEState
-
 from tests.conftest import make_stack
 
 SPEC = core.WindowSpec(length=4, stride=4, crop=16)
@@ -23,10 +21,12 @@ def model():
     """A 1-epoch model for 4×16×16 windows (what it learnt does not matter here)."""
     stack = make_stack((12, 32, 32), seed=0)
     core.seed_everything(0)
-    net = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=8,
-                                 latent_dim=2)
-    core.run_training(net, core.WindowDataset([stack], SPEC),
-                      core.TrainConfig(epochs=1, batch_size=4, lr=1e-3, device="cpu"))
+    net = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=8, latent_dim=2)
+    core.run_training(
+        net,
+        core.WindowDataset([stack], SPEC),
+        core.TrainConfig(epochs=1, batch_size=4, lr=1e-3, device="cpu"),
+    )
     return net.eval()
 
 
@@ -82,8 +82,9 @@ def test_2d_side_by_side_on_a_48_slice_stack(make_napari_viewer, qtbot, model):
     state.selected_window = last  # the deepest window: slices 44-47
     panel = ResultsPanel(viewer, state)
     try:
-        qtbot.waitUntil(lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle,
-                        timeout=WAIT_MS)
+        qtbot.waitUntil(
+            lambda: _layers.RECONSTRUCTION_LAYER in viewer.layers and panel.idle, timeout=WAIT_MS
+        )
         assert viewer.canvas.grid.enabled and viewer.dims.ndisplay == 2
         assert viewer.dims.nsteps[0] == 48
         _, z, _, _ = state.dataset.origin(last)

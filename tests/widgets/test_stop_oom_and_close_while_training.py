@@ -6,7 +6,6 @@ stride 2, crop 16, hidden 16, latent 3). Every test waits for its workers.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,6 @@ from napari_electrode_cae import core
 from napari_electrode_cae._widgets import ElectrodeCAEWidget
 from napari_electrode_cae._widgets import training_panel as training_panel_module
 from napari_electrode_cae._widgets.state import ModelSettings
-
 from tests.conftest import make_stack
 
 WAIT_MS = 30_000
@@ -46,8 +44,9 @@ def docked_widget(viewer, epochs: int, batch_size: int = 2) -> ElectrodeCAEWidge
     state.split_mode = "random"  # the batch counts below are those of the paper's split
     state.rebuild_dataset()
     state.model_settings = ModelSettings(conv_layers=3, hidden=16, latent_dim=3)
-    state.train_config = core.TrainConfig(epochs=epochs, batch_size=batch_size, lr=3e-3,
-                                          device="cpu")
+    state.train_config = core.TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=3e-3, device="cpu"
+    )
     assert state.dataset is not None and len(state.dataset) == 40
     return widget
 
@@ -58,8 +57,7 @@ def assert_no_workers_left(qtbot) -> None:
     A pool thread counts as active until it has returned from the finished runnable, a moment
     after the worker's own signals, so wait for the count rather than sampling it once.
     """
-    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not WorkerBase._worker_set, timeout=WAIT_MS)
 
 
@@ -97,8 +95,7 @@ def test_stop_at_random_moments_again_and_again(make_napari_viewer, qtbot, error
             if panel.is_busy:  # evaluating: train again and stop at once
                 panel.train_button.click()
         else:
-            qtbot.waitUntil(lambda w=wait: len(reports) >= w or not state.training,
-                            timeout=WAIT_MS)
+            qtbot.waitUntil(lambda w=wait: len(reports) >= w or not state.training, timeout=WAIT_MS)
         if state.training:
             panel.stop_button.click()
             assert not panel.stop_button.isEnabled()
@@ -130,19 +127,21 @@ class _OutOfMemoryAfter:
 
 
 @pytest.mark.parametrize("fail_at", [3, 25], ids=["first-epoch", "second-epoch"])
-def test_out_of_memory_is_shown_and_ends_training(make_napari_viewer, qtbot, errors,
-                                                  monkeypatch, fail_at):
+def test_out_of_memory_is_shown_and_ends_training(
+    make_napari_viewer, qtbot, errors, monkeypatch, fail_at
+):
     forward = _OutOfMemoryAfter(fail_at)
-    monkeypatch.setattr(core.ConvAutoEncoder3d, "forward",
-                        lambda model, x: forward(model, x))
+    monkeypatch.setattr(core.ConvAutoEncoder3d, "forward", lambda model, x: forward(model, x))
     viewer = make_napari_viewer()
     widget = docked_widget(viewer, epochs=5)  # 17 batches per epoch
     panel, state = widget.training_panel, widget.state
     panel.train_button.click()
     qtbot.waitUntil(lambda: not panel.is_busy, timeout=WAIT_MS)
 
-    expected = ("ran out of memory on cpu during training with batch 2 of 4x16x16 windows; "
-                "try a smaller batch (e.g. 1) or crop")
+    expected = (
+        "ran out of memory on cpu during training with batch 2 of 4x16x16 windows; "
+        "try a smaller batch (e.g. 1) or crop"
+    )
     assert errors == [expected]
     assert expected in panel.status_label.text()  # still there after the evaluation
     check_idle_and_best(panel, state)

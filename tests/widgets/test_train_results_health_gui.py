@@ -50,19 +50,20 @@ def panels(make_napari_viewer, state: CAEState) -> tuple[TrainingPanel, ResultsP
 
 
 def one_value_paper_model(state: CAEState, rule: str = "fitted") -> None:
-    state.model_settings = dataclasses.replace(state.model_settings, norm="none",
-                                               output="value", phase_rule=rule)
+    state.model_settings = dataclasses.replace(
+        state.model_settings, norm="none", output="value", phase_rule=rule
+    )
 
 
 def train_and_show(qtbot, train: TrainingPanel, results: ResultsPanel) -> None:
     train.train_button.click()
     wait_idle(qtbot, train)
-    qtbot.waitUntil(lambda: results.idle and results._last_result is not None,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: results.idle and results._last_result is not None, timeout=WAIT_MS)
 
 
 def test_a_diverged_run_is_flagged_in_both_tabs_and_saved_as_such(
-        make_napari_viewer, qtbot, errors, tmp_path):
+    make_napari_viewer, qtbot, errors, tmp_path
+):
     state = tiny_state(epochs=3, batch_size=8)
     one_value_paper_model(state)
     train, results = panels(make_napari_viewer, state)
@@ -100,7 +101,8 @@ def test_a_diverged_run_is_flagged_in_both_tabs_and_saved_as_such(
 
 
 def test_a_collapsed_run_is_flagged_from_the_third_epoch_and_in_the_results(
-        make_napari_viewer, qtbot, errors, constant_decoder, tmp_path):
+    make_napari_viewer, qtbot, errors, constant_decoder, tmp_path
+):
     state = tiny_state(epochs=4, batch_size=8)
     one_value_paper_model(state)
     train, results = panels(make_napari_viewer, state)
@@ -117,8 +119,14 @@ def test_a_collapsed_run_is_flagged_from_the_third_epoch_and_in_the_results(
     assert errors == []
     # Train hides the warning, each epoch updates it (not before the third), then the
     # evaluation of all validation windows confirms it
-    assert shown == [(0, None), (1, None), (2, None), (3, "collapsed"), (4, "collapsed"),
-                     (4, "collapsed")]
+    assert shown == [
+        (0, None),
+        (1, None),
+        (2, None),
+        (3, "collapsed"),
+        (4, "collapsed"),
+        (4, "collapsed"),
+    ]
     warning = train.health_warning
     assert "collapsed to the mean" in warning and "learning rate" in warning
     assert "f0a030" in train.health_label.styleSheet()  # orange
@@ -135,8 +143,7 @@ def test_a_collapsed_run_is_flagged_from_the_third_epoch_and_in_the_results(
     results.shutdown()
 
 
-def test_results_tab_shows_the_phases_of_all_validation_windows(make_napari_viewer, qtbot,
-                                                                errors):
+def test_results_tab_shows_the_phases_of_all_validation_windows(make_napari_viewer, qtbot, errors):
     state = tiny_state(epochs=2, batch_size=8)  # the quick preset's three-phase output
     train, results = panels(make_napari_viewer, state)
     train_and_show(qtbot, train, results)
@@ -152,9 +159,11 @@ def test_results_tab_shows_the_phases_of_all_validation_windows(make_napari_view
     for phase, label in (("pore", "Pore"), ("cbd", "CBD"), ("active", "Active")):
         row = texts.index(label)
         iou = p.phase_iou[phase]
-        assert texts[row + 1:row + 4] == [f"{fractions['original'][phase]:.1%}",
-                                          f"{fractions['reconstruction'][phase]:.1%}",
-                                          f"{iou:.2f}" if iou == iou else "–"]
+        assert texts[row + 1 : row + 4] == [
+            f"{fractions['original'][phase]:.1%}",
+            f"{fractions['reconstruction'][phase]:.1%}",
+            f"{iou:.2f}" if iou == iou else "–",
+        ]
     assert f"{p.voxel_accuracy:.1%}" in texts
     assert any(f"{p.val_nmse:.3f}" in text for text in texts)
     tpb = p.tpb_density_per_um2
@@ -171,12 +180,16 @@ def test_results_tab_shows_the_phases_of_all_validation_windows(make_napari_view
     results.shutdown()
 
 
-@pytest.mark.parametrize("output, unfitted, fitted_text, unfitted_text", [
-    ("value", "nearest", "thresholds fitted to the training fractions", "nearest value"),
-    ("phases", "argmax", "argmax with offsets fitted to the training fractions", "argmax"),
-])
-def test_models_use_the_chosen_phase_rule(make_napari_viewer, qtbot, errors, output, unfitted,
-                                          fitted_text, unfitted_text):
+@pytest.mark.parametrize(
+    "output, unfitted, fitted_text, unfitted_text",
+    [
+        ("value", "nearest", "thresholds fitted to the training fractions", "nearest value"),
+        ("phases", "argmax", "argmax with offsets fitted to the training fractions", "argmax"),
+    ],
+)
+def test_models_use_the_chosen_phase_rule(
+    make_napari_viewer, qtbot, errors, output, unfitted, fitted_text, unfitted_text
+):
     state = tiny_state(epochs=1, batch_size=8)
     one_value_paper_model(state, "fitted")
     state.model_settings = dataclasses.replace(state.model_settings, output=output)
@@ -197,8 +210,9 @@ def test_models_use_the_chosen_phase_rule(make_napari_viewer, qtbot, errors, out
     train.shutdown()
 
 
-def test_evaluation_counts_the_windows_in_the_progress_bar(make_napari_viewer, qtbot, errors,
-                                                           monkeypatch):
+def test_evaluation_counts_the_windows_in_the_progress_bar(
+    make_napari_viewer, qtbot, errors, monkeypatch
+):
     monkeypatch.setattr(training_panel_module, "EVALUATION_POLL_MS", 10)
     seen = threading.Event()
     evaluate = core.evaluate
@@ -213,8 +227,9 @@ def test_evaluation_counts_the_windows_in_the_progress_bar(make_napari_viewer, q
     train = TrainingPanel(make_napari_viewer(), state)
     train.train_button.click()
     try:
-        qtbot.waitUntil(lambda: train.progress_bar.text() == "evaluating 3 / 99 windows",
-                        timeout=WAIT_MS)
+        qtbot.waitUntil(
+            lambda: train.progress_bar.text() == "evaluating 3 / 99 windows", timeout=WAIT_MS
+        )
     finally:
         seen.set()
     wait_idle(qtbot, train)
@@ -225,8 +240,7 @@ def test_evaluation_counts_the_windows_in_the_progress_bar(make_napari_viewer, q
     train.shutdown()
 
 
-def test_batch_norm_with_a_batch_of_one_window_is_refused_up_front(make_napari_viewer,
-                                                                   errors):
+def test_batch_norm_with_a_batch_of_one_window_is_refused_up_front(make_napari_viewer, errors):
     state = tiny_state(epochs=1, batch_size=1)  # crop 16: a 1×1 bottleneck
     assert state.model_settings.norm == "batch"
     train = TrainingPanel(make_napari_viewer(), state)

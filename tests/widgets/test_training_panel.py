@@ -21,7 +21,6 @@ from napari_electrode_cae._widgets.training_panel import (
     TrainingPanel,
     history_from_rows,
 )
-
 from tests.conftest import make_stack
 
 TINY_WINDOW = core.WindowSpec(length=4, stride=2, crop=16)
@@ -39,14 +38,17 @@ def errors(monkeypatch) -> list[str]:
 def tiny_state(epochs: int = 2, batch_size: int = 8, shape=(12, 32, 32)) -> CAEState:
     """Two small stacks, window 4 / stride 2 / crop 16, hidden 16, latent 3."""
     state = CAEState()
-    state.stacks = (make_stack(shape, seed=0, name="cal"),
-                    make_stack(shape, seed=1, name="uncal", calendered=False))
+    state.stacks = (
+        make_stack(shape, seed=0, name="cal"),
+        make_stack(shape, seed=1, name="uncal", calendered=False),
+    )
     state.stack_layers = ("cal", "uncal")
     state.window = TINY_WINDOW
     state.rebuild_dataset()
     state.model_settings = ModelSettings(conv_layers=3, hidden=16, latent_dim=3)
-    state.train_config = core.TrainConfig(epochs=epochs, batch_size=batch_size, lr=3e-3,
-                                          device="cpu")
+    state.train_config = core.TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=3e-3, device="cpu"
+    )
     return state
 
 
@@ -90,8 +92,9 @@ def test_train_runs_evaluates_and_updates_state(make_napari_viewer, qtbot, error
 def test_train_tab_shows_batches_at_once_then_an_estimate(make_napari_viewer, qtbot, errors):
     state = tiny_state(epochs=1000, batch_size=2)
     panel = TrainingPanel(make_napari_viewer(), state)
-    plan = TrainingPlan.of(state.dataset, state.split.train, state.split.val,
-                           panel.train_config_from_fields())
+    plan = TrainingPlan.of(
+        state.dataset, state.split.train, state.split.val, panel.train_config_from_fields()
+    )
     assert plan.batches_per_epoch == -(-len(state.split.train) // 2) > 5
     # before Train: the planned run, and the bar's real total (no "0 / 100" placeholder)
     assert panel.plan_label.text() == f"planned: {plan.describe()}"
@@ -138,8 +141,7 @@ def test_windows_per_epoch_sets_the_batches(make_napari_viewer, qtbot, errors):
     assert state.train_config.windows_per_epoch == 8
     panel.train_button.click()
     assert panel.progress_bar.maximum() == 2 * 2  # 8 windows in batches of 4, twice
-    assert f"(8 of {len(state.split.train)} training windows per epoch)" in \
-        panel.plan_label.text()
+    assert f"(8 of {len(state.split.train)} training windows per epoch)" in panel.plan_label.text()
     wait_idle(qtbot, panel)
     assert errors == [] and panel.progress_bar.value() == 4
     panel.shutdown()
@@ -181,8 +183,9 @@ def test_stop_before_first_epoch_keeps_previous_model(make_napari_viewer, qtbot,
     panel.shutdown()
 
 
-def test_training_error_is_reported_and_clears_training(make_napari_viewer, qtbot, errors,
-                                                         monkeypatch):
+def test_training_error_is_reported_and_clears_training(
+    make_napari_viewer, qtbot, errors, monkeypatch
+):
     def out_of_memory(*args, **kwargs):
         yield core.BatchReport(1, 1, 5, 0.5)
         raise RuntimeError("CUDA out of memory")
@@ -239,8 +242,11 @@ def test_preset_fills_fields_and_window(make_napari_viewer, errors):
     assert panel.lr_spin.value() == pytest.approx(1e-4)
     assert state.window == paper.window
     assert state.model_settings == ModelSettings(3, 128, 10, "none", "value", "nearest")
-    assert (panel.norm_combo.currentData(), panel.output_combo.currentData(),
-            panel.phase_rule_combo.currentData()) == ("none", "value", "nearest")
+    assert (
+        panel.norm_combo.currentData(),
+        panel.output_combo.currentData(),
+        panel.phase_rule_combo.currentData(),
+    ) == ("none", "value", "nearest")
     assert panel.phase_rule_combo.isEnabled()
     assert (state.train_config.epochs, state.train_config.lr) == (3500, pytest.approx(1e-4))
     assert state.dataset is None and "24" in state.window_error  # 12-slice stacks are too thin
@@ -263,8 +269,14 @@ def test_presets_round_trip_through_the_settings(make_napari_viewer, errors):
         assert panel.model_settings_from_fields() == state.model_settings
         config = panel.train_config_from_fields()
         assert config == state.train_config
-        for field in ("epochs", "batch_size", "windows_per_epoch", "warmup_epochs", "schedule",
-                      "phase_loss"):
+        for field in (
+            "epochs",
+            "batch_size",
+            "windows_per_epoch",
+            "warmup_epochs",
+            "schedule",
+            "phase_loss",
+        ):
             assert getattr(config, field) == getattr(preset.train, field), field
         assert config.lr == pytest.approx(preset.train.lr)
         assert config.grad_clip == pytest.approx(preset.train.grad_clip)
@@ -284,23 +296,29 @@ def test_presets_round_trip_through_the_settings(make_napari_viewer, errors):
         (panel.norm_combo, "group", quick.norm),
         (panel.output_combo, "value", quick.output),
         (panel.schedule_combo, "constant", quick.train.schedule),
-        (panel.phase_loss_combo,
-         "ce" if quick.train.phase_loss != "ce" else "ce_dice", quick.train.phase_loss),
+        (
+            panel.phase_loss_combo,
+            "ce" if quick.train.phase_loss != "ce" else "ce_dice",
+            quick.train.phase_loss,
+        ),
     ]
     for combo, other, original in changes:
         combo.setCurrentIndex(combo.findData(other))
         assert panel.preset_combo.currentText() == "custom", other
         combo.setCurrentIndex(combo.findData(original))
         assert panel.preset_combo.currentText() == "quick", original
-    for spin, other, original in ((panel.windows_per_epoch_spin, 0, quick.train.windows_per_epoch),
-                                  (panel.warmup_spin, 0, quick.train.warmup_epochs),
-                                  (panel.grad_clip_spin, 0.0, quick.train.grad_clip)):
+    for spin, other, original in (
+        (panel.windows_per_epoch_spin, 0, quick.train.windows_per_epoch),
+        (panel.warmup_spin, 0, quick.train.warmup_epochs),
+        (panel.grad_clip_spin, 0.0, quick.train.grad_clip),
+    ):
         spin.setValue(other)
         assert panel.preset_combo.currentText() == "custom"
         spin.setValue(original)
         assert panel.preset_combo.currentText() == "quick"
     assert state.train_config == dataclasses.replace(
-        quick.train, split=state.split_mode, device=state.train_config.device)
+        quick.train, split=state.split_mode, device=state.train_config.device
+    )
     # the phase rule counts too
     panel.phase_rule_combo.setCurrentIndex(panel.phase_rule_combo.findData("nearest"))
     assert state.model_settings.phase_rule == "nearest"
@@ -341,8 +359,10 @@ def test_save_then_open_run_in_fresh_viewer(make_napari_viewer, qtbot, errors, t
         assert torch.equal(state2.model.state_dict()[key], tensor.cpu())
     assert [r.epoch for r in state2.history] == [1, 2]
     for a, b in zip(state.history, state2.history):
-        assert (b.train_mse, b.val_mse) == (pytest.approx(a.train_mse, rel=1e-6),
-                                            pytest.approx(a.val_mse, rel=1e-6))
+        assert (b.train_mse, b.val_mse) == (
+            pytest.approx(a.train_mse, rel=1e-6),
+            pytest.approx(a.val_mse, rel=1e-6),
+        )
         assert b.best_epoch == a.best_epoch
     assert state2.window == state.window
     assert state2.model_settings == state.model_settings
@@ -371,8 +391,15 @@ def test_open_non_run_folder_changes_nothing(make_napari_viewer, qtbot, errors, 
     state = tiny_state()
     viewer = make_napari_viewer()
     panel = TrainingPanel(viewer, state)
-    before = (state.stacks, state.window, state.model, state.history, state.model_version,
-              state.run_dir, state.dataset)
+    before = (
+        state.stacks,
+        state.window,
+        state.model,
+        state.history,
+        state.model_version,
+        state.run_dir,
+        state.dataset,
+    )
 
     for folder in (tmp_path, tmp_path / "missing"):  # the folder is read in a worker
         worker = panel.open_run(folder)
@@ -384,8 +411,15 @@ def test_open_non_run_folder_changes_nothing(make_napari_viewer, qtbot, errors, 
     assert len(errors) == 2 and "not a run folder" in errors[0]
     assert "does not exist" in errors[1]
     assert errors[1] in panel.status_label.text()
-    assert (state.stacks, state.window, state.model, state.history, state.model_version,
-            state.run_dir, state.dataset) == before
+    assert (
+        state.stacks,
+        state.window,
+        state.model,
+        state.history,
+        state.model_version,
+        state.run_dir,
+        state.dataset,
+    ) == before
     assert len(viewer.layers) == 0
     panel.shutdown()
 
@@ -404,9 +438,11 @@ def test_learning_rate_field_steps_1_2_5(qtbot):
 
 
 def test_history_from_rows_recomputes_best_epoch():
-    rows = [{"epoch": 1, "train_mse": 0.5, "val_mse": 0.4, "seconds": 0.1, "best_val_mse": 0.4},
-            {"epoch": 2, "train_mse": 0.3, "val_mse": 0.45, "seconds": 0.1, "best_val_mse": 0.4},
-            {"epoch": 3, "train_mse": 0.2, "val_mse": 0.3, "seconds": 0.1, "best_val_mse": 0.3}]
+    rows = [
+        {"epoch": 1, "train_mse": 0.5, "val_mse": 0.4, "seconds": 0.1, "best_val_mse": 0.4},
+        {"epoch": 2, "train_mse": 0.3, "val_mse": 0.45, "seconds": 0.1, "best_val_mse": 0.4},
+        {"epoch": 3, "train_mse": 0.2, "val_mse": 0.3, "seconds": 0.1, "best_val_mse": 0.3},
+    ]
     history = history_from_rows(rows, epochs=10)
     assert [r.best_epoch for r in history] == [1, 1, 3]
     assert history[0].epochs == 10
@@ -426,8 +462,9 @@ def test_shutdown_stops_and_waits_for_training(make_napari_viewer, qtbot, errors
     panel.shutdown()  # a second call is harmless
 
 
-def test_precision_field_trains_in_bf16_and_round_trips(make_napari_viewer, qtbot, errors,
-                                                        tmp_path):
+def test_precision_field_trains_in_bf16_and_round_trips(
+    make_napari_viewer, qtbot, errors, tmp_path
+):
     state = tiny_state(epochs=2)
     panel = TrainingPanel(make_napari_viewer(), state)
     assert panel.precision_combo.currentData() == "fp32"  # the paper's numerics by default

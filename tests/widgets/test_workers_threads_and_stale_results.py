@@ -26,8 +26,10 @@ from napari_electrode_cae.core import ConvAutoEncoder3d
 
 from .test_background_loading import WINDOW, Gate, add_electrode, entry_named
 from .test_live_decode_inline import make_state as latent_state
-from .test_live_decode_inline import model  # noqa: F401 (the shared module-scoped fixture)
-from .test_live_decode_inline import settled_panel
+from .test_live_decode_inline import (
+    model,  # noqa: F401 (the shared module-scoped fixture)
+    settled_panel,
+)
 from .test_results_latent_panels import decode_directly
 from .test_training_panel import tiny_state
 
@@ -44,8 +46,7 @@ def errors(monkeypatch) -> list[str]:
 
 
 # ------------------------------------------------------------- 1. Train and data conversions
-def test_train_waits_for_a_background_conversion(make_napari_viewer, qtbot, monkeypatch,
-                                                 errors):
+def test_train_waits_for_a_background_conversion(make_napari_viewer, qtbot, monkeypatch, errors):
     monkeypatch.setattr(data_panel_module, "SYNC_CONVERT_MAX_VOXELS", 100)
     state = CAEState(window=WINDOW)
     state.model_settings = ModelSettings(conv_layers=3, hidden=16, latent_dim=3)
@@ -79,15 +80,17 @@ def test_train_waits_for_a_background_conversion(make_napari_viewer, qtbot, monk
         assert train.open_button.isEnabled() and train.open_button.toolTip() == ""
         # the last status (the refused Open run's reason) stays; the wait line is gone
         assert train.status_label.text() == (
-            "wait until the Data tab has converted second before opening a run")
+            "wait until the Data tab has converted second before opening a run"
+        )
         assert state.stack_layers == ("first", "second") and errors == []
     finally:
         train.shutdown()
         data.shutdown()
 
 
-def test_results_of_replaced_windows_are_not_written(make_napari_viewer, qtbot, monkeypatch,
-                                                      errors):
+def test_results_of_replaced_windows_are_not_written(
+    make_napari_viewer, qtbot, monkeypatch, errors
+):
     """The windows are rebuilt (a conversion finished) while the run is evaluated."""
     state = tiny_state(epochs=1)
     panel = TrainingPanel(make_napari_viewer(), state)
@@ -116,20 +119,20 @@ def test_results_of_replaced_windows_are_not_written(make_napari_viewer, qtbot, 
 
 
 # ------------------------------------------------------------------- 2. torch thread counts
-def test_decodes_never_change_torchs_thread_count(make_napari_viewer, qtbot, model,
-                                                 monkeypatch):
+def test_decodes_never_change_torchs_thread_count(make_napari_viewer, qtbot, model, monkeypatch):
     """Torch's thread count is the user's: neither runner decodes nor inline ones set it."""
     calls = []
     set_num_threads = torch.set_num_threads
-    monkeypatch.setattr(torch, "set_num_threads",
-                        lambda n: calls.append(n) or set_num_threads(n))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n) or set_num_threads(n))
     main_threads = torch.get_num_threads()
     viewer = make_napari_viewer()
     for inline_max_s in (0.0, 10.0):  # every decode in the runner, then every one inline
-        panel = LatentPanel(viewer, latent_state(model), inline_max_s=inline_max_s,
-                            drag_inline_max_s=inline_max_s)
-        qtbot.waitUntil(lambda: panel.idle and _layers.DECODED_LAYER in viewer.layers,
-                        timeout=WAIT_MS)
+        panel = LatentPanel(
+            viewer, latent_state(model), inline_max_s=inline_max_s, drag_inline_max_s=inline_max_s
+        )
+        qtbot.waitUntil(
+            lambda: panel.idle and _layers.DECODED_LAYER in viewer.layers, timeout=WAIT_MS
+        )
         slider = panel.sliders[0]
         for value in np.linspace(slider.minimum(), slider.maximum(), 3):
             slider.setValue(float(value))
@@ -139,8 +142,9 @@ def test_decodes_never_change_torchs_thread_count(make_napari_viewer, qtbot, mod
     assert calls == [] and torch.get_num_threads() == main_threads
 
 
-def test_a_decode_leaves_the_threads_training_asked_for(make_napari_viewer, qtbot, model,
-                                                        monkeypatch, errors):
+def test_a_decode_leaves_the_threads_training_asked_for(
+    make_napari_viewer, qtbot, model, monkeypatch, errors
+):
     """With a process-wide thread count (simulated), a decode running while training starts
     must neither change the training's count nor leave a stale one behind."""
     if QThreadPool.globalInstance().maxThreadCount() < 2:
@@ -208,8 +212,7 @@ def test_no_inline_decodes_while_training(make_napari_viewer, qtbot, model):
 
 
 # ------------------------------------------------------------ 4. stale result of a new model
-def test_a_replaced_models_late_result_is_not_shown(make_napari_viewer, qtbot, model,
-                                                    monkeypatch):
+def test_a_replaced_models_late_result_is_not_shown(make_napari_viewer, qtbot, model, monkeypatch):
     viewer = make_napari_viewer()
     # The chained runner delivers every finished result (the thread runner's mailbox may let
     # the new model's result replace the old one before the GUI takes it: nothing to test).
@@ -228,8 +231,9 @@ def test_a_replaced_models_late_result_is_not_shown(make_napari_viewer, qtbot, m
     qtbot.waitUntil(entered.is_set, timeout=WAIT_MS)
     monkeypatch.setattr(latent_panel_module, "decode_latent", decode_latent)
     core.seed_everything(1)
-    new_model = core.ConvAutoEncoder3d(window_length=4, crop=16, conv_layers=3, hidden=16,
-                                       latent_dim=3).eval()  # same latent size
+    new_model = core.ConvAutoEncoder3d(
+        window_length=4, crop=16, conv_layers=3, hidden=16, latent_dim=3
+    ).eval()  # same latent size
     shown = []
     panel.decoded.connect(shown.append)
     state.model = new_model
@@ -250,8 +254,9 @@ def test_a_replaced_models_late_result_is_not_shown(make_napari_viewer, qtbot, m
 # -------------------------------------------------------------- 5. undo history and in place
 def test_in_place_update_resets_the_undo_history(make_napari_viewer):
     viewer = make_napari_viewer()
-    layer = _layers.add_phase_labels(viewer, np.zeros((4, 16, 16), np.uint8),
-                                     _layers.DECODED_LAYER, 0.4)
+    layer = _layers.add_phase_labels(
+        viewer, np.zeros((4, 16, 16), np.uint8), _layers.DECODED_LAYER, 0.4
+    )
     layer.paint((1, 8, 8), 2, refresh=True)
     new = np.ones((4, 16, 16), np.uint8)
     assert update_labels_in_place(layer, new)

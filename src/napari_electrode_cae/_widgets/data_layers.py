@@ -21,7 +21,6 @@ from qtpy.QtWidgets import QApplication
 from .. import _layers
 from ..core import ElectrodeCAEError, ElectrodeStack, read_stack
 
-
 #: Layers written by other panels (window views, decoded volumes): never electrode stacks.
 PLUGIN_OUTPUT_LAYERS = frozenset(
     {
@@ -33,7 +32,6 @@ PLUGIN_OUTPUT_LAYERS = frozenset(
 )
 #: Tag combo entries and the ``calendered`` value each stands for.
 TAGS: tuple[tuple[str, bool | None], ...] = (("?", None), ("CAL", True), ("UNCAL", False))
-
 
 
 @dataclass(eq=False)
@@ -110,8 +108,14 @@ class LayerSnapshot:
 
     @classmethod
     def of(cls, layer: Any) -> LayerSnapshot:
-        return cls(layer.name, layer.data, dict(layer.metadata), tuple(layer.scale),
-                   bool(getattr(layer, "multiscale", False)), bool(getattr(layer, "rgb", False)))
+        return cls(
+            layer.name,
+            layer.data,
+            dict(layer.metadata),
+            tuple(layer.scale),
+            bool(getattr(layer, "multiscale", False)),
+            bool(getattr(layer, "rgb", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -184,9 +188,7 @@ def convert_layer(layer: Any, override: dict[int, str] | None) -> ElectrodeStack
             f"layer {layer.name!r} is multiscale; open the full-resolution stack instead"
         )
     if getattr(layer, "rgb", False):
-        raise StackReadError(
-            f"layer {layer.name!r} is an RGB image, not a (Z, Y, X) label volume"
-        )
+        raise StackReadError(f"layer {layer.name!r} is an RGB image, not a (Z, Y, X) label volume")
     return _layers.stack_from_layer(layer, override)
 
 

@@ -80,8 +80,7 @@ def conversion_of(layer: Any, override: dict[int, str] | None) -> ConversionResu
     return ConversionResult(stack, volume_fractions(stack.labels))
 
 
-def convert_in_worker(snapshot: LayerSnapshot,
-                      override: dict[int, str] | None) -> ConversionResult:
+def convert_in_worker(snapshot: LayerSnapshot, override: dict[int, str] | None) -> ConversionResult:
     """:func:`conversion_of` for a worker thread: any failure (e.g. MemoryError) is returned."""
     try:
         return conversion_of(snapshot, override)
@@ -106,8 +105,9 @@ class DataPanel(DataTableView, StackChoice, QWidget):
         Qt parent.
     """
 
-    def __init__(self, viewer: napari.Viewer, state: CAEState,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, viewer: napari.Viewer, state: CAEState, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
@@ -165,8 +165,9 @@ class DataPanel(DataTableView, StackChoice, QWidget):
 
     def _used_view(self) -> list[tuple[int, int]]:
         """Identity of what this panel would put into the state (entries, their stacks)."""
-        return [(id(entry), id(entry.stack)) for entry in self.entries if entry.used
-                or entry.converting]
+        return [
+            (id(entry), id(entry.stack)) for entry in self.entries if entry.used or entry.converting
+        ]
 
     def _connect_layer(self, layer: Any) -> None:
         def on_name(event: Any = None) -> None:
@@ -219,8 +220,11 @@ class DataPanel(DataTableView, StackChoice, QWidget):
             return
         override_key = self._override_key(entry)
         data = entry.layer.data
-        if not entry._converted_once or entry._source_data is not data \
-                or entry._source_override != override_key:
+        if (
+            not entry._converted_once
+            or entry._source_data is not data
+            or entry._source_override != override_key
+        ):
             entry._source_data, entry._source_override = data, override_key
             if layer_voxels(entry.layer) > SYNC_CONVERT_MAX_VOXELS:
                 self._start_conversion(entry, override_key)
@@ -231,16 +235,20 @@ class DataPanel(DataTableView, StackChoice, QWidget):
             return
         name, tag = entry.layer.name, layer_tag(entry.layer)
         stack = entry.stack
-        if stack is None or stack.labels is not entry.converted.labels \
-                or stack.phase_mapping != entry.converted.phase_mapping \
-                or (stack.name, stack.calendered) != (name, tag):
+        if (
+            stack is None
+            or stack.labels is not entry.converted.labels
+            or stack.phase_mapping != entry.converted.phase_mapping
+            or (stack.name, stack.calendered) != (name, tag)
+        ):
             # a stack made from the layer itself names its source after the layer: a rename
             # renames that too (a file path stays as it is)
             source = entry.converted.source
             if source.startswith("layer:"):
                 source = f"layer:{name}"
-            entry.stack = self._stack_in_state(entry.converted, name, tag) or \
-                dataclasses.replace(entry.converted, name=name, calendered=tag, source=source)
+            entry.stack = self._stack_in_state(entry.converted, name, tag) or dataclasses.replace(
+                entry.converted, name=name, calendered=tag, source=source
+            )
 
     @staticmethod
     def _override_key(entry: LayerEntry) -> tuple | None:
@@ -251,8 +259,7 @@ class DataPanel(DataTableView, StackChoice, QWidget):
         first = not entry._converted_once
         self._apply_conversion(entry, conversion_of(entry.layer, entry.override), first)
 
-    def _apply_conversion(self, entry: LayerEntry, result: ConversionResult,
-                          first: bool) -> None:
+    def _apply_conversion(self, entry: LayerEntry, result: ConversionResult, first: bool) -> None:
         entry._converted_once = True
         if result.error:
             entry.converted, entry.fractions, entry.error = None, None, result.error
@@ -263,8 +270,7 @@ class DataPanel(DataTableView, StackChoice, QWidget):
                 # quiet note; a mapping the user asked for and that fails is an error.
                 quiet = first and entry.override is None and not result.unexpected
                 if quiet:
-                    show_info(f"{entry.layer.name}: not used as an electrode stack: "
-                              f"{entry.error}")
+                    show_info(f"{entry.layer.name}: not used as an electrode stack: {entry.error}")
                 else:
                     show_error(entry.error)
             return
@@ -278,8 +284,9 @@ class DataPanel(DataTableView, StackChoice, QWidget):
 
     def _start_conversion(self, entry: LayerEntry, override_key: tuple | None) -> None:
         """Convert ``entry.layer`` in a worker; the row shows "converting …" meanwhile."""
-        job = _ConversionJob(entry, LayerSnapshot.of(entry.layer), override_key,
-                             first=not entry._converted_once)
+        job = _ConversionJob(
+            entry, LayerSnapshot.of(entry.layer), override_key, first=not entry._converted_once
+        )
         entry.converted, entry.fractions, entry.stack, entry.error = None, None, None, ""
         override = dict(entry.override) if entry.override else None
         worker = create_worker(convert_in_worker, job.snapshot, override, _ignore_errors=True)
@@ -326,9 +333,14 @@ class DataPanel(DataTableView, StackChoice, QWidget):
         entry._job = None
         if self._closing or not self._is_current(entry):
             return
-        self._apply_conversion(entry, ConversionResult(
-            error=f"layer {entry.layer.name!r}: the conversion stopped without a result",
-            unexpected=True), job.first)
+        self._apply_conversion(
+            entry,
+            ConversionResult(
+                error=f"layer {entry.layer.name!r}: the conversion stopped without a result",
+                unexpected=True,
+            ),
+            job.first,
+        )
         self._refresh_entry(entry)
         self._fill_table()
         self._push_state()
@@ -341,8 +353,9 @@ class DataPanel(DataTableView, StackChoice, QWidget):
         if not busy:
             self.convert_status_label.hide()
             return
-        names = ", ".join(f"{e.layer.name} ({'×'.join(map(str, e.layer.data.shape))})"
-                          for e in busy)
+        names = ", ".join(
+            f"{e.layer.name} ({'×'.join(map(str, e.layer.data.shape))})" for e in busy
+        )
         self.convert_status_label.setText(f"Converting {names} in the background …")
         self.convert_status_label.show()
 
@@ -462,8 +475,10 @@ class DataPanel(DataTableView, StackChoice, QWidget):
             return
         stack = result.stack
         _layers.add_stack_labels(self.viewer, stack)
-        message = (f"Read {stack.name}: {'×'.join(map(str, stack.shape))}, {stack.tag}, "
-                   f"{describe_phase_mapping(stack.phase_mapping)}")
+        message = (
+            f"Read {stack.name}: {'×'.join(map(str, stack.shape))}, {stack.tag}, "
+            f"{describe_phase_mapping(stack.phase_mapping)}"
+        )
         self._show_load_status(message)
         show_info(message)
 

@@ -18,7 +18,6 @@ from ..core import ElectrodeStack, describe_phase_mapping
 from ..core.stack import DEFAULT_VOXEL_SIZE_UM
 from .data_layers import LayerEntry, layer_tag
 
-
 #: Key in an Image layer's plugin metadata: the Labels layer it was adopted as.
 ADOPTED_KEY = "adopted_as"
 
@@ -53,18 +52,22 @@ class StackChoice:
 
     entries: list[LayerEntry]
 
-    def _stack_in_state(self, converted: ElectrodeStack, name: str,
-                        tag: bool | None) -> ElectrodeStack | None:
+    def _stack_in_state(
+        self, converted: ElectrodeStack, name: str, tag: bool | None
+    ) -> ElectrodeStack | None:
         """The stack of layer ``name`` in ``state.stacks`` if it is ``converted`` renamed.
 
         Another panel (Open run) may have put the layer's stack into the state already; keeping
         that object leaves the dataset as it is when this panel catches up.
         """
         for stack, layer_name in zip(self.state.stacks, self.state.stack_layers):
-            if layer_name == name and stack.labels is converted.labels \
-                    and (stack.name, stack.calendered) == (name, tag) \
-                    and stack.phase_mapping == converted.phase_mapping \
-                    and stack.voxel_size_um == converted.voxel_size_um:
+            if (
+                layer_name == name
+                and stack.labels is converted.labels
+                and (stack.name, stack.calendered) == (name, tag)
+                and stack.phase_mapping == converted.phase_mapping
+                and stack.voxel_size_um == converted.voxel_size_um
+            ):
                 return stack
         return None
 
@@ -122,8 +125,10 @@ class StackChoice:
             elif not entry.usable:
                 continue
             elif use:  # the state's own stack object, if it is this layer's
-                entry.stack = self._stack_in_state(entry.converted, entry.layer.name,
-                                                   layer_tag(entry.layer)) or entry.stack
+                entry.stack = (
+                    self._stack_in_state(entry.converted, entry.layer.name, layer_tag(entry.layer))
+                    or entry.stack
+                )
             changed |= entry.use != use
             entry.use = use
         if changed:
@@ -139,12 +144,14 @@ class StackChoice:
             return
         voxel = aligned_voxel_size(self.state.stacks, self.viewer.layers)
         self.adopt_image_button.setText(
-            f"Use image '{entry.layer.name}' as an electrode stack ({voxel:g} µm)")
+            f"Use image '{entry.layer.name}' as an electrode stack ({voxel:g} µm)"
+        )
         self.adopt_image_button.setToolTip(
             f"'{entry.layer.name}' is an Image layer (napari's own reader: grey values, scale "
             f"{float(np.asarray(entry.layer.scale)[-1]):g}). This adds it as a phase layer "
             f"({describe_phase_mapping(entry.converted.phase_mapping)}) at {voxel:g} µm, "
-            "like the plugin's other layers, and hides the image (aligned to the same scale).")
+            "like the plugin's other layers, and hides the image (aligned to the same scale)."
+        )
         self.adopt_image_button.show()
 
     def _on_adopt_image_clicked(self) -> None:
@@ -168,22 +175,34 @@ class StackChoice:
         """
         from napari.layers import Image
 
-        entry = next((e for e in self.entries if e.layer.name == name
-                      and isinstance(e.layer, Image) and e.usable), None)
+        entry = next(
+            (
+                e
+                for e in self.entries
+                if e.layer.name == name and isinstance(e.layer, Image) and e.usable
+            ),
+            None,
+        )
         if entry is None:
             raise KeyError(f"no Image layer called {name!r} that converts to an electrode stack")
         image = entry.layer
         voxel = aligned_voxel_size(self.state.stacks, self.viewer.layers)
         path = getattr(image.source, "path", None)
-        stack = dataclasses.replace(entry.converted, voxel_size_um=voxel,
-                                    name=f"{name} (phases)", calendered=layer_tag(image),
-                                    source=str(path) if path else entry.converted.source)
+        stack = dataclasses.replace(
+            entry.converted,
+            voxel_size_um=voxel,
+            name=f"{name} (phases)",
+            calendered=layer_tag(image),
+            source=str(path) if path else entry.converted.source,
+        )
         image.scale = (voxel,) * image.ndim
         image.units = ("µm",) * image.ndim
         image.visible = False
         labels = _layers.add_stack_labels(self.viewer, stack)
         meta = image.metadata.get(_layers.METADATA_KEY)
-        image.metadata[_layers.METADATA_KEY] = {**(meta if isinstance(meta, dict) else {}),
-                                                ADOPTED_KEY: labels.name}
+        image.metadata[_layers.METADATA_KEY] = {
+            **(meta if isinstance(meta, dict) else {}),
+            ADOPTED_KEY: labels.name,
+        }
         self._update_adopt_button()
         return labels

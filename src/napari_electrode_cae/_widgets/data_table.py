@@ -31,11 +31,13 @@ _COL_NAME, _COL_TAG, _COL_SHAPE, _COL_FRACTIONS, _COL_MAPPING = range(5)
 # Two-line headers keep the columns narrow enough for the dock (the mapping column wraps too).
 _HEADERS = ("Use · layer", "Tag", "Z×Y×X", "Pore/CBD/\nAM %", "Mapping\n(stored)")
 #: What the tag combo's "?" / CAL / UNCAL mean, and what the tag is for.
-TAG_HINT = ("CAL = calendered, UNCAL = uncalendered electrode, ? = not known. The tag names the "
-            "stack in the results and in latents.csv, and CAL-vs-UNCAL comparisons (the paper's "
-            "case studies 3a/3b, the 'calendered' column of the latent correlations) need it; "
-            "training does not use it. It is read from the file (metadata, or 'cal'/'uncal' in "
-            "the name); set it here, or with --tag CAL|UNCAL on the command line.")
+TAG_HINT = (
+    "CAL = calendered, UNCAL = uncalendered electrode, ? = not known. The tag names the "
+    "stack in the results and in latents.csv, and CAL-vs-UNCAL comparisons (the paper's "
+    "case studies 3a/3b, the 'calendered' column of the latent correlations) need it; "
+    "training does not use it. It is read from the file (metadata, or 'cal'/'uncal' in "
+    "the name); set it here, or with --tag CAL|UNCAL on the command line."
+)
 _ERROR_COLOR = QColor(230, 80, 80)
 _ERROR_STYLE = "color: rgb(230, 80, 80);"
 _BUSY_COLOR = QColor(150, 150, 150)
@@ -52,12 +54,15 @@ def compact_shape(shape: tuple[int, ...]) -> str:
 
 def phase_legend_html() -> str:
     """The phase colours as one line of rich text (pore is transparent: the background)."""
+
     def swatch(phase_id: int) -> str:
         r, g, b = (round(255 * c) for c in PHASE_COLORS[phase_id][:3])
         return f'<span style="color: rgb({r}, {g}, {b});">■</span>'
 
-    return (f"Phases: {swatch(1)} CBD &nbsp; {swatch(2)} active material &nbsp; □ pore "
-            "(transparent: the background shows through)")
+    return (
+        f"Phases: {swatch(1)} CBD &nbsp; {swatch(2)} active material &nbsp; □ pore "
+        "(transparent: the background shows through)"
+    )
 
 
 class DataTableView:
@@ -85,9 +90,11 @@ class DataTableView:
         padding = 4 * font.averageCharWidth()
         probe = QComboBox()
         probe.addItems([text for text, _ in TAGS])
-        widths = ((_COL_FRACTIONS, font.horizontalAdvance("Pore/CBD/") + padding),
-                  (_COL_NAME, font.horizontalAdvance("☐ Use · layer") + padding),
-                  (_COL_TAG, probe.sizeHint().width()))
+        widths = (
+            (_COL_FRACTIONS, font.horizontalAdvance("Pore/CBD/") + padding),
+            (_COL_NAME, font.horizontalAdvance("☐ Use · layer") + padding),
+            (_COL_TAG, probe.sizeHint().width()),
+        )
         for column, width in widths:
             header.setSectionResizeMode(column, QHeaderView.Interactive)
             header.resizeSection(column, width)
@@ -109,7 +116,8 @@ class DataTableView:
         self.apply_mapping_button.clicked.connect(self._on_apply_mapping_clicked)
         self.auto_mapping_button = QPushButton("Auto")
         self.auto_mapping_button.setToolTip(
-            "Go back to the mapping the layer was read with (or the inferred one)")
+            "Go back to the mapping the layer was read with (or the inferred one)"
+        )
         self.auto_mapping_button.clicked.connect(self._on_auto_mapping_clicked)
         mapping_row = QHBoxLayout()
         mapping_row.addWidget(QLabel("Phase mapping:"))
@@ -144,7 +152,8 @@ class DataTableView:
         self.legend_label.setToolTip("How every view of the plugin colours the phases")
         self.tag_hint_label = QLabel(
             "Tag <b>?</b> = calendering not known: pick CAL or UNCAL in the Tag column "
-            "(hover it for what the tag is used for).")
+            "(hover it for what the tag is used for)."
+        )
         self.tag_hint_label.setWordWrap(True)
         self.tag_hint_label.setToolTip(TAG_HINT)
         self.tag_hint_label.hide()
@@ -203,9 +212,11 @@ class DataTableView:
         self.table.setItem(row, _COL_SHAPE, shape_item)
         fractions_item = QTableWidgetItem(self._fractions_text(entry))
         if entry.fractions is not None:
-            fractions_item.setToolTip(", ".join(
-                f"{phase} {100 * fraction:.2f} %" for phase, fraction in entry.fractions.items()
-            ))
+            fractions_item.setToolTip(
+                ", ".join(
+                    f"{phase} {100 * fraction:.2f} %" for phase, fraction in entry.fractions.items()
+                )
+            )
         if not entry.error:
             self.table.setItem(row, _COL_FRACTIONS, fractions_item)
         mapping_item = QTableWidgetItem(self._mapping_text(entry))
@@ -258,7 +269,7 @@ class DataTableView:
             return "converting …"
         if entry.error:
             prefix = f"{entry.converted_source}: "
-            error = entry.error[len(prefix):] if entry.error.startswith(prefix) else entry.error
+            error = entry.error[len(prefix) :] if entry.error.startswith(prefix) else entry.error
             return f"⚠ {error}"
         described = describe_phase_mapping(entry.converted.phase_mapping)
         return f"{described} (set)" if entry.override else described
@@ -295,8 +306,10 @@ class DataTableView:
             return
         if entry.converting:
             self.mapping_edit.setText(format_mapping(entry.override or {}))
-            self._show_details(f"{entry.layer.name}: converting "
-                               f"{'×'.join(map(str, entry.layer.data.shape))} voxels …")
+            self._show_details(
+                f"{entry.layer.name}: converting "
+                f"{'×'.join(map(str, entry.layer.data.shape))} voxels …"
+            )
             return
         mapping = entry.override or (entry.converted.phase_mapping if entry.usable else {})
         self.mapping_edit.setText(format_mapping(mapping))
@@ -325,9 +338,9 @@ class DataTableView:
             self.summary_label.setText(
                 "No electrode stack selected yet: a layer is being converted."
                 if any(entry.converting for entry in self.entries)
-                else "No electrode stack selected: check at least one layer.")
+                else "No electrode stack selected: check at least one layer."
+            )
             return
-        parts = [f"{name} ({stack.tag}, {'×'.join(map(str, stack.shape))})"
-                 for name, stack in used]
+        parts = [f"{name} ({stack.tag}, {'×'.join(map(str, stack.shape))})" for name, stack in used]
         self.summary_label.setText(f"Using {len(used)} stack(s): " + ", ".join(parts))
         self.tag_hint_label.setVisible(any(stack.calendered is None for _, stack in used))

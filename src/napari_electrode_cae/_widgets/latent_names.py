@@ -77,11 +77,15 @@ def slider_title(j: int, track: tuple[str, float] | None) -> str:
 
 def slider_tooltip(j: int, track: tuple[str, float] | None) -> str:
     if track is None:
-        return (f"latent feature z{j + 1}: no measured correlation yet (run electrode-cae "
-                "physics on the saved run to name it)")
-    return (f"latent feature z{j + 1}: its strongest correlation that survived the FDR "
-            f"correction is with {variable_label(track[0])} (Spearman rho {track[1]:+.2f}, "
-            f"{CORRELATIONS_FILE} of the run)")
+        return (
+            f"latent feature z{j + 1}: no measured correlation yet (run electrode-cae "
+            "physics on the saved run to name it)"
+        )
+    return (
+        f"latent feature z{j + 1}: its strongest correlation that survived the FDR "
+        f"correction is with {variable_label(track[0])} (Spearman rho {track[1]:+.2f}, "
+        f"{CORRELATIONS_FILE} of the run)"
+    )
 
 
 class SpreadLabels:
@@ -137,8 +141,13 @@ class SpreadLabels:
         units = self.spread_units(j, value)
         label = self.labels[j]
         label.setText("" if units is None else f"{units:+.1f} σ")
-        where = "" if units is None else (
-            f"; {units:+.2f} standard deviations from the training windows' mean "
-            f"({self._mean[j]:.4g} ± {self._std[j]:.4g})")
+        where = (
+            ""
+            if units is None
+            else (
+                f"; {units:+.2f} standard deviations from the training windows' mean "
+                f"({self._mean[j]:.4g} ± {self._std[j]:.4g})"
+            )
+        )
         tip = f"raw value {value:.6g}{where}"
         label.setToolTip(tip)

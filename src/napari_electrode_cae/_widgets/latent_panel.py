@@ -59,14 +59,14 @@ from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, RunFolderError
 from ..core.checkpoint import atomic_write_text
 from ..core.model import ConvAutoEncoder3d
 from ..core.runs import latents_table
-from .prediction_view import PredictionView
+from .latent_names import SpreadLabels, latent_tracks, slider_title, slider_tooltip
 from .live_decoder import (
     RUNNERS,
     DecodedVolume,
     decode_latent,
     model_snapshot,
 )
-from .latent_names import SpreadLabels, latent_tracks, slider_title, slider_tooltip
+from .prediction_view import PredictionView
 from .results_panel import MODEL_PENDING_MESSAGE, NO_MODEL_MESSAGE, window_translate
 from .turns import TurnQueue, TurnScheduler
 
@@ -147,8 +147,12 @@ def update_labels_in_place(layer: Any, labels: np.ndarray) -> bool:
         dtype; the caller then sets ``layer.data``.
     """
     data = layer.data
-    if not (isinstance(data, np.ndarray) and data.shape == labels.shape
-            and data.dtype == labels.dtype and data.flags.writeable):
+    if not (
+        isinstance(data, np.ndarray)
+        and data.shape == labels.shape
+        and data.dtype == labels.dtype
+        and data.flags.writeable
+    ):
         return False
     np.copyto(data, labels)
     layer.data = data
@@ -195,10 +199,16 @@ class LatentPanel(QWidget):
 
     decoded = Signal(object)
 
-    def __init__(self, viewer: napari.Viewer, state: CAEState, parent: QWidget | None = None,
-                 runner: str = DEFAULT_RUNNER, turns: TurnQueue | None = None,
-                 inline_max_s: float = INLINE_DECODE_MAX_S,
-                 drag_inline_max_s: float = DRAG_INLINE_MAX_S) -> None:
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        state: CAEState,
+        parent: QWidget | None = None,
+        runner: str = DEFAULT_RUNNER,
+        turns: TurnQueue | None = None,
+        inline_max_s: float = INLINE_DECODE_MAX_S,
+        drag_inline_max_s: float = DRAG_INLINE_MAX_S,
+    ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
@@ -281,8 +291,9 @@ class LatentPanel(QWidget):
         current = self._snapshot_is_current()
         self.slider_box.setEnabled(current)
         self.reset_button.setEnabled(current and self._window_code() is not None)
-        self.export_button.setEnabled(self.state.latents is not None
-                                      and self.state.dataset is not None)
+        self.export_button.setEnabled(
+            self.state.latents is not None and self.state.dataset is not None
+        )
 
     def _rebuild_sliders(self, k: int) -> None:
         """Replace the sliders by ``k`` new ones (k = 0 removes them); kept if there are k."""
@@ -466,8 +477,12 @@ class LatentPanel(QWidget):
     def _on_inline_turn(self) -> None:
         """The turn after an inline decode: decode the newest vector that waited for it."""
         pending, self._inline_pending = self._inline_pending, None
-        if pending is None or self._closed or not self._snapshot_is_current() \
-                or len(pending[0]) != len(self.sliders):
+        if (
+            pending is None
+            or self._closed
+            or not self._snapshot_is_current()
+            or len(pending[0]) != len(self.sliders)
+        ):
             return
         if self.decodes_inline:
             self._decode_inline(*pending)
@@ -501,8 +516,10 @@ class LatentPanel(QWidget):
             return  # a runner result overtaken by a newer inline decode
         self._shown_requested_at = result.requested_at
         name = _layers.DECODED_LAYER
-        if name not in self.viewer.layers or self.viewer.layers[name].data.shape \
-                != result.labels.shape:
+        if (
+            name not in self.viewer.layers
+            or self.viewer.layers[name].data.shape != result.labels.shape
+        ):
             self._to_add = (result, delivered)
             self._steps.schedule()
             return
@@ -514,8 +531,11 @@ class LatentPanel(QWidget):
         if self._to_add is not None:
             result, delivered = self._to_add
             self._to_add = None
-            if self._snapshot is not None and len(result.latent) == len(self.sliders) \
-                    and result.requested_at >= self._snapshot_taken_at:  # not an older model's
+            if (
+                self._snapshot is not None
+                and len(result.latent) == len(self.sliders)
+                and result.requested_at >= self._snapshot_taken_at
+            ):  # not an older model's
                 self._show_decoded(result, delivered)
         return False
 
@@ -527,22 +547,26 @@ class LatentPanel(QWidget):
         else:
             voxel, translate = DEFAULT_VOXEL_SIZE_UM, (0.0, 0.0, 0.0)
         name = _layers.DECODED_LAYER
-        if name in self.viewer.layers and self.viewer.layers[name].data.shape \
-                == result.labels.shape:
+        if (
+            name in self.viewer.layers
+            and self.viewer.layers[name].data.shape == result.labels.shape
+        ):
             layer = self.viewer.layers[name]
             if not update_labels_in_place(layer, result.labels):
                 layer.data = result.labels.copy()  # the layer's own array, updated in place
             if not np.allclose(layer.translate, translate):
                 layer.translate = translate
         else:
-            _layers.add_phase_labels(self.viewer, result.labels.copy(), name, voxel,
-                                     translate=translate)
+            _layers.add_phase_labels(
+                self.viewer, result.labels.copy(), name, voxel, translate=translate
+            )
         if self.latency_log is not None:
             self.latency_log.append((result, delivered, time.perf_counter()))
         f = result.fractions
         self.fractions_label.setText(
             f"Decoded: pore {f['pore']:.1%} · CBD {f['cbd']:.1%} · active {f['active']:.1%} "
-            f"(decode {result.decode_seconds * 1e3:.0f} ms)")
+            f"(decode {result.decode_seconds * 1e3:.0f} ms)"
+        )
         self.prediction_view.set_decoded(result.labels, voxel)
         self.decoded.emit(result)
 
@@ -570,7 +594,8 @@ class LatentPanel(QWidget):
         if len(latents) != len(dataset):
             raise RunFolderError(
                 f"the latents cover {len(latents)} windows but the current windows are "
-                f"{len(dataset)}; retrain or reopen the run")
+                f"{len(dataset)}; retrain or reopen the run"
+            )
         train = split.train if split is not None else ()
         val = split.val if split is not None else ()
         path = Path(path)
@@ -580,8 +605,9 @@ class LatentPanel(QWidget):
     def _on_export_clicked(self) -> None:
         from napari.utils.notifications import show_error, show_info
 
-        path, _ = QFileDialog.getSaveFileName(self, "Export latents", "latents.csv",
-                                              "CSV files (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export latents", "latents.csv", "CSV files (*.csv)"
+        )
         if not path:
             return
         try:

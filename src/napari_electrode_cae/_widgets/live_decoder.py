@@ -98,7 +98,9 @@ def model_snapshot(model: ConvAutoEncoder3d) -> ConvAutoEncoder3d:
 
 
 def decode_latent(
-    model: ConvAutoEncoder3d, latent: np.ndarray, requested_at: float = 0.0,
+    model: ConvAutoEncoder3d,
+    latent: np.ndarray,
+    requested_at: float = 0.0,
 ) -> DecodedVolume:
     """Decode one latent vector with ``model`` and snap it to phases.
 

@@ -51,8 +51,9 @@ def ladder_below(value: float) -> float:
     return 5.0 * 10.0 ** (exponent - 1)
 
 
-def plot_limits(epochs: np.ndarray, values: np.ndarray) -> tuple[tuple[float, float],
-                                                                  tuple[float, float]]:
+def plot_limits(
+    epochs: np.ndarray, values: np.ndarray
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """(x limits, y limits) for epochs 1..n and positive MSE ``values``, in 1-2-5 steps."""
     last = float(epochs.max()) if epochs.size else 1.0
     x_limits = (0.5, ladder_above(max(last, 10.0)) + 0.5)
@@ -73,12 +74,17 @@ class MSEAxis(pg.AxisItem):
     def logTickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph API)
         low, high = sorted(self.range) if self.range is not None else (0.0, 1.0)
         span = high - low  # decades shown
-        labelled = (_LADDER if span > math.log10(30.0) else (1.0, 2.0, 3.0, 5.0)
-                    if span > math.log10(3.0) else tuple(float(m) for m in range(1, 10)))
+        labelled = (
+            _LADDER
+            if span > math.log10(30.0)
+            else (1.0, 2.0, 3.0, 5.0)
+            if span > math.log10(3.0)
+            else tuple(float(m) for m in range(1, 10))
+        )
         labels = []
         for value in values:
             mantissa = 10.0 ** (value - math.floor(value + 1e-9))
-            labels.append(f"{10.0 ** value:.3g}" if round(mantissa, 3) in labelled else "")
+            labels.append(f"{10.0**value:.3g}" if round(mantissa, 3) in labelled else "")
         return labels
 
 
@@ -123,8 +129,7 @@ class LossPlot(QWidget):
         self.train_mse = np.zeros(0)
         self.val_mse = np.zeros(0)
         self.best: tuple[int, float] | None = None
-        self.plot_widget = pg.PlotWidget(background=background,
-                                         axisItems={"left": MSEAxis("left")})
+        self.plot_widget = pg.PlotWidget(background=background, axisItems={"left": MSEAxis("left")})
         item = self.plot_widget.getPlotItem()
         item.setLogMode(x=False, y=True)
         # horizontal grid lines only: pyqtgraph's translucent grid on both axes made a new
@@ -142,18 +147,37 @@ class LossPlot(QWidget):
         legend = item.addLegend(offset=(-8, 8), labelTextColor=foreground)
         legend.setBrush(pg.mkBrush(background))
         self.train_curve = item.plot(
-            name="train MSE", pen=pg.mkPen(TRAIN_COLOR, width=1.5), symbol="o", symbolSize=5,
-            symbolPen=None, symbolBrush=TRAIN_COLOR, connect="finite", antialias=True)
+            name="train MSE",
+            pen=pg.mkPen(TRAIN_COLOR, width=1.5),
+            symbol="o",
+            symbolSize=5,
+            symbolPen=None,
+            symbolBrush=TRAIN_COLOR,
+            connect="finite",
+            antialias=True,
+        )
         self.val_curve = item.plot(
-            name="validation MSE", pen=pg.mkPen(VAL_COLOR, width=1.5), symbol="o",
-            symbolSize=5, symbolPen=None, symbolBrush=VAL_COLOR, connect="finite",
-            antialias=True)
+            name="validation MSE",
+            pen=pg.mkPen(VAL_COLOR, width=1.5),
+            symbol="o",
+            symbolSize=5,
+            symbolPen=None,
+            symbolBrush=VAL_COLOR,
+            connect="finite",
+            antialias=True,
+        )
         self.best_marker = pg.ScatterPlotItem(
-            symbol="star", size=14, pen=pg.mkPen(background, width=0.8),
-            brush=pg.mkBrush(BEST_COLOR), name="best validation", antialias=True)
+            symbol="star",
+            size=14,
+            pen=pg.mkPen(background, width=0.8),
+            brush=pg.mkBrush(BEST_COLOR),
+            name="best validation",
+            antialias=True,
+        )
         item.addItem(self.best_marker)  # named: the legend lists it
         self.best_line = pg.InfiniteLine(
-            angle=90, movable=False, pen=pg.mkPen(BEST_COLOR, width=1, style=Qt.PenStyle.DotLine))
+            angle=90, movable=False, pen=pg.mkPen(BEST_COLOR, width=1, style=Qt.PenStyle.DotLine)
+        )
         self.best_line.setVisible(False)
         item.addItem(self.best_line, ignoreBounds=True)
         layout = QVBoxLayout(self)
@@ -161,9 +185,11 @@ class LossPlot(QWidget):
         layout.addWidget(self.plot_widget)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(160, 180)
-        self.setToolTip("Mean squared error of the reconstruction per epoch (log scale).\n"
-                        "Star and dotted line: the epoch with the lowest validation MSE; "
-                        "its weights are kept.")
+        self.setToolTip(
+            "Mean squared error of the reconstruction per epoch (log scale).\n"
+            "Star and dotted line: the epoch with the lowest validation MSE; "
+            "its weights are kept."
+        )
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setSingleShot(True)
         self._redraw_timer.setInterval(redraw_interval_ms)
@@ -190,7 +216,8 @@ class LossPlot(QWidget):
     def point_count(self) -> tuple[int, int]:
         """Number of (train, validation) points plotted (finite, positive MSEs)."""
         return int(np.count_nonzero(_valid(self.train_mse))), int(
-            np.count_nonzero(_valid(self.val_mse)))
+            np.count_nonzero(_valid(self.val_mse))
+        )
 
     def limits(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """(x limits, y limits) of the axes for the current history."""

@@ -70,8 +70,15 @@ class ElectrodeCAEWidget(QWidget):
 
     @property
     def panels(self) -> tuple[QWidget, ...]:
-        return (self.data_panel, self.windows_panel, self.training_panel, self.results_panel,
-                self.latent_panel, self.physics_panel, self.design_panel)
+        return (
+            self.data_panel,
+            self.windows_panel,
+            self.training_panel,
+            self.results_panel,
+            self.latent_panel,
+            self.physics_panel,
+            self.design_panel,
+        )
 
     def _on_tab_changed(self, _index: int) -> None:
         if self.tabs.currentWidget() is self.training_panel:

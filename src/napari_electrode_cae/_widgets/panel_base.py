@@ -76,10 +76,15 @@ class WorkerSet:
         self._watches: dict[Any, WorkerWatch] = {}
         self.closed = False
 
-    def create(self, function: Callable[..., Any], *args: Any,
-               on_yielded: Callable | None = None, on_returned: Callable | None = None,
-               on_errored: Callable | None = None,
-               on_finished: Callable[[], None] | None = None) -> Any:
+    def create(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        on_yielded: Callable | None = None,
+        on_returned: Callable | None = None,
+        on_errored: Callable | None = None,
+        on_finished: Callable[[], None] | None = None,
+    ) -> Any:
         """A napari worker running ``function(*args)``, connected and followed, not started.
 
         Errors reach ``on_errored`` only (napari does not show them as notifications). The
@@ -88,8 +93,11 @@ class WorkerSet:
         from napari.qt.threading import create_worker
 
         worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True)
-        for signal, slot in (("yielded", on_yielded), ("returned", on_returned),
-                             ("errored", on_errored)):
+        for signal, slot in (
+            ("yielded", on_yielded),
+            ("returned", on_returned),
+            ("errored", on_errored),
+        ):
             if slot is not None:
                 getattr(worker, signal).connect(slot)
         self.track(worker, on_finished)
@@ -125,8 +133,11 @@ class WorkerSet:
             if not watch.wait(max(0.0, deadline - time.monotonic())):
                 stopped = False
         if not stopped:
-            warnings.warn(f"a worker of the {owner} did not stop within {timeout_s:.0f} s",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"a worker of the {owner} did not stop within {timeout_s:.0f} s",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self._watches.clear()
         return stopped
 

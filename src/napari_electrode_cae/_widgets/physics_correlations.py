@@ -50,8 +50,10 @@ class PhysicsCorrelations:
         elif latents is None or dataset is None:
             problem = f"no encoded windows: {NO_MODEL_MESSAGE}"
         elif latents.ndim != 2 or len(latents) != len(dataset):
-            problem = (f"the latents cover {len(latents)} windows but the current windows are "
-                       f"{len(dataset)}; retrain or reopen the run")
+            problem = (
+                f"the latents cover {len(latents)} windows but the current windows are "
+                f"{len(dataset)}; retrain or reopen the run"
+            )
         if problem:
             if not quiet:
                 raise PhysicsPanelError(problem)
@@ -70,13 +72,18 @@ class PhysicsCorrelations:
     def _start_correlations(self) -> None:
         dataset = self.state.dataset
         if self.state.model is None or dataset is None:
-            raise PhysicsPanelError(NO_MODEL_MESSAGE if self.state.model is None else
-                                    f"no windows: {self.state.window_error}")
-        indices = select_windows(np.arange(len(dataset)), self.max_windows_spin.value(),
-                                 seed=self.state.seed)
+            raise PhysicsPanelError(
+                NO_MODEL_MESSAGE
+                if self.state.model is None
+                else f"no windows: {self.state.window_error}"
+            )
+        indices = select_windows(
+            np.arange(len(dataset)), self.max_windows_spin.value(), seed=self.state.seed
+        )
         if len(indices) < 3:
-            raise PhysicsPanelError(f"correlations need at least 3 windows, there are "
-                                    f"{len(indices)}")
+            raise PhysicsPanelError(
+                f"correlations need at least 3 windows, there are {len(indices)}"
+            )
         latents = self._latents_for(indices)
         split = self.state.split
         splits = {}
@@ -85,9 +92,17 @@ class PhysicsCorrelations:
             splits.update({int(i): "val" for i in split.val})
         with_tau = self.corr_tau_check.isChecked()
         worker = self.workers.create(
-            correlation_job, self._corr_guard, dataset, indices, latents, with_tau, splits,
-            on_yielded=self._on_corr_progress, on_returned=self._on_corr_returned,
-            on_errored=self._on_corr_errored)
+            correlation_job,
+            self._corr_guard,
+            dataset,
+            indices,
+            latents,
+            with_tau,
+            splits,
+            on_yielded=self._on_corr_progress,
+            on_returned=self._on_corr_returned,
+            on_errored=self._on_corr_errored,
+        )
         worker.aborted.connect(self._on_corr_aborted)
         worker.finished.connect(self._on_corr_finished)  # after shutdown too: not running
         self._corr_worker = worker
@@ -95,10 +110,12 @@ class PhysicsCorrelations:
         self.progress_bar.setRange(0, len(indices))
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat(PROGRESS_FORMAT)
-        subset = "" if len(indices) == len(dataset) else (
-            f" (seeded subset of {len(dataset)})")
-        self.corr_label.setText(f"measuring {len(indices)} windows{subset}"
-                                + (" with tortuosity" if with_tau else "") + " …")
+        subset = "" if len(indices) == len(dataset) else (f" (seeded subset of {len(dataset)})")
+        self.corr_label.setText(
+            f"measuring {len(indices)} windows{subset}"
+            + (" with tortuosity" if with_tau else "")
+            + " …"
+        )
         self._update_buttons()
         worker.start()
 
@@ -130,8 +147,10 @@ class PhysicsCorrelations:
         self._report_error(exc)
 
     def _on_corr_aborted(self) -> None:
-        self.corr_label.setText(f"stopped after {self._corr_done} of "
-                                f"{self.progress_bar.maximum()} windows; nothing changed")
+        self.corr_label.setText(
+            f"stopped after {self._corr_done} of "
+            f"{self.progress_bar.maximum()} windows; nothing changed"
+        )
 
     def _on_corr_finished(self) -> None:
         self._corr_worker = None
@@ -144,11 +163,14 @@ class PhysicsCorrelations:
         n = len(result.indices)
         self.corr_label.setText(
             f"{n} windows, {len(result.names)} variables, {format_seconds(result.seconds)}"
-            + ("" if result.tortuosity else "; tortuosity left out"))
-        lines = [f"z{j + 1} ~ {name}: ρ = {rho:+.2f} (p {p:.2g})"
-                 for j, name, rho, p in result.strongest]
-        self.strongest_label.setText("<b>Strongest</b><br>" + "<br>".join(lines)
-                                     if lines else "no finite correlation")
+            + ("" if result.tortuosity else "; tortuosity left out")
+        )
+        lines = [
+            f"z{j + 1} ~ {name}: ρ = {rho:+.2f} (p {p:.2g})" for j, name, rho, p in result.strongest
+        ]
+        self.strongest_label.setText(
+            "<b>Strongest</b><br>" + "<br>".join(lines) if lines else "no finite correlation"
+        )
         self._update_buttons()
 
     def _show_no_count(self) -> None:
@@ -194,19 +216,23 @@ class PhysicsCorrelations:
         """
         result = self.correlation
         if result is None:
-            raise PhysicsPanelError("no per-window metrics yet: press Compute correlations "
-                                    "first")
+            raise PhysicsPanelError("no per-window metrics yet: press Compute correlations first")
         path = Path(path)
         metrics_path = write_metrics_csv(path, result.rows)
-        corr_path = write_correlations_csv(path.with_name(f"{path.stem}_correlations.csv"),
-                                           result.names, result.rho, result.p_values)
+        corr_path = write_correlations_csv(
+            path.with_name(f"{path.stem}_correlations.csv"),
+            result.names,
+            result.rho,
+            result.p_values,
+        )
         return metrics_path, corr_path
 
     def _on_export_clicked(self) -> None:
         from napari.utils.notifications import show_info
 
-        path, _ = QFileDialog.getSaveFileName(self, "Export metrics", "metrics.csv",
-                                              "CSV files (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export metrics", "metrics.csv", "CSV files (*.csv)"
+        )
         if not path:
             return
         try:
@@ -246,8 +272,9 @@ class PhysicsCorrelations:
         if self.correlation is not None:
             heatmap.set_correlations(self.correlation.names, self.correlation.rho)
         self._heatmaps.append(heatmap)
-        dock = self.viewer.window.add_dock_widget(heatmap, name="Physics: latent correlations",
-                                                  area="bottom")
+        dock = self.viewer.window.add_dock_widget(
+            heatmap, name="Physics: latent correlations", area="bottom"
+        )
         self._heatmap_dock = dock
         heatmap.destroyed.connect(lambda *_: self._forget_dock("heatmap"))
         return dock

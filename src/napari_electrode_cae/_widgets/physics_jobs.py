@@ -132,8 +132,9 @@ def _checked(function, *args, **kwargs):
         raise PhysicsPanelError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def measure_volume(labels: np.ndarray, voxel_size_um: float, generation: int = 0,
-                   with_tortuosity: bool = False) -> VolumeMetrics:
+def measure_volume(
+    labels: np.ndarray, voxel_size_um: float, generation: int = 0, with_tortuosity: bool = False
+) -> VolumeMetrics:
     """Metrics of one phase volume (worker thread).
 
     Parameters
@@ -156,13 +157,18 @@ def measure_tortuosity(volume: VolumeMetrics, generation: int | None = None) -> 
     """The pore tortuosity along Z of ``volume.labels`` (worker thread); only that key."""
     start = time.perf_counter()
     tau = _checked(tortuosity, volume.labels, "pore", 0, device=TORTUOSITY_DEVICE)
-    return VolumeMetrics(volume.generation if generation is None else generation,
-                         {TORTUOSITY_KEY: tau}, time.perf_counter() - start, volume.labels,
-                         volume.voxel_size_um)
+    return VolumeMetrics(
+        volume.generation if generation is None else generation,
+        {TORTUOSITY_KEY: tau},
+        time.perf_counter() - start,
+        volume.labels,
+        volume.voxel_size_um,
+    )
 
 
-def window_physics(model: ConvAutoEncoder3d, dataset: WindowDataset, index: int,
-                   generation: int = 0) -> WindowPhysics:
+def window_physics(
+    model: ConvAutoEncoder3d, dataset: WindowDataset, index: int, generation: int = 0
+) -> WindowPhysics:
     """Cheap metrics of window ``index`` and of its reconstruction snapped to phases.
 
     Runs in a worker with an eval snapshot of the model (see :func:`.live_decoder.
@@ -180,16 +186,21 @@ def window_physics(model: ConvAutoEncoder3d, dataset: WindowDataset, index: int,
     recon_labels = _checked(reconstruct_labels)
     infer_seconds = time.perf_counter() - start
     recon = measure_volume(recon_labels, voxel, generation)
-    recon = VolumeMetrics(generation, recon.metrics, recon.seconds + infer_seconds, recon_labels,
-                          voxel)
-    return WindowPhysics(generation, dataset, int(index),
-                         measure_volume(original, voxel, generation), recon)
+    recon = VolumeMetrics(
+        generation, recon.metrics, recon.seconds + infer_seconds, recon_labels, voxel
+    )
+    return WindowPhysics(
+        generation, dataset, int(index), measure_volume(original, voxel, generation), recon
+    )
 
 
 def window_tortuosity(result: WindowPhysics) -> TortuosityPair:
     """Pore tortuosity along Z of a :func:`window_physics` result's two volumes."""
-    return TortuosityPair(result.generation, measure_tortuosity(result.original),
-                          measure_tortuosity(result.reconstruction))
+    return TortuosityPair(
+        result.generation,
+        measure_tortuosity(result.original),
+        measure_tortuosity(result.reconstruction),
+    )
 
 
 def tag_value(calendered: bool | None) -> float:
@@ -234,8 +245,14 @@ class WorkerGuard:
         return self._idle.wait(timeout_s)
 
 
-def correlation_job(guard: WorkerGuard, dataset: WindowDataset, indices: np.ndarray,
-                    latents: np.ndarray, with_tortuosity: bool, splits: dict):
+def correlation_job(
+    guard: WorkerGuard,
+    dataset: WindowDataset,
+    indices: np.ndarray,
+    latents: np.ndarray,
+    with_tortuosity: bool,
+    splits: dict,
+):
     """Generator run by the correlation worker: yields progress, returns a CorrelationResult.
 
     Every error is raised as an :class:`~napari_electrode_cae.core.ElectrodeCAEError` (a
@@ -246,8 +263,9 @@ def correlation_job(guard: WorkerGuard, dataset: WindowDataset, indices: np.ndar
     try:
         start = time.perf_counter()
         rows: list[dict] = []
-        metrics = iter_window_metrics(dataset, indices, tortuosity=with_tortuosity,
-                                      splits=splits, device=TORTUOSITY_DEVICE)
+        metrics = iter_window_metrics(
+            dataset, indices, tortuosity=with_tortuosity, splits=splits, device=TORTUOSITY_DEVICE
+        )
         while True:
             progress = _checked(next, metrics, None)
             if progress is None:
@@ -262,8 +280,17 @@ def correlation_job(guard: WorkerGuard, dataset: WindowDataset, indices: np.ndar
         extra = {DEPTH_COLUMN: depth, TAG_COLUMN: tags}
         names, rho, p = _checked(latent_metric_correlations, latents, rows, extra=extra)
         strongest = strongest_correlations(names, rho, p, top=5)
-        return CorrelationResult(dataset, np.asarray(indices, dtype=np.int64), rows, extra,
-                                 names, rho, p, strongest, time.perf_counter() - start,
-                                 with_tortuosity)
+        return CorrelationResult(
+            dataset,
+            np.asarray(indices, dtype=np.int64),
+            rows,
+            extra,
+            names,
+            rho,
+            p,
+            strongest,
+            time.perf_counter() - start,
+            with_tortuosity,
+        )
     finally:
         guard.leave()

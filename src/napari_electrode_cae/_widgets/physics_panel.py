@@ -148,8 +148,9 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         The last finished correlation analysis.
     """
 
-    def __init__(self, viewer: napari.Viewer, state: CAEState,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, viewer: napari.Viewer, state: CAEState, parent: QWidget | None = None
+    ) -> None:
         super().__init__(viewer, state, parent)
         self._snapshot: ConvAutoEncoder3d | None = None
         self._snapshot_source: ConvAutoEncoder3d | None = None
@@ -162,12 +163,13 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         self._last_error = ""
         runner = _TrackedChainedRunner
         self._window_runner = runner(self.workers, self._on_window_physics, self._on_job_error)
-        self._window_tau_runner = runner(self.workers, self._on_window_tortuosity,
-                                         self._on_job_error)
-        self._decoded_runner = runner(self.workers, self._on_decoded_metrics,
-                                      self._on_job_error)
-        self._decoded_tau_runner = runner(self.workers, self._on_decoded_tortuosity,
-                                          self._on_job_error)
+        self._window_tau_runner = runner(
+            self.workers, self._on_window_tortuosity, self._on_job_error
+        )
+        self._decoded_runner = runner(self.workers, self._on_decoded_metrics, self._on_job_error)
+        self._decoded_tau_runner = runner(
+            self.workers, self._on_decoded_tortuosity, self._on_job_error
+        )
         self._times: list[str] = ["", "", ""]
         self._tau_times: list[str] = ["", "", ""]
         self._corr_worker: Any = None
@@ -209,12 +211,14 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         self.live_tau_check.setToolTip(
             "Solve the decoded volume's tortuosity at every slider change (~1 s for "
             "24×224×224); otherwise once the slider has been still for "
-            f"{TORTUOSITY_DEBOUNCE_MS} ms")
+            f"{TORTUOSITY_DEBOUNCE_MS} ms"
+        )
         self.live_tau_check.toggled.connect(self._on_live_tau_toggled)
         self.table_dock_button = QPushButton("Table beside viewer")
         self.table_dock_button.setToolTip(
             "Show a copy of this table in a dock of its own, to watch the decoded column while "
-            "moving the sliders of the Latents tab")
+            "moving the sliders of the Latents tab"
+        )
         self.table_dock_button.clicked.connect(self.show_table_dock)
         table_row = QHBoxLayout()
         table_row.addWidget(self.live_tau_check)
@@ -225,7 +229,8 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         self.max_windows_spin.setRange(3, 1_000_000)
         self.max_windows_spin.setValue(DEFAULT_MAX_WINDOWS)
         self.max_windows_spin.setToolTip(
-            "Analyse at most this many windows (a seeded random subset when there are more)")
+            "Analyse at most this many windows (a seeded random subset when there are more)"
+        )
         self.corr_tau_check = QCheckBox("Tortuosity")
         self.corr_tau_check.setToolTip("Include the pore tortuosity (slow: ~1 s per big window)")
         self.compute_button = QPushButton("Compute correlations")
@@ -248,14 +253,14 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         self._heatmaps.append(self.heatmap)
         self.strongest_label = QLabel("")
         self.strongest_label.setWordWrap(True)
-        self.strongest_label.setTextInteractionFlags(
-            Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.strongest_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.heatmap_dock_button = QPushButton("Heat map in own dock")
         self.heatmap_dock_button.setToolTip("Show the heat map large, below the viewer")
         self.heatmap_dock_button.clicked.connect(self.show_heatmap_dock)
         self.export_button = QPushButton("Export metrics CSV…")
         self.export_button.setToolTip(
-            "Per-window metrics (one row per window) and, next to it, <name>_correlations.csv")
+            "Per-window metrics (one row per window) and, next to it, <name>_correlations.csv"
+        )
         self.export_button.clicked.connect(self._on_export_clicked)
         out_row = QHBoxLayout()
         out_row.addWidget(self.heatmap_dock_button)
@@ -298,8 +303,7 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
                 if metrics is None:
                     self._set_cell(row, column, "–")
                 continue
-            self._set_cell(row, column, format_metric(metrics.get(key) if metrics else None,
-                                                      kind))
+            self._set_cell(row, column, format_metric(metrics.get(key) if metrics else None, kind))
 
     def _set_tau(self, column: int, text: str) -> None:
         self._set_cell(len(METRIC_ROWS) - 1, column, text)
@@ -328,9 +332,11 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
             return f"no windows: {state.window_error or 'pick stacks in the Data panel'}"
         if not state.model_matches_dataset():
             c, spec = self._snapshot.config, state.dataset.spec
-            return (f"the model takes windows of {c.window_length} slices × {c.crop}² but the "
-                    f"current windows are {spec.length} × {spec.crop}²; retrain or change the "
-                    "window settings")
+            return (
+                f"the model takes windows of {c.window_length} slices × {c.crop}² but the "
+                f"current windows are {spec.length} × {spec.crop}²; retrain or change the "
+                "window settings"
+            )
         return ""
 
     def _on_model_version_changed(self, _event: Any = None) -> None:
@@ -361,14 +367,26 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
             self._clear_correlation("latents changed: compute the correlations again")
             return
         try:
-            names, rho, p = _checked(latent_metric_correlations, latents, result.rows,
-                                     extra=result.extra)
+            names, rho, p = _checked(
+                latent_metric_correlations, latents, result.rows, extra=result.extra
+            )
         except ElectrodeCAEError as exc:
             self._report_error(exc)
             return
-        self._show_correlation(CorrelationResult(
-            result.dataset, result.indices, result.rows, result.extra, names, rho, p,
-            strongest_correlations(names, rho, p, top=5), result.seconds, result.tortuosity))
+        self._show_correlation(
+            CorrelationResult(
+                result.dataset,
+                result.indices,
+                result.rows,
+                result.extra,
+                names,
+                rho,
+                p,
+                strongest_correlations(names, rho, p, top=5),
+                result.seconds,
+                result.tortuosity,
+            )
+        )
 
     # ------------------------------------------------------------------- window columns
     def _request_window(self) -> None:
@@ -391,8 +409,7 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         self.status_label.setText(f"measuring window {index} …")
         for column in (ORIGINAL, RECONSTRUCTION):
             self._set_tau(column, "…")
-        self._window_runner.submit(window_physics, self._snapshot, dataset, index,
-                                   self._window_gen)
+        self._window_runner.submit(window_physics, self._snapshot, dataset, index, self._window_gen)
 
     def _on_window_physics(self, result: WindowPhysics) -> None:
         """Main thread: show the cheap metrics; start the tortuosity stage."""
@@ -402,9 +419,12 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         stack = result.dataset.stacks[stack_index]
         self.window_title.setText(
             f"<b>Window {result.index}</b>: {stack.name or stack_index} [{stack.tag}] at "
-            f"z {z}, y {y}, x {x}")
-        for column, volume in ((ORIGINAL, result.original),
-                               (RECONSTRUCTION, result.reconstruction)):
+            f"z {z}, y {y}, x {x}"
+        )
+        for column, volume in (
+            (ORIGINAL, result.original),
+            (RECONSTRUCTION, result.reconstruction),
+        ):
             self._set_column(column, volume.metrics, keep_tau=True)
             self._set_tau(column, "solving …")
             self._set_time(column, format_seconds(volume.seconds), "")
@@ -414,8 +434,10 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
     def _on_window_tortuosity(self, result: TortuosityPair) -> None:
         if result.generation != self._window_gen:
             return
-        for column, volume in ((ORIGINAL, result.original),
-                               (RECONSTRUCTION, result.reconstruction)):
+        for column, volume in (
+            (ORIGINAL, result.original),
+            (RECONSTRUCTION, result.reconstruction),
+        ):
             self._set_tau(column, format_metric(volume.metrics[TORTUOSITY_KEY], "tau"))
             self._set_time(column, tau=f"τ {format_seconds(volume.seconds)}")
         self.status_label.setText(f"window {self.state.selected_window}: done")
@@ -463,13 +485,15 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         self._decoded_dirty = False
         self._decoded_labels = np.array(data, copy=True)
         dataset = self.state.dataset
-        self._decoded_voxel = (dataset.voxel_size_um if dataset is not None
-                               else float(np.asarray(layer.scale)[-1]))
+        self._decoded_voxel = (
+            dataset.voxel_size_um if dataset is not None else float(np.asarray(layer.scale)[-1])
+        )
         live = self.live_tau_check.isChecked()
         self._set_tau(DECODED, "…")
         self._set_time(DECODED, tau="")
-        self._decoded_runner.submit(measure_volume, self._decoded_labels, self._decoded_voxel,
-                                    self._decoded_gen, live)
+        self._decoded_runner.submit(
+            measure_volume, self._decoded_labels, self._decoded_voxel, self._decoded_gen, live
+        )
         if live:
             self._tau_timer.stop()
         else:
@@ -499,8 +523,9 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         if self._decoded_labels is None or self.live_tau_check.isChecked():
             return
         self._set_tau(DECODED, "solving …")
-        volume = VolumeMetrics(self._decoded_gen, {}, 0.0, self._decoded_labels,
-                               self._decoded_voxel)
+        volume = VolumeMetrics(
+            self._decoded_gen, {}, 0.0, self._decoded_labels, self._decoded_voxel
+        )
         self._decoded_tau_runner.submit(measure_tortuosity, volume)
 
     def _on_decoded_tortuosity(self, result: VolumeMetrics) -> None:
@@ -516,9 +541,18 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
     @property
     def idle(self) -> bool:
         """True when no metrics job is running or pending (the correlation worker aside)."""
-        return all(r.idle for r in (self._window_runner, self._window_tau_runner,
-                                    self._decoded_runner, self._decoded_tau_runner)) \
+        return (
+            all(
+                r.idle
+                for r in (
+                    self._window_runner,
+                    self._window_tau_runner,
+                    self._decoded_runner,
+                    self._decoded_tau_runner,
+                )
+            )
             and not self._tau_timer.isActive()
+        )
 
     # ------------------------------------------------------------------------------ errors
     def _report_error(self, exc: Exception) -> None:
@@ -537,8 +571,12 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
     def stop_work(self) -> None:
         """Before the workers are waited for: runners closed, the correlation asked to stop."""
         self._tau_timer.stop()
-        for runner in (self._window_runner, self._window_tau_runner, self._decoded_runner,
-                       self._decoded_tau_runner):
+        for runner in (
+            self._window_runner,
+            self._window_tau_runner,
+            self._decoded_runner,
+            self._decoded_tau_runner,
+        ):
             runner.shutdown()
         if self._corr_worker is not None:
             self._corr_worker.quit()

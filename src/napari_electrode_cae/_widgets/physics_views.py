@@ -23,8 +23,11 @@ from ..core import metrics as metric_registry
 #: Metric key, row label and kind ("pct", "num" or "tau") of the metrics table, in order: the
 #: metrics registry's (core.metrics), so a metric added there shows up here.
 METRIC_ROWS: tuple[tuple[str, str, str], ...] = tuple(
-    (m.name, m.short_label + (f" ({m.unit})" if m.unit else ""),
-     "tau" if m.costly else "pct" if m.is_fraction else "num")
+    (
+        m.name,
+        m.short_label + (f" ({m.unit})" if m.unit else ""),
+        "tau" if m.costly else "pct" if m.is_fraction else "num",
+    )
     for m in metric_registry.metrics_for_axis(0)
 )
 TIME_ROW_LABEL = "Compute time"
@@ -148,8 +151,7 @@ class CorrelationHeatmap(QWidget):
         super().__init__(parent)
         self.data: np.ndarray | None = None
         self.names: list[str] = []
-        self.figure = Figure(figsize=(4.0, 3.0), dpi=90, facecolor=BACKGROUND,
-                             layout="constrained")
+        self.figure = Figure(figsize=(4.0, 3.0), dpi=90, facecolor=BACKGROUND, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.canvas.setMinimumHeight(min_height)
@@ -164,8 +166,16 @@ class CorrelationHeatmap(QWidget):
 
     def _draw_empty(self) -> None:
         self.figure.clear()
-        self.figure.text(0.5, 0.5, "no correlations yet", ha="center", va="center",
-                         color=FOREGROUND, fontsize=9, alpha=0.6)
+        self.figure.text(
+            0.5,
+            0.5,
+            "no correlations yet",
+            ha="center",
+            va="center",
+            color=FOREGROUND,
+            fontsize=9,
+            alpha=0.6,
+        )
         self._draw()
 
     def clear(self) -> None:
@@ -184,11 +194,23 @@ class CorrelationHeatmap(QWidget):
         from matplotlib import colormaps
 
         cmap = colormaps["RdBu_r"].with_extremes(bad="#55585f")
-        image = ax.imshow(np.ma.masked_invalid(rho), cmap=cmap, vmin=-1.0, vmax=1.0,
-                          aspect="auto", interpolation="nearest")
+        image = ax.imshow(
+            np.ma.masked_invalid(rho),
+            cmap=cmap,
+            vmin=-1.0,
+            vmax=1.0,
+            aspect="auto",
+            interpolation="nearest",
+        )
         ax.set_xticks(range(m))
-        ax.set_xticklabels([SHORT_NAMES.get(n, n) for n in names], rotation=55, ha="right",
-                           rotation_mode="anchor", fontsize=7, color=FOREGROUND)
+        ax.set_xticklabels(
+            [SHORT_NAMES.get(n, n) for n in names],
+            rotation=55,
+            ha="right",
+            rotation_mode="anchor",
+            fontsize=7,
+            color=FOREGROUND,
+        )
         ax.set_yticks(range(k))
         ax.set_yticklabels([f"z{j + 1}" for j in range(k)], fontsize=7, color=FOREGROUND)
         ax.tick_params(colors=FOREGROUND, length=2)
@@ -199,9 +221,15 @@ class CorrelationHeatmap(QWidget):
             for c in range(m):
                 value = rho[j, c]
                 if np.isfinite(value) and abs(value) >= ANNOTATE_ABS_RHO:
-                    ax.text(c, j, f"{value:.2f}".replace("0.", "."), ha="center",
-                            va="center", fontsize=font,
-                            color="white" if abs(value) > 0.75 else "black")
+                    ax.text(
+                        c,
+                        j,
+                        f"{value:.2f}".replace("0.", "."),
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if abs(value) > 0.75 else "black",
+                    )
         bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, aspect=25)
         bar.set_ticks([-1, -0.5, 0, 0.5, 1])
         bar.ax.tick_params(labelsize=6, colors=FOREGROUND, length=2)

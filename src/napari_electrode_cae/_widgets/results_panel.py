@@ -72,8 +72,7 @@ if TYPE_CHECKING:
 NO_MODEL_MESSAGE = "train a model or open a run first"
 #: Shown while ``state.model`` is a model whose weights are not final yet (training started or a
 #: run is being evaluated; ``model_version`` is bumped when it is ready).
-MODEL_PENDING_MESSAGE = ("a new model is being trained or evaluated; results appear when it is "
-                         "ready")
+MODEL_PENDING_MESSAGE = "a new model is being trained or evaluated; results appear when it is ready"
 
 
 class ResultsPanel(WindowViews, ReportTables, QWidget):
@@ -94,8 +93,13 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
         :mod:`.turns`); by default the panel's own.
     """
 
-    def __init__(self, viewer: napari.Viewer, state: CAEState,
-                 parent: QWidget | None = None, turns: TurnQueue | None = None) -> None:
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        state: CAEState,
+        parent: QWidget | None = None,
+        turns: TurnQueue | None = None,
+    ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
@@ -155,14 +159,16 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
         self.side_by_side_check = QCheckBox("Side by side")
         self.side_by_side_check.setChecked(True)
         self.side_by_side_check.setToolTip(
-            "Grid view with linked cameras and slice; hides the full-stack layers meanwhile")
+            "Grid view with linked cameras and slice; hides the full-stack layers meanwhile"
+        )
         self.side_by_side_check.toggled.connect(self._on_side_by_side_toggled)
         self.three_d_check = QCheckBox("3D")
         self.three_d_check.setChecked(self.viewer.dims.ndisplay == 3)
         self.three_d_check.toggled.connect(self._on_three_d_toggled)
         self.values_check = QCheckBox("Continuous values")
         self.values_check.setToolTip(
-            "Also show the reconstruction before snapping to phases (pore -1, CBD 0, active +1)")
+            "Also show the reconstruction before snapping to phases (pore -1, CBD 0, active +1)"
+        )
         self.values_check.toggled.connect(self._on_values_toggled)
         view_row = QHBoxLayout()
         for check in (self.side_by_side_check, self.three_d_check, self.values_check):
@@ -189,16 +195,20 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
             "share of voxels whose phase is right, NMSE (validation MSE over the data's "
             "variance; 1 for a model that outputs the mean) and the spread of the "
             "reconstruction (its standard deviation over the data's), and the triple phase "
-            "boundary density")
-        self.mse_title = QLabel("<b>The paper's statistics</b>: training vs validation windows "
-                                "(per-window MSE, Tables 6 and 8)")
+            "boundary density"
+        )
+        self.mse_title = QLabel(
+            "<b>The paper's statistics</b>: training vs validation windows "
+            "(per-window MSE, Tables 6 and 8)"
+        )
         self.mse_title.setWordWrap(True)
         self.mse_table = StatisticsTable(("Training", "Validation"))
         self.mse_table.setToolTip(
             "Per-window MSE of the training and validation windows (Table 6), and Welch's "
             "t-test between them (Table 8). The Table 7 window is the validation window the "
             "evaluation report compares in detail (drawn with the run's seed, so the same for "
-            "every reader of the report); the table below compares the window shown now.")
+            "every reader of the report); the table below compares the window shown now."
+        )
         self.window_table = StatisticsTable(("Original", "Reconstruction"))
         form = QFormLayout()
         form.addRow("Window", pick_row)
@@ -281,8 +291,11 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
 
     def _on_grid_enabled_changed(self, _event: Any = None) -> None:
         """napari's own grid button turned the grid off: leave side by side properly."""
-        if not self.viewer.canvas.grid.enabled and self.side_by_side_check.isChecked() \
-                and self._hidden_layers:
+        if (
+            not self.viewer.canvas.grid.enabled
+            and self.side_by_side_check.isChecked()
+            and self._hidden_layers
+        ):
             self.side_by_side_check.setChecked(False)
         self._update_slice_hint()
 
@@ -318,9 +331,11 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
         c = self._snapshot.config
         if (c.window_length, c.crop) != (state.dataset.spec.length, state.dataset.spec.crop):
             spec = state.dataset.spec
-            return (f"the model takes windows of {c.window_length} slices × {c.crop}² but the "
-                    f"current windows are {spec.length} × {spec.crop}²; retrain or change the "
-                    "window settings")
+            return (
+                f"the model takes windows of {c.window_length} slices × {c.crop}² but the "
+                f"current windows are {spec.length} × {spec.crop}²; retrain or change the "
+                "window settings"
+            )
         return ""
 
     def _request_window(self) -> None:
@@ -351,8 +366,7 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
         """
         if result.dataset is not self.state.dataset or self._problem():
             return
-        if _layers.ORIGINAL_LAYER not in self.viewer.layers \
-                and self.side_by_side_check.isChecked():
+        if _layers.ORIGINAL_LAYER not in self.viewer.layers and self.side_by_side_check.isChecked():
             # the first window (the Latents panel's decoded layer may exist already): side by
             # side once the window layers exist
             self._enter_pending = True
@@ -437,13 +451,14 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
 
     def _missing_layer(self, source: WindowResult) -> str | None:
         """Name of the first window layer that is missing or has another shape."""
-        wanted = [(_layers.ORIGINAL_LAYER, source.original),
-                  (_layers.RECONSTRUCTION_LAYER, source.labels)]
+        wanted = [
+            (_layers.ORIGINAL_LAYER, source.original),
+            (_layers.RECONSTRUCTION_LAYER, source.labels),
+        ]
         if self.values_check.isChecked():
             wanted.append((_layers.RECONSTRUCTION_VALUES_LAYER, source.values))
         for name, data in wanted:
-            if name not in self.viewer.layers or self.viewer.layers[name].data.shape \
-                    != data.shape:
+            if name not in self.viewer.layers or self.viewer.layers[name].data.shape != data.shape:
                 return name
         return None
 
@@ -451,9 +466,11 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
         """Write ``result`` into the existing window layers (in place) and the tables."""
         self._last_result = result
         translate = window_translate(result.dataset, result.index)
-        for name, data in ((_layers.ORIGINAL_LAYER, result.original),
-                           (_layers.RECONSTRUCTION_LAYER, result.labels),
-                           (_layers.RECONSTRUCTION_VALUES_LAYER, result.values)):
+        for name, data in (
+            (_layers.ORIGINAL_LAYER, result.original),
+            (_layers.RECONSTRUCTION_LAYER, result.labels),
+            (_layers.RECONSTRUCTION_VALUES_LAYER, result.values),
+        ):
             if name not in self.viewer.layers:
                 continue
             layer = self.viewer.layers[name]

@@ -57,8 +57,7 @@ class StatisticsTable(QTableWidget):
         for row, (_, value) in enumerate(rows):
             if isinstance(value, tuple):
                 for column in range(columns):
-                    self.setItem(row, column,
-                                 _item(value[column] if column < len(value) else ""))
+                    self.setItem(row, column, _item(value[column] if column < len(value) else ""))
             else:
                 self.setItem(row, 0, _item(value))
                 for column in range(1, columns):
@@ -88,8 +87,10 @@ def mse_rows(state: CAEState) -> list[tuple[str, Any]]:
     m = report.mse
     rows: list[tuple[str, Any]] = [
         ("Windows", (str(m.n_train), str(m.n_val))),
-        ("MSE mean ± std", (f"{m.train_mean:.4f} ± {m.train_std:.4f}",
-                            f"{m.val_mean:.4f} ± {m.val_std:.4f}")),
+        (
+            "MSE mean ± std",
+            (f"{m.train_mean:.4f} ± {m.train_std:.4f}", f"{m.val_mean:.4f} ± {m.val_std:.4f}"),
+        ),
         ("Welch p-value", format_p(m.p_value)),
         ("Table 7 window", f"{report.window.window} (seeded random validation window)"),
     ]
@@ -110,8 +111,14 @@ def phase_rows(p: PhaseEvaluation) -> list[tuple[str, Any]]:
     original = p.phase_fractions["original"]
     reconstruction = p.phase_fractions["reconstruction"]
     rows: list[tuple[str, Any]] = [
-        (label, (_percent(original[phase]), _percent(reconstruction[phase]),
-                 _number(p.phase_iou[phase], 2)))
+        (
+            label,
+            (
+                _percent(original[phase]),
+                _percent(reconstruction[phase]),
+                _number(p.phase_iou[phase], 2),
+            ),
+        )
         for phase, label in PHASE_LABELS
     ]
     tpb = p.tpb_density_per_um2
@@ -146,14 +153,23 @@ def health_banner_text(p: PhaseEvaluation) -> str:
 def comparison_rows(c: WindowComparison) -> list[tuple[str, Any]]:
     """Rows of the window table: Table 7 (mean ± std, p-value) plus phase checks."""
     rows: list[tuple[str, Any]] = [
-        ("Mean ± std", (f"{c.original_mean:.3f} ± {c.original_std:.3f}",
-                        f"{c.reconstruction_mean:.3f} ± {c.reconstruction_std:.3f}")),
+        (
+            "Mean ± std",
+            (
+                f"{c.original_mean:.3f} ± {c.original_std:.3f}",
+                f"{c.reconstruction_mean:.3f} ± {c.reconstruction_std:.3f}",
+            ),
+        ),
         ("p-value", format_p(c.p_value)),
         ("Voxel accuracy", f"{c.voxel_accuracy:.1%}"),
     ]
     for phase, label in (("pore", "Pore"), ("cbd", "CBD"), ("active", "Active")):
-        rows.append((f"{label} fraction", (f"{c.original_fractions[phase]:.1%}",
-                                           f"{c.reconstruction_fractions[phase]:.1%}")))
+        rows.append(
+            (
+                f"{label} fraction",
+                (f"{c.original_fractions[phase]:.1%}", f"{c.reconstruction_fractions[phase]:.1%}"),
+            )
+        )
     return rows
 
 
@@ -181,8 +197,9 @@ class ReportTables:
         banner = health_banner_text(phases) if phases is not None else ""
         self.health_banner.setText(banner)
         if banner:
-            self.health_banner.setStyleSheet(BANNER_STYLES.get(phases.health,
-                                                               BANNER_STYLES["diverged"]))
+            self.health_banner.setStyleSheet(
+                BANNER_STYLES.get(phases.health, BANNER_STYLES["diverged"])
+            )
         self._update_report_visibility()
 
     def _update_report_visibility(self) -> None:
@@ -206,5 +223,6 @@ class ReportTables:
         self.window_title.setText(f"<b>Window {result.index}</b> ({side_text})".replace(" ()", ""))
         self.window_label.setText(
             f"stack {stack.name or stack_index} [{stack.tag}] at z {z}, y {y}, x {x}; "
-            f"{c.n_voxels:,} voxels")
+            f"{c.n_voxels:,} voxels"
+        )
         self.window_table.set_rows(comparison_rows(c))

@@ -146,16 +146,24 @@ class WindowViews:
         translate = window_translate(source.dataset, source.index)
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        later = WINDOW_LAYER_NAMES[WINDOW_LAYER_NAMES.index(name) + 1:]
+        later = WINDOW_LAYER_NAMES[WINDOW_LAYER_NAMES.index(name) + 1 :]
         above = [self.viewer.layers.index(n) for n in later if n in self.viewer.layers]
         index = min(above) if above else len(self.viewer.layers)
         if name != _layers.RECONSTRUCTION_VALUES_LAYER:
             labels = source.original if name == _layers.ORIGINAL_LAYER else source.labels
-            _layers.add_phase_labels(self.viewer, labels, name, voxel, index=index,
-                                     translate=translate)
+            _layers.add_phase_labels(
+                self.viewer, labels, name, voxel, index=index, translate=translate
+            )
             return
-        layer = Image(source.values, name=name, colormap="gray", contrast_limits=(-1.0, 1.0),
-                      scale=(voxel,) * 3, units="µm", translate=translate)
+        layer = Image(
+            source.values,
+            name=name,
+            colormap="gray",
+            contrast_limits=(-1.0, 1.0),
+            scale=(voxel,) * 3,
+            units="µm",
+            translate=translate,
+        )
         self.viewer.layers.insert(index, layer)
 
     def _set_grid_shape(self, shape: tuple[int, int]) -> None:
@@ -175,7 +183,8 @@ class WindowViews:
         self.slice_hint.setText(
             f"2D: the Z slider spans the whole stack; this window holds slices {z}–"
             f"{z + length - 1} ({z * voxel:.1f}–{(z + length - 1) * voxel:.1f} µm) and its "
-            "panels are black outside them. Tick 3D to see the whole window.")
+            "panels are black outside them. Tick 3D to see the whole window."
+        )
         self.slice_hint.show()
 
     def _focus_on_window(self) -> None:
@@ -277,8 +286,12 @@ class WindowViews:
         if not dragged:
             self.select_window_at(position, view_direction, dims_displayed)
 
-    def select_window_at(self, position: np.ndarray, view_direction: Any = None,
-                         dims_displayed: list[int] | None = None) -> int | None:
+    def select_window_at(
+        self,
+        position: np.ndarray,
+        view_direction: Any = None,
+        dims_displayed: list[int] | None = None,
+    ) -> int | None:
         """Select the window around world ``position`` in a visible stack layer.
 
         Parameters
@@ -312,19 +325,22 @@ class WindowViews:
         """(stack index, layer) of visible stack layers, the active layer first."""
         active = self.viewer.layers.selection.active
         pairs = [
-            (i, self.viewer.layers[name]) for i, name in enumerate(self.state.stack_layers)
+            (i, self.viewer.layers[name])
+            for i, name in enumerate(self.state.stack_layers)
             if name in self.viewer.layers and self.viewer.layers[name].visible
         ]
         pairs.sort(key=lambda pair: pair[1] is not active)
         return pairs
 
     @staticmethod
-    def _data_point(layer: Any, position: np.ndarray, view_direction: Any,
-                    dims_displayed: list[int] | None) -> np.ndarray | None:
+    def _data_point(
+        layer: Any, position: np.ndarray, view_direction: Any, dims_displayed: list[int] | None
+    ) -> np.ndarray | None:
         """Voxel (z, y, x) of ``layer`` at world ``position`` (ray midpoint in 3D)."""
         if view_direction is not None and dims_displayed is not None and len(dims_displayed) == 3:
-            start, end = layer.get_ray_intersections(position, view_direction, dims_displayed,
-                                                     world=True)
+            start, end = layer.get_ray_intersections(
+                position, view_direction, dims_displayed, world=True
+            )
             if start is None or end is None:
                 return None
             point = (np.asarray(start) + np.asarray(end)) / 2.0

@@ -79,8 +79,15 @@ class ModelSettings:
     phase_rule: str = _QUICK.phase_rule
 
     def model_config(self, window: WindowSpec) -> ModelConfig:
-        return ModelConfig(window.length, window.crop, self.conv_layers, self.hidden,
-                           self.latent_dim, self.norm, self.output)
+        return ModelConfig(
+            window.length,
+            window.crop,
+            self.conv_layers,
+            self.hidden,
+            self.latent_dim,
+            self.norm,
+            self.output,
+        )
 
 
 @evented

@@ -51,8 +51,11 @@ OUTPUT_CHOICES: tuple[tuple[str, str], ...] = (
     ("phases", "three phases (cross-entropy)"),
 )
 #: Losses of three-phase models: value and label.
-PHASE_LOSS_LABELS = {"ce": "cross-entropy", "weighted_ce": "weighted cross-entropy",
-                     "ce_dice": "cross-entropy + Dice"}
+PHASE_LOSS_LABELS = {
+    "ce": "cross-entropy",
+    "weighted_ce": "weighted cross-entropy",
+    "ce_dice": "cross-entropy + Dice",
+}
 
 
 class LearningRateSpinBox(QDoubleSpinBox):
@@ -102,9 +105,10 @@ class TrainingFields:
     def _build_model_box(self) -> QGroupBox:
         self.preset_combo = QComboBox()
         self.preset_combo.addItems([*core.PRESETS, CUSTOM_PRESET])
-        self.preset_combo.setToolTip("\n".join(
-            f"{p.name}: {p.description}" for p in core.PRESETS.values()
-        ) + "\ncustom: your own settings")
+        self.preset_combo.setToolTip(
+            "\n".join(f"{p.name}: {p.description}" for p in core.PRESETS.values())
+            + "\ncustom: your own settings"
+        )
         self.conv_layers_combo = QComboBox()
         for layers in CONV_LAYER_CHOICES:
             self.conv_layers_combo.addItem(str(layers), layers)
@@ -113,11 +117,16 @@ class TrainingFields:
         self.latent_spin = int_spin(1, 4096, "Number of latent features")
         self.norm_combo = QComboBox()
         for norm in NORM_CHOICES:
-            self.norm_combo.addItem({"none": "none (paper)", "batch": "batch norm",
-                                     "group": "group norm"}.get(norm, norm), norm)
+            self.norm_combo.addItem(
+                {"none": "none (paper)", "batch": "batch norm", "group": "group norm"}.get(
+                    norm, norm
+                ),
+                norm,
+            )
         self.norm_combo.setToolTip(
             "Normalisation after each convolution. The paper has none; batch norm keeps a "
-            "larger learning rate from collapsing the model to the mean on real electrodes")
+            "larger learning rate from collapsing the model to the mean on real electrodes"
+        )
         self.output_combo = QComboBox()
         for output, label in OUTPUT_CHOICES:
             self.output_combo.addItem(label, output)
@@ -125,7 +134,8 @@ class TrainingFields:
             "one value: the paper's single network value per voxel (pore -1, CBD 0, active "
             "+1), trained with MSE and cut into phases after training.\nthree phases: one "
             "logit per phase, trained with cross-entropy; the most likely phase wins, after "
-            "offsets fitted to the training fractions when the phase rule is fitted")
+            "offsets fitted to the training fractions when the phase rule is fitted"
+        )
         self.phase_rule_combo = QComboBox()
         for rule, label in PHASE_RULE_CHOICES:
             self.phase_rule_combo.addItem(label, rule)
@@ -161,7 +171,8 @@ class TrainingFields:
         self.precision_combo.setToolTip(
             "fp32: plain float32. bf16: convolutions and linear layers in bfloat16 with float32 "
             "weights and validation; 1.3-1.4x faster on CPUs with AVX512-BF16 or AMX, no faster "
-            "for this model on an H200 (TF32 is already on)")
+            "for this model on an H200 (TF32 is already on)"
+        )
         form = QFormLayout()
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Batch size", self.batch_spin)
@@ -176,22 +187,30 @@ class TrainingFields:
     def _build_advanced(self) -> QWidget:
         """Windows per epoch, warm-up, schedule, clipping and the three-phase loss (folded)."""
         self.windows_per_epoch_spin = int_spin(
-            0, 100_000_000, "Training windows sampled for each epoch (seeded); 'all' visits "
+            0,
+            100_000_000,
+            "Training windows sampled for each epoch (seeded); 'all' visits "
             "every training window every epoch, as in the paper. Bounds an epoch's time on a "
-            "large stack")
+            "large stack",
+        )
         self.windows_per_epoch_spin.setSpecialValueText("all")
         self.warmup_spin = int_spin(
-            0, 10_000_000, "Epochs over which the learning rate rises from a tenth of its value "
-                           "to its value (0: none, as in the paper)")
+            0,
+            10_000_000,
+            "Epochs over which the learning rate rises from a tenth of its value "
+            "to its value (0: none, as in the paper)",
+        )
         self.warmup_spin.setSpecialValueText("none")
         self.schedule_combo = QComboBox()
         for schedule in SCHEDULE_CHOICES:
-            self.schedule_combo.addItem({"constant": "constant (paper)",
-                                         "cosine": "cosine decay"}.get(schedule, schedule),
-                                        schedule)
+            self.schedule_combo.addItem(
+                {"constant": "constant (paper)", "cosine": "cosine decay"}.get(schedule, schedule),
+                schedule,
+            )
         self.schedule_combo.setToolTip(
             "After the warm-up the learning rate stays (the paper) or decays along a cosine "
-            "to 0 at the last epoch")
+            "to 0 at the last epoch"
+        )
         self.grad_clip_spin = QDoubleSpinBox()
         self.grad_clip_spin.setRange(0.0, 1e6)
         self.grad_clip_spin.setDecimals(2)
@@ -200,13 +219,15 @@ class TrainingFields:
         self.grad_clip_spin.setSpecialValueText("off")
         self.grad_clip_spin.setToolTip(
             "Largest gradient norm; larger gradients are scaled down to it before each step "
-            "(off: as in the paper)")
+            "(off: as in the paper)"
+        )
         self.phase_loss_combo = QComboBox()
         for loss in PHASE_LOSS_CHOICES:
             self.phase_loss_combo.addItem(PHASE_LOSS_LABELS.get(loss, loss), loss)
         self.phase_loss_combo.setToolTip(
             "Loss of three-phase models (one-value models use MSE): weighted cross-entropy "
-            "weighs the thin CBD up, Dice adds an overlap term per phase")
+            "weighs the thin CBD up, Dice adds an overlap term per phase"
+        )
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Windows per epoch", self.windows_per_epoch_spin)
@@ -226,8 +247,7 @@ class TrainingFields:
         self.advanced_button.setCheckable(True)
         self.advanced_button.setAutoRaise(True)
         self.advanced_button.toggled.connect(self.show_advanced)
-        self.advanced_content.setSizePolicy(QSizePolicy.Policy.Preferred,
-                                            QSizePolicy.Policy.Fixed)
+        self.advanced_content.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
         box = QWidget()
         layout = QVBoxLayout(box)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -239,8 +259,9 @@ class TrainingFields:
         """Show (or hide) the advanced training settings."""
         with signals_blocked(self.advanced_button):
             self.advanced_button.setChecked(shown)
-        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if shown
-                                          else Qt.ArrowType.RightArrow)
+        self.advanced_button.setArrowType(
+            Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow
+        )
         self.advanced_content.setVisible(shown)
 
     def _connect_widgets(self) -> None:
@@ -250,11 +271,21 @@ class TrainingFields:
         self.latent_spin.valueChanged.connect(self._on_model_field_changed)
         for combo in (self.norm_combo, self.output_combo, self.phase_rule_combo):
             combo.currentIndexChanged.connect(self._on_model_field_changed)
-        for spin in (self.epochs_spin, self.batch_spin, self.lr_spin,
-                     self.windows_per_epoch_spin, self.warmup_spin, self.grad_clip_spin):
+        for spin in (
+            self.epochs_spin,
+            self.batch_spin,
+            self.lr_spin,
+            self.windows_per_epoch_spin,
+            self.warmup_spin,
+            self.grad_clip_spin,
+        ):
             spin.valueChanged.connect(self._on_train_field_changed)
-        for combo in (self.device_combo, self.precision_combo, self.schedule_combo,
-                      self.phase_loss_combo):
+        for combo in (
+            self.device_combo,
+            self.precision_combo,
+            self.schedule_combo,
+            self.phase_loss_combo,
+        ):
             combo.currentIndexChanged.connect(self._on_train_field_changed)
         self.train_button.clicked.connect(self._on_train_clicked)
         self.stop_button.clicked.connect(self._on_stop_clicked)
@@ -265,10 +296,14 @@ class TrainingFields:
 
     def model_settings_from_fields(self) -> ModelSettings:
         """The model settings the fields show."""
-        return ModelSettings(int(self.conv_layers_combo.currentData()),
-                             self.hidden_spin.value(), self.latent_spin.value(),
-                             self.norm_combo.currentData(), self.output_combo.currentData(),
-                             self.phase_rule_combo.currentData())
+        return ModelSettings(
+            int(self.conv_layers_combo.currentData()),
+            self.hidden_spin.value(),
+            self.latent_spin.value(),
+            self.norm_combo.currentData(),
+            self.output_combo.currentData(),
+            self.phase_rule_combo.currentData(),
+        )
 
     def train_config_from_fields(self) -> core.TrainConfig:
         """The training settings the fields show, with the state's split settings.
@@ -280,9 +315,13 @@ class TrainingFields:
         """
         s = self.state
         return core.TrainConfig(
-            epochs=self.epochs_spin.value(), batch_size=self.batch_spin.value(),
-            lr=float(self.lr_spin.value()), val_fraction=float(s.val_fraction),
-            seed=int(s.seed), split=s.split_mode, device=self.device_combo.currentData(),
+            epochs=self.epochs_spin.value(),
+            batch_size=self.batch_spin.value(),
+            lr=float(self.lr_spin.value()),
+            val_fraction=float(s.val_fraction),
+            seed=int(s.seed),
+            split=s.split_mode,
+            device=self.device_combo.currentData(),
             precision=self.precision_combo.currentData(),
             windows_per_epoch=self.windows_per_epoch_spin.value(),
             warmup_epochs=self.warmup_spin.value(),
@@ -292,8 +331,14 @@ class TrainingFields:
         )
 
     def _show_model_settings(self, settings: ModelSettings) -> None:
-        widgets = (self.conv_layers_combo, self.hidden_spin, self.latent_spin, self.norm_combo,
-                   self.output_combo, self.phase_rule_combo)
+        widgets = (
+            self.conv_layers_combo,
+            self.hidden_spin,
+            self.latent_spin,
+            self.norm_combo,
+            self.output_combo,
+            self.phase_rule_combo,
+        )
         with signals_blocked(*widgets):
             select_data(self.conv_layers_combo, settings.conv_layers)
             self.hidden_spin.setValue(settings.hidden)
@@ -310,22 +355,34 @@ class TrainingFields:
         training = self.training_active
         self.phase_rule_combo.setItemText(
             self.phase_rule_combo.findData("nearest"),
-            "plain argmax" if phases else "nearest value (paper)")
+            "plain argmax" if phases else "nearest value (paper)",
+        )
         self.phase_rule_combo.setEnabled(not training)
         self.phase_rule_combo.setToolTip(
             "How the output becomes phases after training. Fitted to the training fractions: "
             "per-phase offsets added to the logits before the argmax, chosen so that the "
             "phase fractions match the training windows' (the plain argmax all but drops a "
-            "thin phase such as CBD)." if phases else
-            "How the one value per voxel becomes phases after training: thresholds fitted so "
+            "thin phase such as CBD)."
+            if phases
+            else "How the one value per voxel becomes phases after training: thresholds fitted so "
             "that the phase fractions match the training windows', or the paper's nearest "
-            "value (-1 / 0 / +1), which puts CBD on every blurred pore/active boundary")
+            "value (-1 / 0 / +1), which puts CBD on every blurred pore/active boundary"
+        )
         self.phase_loss_combo.setEnabled(phases and not training)
 
     def _show_train_config(self, config: core.TrainConfig) -> None:
-        widgets = (self.epochs_spin, self.batch_spin, self.lr_spin, self.device_combo,
-                   self.precision_combo, self.windows_per_epoch_spin, self.warmup_spin,
-                   self.schedule_combo, self.grad_clip_spin, self.phase_loss_combo)
+        widgets = (
+            self.epochs_spin,
+            self.batch_spin,
+            self.lr_spin,
+            self.device_combo,
+            self.precision_combo,
+            self.windows_per_epoch_spin,
+            self.warmup_spin,
+            self.schedule_combo,
+            self.grad_clip_spin,
+            self.phase_loss_combo,
+        )
         with signals_blocked(*widgets):
             self.epochs_spin.setValue(config.epochs)
             self.batch_spin.setValue(config.batch_size)
@@ -339,8 +396,9 @@ class TrainingFields:
             select_data(self.phase_loss_combo, config.phase_loss)
 
     def _update_preset_combo(self) -> None:
-        name = matching_preset(self.state.model_settings, self.state.train_config,
-                               self.state.window)
+        name = matching_preset(
+            self.state.model_settings, self.state.train_config, self.state.window
+        )
         with signals_blocked(self.preset_combo):
             self.preset_combo.setCurrentText(name)
 
@@ -377,7 +435,10 @@ class TrainingFields:
         s.model_settings = settings_of_preset(preset)
         try:
             s.train_config = dataclasses.replace(
-                preset.train, val_fraction=s.val_fraction, seed=s.seed, split=s.split_mode,
+                preset.train,
+                val_fraction=s.val_fraction,
+                seed=s.seed,
+                split=s.split_mode,
                 device=self.device_combo.currentData(),
                 precision=self.precision_combo.currentData(),
             )
@@ -412,15 +473,24 @@ class TrainingFields:
         The bar never shows a placeholder total; once a run has trained (or been opened) the
         bar and the plan describe that run until the next one starts.
         """
-        if (self.closed or self.training_active or self._plan is not None
-                or self.trained_run is not None or self._evaluation_progress is not None):
+        if (
+            self.closed
+            or self.training_active
+            or self._plan is not None
+            or self.trained_run is not None
+            or self._evaluation_progress is not None
+        ):
             return
         s, plan = self.state, None
         if s.dataset is not None and s.split is not None:
             try:
-                plan = TrainingPlan.of(s.dataset, s.split.train, s.split.val,
-                                       self.train_config_from_fields(),
-                                       self.model_settings_from_fields().norm)
+                plan = TrainingPlan.of(
+                    s.dataset,
+                    s.split.train,
+                    s.split.val,
+                    self.train_config_from_fields(),
+                    self.model_settings_from_fields().norm,
+                )
             except ElectrodeCAEError:
                 plan = None
         bar = self.progress_bar

@@ -159,8 +159,9 @@ class EvaluationProgress:
 
 
 @torch.inference_mode()
-def encode_with_progress(model: core.ConvAutoEncoder3d, dataset: core.WindowDataset,
-                         progress: EvaluationProgress) -> np.ndarray:
+def encode_with_progress(
+    model: core.ConvAutoEncoder3d, dataset: core.WindowDataset, progress: EvaluationProgress
+) -> np.ndarray:
     """Latents of every window, as ``core.encode_windows``, counting the windows encoded.
 
     Returns
@@ -172,8 +173,16 @@ def encode_with_progress(model: core.ConvAutoEncoder3d, dataset: core.WindowData
     return core.encode_windows(model, dataset, progress=progress.update)
 
 
-def evaluate_model(model, dataset, train_idx, val_idx, seed, rule="fitted", diverged=False,
-                   progress: EvaluationProgress | None = None):
+def evaluate_model(
+    model,
+    dataset,
+    train_idx,
+    val_idx,
+    seed,
+    rule="fitted",
+    diverged=False,
+    progress: EvaluationProgress | None = None,
+):
     """Fit the phase rule, encode every window and evaluate (a generator for a worker).
 
     Yields a stage name between the steps (the worker can stop there); inside a step
@@ -191,14 +200,22 @@ def evaluate_model(model, dataset, train_idx, val_idx, seed, rule="fitted", dive
     try:
         if rule is not None or diverged:
             progress.start("fitting the phase rule", 0)
-            core.evaluation.fit_phase_rule(model, dataset, train_idx,
-                                           "nearest" if diverged else rule)
+            core.evaluation.fit_phase_rule(
+                model, dataset, train_idx, "nearest" if diverged else rule
+            )
             yield "fitted"
         latents = encode_with_progress(model, dataset, progress)
         yield "encoded"
         progress.start("evaluating", len(train_idx) + len(val_idx))
-        report = core.evaluate(model, dataset, train_idx, val_idx, seed=seed,
-                               progress=progress.update, diverged=diverged)
+        report = core.evaluate(
+            model,
+            dataset,
+            train_idx,
+            val_idx,
+            seed=seed,
+            progress=progress.update,
+            diverged=diverged,
+        )
     except EvaluationCancelled:
         return None
     except RuntimeError as exc:
@@ -210,9 +227,17 @@ def save_run_job(path, trained, history, report, health):
     """Write ``trained`` (a TrainedRun) with its history, report and health to ``path``."""
     yield "saving"
     try:
-        return core.save_run(path, trained.model, trained.dataset, trained.config,
-                             trained.train_idx, trained.val_idx, history, report,
-                             health=health)
+        return core.save_run(
+            path,
+            trained.model,
+            trained.dataset,
+            trained.config,
+            trained.train_idx,
+            trained.val_idx,
+            history,
+            report,
+            health=health,
+        )
     except (OSError, RuntimeError) as exc:
         raise TrainingRunError(f"could not save the run to {path}: {exc}") from exc
 
@@ -302,8 +327,9 @@ def same_labels(data: Any, labels: np.ndarray) -> bool:
     step = max(1, (1 << 22) // max(1, math.prod(labels.shape[1:])))
     try:
         for start in range(0, labels.shape[0], step):
-            if not np.array_equal(np.asarray(data[start:start + step]),
-                                  labels[start:start + step]):
+            if not np.array_equal(
+                np.asarray(data[start : start + step]), labels[start : start + step]
+            ):
                 return False
     except Exception:  # noqa: BLE001 (a layer we cannot compare is simply not reused)
         return False
@@ -341,11 +367,19 @@ def history_from_rows(rows: Sequence[dict], epochs: int) -> tuple[EpochReport, .
     for row in rows:
         if row["val_mse"] < best_val:
             best_val, best_epoch = row["val_mse"], row["epoch"]
-        reports.append(EpochReport(
-            int(row["epoch"]), max(int(epochs), int(row["epoch"])), row["train_mse"],
-            row["val_mse"], row["seconds"], best_epoch, row["best_val_mse"],
-            row.get("val_nmse", math.nan), row.get("spread", math.nan),
-        ))
+        reports.append(
+            EpochReport(
+                int(row["epoch"]),
+                max(int(epochs), int(row["epoch"])),
+                row["train_mse"],
+                row["val_mse"],
+                row["seconds"],
+                best_epoch,
+                row["best_val_mse"],
+                row.get("val_nmse", math.nan),
+                row.get("spread", math.nan),
+            )
+        )
     return tuple(reports)
 
 
@@ -367,12 +401,25 @@ class TrainingPlan:
     epochs: int
 
     @classmethod
-    def of(cls, dataset: core.WindowDataset, train_idx: Sequence[int], val_idx: Sequence[int],
-           config: core.TrainConfig, norm: str = "none") -> TrainingPlan:
+    def of(
+        cls,
+        dataset: core.WindowDataset,
+        train_idx: Sequence[int],
+        val_idx: Sequence[int],
+        config: core.TrainConfig,
+        norm: str = "none",
+    ) -> TrainingPlan:
         per_epoch = core.training.windows_per_epoch(len(train_idx), config, norm)
-        return cls(len(dataset), len(train_idx), len(val_idx),
-                   core.windows.resolve_split(config.split, dataset.spec), per_epoch,
-                   math.ceil(per_epoch / config.batch_size), config.batch_size, config.epochs)
+        return cls(
+            len(dataset),
+            len(train_idx),
+            len(val_idx),
+            core.windows.resolve_split(config.split, dataset.spec),
+            per_epoch,
+            math.ceil(per_epoch / config.batch_size),
+            config.batch_size,
+            config.epochs,
+        )
 
     @property
     def total_batches(self) -> int:
@@ -381,11 +428,16 @@ class TrainingPlan:
     def describe(self) -> str:
         """E.g. ``"14,175 windows: 12,000 training, 2,100 validation (blocked split) ·
         30 epochs × 128 batches of 16 (2,048 of 12,000 training windows per epoch)"``."""
-        sampled = (f" ({self.per_epoch:,} of {self.train_windows:,} training windows per "
-                   "epoch)" if self.per_epoch < self.train_windows else "")
-        return (f"{self.windows:,} windows: {self.train_windows:,} training, "
-                f"{self.val_windows:,} validation ({self.split} split) · {self.epochs:,} "
-                f"epochs × {self.batches_per_epoch:,} batches of {self.batch_size}{sampled}")
+        sampled = (
+            f" ({self.per_epoch:,} of {self.train_windows:,} training windows per epoch)"
+            if self.per_epoch < self.train_windows
+            else ""
+        )
+        return (
+            f"{self.windows:,} windows: {self.train_windows:,} training, "
+            f"{self.val_windows:,} validation ({self.split} split) · {self.epochs:,} "
+            f"epochs × {self.batches_per_epoch:,} batches of {self.batch_size}{sampled}"
+        )
 
 
 def estimate_text(estimate: core.training.TimeEstimate, epochs_done: int) -> str:
@@ -393,8 +445,11 @@ def estimate_text(estimate: core.training.TimeEstimate, epochs_done: int) -> str
     if epochs_done == 0:
         return f"estimated training time: {estimate.describe()}"
     left = estimate.remaining_seconds
-    return (f"~{format_duration(left)} left ({estimate.epoch_seconds:.2g}\u00a0s per epoch)"
-            if left > 0 else f"took {format_duration(estimate.epoch_seconds * epochs_done)}")
+    return (
+        f"~{format_duration(left)} left ({estimate.epoch_seconds:.2g}\u00a0s per epoch)"
+        if left > 0
+        else f"took {format_duration(estimate.epoch_seconds * epochs_done)}"
+    )
 
 
 def format_epoch_status(history: Sequence[EpochReport]) -> str:
@@ -411,9 +466,11 @@ def format_epoch_status(history: Sequence[EpochReport]) -> str:
         health += f" · NMSE\u00a0{last.val_nmse:.3g}"
     if math.isfinite(last.spread):
         health += f" · spread\u00a0{last.spread:.0%}"
-    return (f"epoch {last.epoch}/{last.epochs} · train {last.train_mse:.3g} · "
-            f"val {last.val_mse:.3g} (best {last.best_val_mse:.3g} @ {last.best_epoch})"
-            f"{health} · {seconds:.2g}\u00a0s/\u2060epoch")  # no line break inside "0.5 s/epoch"
+    return (
+        f"epoch {last.epoch}/{last.epochs} · train {last.train_mse:.3g} · "
+        f"val {last.val_mse:.3g} (best {last.best_val_mse:.3g} @ {last.best_epoch})"
+        f"{health} · {seconds:.2g}\u00a0s/\u2060epoch"
+    )  # no line break inside "0.5 s/epoch"
 
 
 def epoch_warning(report: EpochReport, config: core.TrainConfig | None) -> Health | None:
@@ -441,20 +498,31 @@ def format_report_status(report: core.EvaluationReport) -> str:
     text = ""
     p = report.phases
     if p is not None:
-        text = (f"all {p.windows:,} validation windows: voxel accuracy\u00a0"
-                f"{p.voxel_accuracy:.1%} · NMSE\u00a0{p.val_nmse:.3g} · ")
-    return text + (f"train MSE {row['Training MSE']} · val MSE {row['Validation MSE']} · "
-                   f"p\u00a0=\u00a0{row['p-value for MSE']}")
+        text = (
+            f"all {p.windows:,} validation windows: voxel accuracy\u00a0"
+            f"{p.voxel_accuracy:.1%} · NMSE\u00a0{p.val_nmse:.3g} · "
+        )
+    return text + (
+        f"train MSE {row['Training MSE']} · val MSE {row['Validation MSE']} · "
+        f"p\u00a0=\u00a0{row['p-value for MSE']}"
+    )
 
 
 def settings_of_preset(preset: core.Preset) -> ModelSettings:
     """The model settings of ``preset``."""
-    return ModelSettings(preset.conv_layers, preset.hidden, preset.latent_dim, preset.norm,
-                         preset.output, preset.phase_rule)
+    return ModelSettings(
+        preset.conv_layers,
+        preset.hidden,
+        preset.latent_dim,
+        preset.norm,
+        preset.output,
+        preset.phase_rule,
+    )
 
 
-def matching_preset(settings: ModelSettings, config: core.TrainConfig,
-                    window: core.WindowSpec) -> str:
+def matching_preset(
+    settings: ModelSettings, config: core.TrainConfig, window: core.WindowSpec
+) -> str:
     """Name of the preset whose model, training and window settings these are, or 'custom'.
 
     Compared: the architecture (layers, hidden, latent, normalisation, output), the phase
@@ -464,18 +532,25 @@ def matching_preset(settings: ModelSettings, config: core.TrainConfig,
     """
     for name, preset in core.PRESETS.items():
         p = preset.train
-        if ((settings.conv_layers, settings.hidden, settings.latent_dim, settings.norm,
-             settings.output)
-                != (preset.conv_layers, preset.hidden, preset.latent_dim, preset.norm,
-                    preset.output)):
+        if (
+            settings.conv_layers,
+            settings.hidden,
+            settings.latent_dim,
+            settings.norm,
+            settings.output,
+        ) != (preset.conv_layers, preset.hidden, preset.latent_dim, preset.norm, preset.output):
             continue
         if settings.phase_rule != preset.phase_rule:
             continue
         if settings.output == "phases" and config.phase_loss != p.phase_loss:
             continue
-        if ((config.epochs, config.batch_size, config.windows_per_epoch, config.warmup_epochs,
-             config.schedule)
-                != (p.epochs, p.batch_size, p.windows_per_epoch, p.warmup_epochs, p.schedule)):
+        if (
+            config.epochs,
+            config.batch_size,
+            config.windows_per_epoch,
+            config.warmup_epochs,
+            config.schedule,
+        ) != (p.epochs, p.batch_size, p.windows_per_epoch, p.warmup_epochs, p.schedule):
             continue
         if not (math.isclose(config.lr, p.lr) and math.isclose(config.grad_clip, p.grad_clip)):
             continue

@@ -44,8 +44,12 @@ from .loss_plot import LossPlot
 from .panel_base import Panel
 from .scrolling import fill_with_scrolling
 from .state import CAEState
-from .training_fields import ERROR_STYLE, TrainingFields, row
-from .training_fields import LearningRateSpinBox  # noqa: F401 (re-exported: tests use it)
+from .training_fields import (
+    ERROR_STYLE,
+    LearningRateSpinBox,  # noqa: F401 (re-exported: tests use it)
+    TrainingFields,
+    row,
+)
 from .training_jobs import (
     EvaluationProgress,
     TrainedRun,
@@ -77,6 +81,8 @@ _WARNING_STYLES = {
     "collapsed": "color: #f0a030; font-weight: bold;",
     "diverged": "color: #ff5a4e; font-weight: bold;",
 }
+
+
 class TrainingPhase(enum.Enum):
     """Where the Train tab's training is: the one state the buttons and messages follow."""
 
@@ -126,8 +132,9 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
         The current model with what it was trained on.
     """
 
-    def __init__(self, viewer: napari.Viewer, state: CAEState,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, viewer: napari.Viewer, state: CAEState, parent: QWidget | None = None
+    ) -> None:
         super().__init__(viewer, state, parent)
         self.phase = TrainingPhase.IDLE
         self._training_worker = None
@@ -251,8 +258,10 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
         names = self.state.converting_layers
         if not names:
             return ""
-        return (f"{action} waits for the Data tab to finish converting {', '.join(names)} in "
-                "the background …")
+        return (
+            f"{action} waits for the Data tab to finish converting {', '.join(names)} in "
+            "the background …"
+        )
 
     def _show_status(self) -> None:
         """The last status (or error), and below it why Train waits, while it does."""
@@ -274,22 +283,36 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
         self.open_button.setEnabled(not training and not opening and not converting)
         self.open_button.setToolTip(self._conversion_wait_message("Open run"))
         self.save_button.setEnabled(
-            not training and not opening and not self._saving
-            and self._evaluating_model is None and self.trained_run is not None
+            not training
+            and not opening
+            and not self._saving
+            and self._evaluating_model is None
+            and self.trained_run is not None
         )
-        for widget in (self.preset_combo, self.conv_layers_combo, self.hidden_spin,
-                       self.latent_spin, self.norm_combo, self.output_combo, self.epochs_spin,
-                       self.batch_spin, self.lr_spin, self.device_combo, self.precision_combo,
-                       self.windows_per_epoch_spin, self.warmup_spin, self.schedule_combo,
-                       self.grad_clip_spin):
+        for widget in (
+            self.preset_combo,
+            self.conv_layers_combo,
+            self.hidden_spin,
+            self.latent_spin,
+            self.norm_combo,
+            self.output_combo,
+            self.epochs_spin,
+            self.batch_spin,
+            self.lr_spin,
+            self.device_combo,
+            self.precision_combo,
+            self.windows_per_epoch_spin,
+            self.warmup_spin,
+            self.schedule_combo,
+            self.grad_clip_spin,
+        ):
             widget.setEnabled(not training)
         self._update_output_dependent_fields()
 
     # ---------------------------------------------------------------------- training
 
     def _on_train_clicked(self) -> None:
-        if self.training_active or self._opening is not None \
-                or self.state.converting_layers:
+        if self.training_active or self._opening is not None or self.state.converting_layers:
             return
         try:
             job = self._prepare_training()
@@ -327,8 +350,9 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
         core.training.check_trainable(model_config, config)
         core.seed_everything(config.seed)
         model = core.build_model(model_config)
-        return TrainedRun(model, s.dataset, config, train_idx, val_idx,
-                          phase_rule=settings.phase_rule)
+        return TrainedRun(
+            model, s.dataset, config, train_idx, val_idx, phase_rule=settings.phase_rule
+        )
 
     def _start_training(self, job: TrainedRun) -> None:
         s = self.state
@@ -341,25 +365,35 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
         s.latents = None
         s.report = None
         self._training_result = None
-        plan = self._plan = TrainingPlan.of(job.dataset, job.train_idx, job.val_idx, job.config,
-                                            job.model.config.norm)
-        self._estimate = TimeEstimate(plan.batches_per_epoch, plan.epochs, plan.val_windows,
-                                      plan.batch_size)
+        plan = self._plan = TrainingPlan.of(
+            job.dataset, job.train_idx, job.val_idx, job.config, job.model.config.norm
+        )
+        self._estimate = TimeEstimate(
+            plan.batches_per_epoch, plan.epochs, plan.val_windows, plan.batch_size
+        )
         self._show_plan("estimating the time from the first batches…")
         self._show_health(None)
         device = core.resolve_device(job.config.device)
-        reports = core.train(job.model, job.dataset, job.config, train_idx=job.train_idx,
-                             val_idx=job.val_idx, yield_batches=True)
+        reports = core.train(
+            job.model,
+            job.dataset,
+            job.config,
+            train_idx=job.train_idx,
+            val_idx=job.val_idx,
+            yield_batches=True,
+        )
         steps = training_steps(reports, gui_torch_threads(device))
         worker = self.workers.create(
-            drive, steps, on_yielded=self._on_training_report,
+            drive,
+            steps,
+            on_yielded=self._on_training_report,
             on_returned=self._on_training_returned,
-            on_errored=self._on_training_errored, on_finished=self._on_training_finished,
+            on_errored=self._on_training_errored,
+            on_finished=self._on_training_finished,
         )
         # On Stop the worker abandons the generator; closing it in the worker thread makes
         # core.train's `finally` restore the best weights before `finished` is emitted.
-        worker.aborted.connect(lambda: _close_generator(steps),
-                               Qt.ConnectionType.DirectConnection)
+        worker.aborted.connect(lambda: _close_generator(steps), Qt.ConnectionType.DirectConnection)
         self._training_worker = worker
         self.phase = TrainingPhase.TRAINING
         # the real total from the start: never a placeholder before the first batch
@@ -378,8 +412,11 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
             return
         if isinstance(report, core.BatchReport):
             self._progress_value = (report.epoch - 1) * report.batches + report.batch
-            if self._estimate is not None and self._estimate.batch_done() \
-                    and not self.state.history:
+            if (
+                self._estimate is not None
+                and self._estimate.batch_done()
+                and not self.state.history
+            ):
                 self._show_plan(estimate_text(self._estimate, 0))
             if time.monotonic() - self._progress_shown_at >= PROGRESS_INTERVAL_S:
                 self._show_progress(self._progress_value)
@@ -413,8 +450,9 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
             self.health_label.setVisible(False)
             self.health_label.setText("")
             return
-        self.health_label.setStyleSheet(_WARNING_STYLES.get(health.state,
-                                                            _WARNING_STYLES["diverged"]))
+        self.health_label.setStyleSheet(
+            _WARNING_STYLES.get(health.state, _WARNING_STYLES["diverged"])
+        )
         self.health_label.setText(warning_text(health))
         self.health_label.setVisible(True)
 
@@ -474,24 +512,29 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
             if not failed:
                 self._set_status(kept)
             self._evaluate_restored(
-                snapshot, f"{self._training_error}\n{kept}" if self._training_error else kept)
+                snapshot, f"{self._training_error}\n{kept}" if self._training_error else kept
+            )
             self._update_buttons()
             return
         result = self._training_result
-        health = (result.health if result is not None
-                  else history_health(history, job.config))
+        health = result.health if result is not None else history_health(history, job.config)
         job = job.with_health(health)
         self.trained_run = job
         self._before_training = None
         last = history[-1]
         if health.state == "diverged":
-            kept = (f"best val {last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)"
-                    if last.best_epoch else "no finite epoch: the initial weights are kept")
+            kept = (
+                f"best val {last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)"
+                if last.best_epoch
+                else "no finite epoch: the initial weights are kept"
+            )
             summary = f"diverged at epoch {last.epoch}/{last.epochs} · {kept}"
         else:
             ended = "stopped" if last.epoch < last.epochs else "finished"
-            summary = (f"{ended} after {last.epoch}/{last.epochs} epochs · best val "
-                       f"{last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)")
+            summary = (
+                f"{ended} after {last.epoch}/{last.epochs} epochs · best val "
+                f"{last.best_val_mse:.3g} @ epoch {last.best_epoch} (weights kept)"
+            )
         if health.state == "diverged":
             self._show_health(health)
         if self._estimate is not None:
@@ -511,9 +554,14 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
         epoch, the previous model comes back without latents or report.
         """
         run = self.trained_run
-        if (snapshot is None or snapshot.model is None or snapshot.report is not None
-                or run is None or run.model is not snapshot.model
-                or self._evaluating_model is snapshot.model):
+        if (
+            snapshot is None
+            or snapshot.model is None
+            or snapshot.report is not None
+            or run is None
+            or run.model is not snapshot.model
+            or self._evaluating_model is snapshot.model
+        ):
             return
         self._start_evaluation(run, summary)
 

@@ -51,8 +51,15 @@ class TrainingRuns:
         self._evaluating_model = model
         progress = EvaluationProgress()
         worker = self.workers.create(
-            _evaluate_model, model, run.dataset, run.train_idx, run.val_idx, run.config.seed,
-            run.phase_rule, run.diverged, progress,
+            _evaluate_model,
+            model,
+            run.dataset,
+            run.train_idx,
+            run.val_idx,
+            run.config.seed,
+            run.phase_rule,
+            run.diverged,
+            progress,
             on_returned=lambda result: self._on_evaluation_returned(run, summary, result),
             on_errored=self._on_evaluation_errored,
             on_finished=lambda: self._on_evaluation_finished(model, progress),
@@ -93,8 +100,10 @@ class TrainingRuns:
             # The windows were rebuilt while the model trained or was evaluated (e.g. a Data
             # panel conversion finished): latents and report describe the old windows.
             s.model_version += 1  # the weights are final all the same
-            self._set_status(f"{summary}\nthe windows changed meanwhile: latents and "
-                             "evaluation of the old windows dropped (train again)")
+            self._set_status(
+                f"{summary}\nthe windows changed meanwhile: latents and "
+                "evaluation of the old windows dropped (train again)"
+            )
             return
         s.latents = latents
         s.report = report
@@ -129,8 +138,9 @@ class TrainingRuns:
     # --------------------------------------------------------------------------- runs
 
     def _on_save_clicked(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Save run to folder",
-                                                self.state.run_dir or str(Path.home()))
+        path = QFileDialog.getExistingDirectory(
+            self, "Save run to folder", self.state.run_dir or str(Path.home())
+        )
         if path:
             self.save_run(path)
 
@@ -149,9 +159,15 @@ class TrainingRuns:
         report = self.state.report
         self._saving = True
         worker = self.workers.create(
-            save_run_job, path, run, history, report, run_health(run, report),
+            save_run_job,
+            path,
+            run,
+            history,
+            report,
+            run_health(run, report),
             on_returned=lambda _path: self._on_run_saved(path),
-            on_errored=self._on_save_errored, on_finished=self._on_save_finished,
+            on_errored=self._on_save_errored,
+            on_finished=self._on_save_finished,
         )
         self._set_status(f"saving run to {path}…")
         self._update_buttons()
@@ -168,16 +184,20 @@ class TrainingRuns:
 
     def _on_save_errored(self, exc: Exception) -> None:
         if not self.closed:
-            self._report_error(str(exc) if isinstance(exc, ElectrodeCAEError)
-                               else f"saving failed: {type(exc).__name__}: {exc}")
+            self._report_error(
+                str(exc)
+                if isinstance(exc, ElectrodeCAEError)
+                else f"saving failed: {type(exc).__name__}: {exc}"
+            )
 
     def _on_save_finished(self) -> None:
         self._saving = False
         self._update_buttons()
 
     def _on_open_clicked(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open run folder",
-                                                self.state.run_dir or str(Path.home()))
+        path = QFileDialog.getExistingDirectory(
+            self, "Open run folder", self.state.run_dir or str(Path.home())
+        )
         if path:
             self.open_run(path)
 
@@ -204,14 +224,20 @@ class TrainingRuns:
         if self.state.converting_layers:
             self._report_error(
                 "wait until the Data tab has converted "
-                f"{', '.join(self.state.converting_layers)} before opening a run")
+                f"{', '.join(self.state.converting_layers)} before opening a run"
+            )
             return None
         request = object()
         # Layer data are taken here, on the GUI thread; the worker only compares arrays.
-        layer_data = {layer.name: layer.data for layer in self.viewer.layers
-                      if not getattr(layer, "multiscale", False)}
+        layer_data = {
+            layer.name: layer.data
+            for layer in self.viewer.layers
+            if not getattr(layer, "multiscale", False)
+        }
         worker = self.workers.create(
-            load_run_folder, path, layer_data,
+            load_run_folder,
+            path,
+            layer_data,
             on_returned=lambda loaded: self._on_run_loaded(request, loaded),
             on_errored=lambda exc: self._on_open_errored(request, path, exc),
             on_finished=lambda: self._on_open_finished(request),
@@ -239,12 +265,17 @@ class TrainingRuns:
             self._opening = None
         self._update_buttons()
 
-    def _apply_run(self, run: core.Run, dataset: core.WindowDataset,
-                   history: tuple[EpochReport, ...],
-                   same_layers: dict[str, Any] | None = None) -> None:
+    def _apply_run(
+        self,
+        run: core.Run,
+        dataset: core.WindowDataset,
+        history: tuple[EpochReport, ...],
+        same_layers: dict[str, Any] | None = None,
+    ) -> None:
         s, c = self.state, run.train_config
-        layer_names = tuple(self._ensure_stack_layer(stack, same_layers or {})
-                            for stack in dataset.stacks)
+        layer_names = tuple(
+            self._ensure_stack_layer(stack, same_layers or {}) for stack in dataset.stacks
+        )
         s.stacks = tuple(dataset.stacks)
         s.stack_layers = layer_names
         # the Windows tab offers random and blocked: a run saved with "auto" opens resolved
@@ -258,19 +289,26 @@ class TrainingRuns:
         mc = run.model.config
         # "fitted", or the unfitted rule (the paper's nearest value, the plain argmax)
         rule = "fitted" if run.model.phase_rule.name == "fitted" else "nearest"
-        s.model_settings = ModelSettings(mc.conv_layers, mc.hidden, mc.latent_dim, mc.norm,
-                                         mc.output, rule)
+        s.model_settings = ModelSettings(
+            mc.conv_layers, mc.hidden, mc.latent_dim, mc.norm, mc.output, rule
+        )
         s.train_config = c
         s.model = run.model
         s.history = history
         s.latents = None
         s.report = None
         s.run_dir = str(run.path)
-        health = Health(**{key: str(value) for key, value in run.health.items()
-                            if key in ("state", "message", "advice")})
+        health = Health(
+            **{
+                key: str(value)
+                for key, value in run.health.items()
+                if key in ("state", "message", "advice")
+            }
+        )
         # the run's saved phase rule is kept (rule None): its evaluation is the saved one's
-        self.trained_run = TrainedRun(run.model, dataset, c, run.train_idx, run.val_idx,
-                                      health=health, phase_rule=None)
+        self.trained_run = TrainedRun(
+            run.model, dataset, c, run.train_idx, run.val_idx, health=health, phase_rule=None
+        )
         self._plan = None
         self._show_plan()
         self._show_health(health if health.state == "diverged" else None)
@@ -286,8 +324,7 @@ class TrainingRuns:
         bar.setFormat("%v / %m epochs trained")
         self._start_evaluation(self.trained_run, summary)
 
-    def _ensure_stack_layer(self, stack: core.ElectrodeStack,
-                            same_layers: dict[str, Any]) -> str:
+    def _ensure_stack_layer(self, stack: core.ElectrodeStack, same_layers: dict[str, Any]) -> str:
         """Name of a viewer layer holding ``stack``; adds a Labels layer if there is none.
 
         ``same_layers`` (layer name -> data found equal in the worker) spares comparing again.

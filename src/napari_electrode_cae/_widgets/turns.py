@@ -100,8 +100,9 @@ class TurnScheduler:
         queue of its own.
     """
 
-    def __init__(self, step: Callable[[], bool], parent: QObject,
-                 queue: TurnQueue | None = None) -> None:
+    def __init__(
+        self, step: Callable[[], bool], parent: QObject, queue: TurnQueue | None = None
+    ) -> None:
         self._step = step
         self._queue = queue if queue is not None else TurnQueue(parent)
         self._closed = False

@@ -43,8 +43,12 @@ def box_edges(origin: tuple[int, int, int], size: tuple[int, int, int]) -> list[
     """
     lo = np.asarray(origin, dtype=float) - 0.5
     hi = lo + np.asarray(size, dtype=float)
-    corners = {(a, b, c): np.array([(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]])
-               for a in (0, 1) for b in (0, 1) for c in (0, 1)}
+    corners = {
+        (a, b, c): np.array([(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]])
+        for a in (0, 1)
+        for b in (0, 1)
+        for c in (0, 1)
+    }
     edges = []
     for key, start in corners.items():
         for axis in range(3):
@@ -54,8 +58,9 @@ def box_edges(origin: tuple[int, int, int], size: tuple[int, int, int]) -> list[
     return edges
 
 
-def slice_outlines(origin: tuple[int, int, int], size: tuple[int, int, int],
-                   axis: int) -> list[np.ndarray]:
+def slice_outlines(
+    origin: tuple[int, int, int], size: tuple[int, int, int], axis: int
+) -> list[np.ndarray]:
     """Closed rectangles (5, 3) outlining the box on every slice along ``axis`` it covers.
 
     napari shows a shape in a 2D view only on the slice that contains all its vertices, so a box
@@ -79,26 +84,33 @@ def matching_preset(spec: WindowSpec) -> str:
     """Name of the core preset whose window is ``spec``, else :data:`CUSTOM_PRESET`."""
     for name, preset in PRESETS.items():
         if preset.window == spec or (
-            preset.window.length, preset.window.stride, preset.window.crop,
+            preset.window.length,
+            preset.window.stride,
+            preset.window.crop,
             preset.window.in_plane_step,
         ) == (spec.length, spec.stride, spec.crop, spec.in_plane_step):
             return name
     return CUSTOM_PRESET
 
 
-def dataset_summary(dataset: WindowDataset, train: np.ndarray, val: np.ndarray,
-                    split_mode: str) -> str:
+def dataset_summary(
+    dataset: WindowDataset, train: np.ndarray, val: np.ndarray, split_mode: str
+) -> str:
     """One-paragraph description of a dataset and its split."""
     n = len(dataset)
     per_stack = np.bincount(dataset.grid[:, 0], minlength=len(dataset.stacks))
     spec = dataset.spec
-    text = (f"{n} mini microstructures of {spec.length}×{spec.crop}×{spec.crop} voxels "
-            f"(per stack: {', '.join(str(int(c)) for c in per_stack)}); "
-            f"{len(train)} training / {len(val)} validation")
+    text = (
+        f"{n} mini microstructures of {spec.length}×{spec.crop}×{spec.crop} voxels "
+        f"(per stack: {', '.join(str(int(c)) for c in per_stack)}); "
+        f"{len(train)} training / {len(val)} validation"
+    )
     if split_mode == "blocked":
         dropped = n - len(train) - len(val)
         text += f" (blocked split drops {dropped} overlapping)"
     elif spec.stride < spec.length:
-        text += (" — the random split leaks: overlapping windows share slices across it, so "
-                 "the validation error is optimistic; blocked avoids it")
+        text += (
+            " — the random split leaks: overlapping windows share slices across it, so "
+            "the validation error is optimistic; blocked avoids it"
+        )
     return text

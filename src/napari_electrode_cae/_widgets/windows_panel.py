@@ -73,8 +73,9 @@ class WindowsPanel(Panel):
         Qt parent.
     """
 
-    def __init__(self, viewer: napari.Viewer, state: CAEState,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, viewer: napari.Viewer, state: CAEState, parent: QWidget | None = None
+    ) -> None:
         super().__init__(viewer, state, parent)
         self.outline_layer: Any = None
         self._outline_key: tuple | None = None
@@ -110,9 +111,11 @@ class WindowsPanel(Panel):
         self.stride_equals_length_check = QCheckBox("stride = window length")
         self.stride_equals_length_check.setToolTip("Non-overlapping windows along Z")
         self.crop_spin = _spin(1, MAX_IN_PLANE, "In-plane edge of a window in voxels (Y and X)")
-        self.tile_stride_spin = _spin(0, MAX_IN_PLANE,
-                                      "Step between in-plane tiles in voxels; '= crop' for "
-                                      "non-overlapping tiles")
+        self.tile_stride_spin = _spin(
+            0,
+            MAX_IN_PLANE,
+            "Step between in-plane tiles in voxels; '= crop' for non-overlapping tiles",
+        )
         self.tile_stride_spin.setSpecialValueText("= crop")
         for spin in (self.length_spin, self.stride_spin, self.crop_spin, self.tile_stride_spin):
             spin.valueChanged.connect(self._on_window_field_changed)
@@ -193,8 +196,9 @@ class WindowsPanel(Panel):
         self._updating = True
         try:
             self.length_spin.setValue(spec.length)
-            self.stride_equals_length_check.setChecked(spec.stride == spec.length
-                                                       and spec.length > 1)
+            self.stride_equals_length_check.setChecked(
+                spec.stride == spec.length and spec.length > 1
+            )
             self.stride_spin.setValue(spec.stride)
             self.stride_spin.setEnabled(not self.stride_equals_length_check.isChecked())
             self.crop_spin.setValue(spec.crop)
@@ -238,8 +242,9 @@ class WindowsPanel(Panel):
         length = self.length_spin.value()
         stride = length if self.stride_equals_length_check.isChecked() else self.stride_spin.value()
         tile_stride = self.tile_stride_spin.value() or None
-        return WindowSpec(length=length, stride=stride, crop=self.crop_spin.value(),
-                          tile_stride=tile_stride)
+        return WindowSpec(
+            length=length, stride=stride, crop=self.crop_spin.value(), tile_stride=tile_stride
+        )
 
     def _on_window_field_changed(self, *_: Any) -> None:
         if self._updating:
@@ -294,8 +299,9 @@ class WindowsPanel(Panel):
             self.summary_label.setText(state.window_error or "no windows")
             self.summary_label.setStyleSheet(_MUTED_STYLE if no_stacks else _ERROR_STYLE)
         else:
-            self.summary_label.setText(dataset_summary(dataset, windows_split.train,
-                                                       windows_split.val, state.split_mode))
+            self.summary_label.setText(
+                dataset_summary(dataset, windows_split.train, windows_split.val, state.split_mode)
+            )
             self.summary_label.setStyleSheet("")
         n = 0 if dataset is None else len(dataset)
         self._updating = True
@@ -374,8 +380,13 @@ class WindowsPanel(Panel):
                 return world_axis - offset
         return 0
 
-    def _draw_outline(self, origin: tuple[int, int, int], size: tuple[int, int, int], side: str,
-                      geometry: StackGeometry) -> None:
+    def _draw_outline(
+        self,
+        origin: tuple[int, int, int],
+        size: tuple[int, int, int],
+        side: str,
+        geometry: StackGeometry,
+    ) -> None:
         """Draw the window's box into the outline layer (created once, then updated)."""
         ndisplay, axis = self.viewer.dims.ndisplay, self._sliced_axis()
         key = (origin, size, side, ndisplay, axis, geometry)
@@ -406,8 +417,9 @@ class WindowsPanel(Panel):
         layer.current_edge_color = color
         layer.visible = True
 
-    def _add_outline_layer(self, shapes: list[np.ndarray], color: str, edge_width: float,
-                           geometry: StackGeometry) -> None:
+    def _add_outline_layer(
+        self, shapes: list[np.ndarray], color: str, edge_width: float, geometry: StackGeometry
+    ) -> None:
         selection = self.viewer.layers.selection
         active, selected = selection.active, set(selection)
         if _layers.WINDOW_OUTLINE_LAYER in self.viewer.layers:
@@ -427,8 +439,7 @@ class WindowsPanel(Panel):
         selection.update(selected)
         selection.active = active
 
-    def _follow_window(self, z: int, length: int, geometry: StackGeometry,
-                       always: bool) -> None:
+    def _follow_window(self, z: int, length: int, geometry: StackGeometry, always: bool) -> None:
         """Move the Z slider to the window's middle slice (only if it is not shown, unless
         ``always``)."""
         if not self.follow_check.isChecked():

@@ -5,6 +5,12 @@ in scripts. ``__all__`` is the public API; the modules (``core.physics``, ``core
 ``core.kernels`` …) hold more for those who need it.
 """
 
+from .analysis import (
+    latent_metric_correlations,
+    physics_comparison,
+    strongest_correlations,
+    window_metrics,
+)
 from .errors import (
     ElectrodeCAEError,
     ModelConfigError,
@@ -23,6 +29,7 @@ from .evaluation import (
     mse_statistics,
     reconstruct,
 )
+from .health import Health
 from .io import (
     describe_phase_mapping,
     infer_phase_mapping,
@@ -31,7 +38,6 @@ from .io import (
     stack_from_array,
     write_stack,
 )
-from .health import Health
 from .model import (
     ConvAutoEncoder3d,
     ModelConfig,
@@ -62,6 +68,7 @@ from .stack import (
     to_network_values,
     volume_fractions,
 )
+from .studies import CASE_STUDIES, run_grid, run_study
 from .synthetic import generate_electrode
 from .training import (
     BatchReport,
@@ -76,38 +83,89 @@ from .training import (
     window_mse,
 )
 from .windows import WindowDataset, WindowSpec, count_dataset_windows, count_windows, split
-from .analysis import (
-    latent_metric_correlations,
-    physics_comparison,
-    strongest_correlations,
-    window_metrics,
-)
-from .studies import CASE_STUDIES, run_grid, run_study
 
 __all__ = [
     # errors
-    "ElectrodeCAEError", "ModelConfigError", "PhaseMappingError", "PhysicsError", "RunFolderError",
-    "StackReadError", "TrainConfigError", "TrainingMemoryError", "WindowSpecError",
+    "ElectrodeCAEError",
+    "ModelConfigError",
+    "PhaseMappingError",
+    "PhysicsError",
+    "RunFolderError",
+    "StackReadError",
+    "TrainConfigError",
+    "TrainingMemoryError",
+    "WindowSpecError",
     # stacks and files
-    "DEFAULT_VOXEL_SIZE_UM", "PHASES", "ElectrodeStack", "generate_electrode", "read_stack",
-    "write_stack", "stack_from_array", "describe_phase_mapping", "infer_phase_mapping",
-    "parse_phase_mapping", "snap_to_phases", "to_network_values", "volume_fractions",
+    "DEFAULT_VOXEL_SIZE_UM",
+    "PHASES",
+    "ElectrodeStack",
+    "generate_electrode",
+    "read_stack",
+    "write_stack",
+    "stack_from_array",
+    "describe_phase_mapping",
+    "infer_phase_mapping",
+    "parse_phase_mapping",
+    "snap_to_phases",
+    "to_network_values",
+    "volume_fractions",
     # windows
-    "WindowDataset", "WindowSpec", "count_dataset_windows", "count_windows", "split",
+    "WindowDataset",
+    "WindowSpec",
+    "count_dataset_windows",
+    "count_windows",
+    "split",
     # model
-    "ConvAutoEncoder3d", "ModelConfig", "build_model", "count_parameters", "format_summary",
-    "layer_summary", "PhaseRule", "PhaseScores",
+    "ConvAutoEncoder3d",
+    "ModelConfig",
+    "build_model",
+    "count_parameters",
+    "format_summary",
+    "layer_summary",
+    "PhaseRule",
+    "PhaseScores",
     # training
-    "PRESETS", "Preset", "get_preset", "BatchReport", "EpochReport", "TrainConfig", "TrainResult",
-    "Health", "available_devices", "resolve_device", "run_training", "seed_everything", "train",
+    "PRESETS",
+    "Preset",
+    "get_preset",
+    "BatchReport",
+    "EpochReport",
+    "TrainConfig",
+    "TrainResult",
+    "Health",
+    "available_devices",
+    "resolve_device",
+    "run_training",
+    "seed_everything",
+    "train",
     "window_mse",
     # evaluation and runs
-    "EvaluationReport", "compare_window", "evaluate", "fit_phase_rule", "mse_statistics",
-    "reconstruct", "Run", "encode_windows", "load_run", "save_run", "write_report",
+    "EvaluationReport",
+    "compare_window",
+    "evaluate",
+    "fit_phase_rule",
+    "mse_statistics",
+    "reconstruct",
+    "Run",
+    "encode_windows",
+    "load_run",
+    "save_run",
+    "write_report",
     # physics and analysis
-    "compare_metrics", "connected_fraction", "interface_area_density", "microstructure_metrics",
-    "percolating_mask", "specific_surface_area", "tortuosity", "triple_phase_boundary_density",
-    "latent_metric_correlations", "physics_comparison", "strongest_correlations", "window_metrics",
+    "compare_metrics",
+    "connected_fraction",
+    "interface_area_density",
+    "microstructure_metrics",
+    "percolating_mask",
+    "specific_surface_area",
+    "tortuosity",
+    "triple_phase_boundary_density",
+    "latent_metric_correlations",
+    "physics_comparison",
+    "strongest_correlations",
+    "window_metrics",
     # studies
-    "CASE_STUDIES", "run_grid", "run_study",
+    "CASE_STUDIES",
+    "run_grid",
+    "run_study",
 ]

@@ -110,8 +110,9 @@ def volume_metrics(
         (fractions 0..1, surface densities µm⁻¹, TPB density µm⁻², connected fractions 0..1,
         tortuosity factor), in its order; without ``tortuosity_pore_*`` if ``tortuosity=False``.
     """
-    return microstructure_metrics(labels, voxel_size_um, axis, device=device,
-                                  with_tortuosity=tortuosity)
+    return microstructure_metrics(
+        labels, voxel_size_um, axis, device=device, with_tortuosity=tortuosity
+    )
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def metric_columns(rows: Sequence[Mapping], *, reconstruction: bool = False) -> 
             continue
         if key.startswith(RECON_PREFIX) != reconstruction:
             continue
-        name = key[len(RECON_PREFIX):] if reconstruction else key
+        name = key[len(RECON_PREFIX) :] if reconstruction else key
         if name in ("mse", "voxel_accuracy") and reconstruction:
             continue
         if all(key in r for r in rows):
@@ -311,11 +312,15 @@ def physics_comparison(
         raise ValueError("the physics comparison needs at least one validation window")
     chosen = select_windows(val_idx, max_windows, seed)
     by_window = {int(r["window"]): r for r in rows} if rows is not None else {}
-    missing = [int(i) for i in chosen if int(i) not in by_window
-               or not any(k.startswith(RECON_PREFIX) for k in by_window[int(i)])]
+    missing = [
+        int(i)
+        for i in chosen
+        if int(i) not in by_window or not any(k.startswith(RECON_PREFIX) for k in by_window[int(i)])
+    ]
     if missing:
-        computed = window_metrics(data, missing, model, tortuosity=tortuosity, axis=axis,
-                                  device=device, progress=progress)
+        computed = window_metrics(
+            data, missing, model, tortuosity=tortuosity, axis=axis, device=device, progress=progress
+        )
         by_window.update({int(r["window"]): r for r in computed})
     chosen_rows = [by_window[int(i)] for i in chosen]
     if not tortuosity:  # precomputed rows may carry it; leave it out as asked
@@ -360,8 +365,12 @@ def _fmt_p(p: float) -> str:
 def comparison_markdown(comparison: Mapping) -> str:
     """A :func:`physics_comparison` result as a Markdown table (one row per metric)."""
     n, n_val = comparison["n_windows"], comparison["n_validation"]
-    scope = (f"a seeded random subset (seed {comparison['seed']}) of {n} of the {n_val} "
-             "validation windows" if comparison["subset"] else f"all {n} validation windows")
+    scope = (
+        f"a seeded random subset (seed {comparison['seed']}) of {n} of the {n_val} "
+        "validation windows"
+        if comparison["subset"]
+        else f"all {n} validation windows"
+    )
     lines = [
         "# Physics of original vs reconstruction",
         "",
@@ -524,17 +533,16 @@ def write_metrics_csv(path: str | Path, rows: Sequence[Mapping]) -> Path:
     return path
 
 
-def correlations_table(
-    names: Sequence[str], matrix: np.ndarray, p_values: np.ndarray
-) -> str:
+def correlations_table(names: Sequence[str], matrix: np.ndarray, p_values: np.ndarray) -> str:
     """CSV text, one row per (latent, metric): latent (z1..zk), metric, spearman_rho, p_value."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["latent", "metric", "spearman_rho", "p_value"])
     for j in range(matrix.shape[0]):
         for m, name in enumerate(names):
-            writer.writerow([f"z{j + 1}", name, _cell(float(matrix[j, m])),
-                             _cell(float(p_values[j, m]))])
+            writer.writerow(
+                [f"z{j + 1}", name, _cell(float(matrix[j, m])), _cell(float(p_values[j, m]))]
+            )
     return buffer.getvalue()
 
 
@@ -588,8 +596,9 @@ def independent_windows(
         members = np.flatnonzero(grid[chosen, 0] == stack)
         origins = grid[chosen[members]]
         zs, ys, xs = (spaced(origins[:, c], g) for c, g in ((1, length), (2, crop), (3, crop)))
-        ok = np.array([int(o[1]) in zs and int(o[2]) in ys and int(o[3]) in xs
-                       for o in origins], dtype=bool)
+        ok = np.array(
+            [int(o[1]) in zs and int(o[2]) in ys and int(o[3]) in xs for o in origins], dtype=bool
+        )
         keep[members[ok]] = True
     return select_windows(chosen[keep], max_windows, seed)
 
@@ -635,9 +644,16 @@ class CorrelationStudy:
 
     def surviving(self) -> list[tuple[int, str, float, float, float]]:
         """(latent j, metric, rho, q, partial rho) of the surviving pairs, strongest first."""
-        out = [(j, self.names[m], float(self.rho[j, m]), float(self.q_values[j, m]),
-                float(self.partial_rho[j, m]))
-               for j, m in zip(*np.nonzero(self.survives))]
+        out = [
+            (
+                j,
+                self.names[m],
+                float(self.rho[j, m]),
+                float(self.q_values[j, m]),
+                float(self.partial_rho[j, m]),
+            )
+            for j, m in zip(*np.nonzero(self.survives))
+        ]
         out.sort(key=lambda e: -abs(e[2]))
         return out
 
@@ -704,8 +720,11 @@ def correlation_study(
         _, rho0, _ = latent_metric_correlations(random_latents, metrics)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            baseline = np.nanmax(np.where(np.isfinite(rho0), np.abs(rho0), np.nan), axis=0) \
-                if np.isfinite(rho0).any() else baseline
+            baseline = (
+                np.nanmax(np.where(np.isfinite(rho0), np.abs(rho0), np.nan), axis=0)
+                if np.isfinite(rho0).any()
+                else baseline
+            )
     columns = _metric_arrays(metrics, n)
     control_names = [c for c in controls if c in columns]
     partial = np.full_like(rho, np.nan)
@@ -718,23 +737,35 @@ def correlation_study(
             for j in range(k):
                 if np.isfinite(rho[j, m]):
                     partial[j, m] = _partial_spearman(lat[:, j], columns[name], ctrl)
-    beats = np.isfinite(rho) & (np.isnan(baseline)[None, :]
-                                | (np.abs(np.nan_to_num(rho)) > np.nan_to_num(baseline)[None, :]))
+    beats = np.isfinite(rho) & (
+        np.isnan(baseline)[None, :]
+        | (np.abs(np.nan_to_num(rho)) > np.nan_to_num(baseline)[None, :])
+    )
     survives = np.isfinite(q) & (q < alpha) & beats
     if not np.isfinite(rho).any():
-        note = (f"no correlation is defined over {n} windows: the latent features (or the "
-                "metrics) are constant — a collapsed model? Nothing to report.")
+        note = (
+            f"no correlation is defined over {n} windows: the latent features (or the "
+            "metrics) are constant — a collapsed model? Nothing to report."
+        )
     elif not survives.any():
         best = np.nanmax(np.abs(rho))
-        note = (f"nothing survives over {n} non-overlapping windows: the strongest |rho| is "
-                f"{best:.2f}" + (f", a random encoder reaches {np.nanmax(baseline):.2f}"
-                                 if np.isfinite(baseline).any() else "")
-                + f" (FDR {alpha:g}).")
+        note = (
+            f"nothing survives over {n} non-overlapping windows: the strongest |rho| is "
+            f"{best:.2f}"
+            + (
+                f", a random encoder reaches {np.nanmax(baseline):.2f}"
+                if np.isfinite(baseline).any()
+                else ""
+            )
+            + f" (FDR {alpha:g})."
+        )
     else:
-        note = (f"{int(survives.sum())} of {int(np.isfinite(rho).sum())} latent-metric pairs "
-                f"survive over {n} non-overlapping windows (FDR {alpha:g}"
-                + (", stronger than a random encoder's best" if random_latents is not None
-                   else "") + ").")
+        note = (
+            f"{int(survives.sum())} of {int(np.isfinite(rho).sum())} latent-metric pairs "
+            f"survive over {n} non-overlapping windows (FDR {alpha:g}"
+            + (", stronger than a random encoder's best" if random_latents is not None else "")
+            + ")."
+        )
     return CorrelationStudy(names, rho, p, q, partial, baseline, survives, int(n), alpha, note)
 
 
@@ -743,17 +774,34 @@ def study_table(study: CorrelationStudy) -> str:
     partial rho, the random encoder's best |rho| for that metric and whether it survives."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["latent", "metric", "spearman_rho", "p_value", "q_value_bh",
-                     "partial_rho_given_fractions", "random_encoder_max_abs_rho", "survives",
-                     "n_windows"])
+    writer.writerow(
+        [
+            "latent",
+            "metric",
+            "spearman_rho",
+            "p_value",
+            "q_value_bh",
+            "partial_rho_given_fractions",
+            "random_encoder_max_abs_rho",
+            "survives",
+            "n_windows",
+        ]
+    )
     for j in range(study.rho.shape[0]):
         for m, name in enumerate(study.names):
-            writer.writerow([f"z{j + 1}", name, _cell(float(study.rho[j, m])),
-                             _cell(float(study.p_values[j, m])),
-                             _cell(float(study.q_values[j, m])),
-                             _cell(float(study.partial_rho[j, m])),
-                             _cell(float(study.baseline_abs_rho[m])),
-                             _cell(bool(study.survives[j, m])), study.n_windows])
+            writer.writerow(
+                [
+                    f"z{j + 1}",
+                    name,
+                    _cell(float(study.rho[j, m])),
+                    _cell(float(study.p_values[j, m])),
+                    _cell(float(study.q_values[j, m])),
+                    _cell(float(study.partial_rho[j, m])),
+                    _cell(float(study.baseline_abs_rho[m])),
+                    _cell(bool(study.survives[j, m])),
+                    study.n_windows,
+                ]
+            )
     return buffer.getvalue()
 
 
@@ -764,8 +812,9 @@ def write_study_csv(path: str | Path, study: CorrelationStudy) -> Path:
     return path
 
 
-def random_encoder_latents(model: ConvAutoEncoder3d, data: WindowDataset,
-                           indices: Sequence[int], seed: int = 0) -> np.ndarray:
+def random_encoder_latents(
+    model: ConvAutoEncoder3d, data: WindowDataset, indices: Sequence[int], seed: int = 0
+) -> np.ndarray:
     """Features of windows ``indices`` from a never-trained model of the same configuration.
 
     Built under a forked torch RNG, so the caller's random state is unchanged.
@@ -780,8 +829,9 @@ def random_encoder_latents(model: ConvAutoEncoder3d, data: WindowDataset,
     return encode_indices(baseline, data, indices)
 
 
-def encode_indices(model: ConvAutoEncoder3d, data: WindowDataset,
-                   indices: Sequence[int], batch_size: int = 16) -> np.ndarray:
+def encode_indices(
+    model: ConvAutoEncoder3d, data: WindowDataset, indices: Sequence[int], batch_size: int = 16
+) -> np.ndarray:
     """(len(indices), latent_dim) float64 latent features of the chosen windows."""
     import torch
 
@@ -791,7 +841,8 @@ def encode_indices(model: ConvAutoEncoder3d, data: WindowDataset,
     out = np.empty((len(indices), model.config.latent_dim), dtype=np.float64)
     with torch.inference_mode():
         for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            out[start:start + len(chunk)] = model.encode(
-                data.batch(chunk).to(device)).float().cpu().numpy()
+            chunk = indices[start : start + batch_size]
+            out[start : start + len(chunk)] = (
+                model.encode(data.batch(chunk).to(device)).float().cpu().numpy()
+            )
     return out

@@ -62,8 +62,11 @@ def _write_failure(path: Path, exc: BaseException) -> OutputWriteError:
     """One line for a failed write: the disk is full, or the OS/torch reason."""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                  errno.EFBIG: "the file is larger than allowed"}[exc.errno]
+        reason = {
+            errno.ENOSPC: "the disk is full",
+            errno.EDQUOT: "the disk quota is exceeded",
+            errno.EFBIG: "the file is larger than allowed",
+        }[exc.errno]
     elif not isinstance(exc, OSError):  # torch's zip writer raises RuntimeError
         with contextlib.suppress(OSError):
             if shutil.disk_usage(path.parent).free < 2**20:
@@ -124,8 +127,17 @@ def _atomic_torch_save(obj: object, path: str | Path) -> None:
 #: What torch.load raises for a truncated or damaged file (found by loading randomly corrupted
 #: and truncated checkpoints: the zip reader and the weights-only unpickler fail in many ways).
 _LOAD_ERRORS = (
-    RuntimeError, EOFError, OSError, ValueError, LookupError, TypeError, AttributeError,
-    AssertionError, ArithmeticError, MemoryError, struct.error,
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    LookupError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    ArithmeticError,
+    MemoryError,
+    struct.error,
 )
 
 
@@ -151,7 +163,8 @@ def _safe_torch_load(path: Path, what: str, max_bytes: int | None = None) -> obj
     if max_bytes is not None and info.st_size > max_bytes:
         raise RunFolderError(
             f"{path} is {info.st_size:,} bytes, more than the {max_bytes:,} that a {what} of "
-            "this model can have; it was not read")
+            "this model can have; it was not read"
+        )
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
         handle = os.fdopen(fd, "rb")
@@ -227,8 +240,15 @@ def load_training_state(path: str | Path) -> dict:
     path = Path(path)
     memory = memory_bytes()  # weights, optimiser state and best weights: bounded by the memory
     state = _safe_torch_load(path, "training checkpoint", memory // 2 if memory else None)
-    required = {"epoch", "model", "optimiser", "best_model", "best_val_mse", "best_epoch",
-                "history"}
+    required = {
+        "epoch",
+        "model",
+        "optimiser",
+        "best_model",
+        "best_val_mse",
+        "best_epoch",
+        "history",
+    }
     if not isinstance(state, dict) or not required <= set(state):
         raise RunFolderError(f"{path} is not a training checkpoint (missing fields)")
     problem = _training_state_problem(state)
@@ -238,8 +258,15 @@ def load_training_state(path: str | Path) -> dict:
 
 
 #: Fields of one history row of a training checkpoint (those of training.EpochReport).
-HISTORY_FIELDS = ("epoch", "epochs", "train_mse", "val_mse", "seconds", "best_epoch",
-                  "best_val_mse")
+HISTORY_FIELDS = (
+    "epoch",
+    "epochs",
+    "train_mse",
+    "val_mse",
+    "seconds",
+    "best_epoch",
+    "best_val_mse",
+)
 #: Fields a history row may also have (measured since; absent from older checkpoints).
 OPTIONAL_HISTORY_FIELDS = ("val_nmse", "spread")
 
@@ -273,7 +300,8 @@ def _training_state_problem(state: dict) -> str:
     if not isinstance(history, list) or not all(
         isinstance(row, dict)
         and set(HISTORY_FIELDS) <= set(row) <= set(HISTORY_FIELDS + OPTIONAL_HISTORY_FIELDS)
-        and all(_is_number(v) for v in row.values()) for row in history
+        and all(_is_number(v) for v in row.values())
+        for row in history
     ):
         return f"history is not a list of rows with the fields {', '.join(HISTORY_FIELDS)}"
     return ""

@@ -80,8 +80,7 @@ class DistributedContext:
 
     def describe(self) -> dict:
         """What the run's ``config.json`` records about it (without the batch)."""
-        return {"world_size": self.world_size, "backend": self.backend,
-                "device": self.device.type}
+        return {"world_size": self.world_size, "backend": self.backend, "device": self.device.type}
 
 
 def environment_ranks(environ=None) -> tuple[int, int, int] | None:
@@ -115,13 +114,16 @@ def choose_backend(device: str = "auto") -> str:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         return "nccl"
     if device == "mps":
-        raise DistributedError("distributed training runs on CUDA GPUs (NCCL) or on the CPU "
-                               "(Gloo), not on Apple MPS; use --device cpu")
+        raise DistributedError(
+            "distributed training runs on CUDA GPUs (NCCL) or on the CPU "
+            "(Gloo), not on Apple MPS; use --device cpu"
+        )
     return "gloo"
 
 
-def setup(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S,
-          environ=None) -> DistributedContext | None:
+def setup(
+    device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S, environ=None
+) -> DistributedContext | None:
     """Join torchrun's process group; None when not started by torchrun (or one process).
 
     Parameters
@@ -149,7 +151,8 @@ def setup(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S,
         if local >= count:
             raise DistributedError(
                 f"local rank {local} has no GPU of its own ({count} on this node); start at "
-                f"most {count} processes per node (--nproc-per-node {count})")
+                f"most {count} processes per node (--nproc-per-node {count})"
+            )
         torch.cuda.set_device(local)
         target = torch.device("cuda", local)
     else:
@@ -158,11 +161,18 @@ def setup(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S,
         raise DistributedError("this torch build has no torch.distributed")
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group(
+                backend,
+                init_method="env://",
+                rank=rank,
+                world_size=world,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
         except (RuntimeError, ValueError) as exc:
-            raise DistributedError(f"cannot join the process group ({backend}, rank {rank} of "
-                                   f"{world}): {_first_line(exc)}") from exc
+            raise DistributedError(
+                f"cannot join the process group ({backend}, rank {rank} of "
+                f"{world}): {_first_line(exc)}"
+            ) from exc
     return DistributedContext(rank, world, local, backend, target)
 
 
@@ -213,7 +223,8 @@ def peer_guard(context: DistributedContext) -> Iterator[None]:
             raise
         raise PeerLostError(
             f"rank {context.rank} of {context.world_size}: another rank stopped "
-            f"({_first_line(exc)})") from exc
+            f"({_first_line(exc)})"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- batches
@@ -272,8 +283,9 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return tensor
 
 
-def gather_validation(per_window: np.ndarray, moments: np.ndarray, world_size: int,
-                      context: DistributedContext) -> tuple[np.ndarray, np.ndarray]:
+def gather_validation(
+    per_window: np.ndarray, moments: np.ndarray, world_size: int, context: DistributedContext
+) -> tuple[np.ndarray, np.ndarray]:
     """Every rank's validation errors, in the order of the windows before :func:`shard`, and the
     moments summed over ranks.
 
@@ -286,8 +298,9 @@ def gather_validation(per_window: np.ndarray, moments: np.ndarray, world_size: i
     """
     gathered: list = [None] * world_size
     with peer_guard(context):
-        dist.all_gather_object(gathered, (np.asarray(per_window, np.float64),
-                                          np.asarray(moments, np.float64)))
+        dist.all_gather_object(
+            gathered, (np.asarray(per_window, np.float64), np.asarray(moments, np.float64))
+        )
     errors = np.concatenate([g[0] for g in gathered]) if gathered else np.empty(0)
     total = np.sum([g[1] for g in gathered], axis=0)
     return errors, total
@@ -307,6 +320,7 @@ def wrap_model(model: torch.nn.Module, context: DistributedContext) -> torch.nn.
 
     with peer_guard(context):
         if context.device.type == "cuda":
-            return DistributedDataParallel(model, device_ids=[context.device.index],
-                                           output_device=context.device.index)
+            return DistributedDataParallel(
+                model, device_ids=[context.device.index], output_device=context.device.index
+            )
         return DistributedDataParallel(model)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .kernels.feeding import BatchFeeder
 from .health import Health, diagnose
+from .kernels.feeding import BatchFeeder
 from .model import ConvAutoEncoder3d
 from .phases import PhaseRule, PhaseScores, fit_offsets, fit_thresholds
 from .physics import triple_phase_boundary_density
@@ -160,13 +160,20 @@ class EvaluationReport:
                 "|---|---|---|---|",
             ]
             for phase, value in p.phase_fractions["original"].items():
-                lines.append(f"| {phase} | {value:.1%} | "
-                             f"{p.phase_fractions['reconstruction'][phase]:.1%} | "
-                             f"{p.phase_iou[phase]:.2f} |")
+                lines.append(
+                    f"| {phase} | {value:.1%} | "
+                    f"{p.phase_fractions['reconstruction'][phase]:.1%} | "
+                    f"{p.phase_iou[phase]:.2f} |"
+                )
             t = p.tpb_density_per_um2
-            lines += ["", f"TPB density (µm⁻²): original {t['original']:.4f}, "
-                          f"reconstruction {t['reconstruction']:.4f}.", "",
-                      "The paper's statistics (Table 8):", ""]
+            lines += [
+                "",
+                f"TPB density (µm⁻²): original {t['original']:.4f}, "
+                f"reconstruction {t['reconstruction']:.4f}.",
+                "",
+                "The paper's statistics (Table 8):",
+                "",
+            ]
         lines += [
             "| " + " | ".join(row) + " |",
             "|" + "---|" * len(row),
@@ -204,9 +211,12 @@ def mse_statistics(train_mse: np.ndarray, val_mse: np.ndarray) -> MSEStats:
     train_mse, val_mse = np.asarray(train_mse, float), np.asarray(val_mse, float)
     ddof = lambda a: 1 if len(a) > 1 else 0  # noqa: E731
     return MSEStats(
-        len(train_mse), len(val_mse),
-        float(train_mse.mean()), float(train_mse.std(ddof=ddof(train_mse))),
-        float(val_mse.mean()), float(val_mse.std(ddof=ddof(val_mse))),
+        len(train_mse),
+        len(val_mse),
+        float(train_mse.mean()),
+        float(train_mse.std(ddof=ddof(train_mse))),
+        float(val_mse.mean()),
+        float(val_mse.std(ddof=ddof(val_mse))),
         welch_p(train_mse, val_mse),
     )
 
@@ -219,8 +229,9 @@ def reconstruct(model: ConvAutoEncoder3d, window: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def reconstruct_window(model: ConvAutoEncoder3d,
-                       window: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def reconstruct_window(
+    model: ConvAutoEncoder3d, window: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     """One (1, l, crop, crop) window -> its reconstruction as float32 (l, crop, crop) network
     values and uint8 (l, crop, crop) phase ids by the model's phase rule."""
     model.eval()
@@ -252,8 +263,9 @@ def compare_window(
     if o_std == 0 and r_std == 0:
         p = 1.0 if o_mean == r_mean else 0.0
     else:
-        p = float(stats.ttest_ind_from_stats(o_mean, o_std, n, r_mean, r_std, n,
-                                             equal_var=False).pvalue)
+        p = float(
+            stats.ttest_ind_from_stats(o_mean, o_std, n, r_mean, r_std, n, equal_var=False).pvalue
+        )
     labels = data.view(index)
     return WindowComparison(
         window=int(index),
@@ -309,15 +321,19 @@ def evaluate(
         window = int(np.random.default_rng(seed).choice(np.asarray(val_idx)))
     total = len(val_idx) + len(train_idx)
     val_mse, phases = judge_phases(
-        model, data, val_idx, batch_size,
+        model,
+        data,
+        val_idx,
+        batch_size,
         progress=None if progress is None else (lambda done: progress(done, total)),
         diverged=diverged,
     )
     train_mse = window_mse(model, data, train_idx, batch_size)
     if progress is not None:
         progress(total, total)
-    return EvaluationReport(mse_statistics(train_mse, val_mse),
-                            compare_window(model, data, window), phases)
+    return EvaluationReport(
+        mse_statistics(train_mse, val_mse), compare_window(model, data, window), phases
+    )
 
 
 @torch.inference_mode()
@@ -348,14 +364,20 @@ def judge_phases(
         y = model.values(output).float()
         mse[start : start + len(chunk)] = (y - x).pow(2).flatten(1).mean(1).double().cpu().numpy()
         xd, yd = x.double(), y.double()
-        moments += [float(xd.sum()), float(xd.square().sum()), float(yd.sum()),
-                    float(yd.square().sum())]
+        moments += [
+            float(xd.sum()),
+            float(xd.square().sum()),
+            float(yd.sum()),
+            float(yd.square().sum()),
+        ]
         labels = model.phase_labels(output)
         for k, i in enumerate(chunk):
             original = data.view(int(i))
             scores.add(original, labels[k])
-            tpb += [triple_phase_boundary_density(original, voxel_um),
-                    triple_phase_boundary_density(labels[k], voxel_um)]
+            tpb += [
+                triple_phase_boundary_density(original, voxel_um),
+                triple_phase_boundary_density(labels[k], voxel_um),
+            ]
         if progress is not None:
             progress(start + len(chunk))
     n = max(scores.voxels, 1)
@@ -373,8 +395,10 @@ def judge_phases(
         voxel_accuracy=summary["voxel_accuracy"],
         phase_fractions=summary["phase_fractions"],
         phase_iou=summary["phase_iou"],
-        tpb_density_per_um2={"original": float(tpb[0] / max(len(indices), 1)),
-                             "reconstruction": float(tpb[1] / max(len(indices), 1))},
+        tpb_density_per_um2={
+            "original": float(tpb[0] / max(len(indices), 1)),
+            "reconstruction": float(tpb[1] / max(len(indices), 1)),
+        },
         health=health.state,
         message=health.message,
         advice=health.advice,

@@ -43,12 +43,15 @@ class Health:
 
 def is_collapsed(nmse: float, spread: float) -> bool:
     """True for a reconstruction that sits at the mean (see the module docstring)."""
-    return (math.isfinite(nmse) and math.isfinite(spread)
-            and spread < COLLAPSE_SPREAD and nmse > COLLAPSE_NMSE)
+    return (
+        math.isfinite(nmse)
+        and math.isfinite(spread)
+        and spread < COLLAPSE_SPREAD
+        and nmse > COLLAPSE_NMSE
+    )
 
 
-def diagnose(nmse: float, spread: float, *, finite: bool = True,
-             lr: float | None = None) -> Health:
+def diagnose(nmse: float, spread: float, *, finite: bool = True, lr: float | None = None) -> Health:
     """The :class:`Health` of a model from its validation ``nmse`` and ``spread``.
 
     ``finite`` False (a non-finite training or validation loss) means diverged; a NaN ``nmse``
@@ -57,8 +60,11 @@ def diagnose(nmse: float, spread: float, *, finite: bool = True,
     """
     lr_text = f" (now {lr:g})" if lr is not None else ""
     if not finite or nmse == math.inf or (math.isfinite(nmse) and nmse > DIVERGED_NMSE):
-        what = ("the loss became infinite or NaN" if not finite or nmse == math.inf
-                else f"its error is {nmse:.3g} times the data's variance")
+        what = (
+            "the loss became infinite or NaN"
+            if not finite or nmse == math.inf
+            else f"its error is {nmse:.3g} times the data's variance"
+        )
         return Health(
             "diverged",
             f"training diverged: {what}",

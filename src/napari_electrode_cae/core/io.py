@@ -98,12 +98,15 @@ _READ_ERRORS = (
 #: Exceptions numpy raises for a damaged .npy file (besides ValueError): its header is parsed
 #: as a Python literal and its size checked when memory-mapping.
 _NPY_HEADER_ERRORS = (
-    OSError, EOFError, SyntaxError, tokenize.TokenError, ArithmeticError, TypeError
+    OSError,
+    EOFError,
+    SyntaxError,
+    tokenize.TokenError,
+    ArithmeticError,
+    TypeError,
 )
 #: ImageJ length units that mean micrometres.
-_MICRON_UNITS = frozenset(
-    {"micron", "microns", "um", "µm", "\\u00b5m", "micrometer", "micrometre"}
-)
+_MICRON_UNITS = frozenset({"micron", "microns", "um", "µm", "\\u00b5m", "micrometer", "micrometre"})
 _EXAMPLE_MAPPING = "'0=pore,85=active,170=cbd'"
 
 
@@ -660,8 +663,9 @@ def _npy_sidecar_metadata(path: Path, data: np.ndarray) -> dict[str, Any]:
         return {}
     where = str(side)
     try:
-        sidecar = json.loads(read_bounded_text(side, "phase sidecar", max_bytes=2**16,
-                                               error=StackReadError))
+        sidecar = json.loads(
+            read_bounded_text(side, "phase sidecar", max_bytes=2**16, error=StackReadError)
+        )
     except (ValueError, RecursionError) as exc:
         raise StackReadError(f"{where} is not valid JSON ({exc}); remove it or fix it") from None
     if not isinstance(sidecar, dict):
@@ -702,8 +706,9 @@ def _tiff_metadata(tif: tifffile.TiffFile, where: str) -> dict[str, Any]:
     return found
 
 
-def _tiff_memmap(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries
-                 ) -> np.ndarray | None:
+def _tiff_memmap(
+    path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries
+) -> np.ndarray | None:
     """A read-only memory map of ``series`` if it can be one, else None.
 
     Only uncompressed image data stored contiguously in final form (no predictor, bit packing
@@ -726,8 +731,13 @@ def _tiff_memmap(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSe
         return None  # e.g. no address space for a map: read it the normal way
 
 
-def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False,
-               max_stack_gib: float | None = None) -> tuple[np.ndarray, str, dict[str, Any]]:
+def _read_tiff(
+    path: Path,
+    where: str | None = None,
+    *,
+    memmap: bool = False,
+    max_stack_gib: float | None = None,
+) -> tuple[np.ndarray, str, dict[str, Any]]:
     """Read every image of a TIFF file.
 
     Parameters
@@ -773,8 +783,8 @@ def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False,
                 mapped = _tiff_memmap(path, tif, first) if memmap and len(series) == 1 else None
                 if mapped is None:  # decoded into memory: its size, before decoding
                     check_decoded_size(
-                        sum(array_nbytes(s.shape, s.dtype) for s in series), where,
-                        max_stack_gib)
+                        sum(array_nbytes(s.shape, s.dtype) for s in series), where, max_stack_gib
+                    )
                 if mapped is not None:
                     data, axes = mapped, first.axes
                 elif len(series) == 1:
@@ -809,8 +819,9 @@ def _read_tiff(path: Path, where: str | None = None, *, memmap: bool = False,
     return data, axes, metadata
 
 
-def _read_tiff_stack(path: Path, max_stack_gib: float | None = None
-                     ) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_tiff_stack(
+    path: Path, max_stack_gib: float | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a multi-page TIFF as a (Z, Y, X) array of stored values.
 
     A large uncompressed stack stays on disk as a read-only memory map (see
@@ -827,8 +838,9 @@ def _natural_key(path: Path) -> tuple:
     return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), path.name)
 
 
-def _read_slice_folder(folder: Path, max_stack_gib: float | None = None
-                       ) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_slice_folder(
+    folder: Path, max_stack_gib: float | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a folder of 2D TIFF slices (natural order) as a (Z, Y, X) array of stored values."""
     try:
         entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -867,8 +879,9 @@ def _read_slice_folder(folder: Path, max_stack_gib: float | None = None
             f"folder {folder} holds a single 2D slice ({slices[0].name}) of shape "
             f"{_shape_text(first.shape)}; a 3D stack needs at least {MIN_SLICES} slices"
         )
-    check_decoded_size(len(slices) * first.nbytes, f"folder {folder} ({len(slices)} slices)",
-                       max_stack_gib)
+    check_decoded_size(
+        len(slices) * first.nbytes, f"folder {folder} ({len(slices)} slices)", max_stack_gib
+    )
     volume = np.empty((len(slices), *first.shape), dtype=first.dtype)
     volume[0] = first
     for z, file in enumerate(slices[1:], start=1):
@@ -1061,7 +1074,8 @@ def check_mapped_unchanged(stacks: Sequence[ElectrodeStack], states: Sequence) -
         if path is not None and file_state(path) != state:
             raise StackReadError(
                 f"{path} changed on disk while it was in use (memory-mapped stack "
-                f"{stack.name!r}); stopped: keep the file unchanged until the run ends, or copy it")
+                f"{stack.name!r}); stopped: keep the file unchanged until the run ends, or copy it"
+            )
 
 
 def stack_from_array(
@@ -1311,8 +1325,11 @@ def write_stack(
 
     _atomic_write(path, write)
     if suffix == NPY_SUFFIX:  # the .npy carries no mapping: its sidecar does
-        sidecar = {_METADATA_KEY: entry, "shape": [int(n) for n in labels.shape],
-                   "dtype": np.lib.format.dtype_to_descr(dtype)}
+        sidecar = {
+            _METADATA_KEY: entry,
+            "shape": [int(n) for n in labels.shape],
+            "dtype": np.lib.format.dtype_to_descr(dtype),
+        }
         payload = json.dumps(sidecar, indent=1).encode("utf-8")
         _atomic_write(sidecar_path(path), lambda fh: fh.write(payload))
     return path

@@ -60,10 +60,14 @@ def stack_limit_bytes(max_stack_gib: float | None = None) -> int:
     """The bound on a decoded stack: ``max_stack_gib`` if given, else the default bound, and
     never more than half this machine's memory unless ``max_stack_gib`` asks for it."""
     if max_stack_gib is not None:
-        if not (isinstance(max_stack_gib, (int, float)) and math.isfinite(max_stack_gib)
-                and max_stack_gib > 0):
-            raise ResourceLimitError(f"the stack size limit must be a positive number of GiB, "
-                                     f"got {max_stack_gib!r}")
+        if not (
+            isinstance(max_stack_gib, (int, float))
+            and math.isfinite(max_stack_gib)
+            and max_stack_gib > 0
+        ):
+            raise ResourceLimitError(
+                f"the stack size limit must be a positive number of GiB, got {max_stack_gib!r}"
+            )
         return int(max_stack_gib * GIB)
     limit = int(DEFAULT_MAX_STACK_GIB * GIB)
     memory = memory_bytes()
@@ -171,15 +175,28 @@ def check_regular_file(path: Path, what: str = "file", error=RunFolderError) -> 
     except OSError as exc:
         raise error(f"cannot access {what} {path} ({exc.strerror or exc})") from exc
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(
-            info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(
-            info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a file")
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(info.st_mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "not a file"
+        )
         raise error(f"{what} {path} is {kind}, not a regular file; it was not read")
     return info
 
 
-def read_bounded_bytes(path: str | os.PathLike[str], what: str = "file", *,
-                       max_bytes: int = MAX_TEXT_FILE_BYTES, error=RunFolderError) -> bytes:
+def read_bounded_bytes(
+    path: str | os.PathLike[str],
+    what: str = "file",
+    *,
+    max_bytes: int = MAX_TEXT_FILE_BYTES,
+    error=RunFolderError,
+) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; never blocks on a FIFO.
 
     The file is opened non-blocking and checked with ``fstat`` on the opened descriptor, so a
@@ -197,23 +214,29 @@ def read_bounded_bytes(path: str | os.PathLike[str], what: str = "file", *,
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{what} {path} is not a regular file; it was not read")
         if info.st_size > max_bytes:
-            raise error(f"{what} {path} is {gib(info.st_size)}, more than the "
-                        f"{gib(max_bytes)} such a file may have; it was not read")
+            raise error(
+                f"{what} {path} is {gib(info.st_size)}, more than the "
+                f"{gib(max_bytes)} such a file may have; it was not read"
+            )
         payload = handle.read(max_bytes + 1)
     if len(payload) > max_bytes:
         raise error(f"{what} {path} grew beyond {gib(max_bytes)} while being read")
     return payload
 
 
-def read_bounded_text(path: str | os.PathLike[str], what: str = "file", *,
-                      max_bytes: int = MAX_TEXT_FILE_BYTES, error=RunFolderError) -> str:
+def read_bounded_text(
+    path: str | os.PathLike[str],
+    what: str = "file",
+    *,
+    max_bytes: int = MAX_TEXT_FILE_BYTES,
+    error=RunFolderError,
+) -> str:
     """UTF-8 text of a regular file of at most ``max_bytes`` (see :func:`read_bounded_bytes`)."""
     payload = read_bounded_bytes(path, what, max_bytes=max_bytes, error=error)
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
-                    ) from None
+        raise error(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def array_nbytes(shape, dtype) -> int:
@@ -222,8 +245,18 @@ def array_nbytes(shape, dtype) -> int:
 
 
 __all__ = [
-    "DEFAULT_MAX_STACK_GIB", "ElectrodeCAEError", "ResourceLimitError", "array_nbytes",
-    "check_decoded_size", "check_model_size", "check_regular_file", "check_window_grid",
-    "meta_state_shapes", "memory_bytes", "parameter_count", "read_bounded_bytes",
-    "read_bounded_text", "stack_limit_bytes",
+    "DEFAULT_MAX_STACK_GIB",
+    "ElectrodeCAEError",
+    "ResourceLimitError",
+    "array_nbytes",
+    "check_decoded_size",
+    "check_model_size",
+    "check_regular_file",
+    "check_window_grid",
+    "meta_state_shapes",
+    "memory_bytes",
+    "parameter_count",
+    "read_bounded_bytes",
+    "read_bounded_text",
+    "stack_limit_bytes",
 ]

@@ -45,8 +45,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - ((2 * overlap + 1.0) / (total + 1.0)).mean()
 
 
-def make_loss(model, phase_loss: str = "ce",
-              fractions: Mapping[str, float] | None = None) -> Loss:
+def make_loss(model, phase_loss: str = "ce", fractions: Mapping[str, float] | None = None) -> Loss:
     """The loss of ``model`` (a ``ConvAutoEncoder3d``).
 
     Parameters
@@ -59,9 +58,11 @@ def make_loss(model, phase_loss: str = "ce",
         Training phase fractions, needed by ``"weighted_ce"``.
     """
     if model.config.output == "value":
+
         def mse(output: torch.Tensor, x: torch.Tensor):
             loss = F.mse_loss(output.float(), x)
             return loss, loss.detach()
+
         return mse
 
     weight = None
@@ -79,4 +80,5 @@ def make_loss(model, phase_loss: str = "ce",
         with torch.no_grad():
             mse = F.mse_loss(model.values(logits), x)
         return loss, mse
+
     return phases

@@ -119,16 +119,21 @@ class Metric:
         if not self.directional:
             return self
         letter = AXIS_NAMES[axis]
-        return replace(self, name=self.name.format(axis=letter),
-                       label=self.label.format(axis=letter.upper()),
-                       short=self.short.format(axis=letter.upper()), axis=int(axis))
+        return replace(
+            self,
+            name=self.name.format(axis=letter),
+            label=self.label.format(axis=letter.upper()),
+            short=self.short.format(axis=letter.upper()),
+            axis=int(axis),
+        )
 
     def format(self, value: float) -> str:
         """``value`` with this metric's digits and unit ("n/a" for NaN, "inf")."""
         return format_value(self, value)
 
-    def __call__(self, labels: np.ndarray, voxel_size_um: float, axis: int | None = None,
-                 device: Any = None) -> float:
+    def __call__(
+        self, labels: np.ndarray, voxel_size_um: float, axis: int | None = None, device: Any = None
+    ) -> float:
         """The metric of one volume, along its own axis (or ``axis``, default Z)."""
         if axis is None:
             axis = self.axis if self.axis is not None else 0
@@ -187,22 +192,67 @@ def _tortuosity_pore(labels, voxel_size_um, axis, device):
 REGISTRY: tuple[Metric, ...] = (
     Metric("pore_fraction", "Pore fraction", "", _fraction("pore"), lower=0.0, upper=1.0),
     Metric("cbd_fraction", "CBD fraction", "", _fraction("cbd"), lower=0.0, upper=1.0),
-    Metric("active_fraction", "Active fraction", "", _fraction("active"), lower=0.0,
-           upper=1.0),
-    Metric("ssa_active_per_um", "Active specific surface area", "µm⁻¹", _ssa_active,
-           lower=0.0, short="SSA active"),
-    Metric("ssa_pore_solid_per_um", "Pore/solid interface area", "µm⁻¹", _ssa_pore_solid,
-           lower=0.0, short="SSA pore/solid"),
-    Metric("tpb_density_per_um2", "Triple-phase boundary density", "µm⁻²", _tpb, lower=0.0,
-           short="TPB density"),
-    Metric("pore_connected_fraction_{axis}", "Percolating pore fraction ({axis})", "",
-           _connected("pore"), lower=0.0, upper=1.0, short="Pore connected ({axis})"),
-    Metric("active_connected_fraction_{axis}", "Percolating active fraction ({axis})", "",
-           _connected("active"), lower=0.0, upper=1.0, short="Active connected ({axis})"),
-    Metric("cbd_connected_fraction_{axis}", "Percolating CBD fraction ({axis})", "",
-           _connected("cbd"), lower=0.0, upper=1.0, short="CBD connected ({axis})"),
-    Metric("tortuosity_pore_{axis}", "Pore tortuosity factor ({axis})", "", _tortuosity_pore,
-           costly=True, lower=1.0, short="Pore tortuosity ({axis})"),
+    Metric("active_fraction", "Active fraction", "", _fraction("active"), lower=0.0, upper=1.0),
+    Metric(
+        "ssa_active_per_um",
+        "Active specific surface area",
+        "µm⁻¹",
+        _ssa_active,
+        lower=0.0,
+        short="SSA active",
+    ),
+    Metric(
+        "ssa_pore_solid_per_um",
+        "Pore/solid interface area",
+        "µm⁻¹",
+        _ssa_pore_solid,
+        lower=0.0,
+        short="SSA pore/solid",
+    ),
+    Metric(
+        "tpb_density_per_um2",
+        "Triple-phase boundary density",
+        "µm⁻²",
+        _tpb,
+        lower=0.0,
+        short="TPB density",
+    ),
+    Metric(
+        "pore_connected_fraction_{axis}",
+        "Percolating pore fraction ({axis})",
+        "",
+        _connected("pore"),
+        lower=0.0,
+        upper=1.0,
+        short="Pore connected ({axis})",
+    ),
+    Metric(
+        "active_connected_fraction_{axis}",
+        "Percolating active fraction ({axis})",
+        "",
+        _connected("active"),
+        lower=0.0,
+        upper=1.0,
+        short="Active connected ({axis})",
+    ),
+    Metric(
+        "cbd_connected_fraction_{axis}",
+        "Percolating CBD fraction ({axis})",
+        "",
+        _connected("cbd"),
+        lower=0.0,
+        upper=1.0,
+        short="CBD connected ({axis})",
+    ),
+    Metric(
+        "tortuosity_pore_{axis}",
+        "Pore tortuosity factor ({axis})",
+        "",
+        _tortuosity_pore,
+        costly=True,
+        lower=1.0,
+        short="Pore tortuosity ({axis})",
+    ),
 )
 
 

@@ -153,8 +153,9 @@ class ConvAutoEncoder3d(nn.Module):
         output: str = "value",
     ) -> None:
         super().__init__()
-        self.config = ModelConfig(window_length, crop, conv_layers, hidden, latent_dim, norm,
-                                  output)
+        self.config = ModelConfig(
+            window_length, crop, conv_layers, hidden, latent_dim, norm, output
+        )
         validate_model_config(self.config)
         channels = conv_channels(conv_layers)
         sizes = in_plane_sizes(crop, conv_layers)
@@ -175,8 +176,11 @@ class ConvAutoEncoder3d(nn.Module):
             pad = sizes[i] - (2 * (sizes[i + 1] - 1) + 3)
             decoder_convs.append(
                 nn.ConvTranspose3d(
-                    out_ch, self.config.output_channels if i == 0 else in_ch,
-                    kernel_size=(depth, 3, 3), stride=(1, 2, 2), output_padding=(0, pad, pad),
+                    out_ch,
+                    self.config.output_channels if i == 0 else in_ch,
+                    kernel_size=(depth, 3, 3),
+                    stride=(1, 2, 2),
+                    output_padding=(0, pad, pad),
                 )
             )
             in_ch = out_ch
@@ -265,12 +269,14 @@ class ConvAutoEncoder3d(nn.Module):
         probabilities = torch.softmax(output.float(), dim=1)
         return (probabilities[:, 2:3] - probabilities[:, 0:1]).to(output.dtype)
 
-
     def phase_labels(self, output: torch.Tensor) -> np.ndarray:
         """Raw output (N, C, l, H, W) -> (N, l, H, W) uint8 phase ids by :attr:`phase_rule`."""
         array = output.detach().float().cpu().numpy()
-        return np.stack([self.phase_rule.labels(item) for item in array]) if len(array) else (
-            np.zeros((0, *array.shape[2:]), dtype=np.uint8))
+        return (
+            np.stack([self.phase_rule.labels(item) for item in array])
+            if len(array)
+            else (np.zeros((0, *array.shape[2:]), dtype=np.uint8))
+        )
 
 
 def build_model(config: ModelConfig) -> ConvAutoEncoder3d:

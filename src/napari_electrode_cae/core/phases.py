@@ -62,8 +62,9 @@ class PhaseRule:
             raise ModelConfigError(f"phase rule must be one of {PHASE_RULES}, got {self.name!r}")
         low, high = (float(t) for t in self.thresholds)
         if not (np.isfinite(low) and np.isfinite(high) and low <= high):
-            raise ModelConfigError(f"phase thresholds must be finite and ordered, got "
-                                   f"{self.thresholds!r}")
+            raise ModelConfigError(
+                f"phase thresholds must be finite and ordered, got {self.thresholds!r}"
+            )
         object.__setattr__(self, "thresholds", (low, high))
         offsets = tuple(float(o) for o in self.offsets)
         if len(offsets) != 3 or not all(np.isfinite(offsets)):
@@ -85,14 +86,17 @@ class PhaseRule:
         output = np.asarray(output)
         channels = output.shape[0]
         if channels == 3 and self.name in ("argmax", "fitted"):
-            offsets = np.asarray(self.offsets, dtype=output.dtype).reshape(3, *[1] * (
-                output.ndim - 1))
+            offsets = np.asarray(self.offsets, dtype=output.dtype).reshape(
+                3, *[1] * (output.ndim - 1)
+            )
             return np.argmax(output + offsets, axis=0).astype(np.uint8)
         if channels == 1 and self.name in ("nearest", "fitted"):
             return threshold_values(output[0], self.thresholds)
-        raise ModelConfigError(f"the {self.name} rule does not apply to {channels} output "
-                               "channel(s): one channel takes nearest or fitted thresholds, "
-                               "3 phase channels take argmax")
+        raise ModelConfigError(
+            f"the {self.name} rule does not apply to {channels} output "
+            "channel(s): one channel takes nearest or fitted thresholds, "
+            "3 phase channels take argmax"
+        )
 
     def describe(self) -> str:
         """A short label for reports, e.g. ``"fitted thresholds -0.31 / 0.27"``."""
@@ -102,13 +106,20 @@ class PhaseRule:
         if self.name == "nearest":
             return "nearest value (the paper's rule)"
         if self.channels == 3:
-            return ("argmax with offsets fitted to the training fractions ("
-                    + " / ".join(f"{o:+.2f}" for o in self.offsets) + ")")
+            return (
+                "argmax with offsets fitted to the training fractions ("
+                + " / ".join(f"{o:+.2f}" for o in self.offsets)
+                + ")"
+            )
         return f"thresholds fitted to the training fractions ({low:+.2f} / {high:+.2f})"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "thresholds": list(self.thresholds),
-                "offsets": list(self.offsets), "channels": self.channels}
+        return {
+            "name": self.name,
+            "thresholds": list(self.thresholds),
+            "offsets": list(self.offsets),
+            "channels": self.channels,
+        }
 
     @classmethod
     def from_dict(cls, record: Mapping | None) -> PhaseRule:
@@ -117,8 +128,12 @@ class PhaseRule:
             return cls()
         offsets = tuple(record.get("offsets", (0.0, 0.0, 0.0)))
         channels = record.get("channels", 3 if any(offsets) else 1)
-        return cls(str(record["name"]), tuple(record.get("thresholds", NEAREST_THRESHOLDS)),
-                   offsets, int(channels))
+        return cls(
+            str(record["name"]),
+            tuple(record.get("thresholds", NEAREST_THRESHOLDS)),
+            offsets,
+            int(channels),
+        )
 
 
 def threshold_values(values: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
@@ -149,9 +164,14 @@ def fit_thresholds(values: np.ndarray, fractions: Mapping[str, float]) -> PhaseR
     return PhaseRule("fitted", (float(low), float(high)))
 
 
-def fit_offsets(logits: np.ndarray, fractions: Mapping[str, float], *,
-                max_iterations: int = 300, tolerance: float = 0.002,
-                max_voxels: int = 2_000_000) -> PhaseRule:
+def fit_offsets(
+    logits: np.ndarray,
+    fractions: Mapping[str, float],
+    *,
+    max_iterations: int = 300,
+    tolerance: float = 0.002,
+    max_voxels: int = 2_000_000,
+) -> PhaseRule:
     """The ``"fitted"`` rule of three-phase outputs: per-phase logit offsets such that the
     argmax of ``logits + offsets`` gives ``fractions``.
 
@@ -177,8 +197,9 @@ def fit_offsets(logits: np.ndarray, fractions: Mapping[str, float], *,
     offsets = np.zeros(3)
     best, best_error, last_error, step = offsets.copy(), np.inf, np.inf, 1.0
     for _ in range(max_iterations):
-        counts = np.bincount(np.argmax(flat + offsets[:, None].astype(np.float32), axis=0),
-                             minlength=3)
+        counts = np.bincount(
+            np.argmax(flat + offsets[:, None].astype(np.float32), axis=0), minlength=3
+        )
         obtained = counts / flat.shape[1]
         error = float(np.abs(obtained - target).max())
         if error < best_error:
@@ -204,8 +225,10 @@ class PhaseScores:
 
     def add(self, original: np.ndarray, reconstruction: np.ndarray) -> None:
         """Count one pair of equally shaped phase-id arrays."""
-        pairs = np.asarray(original, np.int64).ravel() * 3 + np.asarray(reconstruction,
-                                                                         np.int64).ravel()
+        pairs = (
+            np.asarray(original, np.int64).ravel() * 3
+            + np.asarray(reconstruction, np.int64).ravel()
+        )
         self.confusion += np.bincount(pairs, minlength=9)[:9].reshape(3, 3)
 
     @property
@@ -233,8 +256,10 @@ class PhaseScores:
     def to_dict(self) -> dict:
         return {
             "voxel_accuracy": self.voxel_accuracy,
-            "phase_fractions": {"original": self.fractions("original"),
-                                "reconstruction": self.fractions("reconstruction")},
+            "phase_fractions": {
+                "original": self.fractions("original"),
+                "reconstruction": self.fractions("reconstruction"),
+            },
             "phase_iou": self.iou(),
             "confusion": self.confusion.tolist(),
         }

@@ -153,9 +153,7 @@ def _as_labels(labels: Any) -> np.ndarray:
         return arr.astype(np.uint8)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise PhysicsError(
-                "labels must be integer phase ids 0, 1, 2; found non-integer values"
-            )
+            raise PhysicsError("labels must be integer phase ids 0, 1, 2; found non-integer values")
     elif arr.dtype.kind not in "iu":
         raise PhysicsError(f"labels must be integer phase ids, got dtype {arr.dtype}")
     lo, hi = arr.min(), arr.max()
@@ -506,9 +504,7 @@ def _conductance_scipy(keep: np.ndarray, tol: float, max_iter: int) -> tuple[np.
         return out
 
     # np.vdot, not np.dot: multi-threaded OpenBLAS ddot is slow for vectors of this size.
-    x, _, converged = _pcg(
-        matrix.dot, rhs, x0, precondition, np.vdot, 2.0 * n_inlet, tol, max_iter
-    )
+    x, _, converged = _pcg(matrix.dot, rhs, x0, precondition, np.vdot, 2.0 * n_inlet, tol, max_iter)
     field = np.zeros(keep.shape)
     field[keep] = x
     return field, converged
@@ -526,9 +522,12 @@ def _conductance_torch(
     keepf = mask.to(torch.float64)
     padded = torch.nn.functional.pad(keepf, (1, 1, 1, 1, 1, 1))
     degree = (
-        padded[2:, 1:-1, 1:-1] + padded[:-2, 1:-1, 1:-1]
-        + padded[1:-1, 2:, 1:-1] + padded[1:-1, :-2, 1:-1]
-        + padded[1:-1, 1:-1, 2:] + padded[1:-1, 1:-1, :-2]
+        padded[2:, 1:-1, 1:-1]
+        + padded[:-2, 1:-1, 1:-1]
+        + padded[1:-1, 2:, 1:-1]
+        + padded[1:-1, :-2, 1:-1]
+        + padded[1:-1, 1:-1, 2:]
+        + padded[1:-1, 1:-1, :-2]
     )
     diag = degree * keepf
     diag[0] += 2.0 * keepf[0]
@@ -557,9 +556,7 @@ def _conductance_torch(
 
     with torch.inference_mode():
         const = 2.0 * float(keepf[0].sum())
-        x, _, converged = _pcg(
-            matvec, rhs, x0, lambda r: inv_diag * r, dot, const, tol, max_iter
-        )
+        x, _, converged = _pcg(matvec, rhs, x0, lambda r: inv_diag * r, dot, const, tol, max_iter)
         return x.cpu().numpy(), converged
 
 
@@ -713,8 +710,9 @@ def microstructure_metrics(
     labels = _as_labels(labels)
     vs = _check_voxel_size(voxel_size_um)
     axis = _check_axis(axis)
-    return {m.name: m(labels, vs, axis, device)
-            for m in metrics_for_axis(axis, costly=with_tortuosity)}
+    return {
+        m.name: m(labels, vs, axis, device) for m in metrics_for_axis(axis, costly=with_tortuosity)
+    }
 
 
 def _paired_p_values(original: np.ndarray, reconstruction: np.ndarray) -> tuple[float, float]:

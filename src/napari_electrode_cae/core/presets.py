@@ -19,9 +19,16 @@ from .windows import WindowSpec
 #: The quick preset (chosen by measurement on the realistic 256³ electrode, see
 #: benchmarks/presets_realistic.py).
 QUICK_WINDOW = WindowSpec(length=8, stride=4, crop=32, tile_stride=16)
-QUICK_TRAIN = TrainConfig(epochs=30, batch_size=16, lr=2e-3, windows_per_epoch=2048,
-                          warmup_epochs=2, schedule="cosine", grad_clip=1.0,
-                          phase_loss="ce_dice")
+QUICK_TRAIN = TrainConfig(
+    epochs=30,
+    batch_size=16,
+    lr=2e-3,
+    windows_per_epoch=2048,
+    warmup_epochs=2,
+    schedule="cosine",
+    grad_clip=1.0,
+    phase_loss="ce_dice",
+)
 QUICK_DESCRIPTION = (
     "a first faithful reconstruction in minutes on a 2-core CPU, also of a 256³ stack: l=8, "
     "stride 4, crop 32 with half-overlapping tiles, 3 layers, 128 hidden, 10 latent, batch "
@@ -50,8 +57,15 @@ class Preset:
 
     def model_config(self) -> ModelConfig:
         """The preset's model for its window."""
-        return ModelConfig(self.window.length, self.window.crop, self.conv_layers, self.hidden,
-                           self.latent_dim, self.norm, self.output)
+        return ModelConfig(
+            self.window.length,
+            self.window.crop,
+            self.conv_layers,
+            self.hidden,
+            self.latent_dim,
+            self.norm,
+            self.output,
+        )
 
 
 PRESETS: dict[str, Preset] = {
@@ -60,7 +74,9 @@ PRESETS: dict[str, Preset] = {
         "the paper's optimum (Table 3/5, case study 1): l=24, stride 1, crop 224, 3 layers, "
         "128 hidden, 10 latent, batch 2, lr 1e-4, 3500 epochs, nearest-value phases",
         WindowSpec(length=24, stride=1, crop=224),
-        conv_layers=3, hidden=128, latent_dim=10,
+        conv_layers=3,
+        hidden=128,
+        latent_dim=10,
         train=TrainConfig(epochs=3500, batch_size=2, lr=1e-4),
         phase_rule="nearest",
     ),
@@ -68,9 +84,12 @@ PRESETS: dict[str, Preset] = {
         "quick",
         QUICK_DESCRIPTION,
         QUICK_WINDOW,
-        conv_layers=3, hidden=128, latent_dim=10,
+        conv_layers=3,
+        hidden=128,
+        latent_dim=10,
         train=QUICK_TRAIN,
-        norm="batch", output="phases",
+        norm="batch",
+        output="phases",
     ),
 }
 

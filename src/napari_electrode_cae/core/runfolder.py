@@ -35,9 +35,21 @@ MARKER_FORMAT = "napari-electrode-cae run folder"
 RUN_FORMAT = "napari-electrode-cae run"  # config.json's "format" (see runs.RUN_FORMAT)
 STATES = ("training", "saving", "complete")
 #: Files and folders the tool writes into a run folder; ``--overwrite`` removes only these.
-OWN_FILES = ("config.json", "weights.pt", "history.csv", "latents.csv", "report.json",
-             "report.md", "best.pt", "last.pt", "metrics.csv", "physics.json", "physics.md",
-             "correlations.csv", "prediction.json")
+OWN_FILES = (
+    "config.json",
+    "weights.pt",
+    "history.csv",
+    "latents.csv",
+    "report.json",
+    "report.md",
+    "best.pt",
+    "last.pt",
+    "metrics.csv",
+    "physics.json",
+    "physics.md",
+    "correlations.csv",
+    "prediction.json",
+)
 OWN_FOLDERS = ("stacks",)
 HIDDEN_OWN = (MARKER, LOCK)
 
@@ -91,8 +103,10 @@ def _has_only_training_checkpoints(run_dir: Path) -> bool:
     try:
         load_training_state(run_dir / "last.pt")
     except RunFolderError as exc:
-        raise RunFolderError(f"{run_dir} holds a last.pt that is not a checkpoint of this tool "
-                             f"({exc}); nothing was written") from exc
+        raise RunFolderError(
+            f"{run_dir} holds a last.pt that is not a checkpoint of this tool "
+            f"({exc}); nothing was written"
+        ) from exc
     return True
 
 
@@ -100,8 +114,11 @@ def is_own_folder(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` is a run folder of this tool: its marker, a run's config.json, or
     only the checkpoints of a training of this tool (a ``last.pt`` that loads as one)."""
     run_dir = Path(run_dir)
-    return (read_marker(run_dir) is not None or _has_run_config(run_dir)
-            or _has_only_training_checkpoints(run_dir))
+    return (
+        read_marker(run_dir) is not None
+        or _has_run_config(run_dir)
+        or _has_only_training_checkpoints(run_dir)
+    )
 
 
 def _entries(run_dir: Path) -> list[str]:
@@ -179,7 +196,8 @@ class RunFolderLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as exc:
             raise RunFolderError(
-                f"cannot lock run folder {self.run_dir} ({exc.strerror or exc})") from exc
+                f"cannot lock run folder {self.run_dir} ({exc.strerror or exc})"
+            ) from exc
         try:
             _lock_fd(fd)
         except OSError:
@@ -238,14 +256,17 @@ def lock_existing(run_dir: str | Path) -> RunFolderLock:
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist")
     if not is_own_folder(run_dir):
-        raise RunFolderError(f"{run_dir} is not a run folder of this tool (no config.json of a "
-                             "run); nothing was written")
+        raise RunFolderError(
+            f"{run_dir} is not a run folder of this tool (no config.json of a "
+            "run); nothing was written"
+        )
     return RunFolderLock(run_dir)
 
 
 @contextlib.contextmanager
-def claim_for_training(run_dir: str | Path, *, resume: bool = False, overwrite: bool = False
-                       ) -> Iterator[str]:
+def claim_for_training(
+    run_dir: str | Path, *, resume: bool = False, overwrite: bool = False
+) -> Iterator[str]:
     """Check, lock and mark ``run_dir`` for a training run; yields what it found.
 
     Yields ``"new"`` (a new or empty folder), ``"resume"`` (an interrupted run with a
@@ -293,8 +314,11 @@ def _claimed(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[str]:
     if found == "own":
         marker = read_marker(run_dir) or {}
         interrupted = (run_dir / "last.pt").exists()
-        finished = not interrupted and (run_dir / "config.json").exists() and marker.get(
-            "state", "complete") == "complete"
+        finished = (
+            not interrupted
+            and (run_dir / "config.json").exists()
+            and marker.get("state", "complete") == "complete"
+        )
         if resume and interrupted:
             outcome = "resume"
         elif overwrite:
@@ -304,15 +328,18 @@ def _claimed(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[str]:
             raise RunFolderError(
                 f"{run_dir} holds a finished run: there is nothing to resume (its last.pt is "
                 "removed when a run finishes); train into a new folder, or pass --overwrite "
-                "to replace it")
+                "to replace it"
+            )
         elif finished:
             raise RunFolderError(
                 f"{run_dir} already holds a finished run; nothing was written: choose a new "
-                "folder, or pass --overwrite to replace it")
+                "folder, or pass --overwrite to replace it"
+            )
         elif interrupted:
             raise RunFolderError(
                 f"{run_dir} holds an interrupted run (last.pt); nothing was written: "
-                "continue it with --resume, or pass --overwrite to start again")
+                "continue it with --resume, or pass --overwrite to start again"
+            )
         else:
             remove_own_files(run_dir)  # a run that ended before its first epoch
     write_marker(run_dir, "training", pid=os.getpid(), completed=False)
@@ -339,8 +366,9 @@ def stack_fingerprint(labels: np.ndarray) -> str:
 
 
 def _index_digest(indices: Sequence[int]) -> str:
-    return hashlib.blake2b(np.asarray(indices, dtype=np.int64).tobytes(),
-                           digest_size=12).hexdigest()
+    return hashlib.blake2b(
+        np.asarray(indices, dtype=np.int64).tobytes(), digest_size=12
+    ).hexdigest()
 
 
 def run_settings(model_config, data, config, train_idx, val_idx) -> dict:
@@ -349,11 +377,21 @@ def run_settings(model_config, data, config, train_idx, val_idx) -> dict:
     spec = data.spec
     return {
         "model": model_config.to_dict(),
-        "window": {"length": spec.length, "stride": spec.stride, "crop": spec.crop,
-                   "tile_stride": spec.tile_stride},
+        "window": {
+            "length": spec.length,
+            "stride": spec.stride,
+            "crop": spec.crop,
+            "tile_stride": spec.tile_stride,
+        },
         "train": {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES},
-        "stacks": [{"name": s.name, "shape": [int(n) for n in s.shape],
-                    "content": stack_fingerprint(s.labels)} for s in data.stacks],
+        "stacks": [
+            {
+                "name": s.name,
+                "shape": [int(n) for n in s.shape],
+                "content": stack_fingerprint(s.labels),
+            }
+            for s in data.stacks
+        ],
         "split": {"train": _index_digest(train_idx), "val": _index_digest(val_idx)},
     }
 
@@ -371,9 +409,11 @@ def settings_difference(saved: Mapping, current: Mapping) -> str:
         return f"stacks: the run has {len(old_stacks)}, now {len(new_stacks)}"
     for i, (old, new) in enumerate(zip(old_stacks, new_stacks)):
         if old.get("shape") != new.get("shape") or old.get("content") != new.get("content"):
-            return (f"stack {i + 1}: the run was trained on {old.get('name')!r} "
-                    f"({'x'.join(map(str, old.get('shape', [])))}), now {new.get('name')!r} "
-                    f"({'x'.join(map(str, new.get('shape', [])))}) with other contents")
+            return (
+                f"stack {i + 1}: the run was trained on {old.get('name')!r} "
+                f"({'x'.join(map(str, old.get('shape', [])))}), now {new.get('name')!r} "
+                f"({'x'.join(map(str, new.get('shape', [])))}) with other contents"
+            )
     if saved.get("split") != current.get("split"):
         return "split: the training/validation windows differ"
     return ""

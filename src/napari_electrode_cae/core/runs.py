@@ -35,19 +35,18 @@ import torch
 from . import runfolder
 from .checkpoint import atomic_write_text, load_state_dict, save_state_dict
 from .errors import ElectrodeCAEError, RunFolderError
-from .limits import check_model_size, meta_state_shapes, read_bounded_text
 from .evaluation import EvaluationReport
+from .health import Health
+from .limits import check_model_size, meta_state_shapes, read_bounded_text
 from .model import ConvAutoEncoder3d, ModelConfig, build_model
 from .phases import PhaseRule
 from .stack import ElectrodeStack
 from .training import EpochReport, TrainConfig, inference_batch_size
 from .windows import WindowDataset, WindowSpec, resolve_split
-from .health import Health
 
 RUN_FORMAT = runfolder.RUN_FORMAT
 RUN_VERSION = 1
-HISTORY_FIELDS = ("epoch", "train_mse", "val_mse", "seconds", "best_val_mse", "val_nmse",
-                  "spread")
+HISTORY_FIELDS = ("epoch", "train_mse", "val_mse", "seconds", "best_val_mse", "val_nmse", "spread")
 
 
 @dataclass
@@ -85,13 +84,19 @@ class Run:
             mapping = {int(k): v for k, v in meta.get("phase_mapping", {}).items()} or None
             stacks.append(
                 read_stack(
-                    source, mapping, voxel_size_um=meta.get("voxel_size_um"),
-                    calendered=meta.get("calendered"), name=meta.get("name"),
+                    source,
+                    mapping,
+                    voxel_size_um=meta.get("voxel_size_um"),
+                    calendered=meta.get("calendered"),
+                    name=meta.get("name"),
                     max_stack_gib=max_stack_gib,
                 )
             )
         data = WindowDataset(stacks, self.window)
-        if len(data) != len(self.train_idx) + len(self.val_idx) and self.train_config.split == "random":
+        if (
+            len(data) != len(self.train_idx) + len(self.val_idx)
+            and self.train_config.split == "random"
+        ):
             raise RunFolderError(
                 f"the stacks now give {len(data)} windows but the run was trained on "
                 f"{len(self.train_idx) + len(self.val_idx)}"
@@ -156,8 +161,10 @@ def save_run(
         "version": RUN_VERSION,
         "model": model.config.to_dict(),
         "window": {
-            "length": data.spec.length, "stride": data.spec.stride,
-            "crop": data.spec.crop, "tile_stride": data.spec.tile_stride,
+            "length": data.spec.length,
+            "stride": data.spec.stride,
+            "crop": data.spec.crop,
+            "tile_stride": data.spec.tile_stride,
         },
         "train": train_config.to_dict(),
         "stacks": [stack_record(s, run_dir, i) for i, s in enumerate(data.stacks)],
@@ -195,9 +202,17 @@ def write_history(path: Path, history: Sequence[EpochReport]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(HISTORY_FIELDS)
     for r in history:
-        writer.writerow([r.epoch, f"{r.train_mse:.8g}", f"{r.val_mse:.8g}",
-                         f"{r.seconds:.4f}", f"{r.best_val_mse:.8g}", f"{r.val_nmse:.6g}",
-                         f"{r.spread:.6g}"])
+        writer.writerow(
+            [
+                r.epoch,
+                f"{r.train_mse:.8g}",
+                f"{r.val_mse:.8g}",
+                f"{r.seconds:.4f}",
+                f"{r.best_val_mse:.8g}",
+                f"{r.val_nmse:.6g}",
+                f"{r.spread:.6g}",
+            ]
+        )
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -231,26 +246,53 @@ def encode_windows(
 
 
 def latents_table(
-    latents: np.ndarray, data: WindowDataset,
-    train_idx: Sequence[int] = (), val_idx: Sequence[int] = (),
+    latents: np.ndarray,
+    data: WindowDataset,
+    train_idx: Sequence[int] = (),
+    val_idx: Sequence[int] = (),
 ) -> str:
     """CSV text: one row per window with its split, stack, tag, origin and latent features."""
     side = {int(i): "train" for i in train_idx} | {int(i): "val" for i in val_idx}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["window", "split", "stack", "stack_name", "tag", "z", "y", "x",
-                     *[f"z{k + 1}" for k in range(latents.shape[1])]])
+    writer.writerow(
+        [
+            "window",
+            "split",
+            "stack",
+            "stack_name",
+            "tag",
+            "z",
+            "y",
+            "x",
+            *[f"z{k + 1}" for k in range(latents.shape[1])],
+        ]
+    )
     for i in range(len(data)):
         s, z, y, x = data.origin(i)
         stack = data.stacks[s]
-        writer.writerow([i, side.get(i, ""), s, stack.name, stack.tag, z, y, x,
-                         *[f"{v:.6g}" for v in latents[i]]])
+        writer.writerow(
+            [
+                i,
+                side.get(i, ""),
+                s,
+                stack.name,
+                stack.tag,
+                z,
+                y,
+                x,
+                *[f"{v:.6g}" for v in latents[i]],
+            ]
+        )
     return buffer.getvalue()
 
 
 def write_latents(
-    path: str | Path, model: ConvAutoEncoder3d, data: WindowDataset,
-    train_idx: Sequence[int] = (), val_idx: Sequence[int] = (),
+    path: str | Path,
+    model: ConvAutoEncoder3d,
+    data: WindowDataset,
+    train_idx: Sequence[int] = (),
+    val_idx: Sequence[int] = (),
 ) -> np.ndarray:
     """Encode every window and write the latents CSV; returns the latents array."""
     latents = encode_windows(model, data)
@@ -289,7 +331,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         raise RunFolderError(
             f"{run_dir} is an incomplete run folder (state {marker.get('state')!r}): it is "
             "still training, or its training or saving was interrupted; finish it with "
-            "`electrode-cae train ... --resume` (same stacks and settings)")
+            "`electrode-cae train ... --resume` (same stacks and settings)"
+        )
     config = _read_json(run_dir / "config.json")
     if config.get("format") != RUN_FORMAT:
         raise RunFolderError(f"{run_dir / 'config.json'} is not a napari-electrode-cae run config")
@@ -322,8 +365,18 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     history = read_history(run_dir / "history.csv")
     report_path = run_dir / "report.json"
     report = _read_json(report_path) if report_path.exists() else None
-    return Run(run_dir, model, window, train_config, stacks, train_idx, val_idx, history, report,
-               dict(config.get("health") or {"state": "ok"}))
+    return Run(
+        run_dir,
+        model,
+        window,
+        train_config,
+        stacks,
+        train_idx,
+        val_idx,
+        history,
+        report,
+        dict(config.get("health") or {"state": "ok"}),
+    )
 
 
 def check_weight_shapes(shapes: dict, state: dict, path: Path, config: ModelConfig) -> None:
@@ -339,8 +392,10 @@ def check_weight_shapes(shapes: dict, state: dict, path: Path, config: ModelConf
         )
     for key, shape in shapes.items():
         if tuple(state[key].shape) != shape:
-            fields = (f"window_length={config.window_length}, crop={config.crop}, "
-                      f"hidden={config.hidden}, latent_dim={config.latent_dim}")
+            fields = (
+                f"window_length={config.window_length}, crop={config.crop}, "
+                f"hidden={config.hidden}, latent_dim={config.latent_dim}"
+            )
             raise RunFolderError(
                 f"{path}: {key} has shape {tuple(state[key].shape)} but config.json "
                 f"({fields}) implies {shape}"
@@ -385,11 +440,18 @@ def read_history(path: Path) -> list[dict]:
     try:
         for number, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
             try:
-                rows.append({"epoch": int(row["epoch"]), **{
-                    k: float(row[k]) for k in HISTORY_FIELDS[1:] if row.get(k) not in (None, "")}})
+                rows.append(
+                    {
+                        "epoch": int(row["epoch"]),
+                        **{
+                            k: float(row[k])
+                            for k in HISTORY_FIELDS[1:]
+                            if row.get(k) not in (None, "")
+                        },
+                    }
+                )
             except (KeyError, TypeError, ValueError) as exc:
-                raise RunFolderError(f"{path} line {number} is not a history row ({exc})"
-                                     ) from None
+                raise RunFolderError(f"{path} line {number} is not a history row ({exc})") from None
     except csv.Error as exc:
         raise RunFolderError(f"{path} is not a CSV history ({exc})") from None
     return rows

@@ -122,19 +122,38 @@ class CaseStudy:
 
 
 CASE_STUDIES: tuple[CaseStudy, ...] = (
-    CaseStudy("1", "calendered, stride 1 (section 3.1, Table 3)", False, False,
-              CaseSettings(24, 224, 3, 128, 10, 2, 1e-4, 3500),
-              CaseSettings(8, 32, 3, 128, 10, 2, 1e-3, 3)),
-    CaseStudy("2", "calendered, stride = window length (section 3.2, Table 4)", False, True,
-              CaseSettings(4, 224, 3, 128, 10, 8, 1e-4, 3500),
-              CaseSettings(4, 32, 3, 128, 10, 8, 1e-3, 3)),
-    CaseStudy("3a", "calendered + uncalendered, stride 1 (section 3.3, Table 5)", True, False,
-              CaseSettings(24, 224, 3, 1000, 10, 2, 1e-4, 3500),
-              CaseSettings(8, 32, 3, 1000, 10, 2, 1e-3, 3)),
-    CaseStudy("3b", "calendered + uncalendered, stride = window length (section 3.3, Table 5)",
-              True, True,
-              CaseSettings(4, 224, 3, 1000, 10, 2, 1e-4, 3500),
-              CaseSettings(4, 32, 3, 1000, 10, 2, 1e-3, 3)),
+    CaseStudy(
+        "1",
+        "calendered, stride 1 (section 3.1, Table 3)",
+        False,
+        False,
+        CaseSettings(24, 224, 3, 128, 10, 2, 1e-4, 3500),
+        CaseSettings(8, 32, 3, 128, 10, 2, 1e-3, 3),
+    ),
+    CaseStudy(
+        "2",
+        "calendered, stride = window length (section 3.2, Table 4)",
+        False,
+        True,
+        CaseSettings(4, 224, 3, 128, 10, 8, 1e-4, 3500),
+        CaseSettings(4, 32, 3, 128, 10, 8, 1e-3, 3),
+    ),
+    CaseStudy(
+        "3a",
+        "calendered + uncalendered, stride 1 (section 3.3, Table 5)",
+        True,
+        False,
+        CaseSettings(24, 224, 3, 1000, 10, 2, 1e-4, 3500),
+        CaseSettings(8, 32, 3, 1000, 10, 2, 1e-3, 3),
+    ),
+    CaseStudy(
+        "3b",
+        "calendered + uncalendered, stride = window length (section 3.3, Table 5)",
+        True,
+        True,
+        CaseSettings(4, 224, 3, 1000, 10, 2, 1e-4, 3500),
+        CaseSettings(4, 32, 3, 1000, 10, 2, 1e-3, 3),
+    ),
 )
 
 
@@ -226,23 +245,46 @@ def iter_study(
         name = f"{case.case}_{mode}"
         rows.append(row)
         if case.uncalendered and not uncal_stacks:
-            row.update(status="skipped", note="no UNCAL stacks given (case 3 needs CAL and "
-                       "UNCAL stacks)")
+            row.update(
+                status="skipped", note="no UNCAL stacks given (case 3 needs CAL and UNCAL stacks)"
+            )
             yield StudyProgress(number, len(plan), name, 0, settings.epochs, row["note"], row)
             continue
         stacks = cal_stacks + (uncal_stacks if case.uncalendered else [])
-        yield StudyProgress(number, len(plan), name, 0, settings.epochs,
-                            f"case {case.case} ({case.type}, stride {stride}, l={settings.window}"
-                            f", {mode} split)")
-        yield from _study_run(row, case, mode, settings, stacks, out_dir / name, seed, device,
-                              (number, len(plan), name))
+        yield StudyProgress(
+            number,
+            len(plan),
+            name,
+            0,
+            settings.epochs,
+            f"case {case.case} ({case.type}, stride {stride}, l={settings.window}, {mode} split)",
+        )
+        yield from _study_run(
+            row,
+            case,
+            mode,
+            settings,
+            stacks,
+            out_dir / name,
+            seed,
+            device,
+            (number, len(plan), name),
+        )
     write_study_files(out_dir, rows, quick=quick)
     return rows
 
 
-def _study_run(row: dict, case: CaseStudy, mode: str, settings: CaseSettings,
-               stacks: Sequence[ElectrodeStack], run_dir: Path, seed: int, device: str,
-               where: tuple[int, int, str]) -> Iterator[StudyProgress]:
+def _study_run(
+    row: dict,
+    case: CaseStudy,
+    mode: str,
+    settings: CaseSettings,
+    stacks: Sequence[ElectrodeStack],
+    run_dir: Path,
+    seed: int,
+    device: str,
+    where: tuple[int, int, str],
+) -> Iterator[StudyProgress]:
     """Train, evaluate and save one (case, split) into ``run_dir``, filling ``row``; yields
     progress (``where``: run number, runs, name). Errors of the settings or data become a
     ``failed`` row."""
@@ -252,18 +294,32 @@ def _study_run(row: dict, case: CaseStudy, mode: str, settings: CaseSettings,
     try:
         spec = WindowSpec(length=settings.window, stride=stride, crop=settings.crop)
         data = WindowDataset(list(stacks), spec)
-        config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch,
-                             lr=settings.lr, seed=seed, split=mode, device=device)
+        config = TrainConfig(
+            epochs=settings.epochs,
+            batch_size=settings.batch,
+            lr=settings.lr,
+            seed=seed,
+            split=mode,
+            device=device,
+        )
         train_idx, val_idx = split(data, config.val_fraction, seed, mode)
         seed_everything(seed)
-        model = build_model(ModelConfig(settings.window, settings.crop, settings.layers,
-                                        settings.hidden, settings.latent))
+        model = build_model(
+            ModelConfig(
+                settings.window, settings.crop, settings.layers, settings.hidden, settings.latent
+            )
+        )
         history: list[EpochReport] = []
         for report in train(model, data, config, train_idx=train_idx, val_idx=val_idx):
             history.append(report)
-            yield StudyProgress(number, runs, name, report.epoch, settings.epochs,
-                                f"epoch {report.epoch}: train {report.train_mse:.4f}, "
-                                f"val {report.val_mse:.4f}")
+            yield StudyProgress(
+                number,
+                runs,
+                name,
+                report.epoch,
+                settings.epochs,
+                f"epoch {report.epoch}: train {report.train_mse:.4f}, val {report.val_mse:.4f}",
+            )
         report = evaluate(model, data, train_idx, val_idx, seed=seed)
         saved_to = save_run(run_dir, model, data, config, train_idx, val_idx, history, report)
     except ElectrodeCAEError as exc:
@@ -273,17 +329,28 @@ def _study_run(row: dict, case: CaseStudy, mode: str, settings: CaseSettings,
     m, w = report.mse, report.window
     best = min(history, key=lambda r: r.val_mse)
     row.update(
-        status="ok", n_train=m.n_train, n_val=m.n_val,
-        train_mse_mean=m.train_mean, train_mse_std=m.train_std,
-        val_mse_mean=m.val_mean, val_mse_std=m.val_std, mse_p_value=m.p_value,
-        original_mean=w.original_mean, original_std=w.original_std,
-        reconstruction_mean=w.reconstruction_mean, reconstruction_std=w.reconstruction_std,
-        p_value=w.p_value, voxel_accuracy=w.voxel_accuracy,
-        best_epoch=best.epoch, best_val_mse=best.val_mse,
-        seconds=time.perf_counter() - start, run_dir=str(saved_to),
+        status="ok",
+        n_train=m.n_train,
+        n_val=m.n_val,
+        train_mse_mean=m.train_mean,
+        train_mse_std=m.train_std,
+        val_mse_mean=m.val_mean,
+        val_mse_std=m.val_std,
+        mse_p_value=m.p_value,
+        original_mean=w.original_mean,
+        original_std=w.original_std,
+        reconstruction_mean=w.reconstruction_mean,
+        reconstruction_std=w.reconstruction_std,
+        p_value=w.p_value,
+        voxel_accuracy=w.voxel_accuracy,
+        best_epoch=best.epoch,
+        best_val_mse=best.val_mse,
+        seconds=time.perf_counter() - start,
+        run_dir=str(saved_to),
     )
-    yield StudyProgress(number, runs, name, settings.epochs, settings.epochs,
-                        f"done in {row['seconds']:.1f} s", row)
+    yield StudyProgress(
+        number, runs, name, settings.epochs, settings.epochs, f"done in {row['seconds']:.1f} s", row
+    )
 
 
 def run_study(
@@ -344,11 +411,30 @@ def run_study(
     """
     if _use_dask(scheduler, workers, parallel):
         return _run_study_on_cluster(
-            list(cal_stacks), list(uncal_stacks), quick=quick, out_dir=Path(out_dir),
-            epochs=epochs, device=device, seed=seed, crop=crop, cases=cases,
-            scheduler=scheduler, workers=workers, progress=progress)
-    generator = iter_study(cal_stacks, uncal_stacks, quick=quick, out_dir=out_dir,
-                           epochs=epochs, device=device, seed=seed, crop=crop, cases=cases)
+            list(cal_stacks),
+            list(uncal_stacks),
+            quick=quick,
+            out_dir=Path(out_dir),
+            epochs=epochs,
+            device=device,
+            seed=seed,
+            crop=crop,
+            cases=cases,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+        )
+    generator = iter_study(
+        cal_stacks,
+        uncal_stacks,
+        quick=quick,
+        out_dir=out_dir,
+        epochs=epochs,
+        device=device,
+        seed=seed,
+        crop=crop,
+        cases=cases,
+    )
     while True:
         try:
             event = next(generator)
@@ -358,8 +444,21 @@ def run_study(
             progress(event)
 
 
-def _run_study_on_cluster(cal_stacks, uncal_stacks, *, quick, out_dir: Path, epochs, device,
-                          seed, crop, cases, scheduler, workers, progress) -> list[dict]:
+def _run_study_on_cluster(
+    cal_stacks,
+    uncal_stacks,
+    *,
+    quick,
+    out_dir: Path,
+    epochs,
+    device,
+    seed,
+    crop,
+    cases,
+    scheduler,
+    workers,
+    progress,
+) -> list[dict]:
     """:func:`run_study` with every (case, split) a task on a Dask cluster."""
     if not cal_stacks:
         raise StudyError("the case studies need at least one calendered (CAL) stack")
@@ -382,15 +481,22 @@ def _run_study_on_cluster(cal_stacks, uncal_stacks, *, quick, out_dir: Path, epo
         name = f"{case.case}_{mode}"
         numbers[name] = number
         if case.uncalendered and not uncal_stacks:
-            row.update(status="skipped", note="no UNCAL stacks given (case 3 needs CAL and "
-                       "UNCAL stacks)")
+            row.update(
+                status="skipped", note="no UNCAL stacks given (case 3 needs CAL and UNCAL stacks)"
+            )
             if progress is not None:
-                progress(StudyProgress(number, len(plan), name, 0, settings.epochs,
-                                       row["note"], row))
+                progress(
+                    StudyProgress(number, len(plan), name, 0, settings.epochs, row["note"], row)
+                )
             continue
         records = cal_records + (uncal_records if case.uncalendered else [])
-        tasks.append((name, _study_task, (row, case.case, mode, vars(settings), records,
-                                          str(out_dir / name), seed, device)))
+        tasks.append(
+            (
+                name,
+                _study_task,
+                (row, case.case, mode, vars(settings), records, str(out_dir / name), seed, device),
+            )
+        )
 
     def done(name: str, result: dict | None, error: str) -> None:
         row = rows[numbers[name] - 1]
@@ -399,15 +505,20 @@ def _run_study_on_cluster(cal_stacks, uncal_stacks, *, quick, out_dir: Path, epo
         else:
             row.update(result)
         if progress is not None:
-            message = (f"done in {row['seconds']:.1f} s" if row["status"] == "ok"
-                       else row["note"])
-            progress(StudyProgress(numbers[name], len(plan), name, row["epochs"],
-                                   row["epochs"], message, row))
+            message = f"done in {row['seconds']:.1f} s" if row["status"] == "ok" else row["note"]
+            progress(
+                StudyProgress(
+                    numbers[name], len(plan), name, row["epochs"], row["epochs"], message, row
+                )
+            )
 
     try:
         with _Cluster(scheduler, workers) as cluster:
-            cluster.run([(n, f, a + (cluster.torch_threads,)) for n, f, a in tasks],
-                        _gpu_resources(scheduler, device), done)
+            cluster.run(
+                [(n, f, a + (cluster.torch_threads,)) for n, f, a in tasks],
+                _gpu_resources(scheduler, device),
+                done,
+            )
     except KeyboardInterrupt:
         for row in rows:
             if not row["status"]:
@@ -419,11 +530,38 @@ def _run_study_on_cluster(cal_stacks, uncal_stacks, *, quick, out_dir: Path, epo
 
 
 STUDY_CSV_FIELDS = (
-    "case", "type", "stride", "stride_label", "window", "crop", "split", "n_train", "n_val",
-    "train_mse_mean", "train_mse_std", "val_mse_mean", "val_mse_std", "mse_p_value",
-    "original_mean", "original_std", "reconstruction_mean", "reconstruction_std", "p_value",
-    "voxel_accuracy", "best_epoch", "best_val_mse", "layers", "hidden", "latent", "batch", "lr",
-    "epochs", "seconds", "status", "note", "run_dir",
+    "case",
+    "type",
+    "stride",
+    "stride_label",
+    "window",
+    "crop",
+    "split",
+    "n_train",
+    "n_val",
+    "train_mse_mean",
+    "train_mse_std",
+    "val_mse_mean",
+    "val_mse_std",
+    "mse_p_value",
+    "original_mean",
+    "original_std",
+    "reconstruction_mean",
+    "reconstruction_std",
+    "p_value",
+    "voxel_accuracy",
+    "best_epoch",
+    "best_val_mse",
+    "layers",
+    "hidden",
+    "latent",
+    "batch",
+    "lr",
+    "epochs",
+    "seconds",
+    "status",
+    "note",
+    "run_dir",
 )
 
 
@@ -466,8 +604,10 @@ def format_study_table(rows: Sequence[Mapping]) -> str:
     for r in rows:
         stride = "1" if r["stride_label"] == "1" else f"l = {r['stride']}"
         if r["status"] != "ok":
-            lines.append(f"| {r['case']} | {r['type']} | {stride} | {r['window']} | {r['split']} "
-                         f"| {r['status']}: {r['note']} | | | | | | | | |")
+            lines.append(
+                f"| {r['case']} | {r['type']} | {stride} | {r['window']} | {r['split']} "
+                f"| {r['status']}: {r['note']} | | | | | | | | |"
+            )
             continue
         lines.append(
             f"| {r['case']} | {r['type']} | {stride} | {r['window']} | {r['split']} | "
@@ -499,7 +639,9 @@ def format_study_table(rows: Sequence[Mapping]) -> str:
                 elif key == "val":
                     cells.append(_pm(r["val_mse_mean"], r["val_mse_std"]))
                 elif key == "ratio":
-                    ratio = r["val_mse_mean"] / r["train_mse_mean"] if r["train_mse_mean"] else math.nan
+                    ratio = (
+                        r["val_mse_mean"] / r["train_mse_mean"] if r["train_mse_mean"] else math.nan
+                    )
                     cells.append(f"{ratio:.2f}")
                 else:
                     cells.append(_p(r["mse_p_value"]))
@@ -540,10 +682,34 @@ TABLE2_GRID: dict[str, list] = {
     "lr": [1e-3, 1e-4],
 }
 GRID_FILE_FIELDS = (
-    "rank", "id", "status", "window", "stride", "crop", "tile_stride", "layers", "hidden",
-    "latent", "epochs", "batch", "lr", "split", "seed", "n_train", "n_val", "best_val_mse",
-    "best_epoch", "train_mse_mean", "train_mse_std", "val_mse_mean", "val_mse_std",
-    "mse_p_value", "voxel_accuracy", "seconds", "error", "run_dir",
+    "rank",
+    "id",
+    "status",
+    "window",
+    "stride",
+    "crop",
+    "tile_stride",
+    "layers",
+    "hidden",
+    "latent",
+    "epochs",
+    "batch",
+    "lr",
+    "split",
+    "seed",
+    "n_train",
+    "n_val",
+    "best_val_mse",
+    "best_epoch",
+    "train_mse_mean",
+    "train_mse_std",
+    "val_mse_mean",
+    "val_mse_std",
+    "mse_p_value",
+    "voxel_accuracy",
+    "seconds",
+    "error",
+    "run_dir",
 )
 
 
@@ -643,15 +809,24 @@ def _stacks_fingerprint(stacks: Sequence[ElectrodeStack]) -> list[dict]:
         digest = hashlib.sha1()
         labels = np.ascontiguousarray(s.labels[:: max(1, s.shape[0] // 8)])  # a few slices
         digest.update(labels.tobytes())
-        prints.append({"name": s.name, "shape": list(s.shape), "tag": s.tag,
-                       "voxel_size_um": s.voxel_size_um, "sample_sha1": digest.hexdigest()[:12]})
+        prints.append(
+            {
+                "name": s.name,
+                "shape": list(s.shape),
+                "tag": s.tag,
+                "voxel_size_um": s.voxel_size_um,
+                "sample_sha1": digest.hexdigest()[:12],
+            }
+        )
     return prints
 
 
 def _finished(run_dir: Path, config: Mapping) -> bool:
     """A run folder with weights, report and a complete history (all epochs)."""
-    if not all((run_dir / f).exists() for f in ("weights.pt", "config.json", "report.json",
-                                                "history.csv", "result.json")):
+    if not all(
+        (run_dir / f).exists()
+        for f in ("weights.pt", "config.json", "report.json", "history.csv", "result.json")
+    ):
         return False
     try:
         history = read_history(run_dir / "history.csv")
@@ -662,36 +837,62 @@ def _finished(run_dir: Path, config: Mapping) -> bool:
 
 
 def _grid_row(config: Mapping, cid: str, run_dir: Path, seed: int, split_mode: str) -> dict:
-    row = {"id": cid, "status": "", "split": split_mode, "seed": seed, **dict(config),
-           "run_dir": str(run_dir), "error": ""}
+    row = {
+        "id": cid,
+        "status": "",
+        "split": split_mode,
+        "seed": seed,
+        **dict(config),
+        "run_dir": str(run_dir),
+        "error": "",
+    }
     return row
 
 
 def _train_config(
-    config: Mapping, stacks: Sequence[ElectrodeStack], run_dir: Path, *, seed: int,
-    split_mode: str, device: str, resume: bool,
+    config: Mapping,
+    stacks: Sequence[ElectrodeStack],
+    run_dir: Path,
+    *,
+    seed: int,
+    split_mode: str,
+    device: str,
+    resume: bool,
 ) -> dict:
     """Train, evaluate and save one configuration; errors become a ``failed`` row."""
     cid = config_id({**config, "seed": seed, "split": split_mode})
     row = _grid_row(config, cid, run_dir, seed, split_mode)
     start = time.perf_counter()
     try:
-        spec = WindowSpec(config["window"], config["stride"], config["crop"],
-                          config["tile_stride"])
+        spec = WindowSpec(config["window"], config["stride"], config["crop"], config["tile_stride"])
         # the paper's architecture (Table 2's grid), whatever the base preset's options
-        model_config = ModelConfig(config["window"], config["crop"], config["layers"],
-                                   config["hidden"], config["latent"])
+        model_config = ModelConfig(
+            config["window"], config["crop"], config["layers"], config["hidden"], config["latent"]
+        )
         validate_model_config(model_config)
         data = WindowDataset(list(stacks), spec)
-        train_config = TrainConfig(epochs=config["epochs"], batch_size=config["batch"],
-                                   lr=config["lr"], seed=seed, split=split_mode, device=device)
+        train_config = TrainConfig(
+            epochs=config["epochs"],
+            batch_size=config["batch"],
+            lr=config["lr"],
+            seed=seed,
+            split=split_mode,
+            device=device,
+        )
         train_idx, val_idx = split(data, train_config.val_fraction, seed, split_mode)
         seed_everything(seed)
         model = build_model(model_config)
         run_dir.mkdir(parents=True, exist_ok=True)
         history: list[EpochReport] = []
-        generator = train(model, data, train_config, train_idx=train_idx, val_idx=val_idx,
-                          checkpoint_dir=run_dir, resume=resume)
+        generator = train(
+            model,
+            data,
+            train_config,
+            train_idx=train_idx,
+            val_idx=val_idx,
+            checkpoint_dir=run_dir,
+            resume=resume,
+        )
         while True:
             try:
                 next(generator)
@@ -703,18 +904,29 @@ def _train_config(
         for name in ("best.pt", "last.pt"):
             (run_dir / name).unlink(missing_ok=True)
     except (ElectrodeCAEError, RuntimeError, ValueError, OSError) as exc:
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0],
-                   seconds=time.perf_counter() - start)
+        row.update(
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+            seconds=time.perf_counter() - start,
+        )
         if run_dir.exists():
             atomic_write_text(run_dir / "result.json", json.dumps(row, indent=1))
         return row
     best = min(history, key=lambda r: r.val_mse)
     m, w = report.mse, report.window
     row.update(
-        status="ok", n_train=m.n_train, n_val=m.n_val, best_val_mse=best.val_mse,
-        best_epoch=best.epoch, train_mse_mean=m.train_mean, train_mse_std=m.train_std,
-        val_mse_mean=m.val_mean, val_mse_std=m.val_std, mse_p_value=m.p_value,
-        voxel_accuracy=w.voxel_accuracy, seconds=time.perf_counter() - start,
+        status="ok",
+        n_train=m.n_train,
+        n_val=m.n_val,
+        best_val_mse=best.val_mse,
+        best_epoch=best.epoch,
+        train_mse_mean=m.train_mean,
+        train_mse_std=m.train_std,
+        val_mse_mean=m.val_mean,
+        val_mse_std=m.val_std,
+        mse_p_value=m.p_value,
+        voxel_accuracy=w.voxel_accuracy,
+        seconds=time.perf_counter() - start,
     )
     atomic_write_text(run_dir / "result.json", json.dumps(row, indent=1))
     return row
@@ -730,10 +942,18 @@ def _init_worker(records: list[dict]) -> None:
     _WORKER_STACKS[:] = open_shared_stacks(records)
 
 
-def _worker_train(config: dict, run_dir: str, seed: int, split_mode: str, device: str,
-                  resume: bool) -> dict:
-    return _train_config(config, _WORKER_STACKS, Path(run_dir), seed=seed,
-                         split_mode=split_mode, device=device, resume=resume)
+def _worker_train(
+    config: dict, run_dir: str, seed: int, split_mode: str, device: str, resume: bool
+) -> dict:
+    return _train_config(
+        config,
+        _WORKER_STACKS,
+        Path(run_dir),
+        seed=seed,
+        split_mode=split_mode,
+        device=device,
+        resume=resume,
+    )
 
 
 def _rank(rows: list[dict]) -> list[dict]:
@@ -830,8 +1050,12 @@ def run_grid(
     for config in configs:
         run_dir = out_dir / config_id({**config, "seed": seed, "split": split_mode})
         if resume and _finished(run_dir, config):
-            finished({**json.loads((run_dir / "result.json").read_text(encoding="utf-8")),
-                      "reused": True})
+            finished(
+                {
+                    **json.loads((run_dir / "result.json").read_text(encoding="utf-8")),
+                    "reused": True,
+                }
+            )
         else:
             todo.append((config, run_dir))
     job = _GridJob(stacks, out_dir, seed, split_mode, device, resume, finished)
@@ -846,8 +1070,9 @@ def run_grid(
     return ranked
 
 
-def _claim_grid_folder(out_dir: Path, stacks, base: str, seed: int, split_mode: str,
-                       resume: bool) -> None:
+def _claim_grid_folder(
+    out_dir: Path, stacks, base: str, seed: int, split_mode: str, resume: bool
+) -> None:
     """Record the grid's stacks and settings in ``grid.json``; a folder holding a grid over
     other stacks is refused when resuming."""
     fingerprint = _stacks_fingerprint(stacks)
@@ -862,8 +1087,12 @@ def _claim_grid_folder(out_dir: Path, stacks, base: str, seed: int, split_mode: 
                 f"{out_dir} holds a grid over other stacks; choose another output folder "
                 "(or resume=False / --no-resume to retrain there)"
             )
-    atomic_write_text(meta_path, json.dumps({"base": base, "seed": seed, "split": split_mode,
-                                             "stacks": fingerprint}, indent=1))
+    atomic_write_text(
+        meta_path,
+        json.dumps(
+            {"base": base, "seed": seed, "split": split_mode, "stacks": fingerprint}, indent=1
+        ),
+    )
 
 
 @dataclass
@@ -887,9 +1116,17 @@ class _GridJob:
     def here(self, todo) -> None:
         """One after the other in this process."""
         for config, run_dir in todo:
-            self.finished(_train_config(config, self.stacks, run_dir, seed=self.seed,
-                                        split_mode=self.split_mode, device=self.device,
-                                        resume=self.resume))
+            self.finished(
+                _train_config(
+                    config,
+                    self.stacks,
+                    run_dir,
+                    seed=self.seed,
+                    split_mode=self.split_mode,
+                    device=self.device,
+                    resume=self.resume,
+                )
+            )
 
     def on_dask(self, todo, scheduler: str | None, workers: int) -> None:
         """As tasks on a Dask cluster (``scheduler``, or a local one of ``workers``)."""
@@ -901,23 +1138,47 @@ class _GridJob:
             self.finished(row if row is not None else self.failed_row(*by_name[name], error))
 
         with _Cluster(scheduler, workers) as cluster:
-            cluster.run([(run_dir.name, _grid_task,
-                          (config, records, str(run_dir), self.seed, self.split_mode,
-                           self.device, self.resume, cluster.torch_threads))
-                         for config, run_dir in todo],
-                        _gpu_resources(scheduler, self.device), done)
+            cluster.run(
+                [
+                    (
+                        run_dir.name,
+                        _grid_task,
+                        (
+                            config,
+                            records,
+                            str(run_dir),
+                            self.seed,
+                            self.split_mode,
+                            self.device,
+                            self.resume,
+                            cluster.torch_threads,
+                        ),
+                    )
+                    for config, run_dir in todo
+                ],
+                _gpu_resources(scheduler, self.device),
+                done,
+            )
 
     def in_processes(self, todo, workers: int) -> None:
         """In a pool of spawned processes (without dask)."""
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)), mp_context=context,
+            max_workers=min(workers, len(todo)),
+            mp_context=context,
             initializer=_init_worker,
             initargs=(share_stacks(self.stacks, self.out_dir / "stacks"),),
         ) as pool:
             futures = {
-                pool.submit(_worker_train, config, str(run_dir), self.seed, self.split_mode,
-                            self.device, self.resume): (config, run_dir)
+                pool.submit(
+                    _worker_train,
+                    config,
+                    str(run_dir),
+                    self.seed,
+                    self.split_mode,
+                    self.device,
+                    self.resume,
+                ): (config, run_dir)
                 for config, run_dir in todo
             }
             for future in concurrent.futures.as_completed(futures):
@@ -943,8 +1204,12 @@ def format_grid_table(rows: Sequence[Mapping], top: int | None = None) -> str:
         lines.append(
             f"| {r.get('rank', '')} | {r['id']} | {r['window']} | {r['stride']} | {r['crop']} | "
             f"{r['layers']} | {r['hidden']} | {r['epochs']} | {r['batch']} | {r['lr']:g} | "
-            + (f"{r['best_val_mse']:.4f} | {r['best_epoch']} | {r['n_train']}/{r['n_val']} | "
-               f"{r['voxel_accuracy']:.1%} | " if ok else "— | — | — | — | ")
+            + (
+                f"{r['best_val_mse']:.4f} | {r['best_epoch']} | {r['n_train']}/{r['n_val']} | "
+                f"{r['voxel_accuracy']:.1%} | "
+                if ok
+                else "— | — | — | — | "
+            )
             + f"{status} |"
         )
     return "\n".join(lines) + "\n"
@@ -985,8 +1250,9 @@ def _import_distributed():
     try:
         import distributed
     except ImportError as exc:
-        raise StudyError("a Dask cluster needs dask.distributed: pip install "
-                         "'napari-electrode-cae[cluster]'") from exc
+        raise StudyError(
+            "a Dask cluster needs dask.distributed: pip install 'napari-electrode-cae[cluster]'"
+        ) from exc
     return distributed
 
 
@@ -1004,12 +1270,13 @@ class _Cluster:
             try:
                 self.client = distributed.Client(self.scheduler, timeout=SCHEDULER_TIMEOUT_S)
             except (OSError, ValueError, TypeError) as exc:  # TimeoutError is an OSError
-                raise StudyError(f"cannot reach the Dask scheduler at {self.scheduler}: "
-                                 f"{_one_line(exc)}") from exc
+                raise StudyError(
+                    f"cannot reach the Dask scheduler at {self.scheduler}: {_one_line(exc)}"
+                ) from exc
         else:
             self.cluster = distributed.LocalCluster(
-                n_workers=self.workers, threads_per_worker=1, processes=True,
-                dashboard_address=None)
+                n_workers=self.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
             self.client = distributed.Client(self.cluster)
         return self
 
@@ -1027,8 +1294,12 @@ class _Cluster:
             return 0
         return max(1, (os.cpu_count() or 1) // self.workers)
 
-    def run(self, tasks: Sequence[tuple[str, Callable, tuple]], resources: dict | None,
-            done: Callable[[str, dict | None, str], None]) -> None:
+    def run(
+        self,
+        tasks: Sequence[tuple[str, Callable, tuple]],
+        resources: dict | None,
+        done: Callable[[str, dict | None, str], None],
+    ) -> None:
         """Submit ``(name, function, args)`` tasks; call ``done(name, result, error)`` as each
         ends (``error`` "" on success). Ctrl-C (or a KeyboardInterrupt raised by ``done``)
         cancels every task not finished yet and is raised again."""
@@ -1039,8 +1310,13 @@ class _Cluster:
         futures = {}
         try:
             for name, function, args in tasks:
-                future = self.client.submit(function, *args, key=f"electrode-cae-{name}-{token}",
-                                            pure=False, resources=resources)
+                future = self.client.submit(
+                    function,
+                    *args,
+                    key=f"electrode-cae-{name}-{token}",
+                    pure=False,
+                    resources=resources,
+                )
                 futures[future] = name
             for future in distributed.as_completed(list(futures)):
                 name = futures[future]
@@ -1055,22 +1331,24 @@ class _Cluster:
             self.client.cancel(list(futures), force=True)  # queued tasks never start
             raise
 
-
     def _wait_for_resources(self, resources: dict) -> None:
         """Wait up to :data:`SCHEDULER_TIMEOUT_S` for a worker that offers ``resources`` (workers
         of dask-jobqueue join late); none is a :class:`StudyError`, not tasks queued forever."""
         deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
         while True:
             workers = self.client.scheduler_info().get("workers", {}).values()
-            if any(all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())
-                   for w in workers):
+            if any(
+                all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())
+                for w in workers
+            ):
                 return
             if time.monotonic() >= deadline:
                 wanted = ", ".join(f"{k}={v}" for k, v in resources.items())
                 raise StudyError(
                     f"no worker of the Dask scheduler offers {wanted}: start GPU workers with "
                     f"'dask worker ADDRESS --nthreads 1 --resources {wanted}', or train on "
-                    "the CPU (--device cpu or auto)")
+                    "the CPU (--device cpu or auto)"
+                )
             time.sleep(0.5)
 
 
@@ -1096,9 +1374,16 @@ def share_stacks(stacks: Sequence[ElectrodeStack], folder: str | Path) -> list[d
             buffer = io.BytesIO()
             np.save(buffer, labels)
             atomic_write_bytes(path, buffer.getvalue())
-        records.append({"path": str(path.resolve()), "voxel_size_um": stack.voxel_size_um,
-                        "calendered": stack.calendered, "source": stack.source,
-                        "name": stack.name, "phase_mapping": dict(stack.phase_mapping)})
+        records.append(
+            {
+                "path": str(path.resolve()),
+                "voxel_size_um": stack.voxel_size_um,
+                "calendered": stack.calendered,
+                "source": stack.source,
+                "name": stack.name,
+                "phase_mapping": dict(stack.phase_mapping),
+            }
+        )
     return records
 
 
@@ -1109,31 +1394,73 @@ def open_shared_stacks(records: Sequence[Mapping]) -> list[ElectrodeStack]:
         try:
             labels = np.load(r["path"], mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise StudyError(f"cannot read the shared stack {r['path']} ({_one_line(exc)}); "
-                             "the output folder must be on a path every worker sees") from exc
-        stacks.append(ElectrodeStack(labels, r["voxel_size_um"], r["calendered"], r["source"],
-                                     r["name"], dict(r["phase_mapping"])))
+            raise StudyError(
+                f"cannot read the shared stack {r['path']} ({_one_line(exc)}); "
+                "the output folder must be on a path every worker sees"
+            ) from exc
+        stacks.append(
+            ElectrodeStack(
+                labels,
+                r["voxel_size_um"],
+                r["calendered"],
+                r["source"],
+                r["name"],
+                dict(r["phase_mapping"]),
+            )
+        )
     return stacks
 
 
-def _grid_task(config: dict, records: list[dict], run_dir: str, seed: int, split_mode: str,
-               device: str, resume: bool, torch_threads: int) -> dict:
+def _grid_task(
+    config: dict,
+    records: list[dict],
+    run_dir: str,
+    seed: int,
+    split_mode: str,
+    device: str,
+    resume: bool,
+    torch_threads: int,
+) -> dict:
     """One grid configuration on a Dask worker."""
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    return _train_config(config, open_shared_stacks(records), Path(run_dir), seed=seed,
-                         split_mode=split_mode, device=device, resume=resume)
+    return _train_config(
+        config,
+        open_shared_stacks(records),
+        Path(run_dir),
+        seed=seed,
+        split_mode=split_mode,
+        device=device,
+        resume=resume,
+    )
 
 
-def _study_task(row: dict, case_name: str, mode: str, settings: dict, records: list[dict],
-                run_dir: str, seed: int, device: str, torch_threads: int) -> dict:
+def _study_task(
+    row: dict,
+    case_name: str,
+    mode: str,
+    settings: dict,
+    records: list[dict],
+    run_dir: str,
+    seed: int,
+    device: str,
+    torch_threads: int,
+) -> dict:
     """One (case, split) of the case studies on a Dask worker; returns its row."""
     if torch_threads:
         torch.set_num_threads(torch_threads)
     case = next(c for c in CASE_STUDIES if c.case == case_name)
-    for _event in _study_run(row, case, mode, CaseSettings(**settings),
-                             open_shared_stacks(records), Path(run_dir), seed, device,
-                             (0, 0, case_name)):
+    for _event in _study_run(
+        row,
+        case,
+        mode,
+        CaseSettings(**settings),
+        open_shared_stacks(records),
+        Path(run_dir),
+        seed,
+        device,
+        (0, 0, case_name),
+    ):
         pass
     return row
 

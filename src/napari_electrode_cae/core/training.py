@@ -29,14 +29,14 @@ from torch import nn
 from . import distributed as ddp
 from .checkpoint import load_training_state, save_state_dict, save_training_state
 from .errors import RunFolderError, TrainConfigError, TrainingMemoryError
-from .runfolder import run_settings, settings_difference
-from .kernels.feeding import BatchFeeder
 from .health import Health, diagnose
+from .kernels.feeding import BatchFeeder
+from .kernels.train_step import TrainingStep
 from .losses import PHASE_LOSS_CHOICES, make_loss
 from .model import ConvAutoEncoder3d
+from .runfolder import run_settings, settings_difference
 from .stack import volume_fractions
-from .kernels.train_step import TrainingStep
-from .windows import SPLIT_MODES, WindowDataset, resolve_split, split
+from .windows import SPLIT_MODES, WindowDataset, split
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 #: "fp32": plain float32 (the paper's numerics). "bf16": mixed precision, the convolutions and
@@ -115,15 +115,20 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TrainConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if not (isinstance(self.grad_clip, (int, float)) and math.isfinite(self.grad_clip)
-                and self.grad_clip >= 0):
+        if not (
+            isinstance(self.grad_clip, (int, float))
+            and math.isfinite(self.grad_clip)
+            and self.grad_clip >= 0
+        ):
             raise TrainConfigError(f"grad_clip must be 0 (off) or positive, got {self.grad_clip!r}")
         if self.schedule not in SCHEDULE_CHOICES:
             raise TrainConfigError(
-                f"schedule must be one of {SCHEDULE_CHOICES}, got {self.schedule!r}")
+                f"schedule must be one of {SCHEDULE_CHOICES}, got {self.schedule!r}"
+            )
         if self.phase_loss not in PHASE_LOSS_CHOICES:
             raise TrainConfigError(
-                f"phase_loss must be one of {PHASE_LOSS_CHOICES}, got {self.phase_loss!r}")
+                f"phase_loss must be one of {PHASE_LOSS_CHOICES}, got {self.phase_loss!r}"
+            )
         if self.split not in SPLIT_MODES:
             raise TrainConfigError(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
         if self.device not in DEVICE_CHOICES:
@@ -206,8 +211,9 @@ class EpochReport:
 
     def health(self, config: TrainConfig | None = None) -> Health:
         """The :class:`~.health.Health` of the model after this epoch."""
-        return diagnose(self.val_nmse, self.spread, finite=self.finite,
-                        lr=None if config is None else config.lr)
+        return diagnose(
+            self.val_nmse, self.spread, finite=self.finite, lr=None if config is None else config.lr
+        )
 
 
 @dataclass
@@ -384,18 +390,24 @@ def train(
     optimiser = make_optimiser(model, config.lr)
     per_epoch = windows_per_epoch(len(train_idx), config, model.config.norm, ranks.world)
     if per_epoch < ranks.world * (2 if model.config.norm == "batch" else 1):
-        raise TrainConfigError(f"{per_epoch} training windows cannot be shared by {ranks.world} "
-                               "ranks; use fewer processes or more windows")
+        raise TrainConfigError(
+            f"{per_epoch} training windows cannot be shared by {ranks.world} "
+            "ranks; use fewer processes or more windows"
+        )
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     # what this run is, recorded in last.pt: a resume with other settings or stacks is refused
-    settings = (run_settings(model.config, data, config, train_idx, val_idx)
-                if checkpoint_dir is not None else None)
+    settings = (
+        run_settings(model.config, data, config, train_idx, val_idx)
+        if checkpoint_dir is not None
+        else None
+    )
     progress = _Progress(copy.deepcopy(model.state_dict()))
     if resume and checkpoint_dir is not None:
         saved = _read_last(checkpoint_dir / "last.pt", distributed)
         if saved is not None:
-            progress = _restore(saved, checkpoint_dir / "last.pt", model, optimiser, settings,
-                                config)
+            progress = _restore(
+                saved, checkpoint_dir / "last.pt", model, optimiser, settings, config
+            )
     writes = checkpoint_dir is not None and ranks.writes
     health, stage = Health("ok"), "training"
     resources = contextlib.ExitStack()  # closed in the finally below, last in first out
@@ -405,16 +417,28 @@ def train(
         resources.callback(feeder.release)
         step = _training_step(model, optimiser, device, data, train_idx, config, ranks)
         resources.callback(step.release)
-        epochs = _Epochs(model, data, config, train_idx, val_idx, per_epoch, device, feeder,
-                         step, optimiser, ranks)
+        epochs = _Epochs(
+            model,
+            data,
+            config,
+            train_idx,
+            val_idx,
+            per_epoch,
+            device,
+            feeder,
+            step,
+            optimiser,
+            ranks,
+        )
         for epoch in range(progress.first_epoch, config.epochs + 1):
             start = time.perf_counter()
             train_mse = yield from epochs.train(epoch, yield_batches)
             stage = "validation"
             checked = epochs.validate()
             stage = "training"
-            improved = progress.record(model, epoch, train_mse, checked, config,
-                                       time.perf_counter() - start)
+            improved = progress.record(
+                model, epoch, train_mse, checked, config, time.perf_counter() - start
+            )
             if improved and writes:
                 save_state_dict(progress.best_state, checkpoint_dir / "best.pt")
             report = progress.history[-1]
@@ -423,8 +447,10 @@ def train(
                 yield report
                 break
             if writes:
-                save_training_state(checkpoint_dir / "last.pt",
-                                    progress.checkpoint(epoch, model, optimiser, settings))
+                save_training_state(
+                    checkpoint_dir / "last.pt",
+                    progress.checkpoint(epoch, model, optimiser, settings),
+                )
             yield report
         finished = health.state != "diverged"
     except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -439,13 +465,20 @@ def train(
     if health.ok and progress.best_epoch:
         health = history_health(progress.history, config)
     return TrainResult(
-        progress.history, progress.best_epoch, progress.best_val, train_idx, val_idx,
-        str(device), stopped=not finished, health=health,
+        progress.history,
+        progress.best_epoch,
+        progress.best_val,
+        train_idx,
+        val_idx,
+        str(device),
+        stopped=not finished,
+        health=health,
     )
 
 
-def _checked_split(model, data: WindowDataset, config: TrainConfig, train_idx, val_idx
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _checked_split(
+    model, data: WindowDataset, config: TrainConfig, train_idx, val_idx
+) -> tuple[np.ndarray, np.ndarray]:
     """The training and validation indices (``config``'s split unless given), checked: the
     windows fit the model, both sides hold windows, the settings can train together."""
     spec, mc = data.spec, model.config
@@ -498,8 +531,9 @@ class _Ranks:
         return contextlib.nullcontext() if self.context is None else ddp.peer_guard(self.context)
 
 
-def _training_step(model, optimiser, device, data, train_idx, config: TrainConfig,
-                   ranks: _Ranks) -> TrainingStep:
+def _training_step(
+    model, optimiser, device, data, train_idx, config: TrainConfig, ranks: _Ranks
+) -> TrainingStep:
     """The step (forward, loss, backward, Adam) of ``config``'s loss, wrapped for DDP."""
     fractions = None
     if model.config.output == "phases" and config.phase_loss == "weighted_ce":
@@ -512,8 +546,16 @@ def _training_step(model, optimiser, device, data, train_idx, config: TrainConfi
     # a schedule changes the rate between steps, which a recorded CUDA graph would not see;
     # under DDP every step runs eagerly (the weight of a short last batch changes too)
     graph = None if config.is_paper_schedule and ranks.context is None else False
-    return TrainingStep(net, optimiser, device, config.precision, config.batch_size,
-                        use_graph=graph, loss=objective, grad_clip=config.grad_clip)
+    return TrainingStep(
+        net,
+        optimiser,
+        device,
+        config.precision,
+        config.batch_size,
+        use_graph=graph,
+        loss=objective,
+        grad_clip=config.grad_clip,
+    )
 
 
 @dataclass
@@ -540,7 +582,7 @@ class _Epochs:
         self.step.model.train()
         # one generator per epoch, so a resumed run shuffles exactly like an unbroken one
         order = np.random.default_rng((config.seed, epoch)).permutation(self.train_idx)
-        order = order[:self.per_epoch]
+        order = order[: self.per_epoch]
         # summed on the device in float64 (the CPU for Apple MPS, which has none): a GPU is not
         # made to wait for every batch's loss (only a GUI asking for each batch's loss reads
         # it), and on the CPU the sum is the same as Python's float sum
@@ -548,8 +590,10 @@ class _Epochs:
         total = torch.zeros((), dtype=torch.float64, device=sum_device)
         for b in range(n_batches):
             if not config.is_paper_schedule:
-                set_lr(self.optimiser,
-                       config.lr * lr_factor((epoch - 1) * n_batches + b, n_batches, config))
+                set_lr(
+                    self.optimiser,
+                    config.lr * lr_factor((epoch - 1) * n_batches + b, n_batches, config),
+                )
             batch_idx = ranks.shard(order[b * global_batch : (b + 1) * global_batch])
             with ranks.guard():
                 loss = self.step(self.feeder(batch_idx))
@@ -562,10 +606,17 @@ class _Epochs:
 
     def validate(self) -> ValidationStats:
         if self.ranks.context is None:
-            return validate(self.model, self.data, self.val_idx, self.config.batch_size,
-                            feeder=self.feeder)
-        return _validate_sharded(self.model, self.data, self.val_idx, self.config.batch_size,
-                                 self.feeder, self.ranks.context)
+            return validate(
+                self.model, self.data, self.val_idx, self.config.batch_size, feeder=self.feeder
+            )
+        return _validate_sharded(
+            self.model,
+            self.data,
+            self.val_idx,
+            self.config.batch_size,
+            self.feeder,
+            self.ranks.context,
+        )
 
 
 @dataclass
@@ -578,8 +629,15 @@ class _Progress:
     history: list[EpochReport] = field(default_factory=list)
     first_epoch: int = 1
 
-    def record(self, model, epoch: int, train_mse: float, checked: ValidationStats,
-               config: TrainConfig, seconds: float) -> bool:
+    def record(
+        self,
+        model,
+        epoch: int,
+        train_mse: float,
+        checked: ValidationStats,
+        config: TrainConfig,
+        seconds: float,
+    ) -> bool:
         """Add the epoch to the history; True if its validation MSE is the best so far (its
         weights are then kept)."""
         val_mse = checked.mse
@@ -587,10 +645,19 @@ class _Progress:
         if improved:
             self.best_val, self.best_epoch = val_mse, epoch
             self.best_state = copy.deepcopy(model.state_dict())
-        self.history.append(EpochReport(
-            epoch, config.epochs, train_mse, val_mse, seconds, self.best_epoch, self.best_val,
-            checked.nmse, checked.spread,
-        ))
+        self.history.append(
+            EpochReport(
+                epoch,
+                config.epochs,
+                train_mse,
+                val_mse,
+                seconds,
+                self.best_epoch,
+                self.best_val,
+                checked.nmse,
+                checked.spread,
+            )
+        )
         return improved
 
     def checkpoint(self, epoch: int, model, optimiser, settings) -> dict:
@@ -614,8 +681,7 @@ def _read_last(path: Path, distributed: ddp.DistributedContext | None) -> dict |
     return load_training_state(path) if path.exists() else None
 
 
-def _restore(saved: dict, path: Path, model, optimiser, settings, config: TrainConfig
-             ) -> _Progress:
+def _restore(saved: dict, path: Path, model, optimiser, settings, config: TrainConfig) -> _Progress:
     """Load a ``last.pt`` into ``model`` and ``optimiser``, after checking that it was written
     for these settings and stacks and for no more epochs than ``config`` asks for; the model is
     left unchanged when it does not fit."""
@@ -625,11 +691,13 @@ def _restore(saved: dict, path: Path, model, optimiser, settings, config: TrainC
             raise RunFolderError(
                 f"cannot resume from {path}: it was written for another model or settings "
                 f"({difference}); resume with the run's settings and stacks, or train into a "
-                "new folder")
+                "new folder"
+            )
     if saved["epoch"] > config.epochs:
         raise TrainConfigError(
             f"epochs {config.epochs} is fewer than the {saved['epoch']} epochs this run has "
-            f"done; resume with {saved['epoch']} epochs (finish it as it is) or more")
+            f"done; resume with {saved['epoch']} epochs (finish it as it is) or more"
+        )
     initial = copy.deepcopy(model.state_dict())
     try:
         model.load_state_dict(saved["best_model"])  # checks that the best weights fit too
@@ -643,8 +711,13 @@ def _restore(saved: dict, path: Path, model, optimiser, settings, config: TrainC
             f"cannot resume from {path}: it was written for another model or settings "
             f"({detail}); use another output folder or train without resuming"
         ) from exc
-    return _Progress(saved["best_model"], saved["best_val_mse"], saved["best_epoch"],
-                     [EpochReport(**row) for row in saved["history"]], saved["epoch"] + 1)
+    return _Progress(
+        saved["best_model"],
+        saved["best_val_mse"],
+        saved["best_epoch"],
+        [EpochReport(**row) for row in saved["history"]],
+        saved["epoch"] + 1,
+    )
 
 
 def history_health(history: Sequence[EpochReport], config: TrainConfig | None = None) -> Health:
@@ -664,11 +737,13 @@ def check_trainable(model_config, config: TrainConfig) -> None:
     if model_config.norm == "batch" and config.batch_size < 2:
         raise TrainConfigError(
             "batch norm cannot train on one window at a time (batch size 1); use a batch of 2 "
-            "or more, or group normalisation")
+            "or more, or group normalisation"
+        )
 
 
-def windows_per_epoch(n_train: int, config: TrainConfig, norm: str = "none",
-                      world_size: int = 1) -> int:
+def windows_per_epoch(
+    n_train: int, config: TrainConfig, norm: str = "none", world_size: int = 1
+) -> int:
     """Training windows one epoch visits: all, or ``config.windows_per_epoch`` if fewer; with
     batch normalisation (``norm="batch"``) a last batch of one window is dropped (batch norm
     cannot normalise a single window). On ``world_size`` ranks (batches of ``world_size ×
@@ -676,8 +751,7 @@ def windows_per_epoch(n_train: int, config: TrainConfig, norm: str = "none",
     norm) is dropped."""
     n = min(n_train, config.windows_per_epoch) if config.windows_per_epoch else n_train
     if world_size > 1:
-        return ddp.epoch_windows(n, config.batch_size, world_size,
-                                 2 if norm == "batch" else 1)
+        return ddp.epoch_windows(n, config.batch_size, world_size, 2 if norm == "batch" else 1)
     if norm == "batch" and n > 1 and n % config.batch_size == 1:
         n -= 1
     return n
@@ -686,6 +760,7 @@ def windows_per_epoch(n_train: int, config: TrainConfig, norm: str = "none",
 def _weighted_loss(loss, share: list):
     """``loss`` with its objective times ``share[0]`` (a rank's weight, see
     :func:`.distributed.loss_weight`), read at every call."""
+
     def weighted(output: torch.Tensor, x: torch.Tensor):
         objective, mse = loss(output, x)
         return (objective if share[0] == 1.0 else objective * share[0]), mse
@@ -708,15 +783,19 @@ def _resume_state_for_ranks(path: Path, context: ddp.DistributedContext) -> dict
     return saved
 
 
-def _validate_sharded(model, data: WindowDataset, indices, batch_size: int,
-                      feeder: BatchFeeder, context: ddp.DistributedContext
-                      ) -> "ValidationStats":
+def _validate_sharded(
+    model,
+    data: WindowDataset,
+    indices,
+    batch_size: int,
+    feeder: BatchFeeder,
+    context: ddp.DistributedContext,
+) -> ValidationStats:
     """:func:`validate` with the windows shared between the ranks; the same result on each."""
     indices = np.asarray(indices, dtype=np.int64)
     mine = ddp.shard(indices, context.rank, context.world_size)
     per_window, moments = _validation_sums(model, data, mine, batch_size, feeder=feeder)
-    per_window, moments = ddp.gather_validation(per_window, moments, context.world_size,
-                                                context)
+    per_window, moments = ddp.gather_validation(per_window, moments, context.world_size, context)
     return _validation_stats(per_window, moments, len(indices), data.spec.window_shape())
 
 
@@ -726,8 +805,9 @@ def set_lr(optimiser, lr: float) -> None:
         group["lr"] = lr
 
 
-def training_fractions(data: WindowDataset, train_idx: Sequence[int],
-                       max_windows: int = 256) -> dict[str, float]:
+def training_fractions(
+    data: WindowDataset, train_idx: Sequence[int], max_windows: int = 256
+) -> dict[str, float]:
     """Phase fractions of (an evenly spaced subset of at most ``max_windows`` of) the training
     windows."""
     idx = np.asarray(train_idx)
@@ -796,8 +876,10 @@ class TimeEstimate:
 
     def describe(self) -> str:
         """E.g. ``"about 4 min 10 s (8.3 s per epoch, 30 epochs)"``."""
-        return (f"about {format_duration(self.total_seconds)} "
-                f"({self.epoch_seconds:.1f} s per epoch, {self.epochs - self._skipped} epochs)")
+        return (
+            f"about {format_duration(self.total_seconds)} "
+            f"({self.epoch_seconds:.1f} s per epoch, {self.epochs - self._skipped} epochs)"
+        )
 
 
 def format_duration(seconds: float) -> str:
@@ -839,8 +921,10 @@ def out_of_memory_message(
         advice = f"try a smaller batch (e.g. {batch_size // 2}) or crop"
     else:
         advice = "try a smaller crop or window length (the batch is already 1)"
-    return (f"ran out of memory on {device.type} during {stage} with batch {batch_size} of "
-            f"{shape} windows; {advice}")
+    return (
+        f"ran out of memory on {device.type} during {stage} with batch {batch_size} of "
+        f"{shape} windows; {advice}"
+    )
 
 
 def run_training(
@@ -921,8 +1005,14 @@ def validate(
 
 
 @torch.inference_mode()
-def _validation_sums(model, data: WindowDataset, indices: Sequence[int], batch_size: int,
-                     *, feeder: BatchFeeder | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _validation_sums(
+    model,
+    data: WindowDataset,
+    indices: Sequence[int],
+    batch_size: int,
+    *,
+    feeder: BatchFeeder | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-window MSEs (float64 (n,)) of windows ``indices`` and the float64 sums of x, x²,
     y, y² (original x, reconstruction y) over their voxels."""
     was_training = model.training
@@ -950,8 +1040,9 @@ def _validation_sums(model, data: WindowDataset, indices: Sequence[int], batch_s
     return out, moments.cpu().numpy()
 
 
-def _validation_stats(per_window: np.ndarray, moments: np.ndarray, n_windows: int,
-                      window_shape: Sequence[int]) -> ValidationStats:
+def _validation_stats(
+    per_window: np.ndarray, moments: np.ndarray, n_windows: int, window_shape: Sequence[int]
+) -> ValidationStats:
     """:class:`ValidationStats` from :func:`_validation_sums` over ``n_windows`` windows."""
     n = max(n_windows * math.prod(window_shape), 1)
     sx, sxx, sy, syy = (float(v) for v in moments)

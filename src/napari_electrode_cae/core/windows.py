@@ -134,7 +134,9 @@ class WindowDataset(torch.utils.data.Dataset):
         if len(voxel_sizes) > 1:
             raise WindowSpecError(
                 "stacks have different voxel sizes "
-                + ", ".join(f"{s.name or i}: {s.voxel_size_um} µm" for i, s in enumerate(self.stacks))
+                + ", ".join(
+                    f"{s.name or i}: {s.voxel_size_um} µm" for i, s in enumerate(self.stacks)
+                )
                 + "; resample them to one voxel size first"
             )
         for index, stack in enumerate(self.stacks):
@@ -144,7 +146,8 @@ class WindowDataset(torch.utils.data.Dataset):
         check_window_grid(
             count_dataset_windows([s.shape for s in self.stacks], spec),
             f"windows of {spec.length}x{spec.crop}x{spec.crop} with stride {spec.stride} and "
-            f"tile stride {spec.in_plane_step}")
+            f"tile stride {spec.in_plane_step}",
+        )
         grids = [window_grid(index, stack.shape, spec) for index, stack in enumerate(self.stacks)]
         self._grid = np.concatenate(grids, axis=0)
 
@@ -256,10 +259,11 @@ def split(
     seed : int
         Seed of the random permutation (random mode) or block placement (blocked mode).
     mode : {"auto", "random", "blocked"}
-        ``"auto"``: see :func:`resolve_split`. ``"random"``: a seeded random permutation as in the paper; overlapping stride-1 windows
-        land on both sides. ``"blocked"``: in each stack a contiguous block of Z positions at the top or
-        bottom (seeded) goes to validation, and training windows sharing any slice with a validation window are dropped,
-        so no slice is seen on both sides.
+        ``"auto"``: see :func:`resolve_split`. ``"random"``: a seeded random permutation as in
+        the paper; overlapping stride-1 windows land on both sides. ``"blocked"``: in each stack
+        a contiguous block of Z positions at the top or bottom (seeded) goes to validation, and
+        training windows sharing any slice with a validation window are dropped, so no slice is
+        seen on both sides.
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""Opt-in malloc tuning (`electrode-cae train --tune-malloc`): freed large buffers kept for reuse."""
+"""Opt-in malloc tuning (`electrode-cae train --tune-malloc`): freed large buffers are kept."""
 
 import resource
 import sys
@@ -65,8 +65,10 @@ def test_nested_and_repeated_use_restores_once(no_malloc_env, monkeypatch):
     raised = [c for c in calls if c[0] == "mallopt" and c[2] == allocator._KEEP_BYTES]
     restored = [c[1:] for c in calls if c[0] == "mallopt" and c[2] != allocator._KEEP_BYTES]
     assert len(raised) == 2  # both thresholds, once
-    assert restored == [(allocator._M_MMAP_THRESHOLD, allocator._RESTORE_MMAP_BYTES),
-                        (allocator._M_TRIM_THRESHOLD, allocator._RESTORE_TRIM_BYTES)]
+    assert restored == [
+        (allocator._M_MMAP_THRESHOLD, allocator._RESTORE_MMAP_BYTES),
+        (allocator._M_TRIM_THRESHOLD, allocator._RESTORE_TRIM_BYTES),
+    ]
 
 
 def test_user_malloc_settings_are_left_alone(monkeypatch):
@@ -120,8 +122,9 @@ def test_core_training_leaves_malloc_alone(no_malloc_env, monkeypatch):
 
     libc = _RecordingLibc()
     monkeypatch.setattr(allocator, "_glibc", lambda: libc)
-    stack = core.ElectrodeStack(np.random.default_rng(0).integers(0, 3, (12, 32, 32),
-                                                                   dtype=np.uint8))
+    stack = core.ElectrodeStack(
+        np.random.default_rng(0).integers(0, 3, (12, 32, 32), dtype=np.uint8)
+    )
     data = core.WindowDataset([stack], core.WindowSpec(4, 2, crop=16))
     model = core.build_model(core.ModelConfig(4, 16, 3, 8, 3))
     core.run_training(model, data, core.TrainConfig(epochs=1, batch_size=4, device="cpu"))
@@ -135,8 +138,28 @@ def test_cli_tunes_malloc_only_when_asked(no_malloc_env, monkeypatch, tmp_path, 
     libc = _RecordingLibc()
     monkeypatch.setattr(allocator, "_glibc", lambda: libc)
     stack = _tiny_stack_file(tmp_path)
-    code = cli.main(["train", str(stack), "--out", str(tmp_path / "run"), "--preset", "paper",
-                     "--window", "4", "--crop", "16", "--hidden", "8", "--latent", "3",
-                     "--epochs", "1", "--batch", "4", *flag])
+    code = cli.main(
+        [
+            "train",
+            str(stack),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "paper",
+            "--window",
+            "4",
+            "--crop",
+            "16",
+            "--hidden",
+            "8",
+            "--latent",
+            "3",
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            *flag,
+        ]
+    )
     assert code == 0
     assert any(call[0] == "mallopt" for call in libc.calls) is tuned

@@ -16,7 +16,6 @@ from napari_electrode_cae.cli import main as cli_main
 from napari_electrode_cae.core.kernels.feeding import BatchFeeder, choose_mode, stack_bytes
 from napari_electrode_cae.core.kernels.train_step import autocast_for
 from napari_electrode_cae.core.training import cudnn_autotune
-
 from tests.conftest import make_stack
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -54,9 +53,26 @@ def test_cli_trains_in_bf16_and_records_it(tmp_path, capsys):
     stack_path = tmp_path / "stack.npy"
     np.save(stack_path, make_stack((12, 32, 32)).labels)
     out = tmp_path / "run"
-    code = cli_main(["train", str(stack_path), "--out", str(out), "--window", "4",
-                     "--crop", "32", "--epochs", "2", "--batch", "2", "--device", "cpu",
-                     "--precision", "bf16"])
+    code = cli_main(
+        [
+            "train",
+            str(stack_path),
+            "--out",
+            str(out),
+            "--window",
+            "4",
+            "--crop",
+            "32",
+            "--epochs",
+            "2",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+        ]
+    )
     assert code == 0
     assert "bf16 mixed precision" in capsys.readouterr().err
     run = core.load_run(out)
@@ -68,8 +84,7 @@ def test_old_run_folders_without_precision_still_load(tmp_path, data):
     model = small_model()
     config = core.TrainConfig(epochs=1, device="cpu")
     result = core.run_training(model, data, config)
-    core.save_run(tmp_path, model, data, config, result.train_idx, result.val_idx,
-                  result.history)
+    core.save_run(tmp_path, model, data, config, result.train_idx, result.val_idx, result.history)
     import json
 
     path = tmp_path / "config.json"
@@ -106,8 +121,9 @@ def test_window_mse_is_the_same_with_any_feeder(data):
     model = small_model().eval()
     indices = list(range(len(data)))
     plain = core.window_mse(model, data, indices, batch_size=3)
-    resident = core.window_mse(model, data, indices, batch_size=3,
-                               feeder=BatchFeeder(data, "cpu", mode="resident"))
+    resident = core.window_mse(
+        model, data, indices, batch_size=3, feeder=BatchFeeder(data, "cpu", mode="resident")
+    )
     np.testing.assert_array_equal(plain, resident)
     with torch.inference_mode():
         x = data.batch(indices)
@@ -120,8 +136,9 @@ def test_window_mse_is_the_same_with_any_feeder(data):
 
 def test_batch_reports_carry_the_loss_without_reading_it(data):
     model = small_model()
-    reports = list(core.train(model, data, core.TrainConfig(epochs=1, device="cpu"),
-                              yield_batches=True))
+    reports = list(
+        core.train(model, data, core.TrainConfig(epochs=1, device="cpu"), yield_batches=True)
+    )
     batches = [r for r in reports if isinstance(r, core.BatchReport)]
     epoch = reports[-1]
     assert batches and isinstance(batches[0].batch_loss, torch.Tensor)
@@ -148,8 +165,7 @@ def test_bf16_autocast_folded_matches_plain_conv3d_and_keeps_fp32_gradients():
         assert y.dtype == torch.bfloat16
         (y.float() - x).pow(2).mean().backward()
         outs[name] = y.float().detach()
-        assert all(p.grad is not None and p.grad.dtype == torch.float32
-                   for p in model.parameters())
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
     # same function in bfloat16 (rounding differs with the order of operations)
     assert torch.allclose(outs["folded"], outs["plain"], atol=0.02)
     for (name, a), b in zip(folded.named_parameters(), plain.parameters()):
@@ -170,8 +186,9 @@ def test_bf16_training_learns_like_fp32_on_cpu(data):
     results = {}
     for precision in ("fp32", "bf16"):
         model = small_model()
-        config = core.TrainConfig(epochs=4, lr=3e-3, device="cpu", precision=precision,
-                                  split="random")
+        config = core.TrainConfig(
+            epochs=4, lr=3e-3, device="cpu", precision=precision, split="random"
+        )
         result = core.run_training(model, data, config)
         results[precision] = [r.val_mse for r in result.history]
         assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -217,10 +234,10 @@ def test_cuda_training_matches_cpu_and_saves_a_cpu_loadable_run(data, tmp_path, 
     assert next(gpu_model.parameters()).device.type == "cuda"
     # TF32 convolutions (cuDNN's default) or bf16 change the last digits, not the learning
     tolerance = 0.02 if precision == "fp32" else 0.06
-    np.testing.assert_allclose([r.val_mse for r in gpu.history],
-                               [r.val_mse for r in cpu.history], rtol=tolerance)
-    core.save_run(tmp_path, gpu_model, data, gpu_config, gpu.train_idx, gpu.val_idx,
-                  gpu.history)
+    np.testing.assert_allclose(
+        [r.val_mse for r in gpu.history], [r.val_mse for r in cpu.history], rtol=tolerance
+    )
+    core.save_run(tmp_path, gpu_model, data, gpu_config, gpu.train_idx, gpu.val_idx, gpu.history)
     run = core.load_run(tmp_path)  # on the CPU
     assert next(run.model.parameters()).device.type == "cpu"
     x = data.batch([0, 1])
@@ -258,8 +275,7 @@ def test_cuda_resume_continues_a_run(data, tmp_path):
     stopped = core.train(first, data, config, checkpoint_dir=tmp_path)
     next(stopped)  # epoch 1 written to last.pt
     stopped.close()
-    resumed = core.run_training(small_model(), data, config, checkpoint_dir=tmp_path,
-                                resume=True)
+    resumed = core.run_training(small_model(), data, config, checkpoint_dir=tmp_path, resume=True)
     assert [r.epoch for r in resumed.history] == [1, 2]
     assert all(np.isfinite(r.val_mse) for r in resumed.history)
 
@@ -298,17 +314,20 @@ def test_cuda_graph_step_matches_eager_steps(data, precision, monkeypatch):
         monkeypatch.setattr(train_step, "USE_CUDA_GRAPHS", use_graph)
         model = small_model()
         # 5 training windows in batches of 2: every epoch ends with an eager batch of 1
-        config = core.TrainConfig(epochs=4, batch_size=2, lr=3e-3, device="cuda",
-                                  precision=precision, val_fraction=0.4)
+        config = core.TrainConfig(
+            epochs=4, batch_size=2, lr=3e-3, device="cuda", precision=precision, val_fraction=0.4
+        )
         reports = list(core.train(model, data, config, yield_batches=True))
         histories[use_graph] = [r for r in reports if isinstance(r, core.EpochReport)]
         batch_losses = [r.loss for r in reports if isinstance(r, core.BatchReport)]
         assert all(np.isfinite(batch_losses))
         weights[use_graph] = [p.detach().cpu() for p in model.parameters()]
-    np.testing.assert_allclose([r.train_mse for r in histories[True]],
-                               [r.train_mse for r in histories[False]], rtol=1e-3)
-    np.testing.assert_allclose([r.val_mse for r in histories[True]],
-                               [r.val_mse for r in histories[False]], rtol=1e-3)
+    np.testing.assert_allclose(
+        [r.train_mse for r in histories[True]], [r.train_mse for r in histories[False]], rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        [r.val_mse for r in histories[True]], [r.val_mse for r in histories[False]], rtol=1e-3
+    )
     for graphed, eager in zip(weights[True], weights[False]):
         assert torch.allclose(graphed, eager, atol=1e-3)
 
@@ -382,8 +401,9 @@ def test_cuda_training_goes_on_eagerly_when_recording_fails(data, monkeypatch):
         steps.append(self)
 
     monkeypatch.setattr(train_step.TrainingStep, "__init__", keep)
-    result = core.run_training(small_model(), data,
-                               core.TrainConfig(epochs=4, device="cuda", val_fraction=0.4))
+    result = core.run_training(
+        small_model(), data, core.TrainConfig(epochs=4, device="cuda", val_fraction=0.4)
+    )
     assert len(result.history) == 4 and all(np.isfinite(r.val_mse) for r in result.history)
     assert steps[0].graph is None and "not permitted" in steps[0].graph_error
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
@@ -395,8 +415,9 @@ def test_cuda_graph_is_skipped_when_a_step_takes_much_of_the_gpu(data, monkeypat
 
     monkeypatch.setattr(train_step, "GRAPH_MEMORY_FRACTION", 0.0)
     model = small_model().cuda()
-    step = train_step.TrainingStep(model, core.training.make_optimiser(model, 1e-3),
-                                   torch.device("cuda"), "fp32", 2)
+    step = train_step.TrainingStep(
+        model, core.training.make_optimiser(model, 1e-3), torch.device("cuda"), "fp32", 2
+    )
     for i in range(train_step.WARMUP_STEPS + 2):
         assert torch.isfinite(step(data.batch([i % 4, (i + 1) % 4]).cuda()))
     assert not step.replaying and "peaked at" in step.graph_error

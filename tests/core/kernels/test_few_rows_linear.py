@@ -84,7 +84,8 @@ def test_bf16_autocast_keeps_float32_gradients_and_float64_inputs():
 def test_second_derivatives_are_refused():
     x = torch.randn(2, 5, requires_grad=True)
     w = torch.randn(3, 5, requires_grad=True)
-    (gx,) = torch.autograd.grad(FewRowsLinear.apply(x, w, None).square().sum(), x,
-                                create_graph=True)
+    (gx,) = torch.autograd.grad(
+        FewRowsLinear.apply(x, w, None).square().sum(), x, create_graph=True
+    )
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
         gx.sum().backward()

@@ -16,8 +16,7 @@ FORMATS = [torch.contiguous_format, torch.channels_last]
 @pytest.mark.parametrize("memory_format", FORMATS)
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("size, cin, cout", [(7, 1, 3), (8, 2, 4), (11, 3, 2)])
-def test_conv_stride2_matches_conv2d_and_passes_gradcheck(size, cin, cout, relu,
-                                                            memory_format):
+def test_conv_stride2_matches_conv2d_and_passes_gradcheck(size, cin, cout, relu, memory_format):
     torch.manual_seed(0)
     x = torch.randn(2, cin, size, size, dtype=torch.float64, requires_grad=True)
     w = torch.randn(cout, cin, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -33,10 +32,12 @@ def test_conv_stride2_matches_conv2d_and_passes_gradcheck(size, cin, cout, relu,
 
 @pytest.mark.parametrize("memory_format", FORMATS)
 @pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("size, pad, cin, cout", [(3, 0, 2, 1), (5, 1, 2, 1), (4, 1, 1, 3), (5, 1, 3, 2),
-                                                  (6, 0, 2, 2)])
-def test_conv_transpose_stride2_matches_and_passes_gradcheck(size, pad, cin, cout, relu,
-                                                               memory_format):
+@pytest.mark.parametrize(
+    "size, pad, cin, cout", [(3, 0, 2, 1), (5, 1, 2, 1), (4, 1, 1, 3), (5, 1, 3, 2), (6, 0, 2, 2)]
+)
+def test_conv_transpose_stride2_matches_and_passes_gradcheck(
+    size, pad, cin, cout, relu, memory_format
+):
     torch.manual_seed(0)
     x = torch.randn(2, cin, size, size, dtype=torch.float64, requires_grad=True)
     w = torch.randn(cin, cout, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -100,10 +101,12 @@ def test_layers_without_bias_or_trainable_bias():
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
 @pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("depth, size, pad, cin, cout", [(3, 7, 0, 2, 3), (2, 6, 1, 1, 2),
-                                                         (4, 5, 1, 3, 1)])
-def test_depth_folding_3d_layers_match_conv3d_and_pass_gradcheck(depth, size, pad, cin, cout,
-                                                                 relu, memory_format):
+@pytest.mark.parametrize(
+    "depth, size, pad, cin, cout", [(3, 7, 0, 2, 3), (2, 6, 1, 1, 2), (4, 5, 1, 3, 1)]
+)
+def test_depth_folding_3d_layers_match_conv3d_and_pass_gradcheck(
+    depth, size, pad, cin, cout, relu, memory_format
+):
     """The (d, 3, 3) layers as 3D convolutions (the channels-last layout's route)."""
     torch.manual_seed(0)
     x = torch.randn(2, cin, depth, size, size, dtype=torch.float64, requires_grad=True)
@@ -113,7 +116,8 @@ def test_depth_folding_3d_layers_match_conv3d_and_pass_gradcheck(depth, size, pa
     ref = F.relu(ref) if relu else ref
     torch.testing.assert_close(conv_stride2(x, w, b, relu, memory_format), ref)
     assert torch.autograd.gradcheck(
-        lambda x, w, b: conv_stride2(x, w, b, relu, memory_format), (x, w, b))
+        lambda x, w, b: conv_stride2(x, w, b, relu, memory_format), (x, w, b)
+    )
     # the decoder's mirror: depth 1 -> depth d
     z = torch.randn(2, cout, 1, size, size, dtype=torch.float64, requires_grad=True)
     wt = torch.randn(cout, cin, depth, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -125,8 +129,8 @@ def test_depth_folding_3d_layers_match_conv3d_and_pass_gradcheck(depth, size, pa
     assert out.shape == (2, cin, depth, out_size, out_size)
     torch.testing.assert_close(out, ref)
     assert torch.autograd.gradcheck(
-        lambda z, w, b: conv_transpose_stride2(z, w, b, out_size, relu, memory_format),
-        (z, wt, bt))
+        lambda z, w, b: conv_transpose_stride2(z, w, b, out_size, relu, memory_format), (z, wt, bt)
+    )
 
 
 def test_one_channel_tensors_get_channels_last_strides_over_the_same_memory():
@@ -150,16 +154,20 @@ def test_one_channel_tensors_get_channels_last_strides_over_the_same_memory():
     sliced = torch.randn(3, 1, 9, 9)[1:]
     y = in_layout(sliced, torch.channels_last)
     assert y.data_ptr() == sliced.data_ptr() and torch.equal(y, sliced)
-    torch.testing.assert_close(conv_stride2(sliced, w, None, False, torch.channels_last),
-                               F.conv2d(sliced, w, None, stride=2))
+    torch.testing.assert_close(
+        conv_stride2(sliced, w, None, False, torch.channels_last),
+        F.conv2d(sliced, w, None, stride=2),
+    )
 
 
 def test_relu_mask_is_applied_in_place_in_every_dense_layout():
     from napari_electrode_cae.core.kernels.folded_conv import _relu_backward
 
-    for shape, fmt in (((2, 3, 4, 4), torch.channels_last),
-                       ((2, 3, 2, 4, 4), torch.channels_last_3d),
-                       ((2, 3, 4, 4), torch.contiguous_format)):
+    for shape, fmt in (
+        ((2, 3, 4, 4), torch.channels_last),
+        ((2, 3, 2, 4, 4), torch.channels_last_3d),
+        ((2, 3, 4, 4), torch.contiguous_format),
+    ):
         y = torch.randn(shape).relu().contiguous(memory_format=fmt)
         grad = torch.randn(shape).contiguous(memory_format=fmt)
         expected = torch.where(y > 0, grad, torch.zeros(()))

@@ -40,8 +40,7 @@ def test_channels_last_model_trains_under_bf16_autocast_with_float32_gradients()
         y = model(x)
     assert y.dtype == torch.bfloat16
     ((y.float() - x) ** 2).mean().backward()
-    assert all(p.grad is not None and p.grad.dtype == torch.float32
-               for p in model.parameters())
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
 def test_layout_is_chosen_by_device_and_checked():

@@ -52,9 +52,8 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt  # noqa: B018 - missing on musl and friends
-        libc.malloc_trim
-        libc.gnu_get_libc_version
+        for name in ("mallopt", "malloc_trim", "gnu_get_libc_version"):  # not on musl & co.
+            getattr(libc, name)
     except (OSError, AttributeError):
         return None
     return libc

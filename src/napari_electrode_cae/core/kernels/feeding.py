@@ -59,8 +59,9 @@ class BatchFeeder:
         become torch tensors that batches are cut from); ``"staged"`` needs CUDA.
     """
 
-    def __init__(self, data: WindowDataset, device: torch.device | str,
-                 mode: str | None = None) -> None:
+    def __init__(
+        self, data: WindowDataset, device: torch.device | str, mode: str | None = None
+    ) -> None:
         self.data = data
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -77,8 +78,10 @@ class BatchFeeder:
             # non-writable arrays does not apply.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writ")
-                self._stacks = [torch.from_numpy(np.ascontiguousarray(s.labels)).to(self.device)
-                                for s in data.stacks]
+                self._stacks = [
+                    torch.from_numpy(np.ascontiguousarray(s.labels)).to(self.device)
+                    for s in data.stacks
+                ]
         self._pinned: dict[int, list] = {}  # batch size -> [buffer, event] x 2
         self._turn = 0
 
@@ -101,8 +104,9 @@ class BatchFeeder:
         n = len(indices)
         if n not in self._pinned:
             shape = (n, 1, self.data.spec.length, self.data.spec.crop, self.data.spec.crop)
-            self._pinned[n] = [[torch.empty(shape, dtype=torch.float32, pin_memory=True), None]
-                               for _ in range(2)]
+            self._pinned[n] = [
+                [torch.empty(shape, dtype=torch.float32, pin_memory=True), None] for _ in range(2)
+            ]
         slot = self._pinned[n][self._turn]
         self._turn = 1 - self._turn
         buffer, copied = slot

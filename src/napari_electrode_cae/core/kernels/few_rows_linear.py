@@ -51,8 +51,10 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if k >= SPLIT_MIN:
         step = k // parts
         head = parts * step
-        out = torch.bmm(g[:, :head].reshape(g.shape[0], parts, step).transpose(0, 1),
-                        weight[:head].reshape(parts, step, m)).sum(0)
+        out = torch.bmm(
+            g[:, :head].reshape(g.shape[0], parts, step).transpose(0, 1),
+            weight[:head].reshape(parts, step, m),
+        ).sum(0)
         if head < k:
             out.addmm_(g[:, head:], weight[head:])
         return out

@@ -53,8 +53,11 @@ def in_layout(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tens
     channels-last strides over the same memory.
     """
     t = t.contiguous(memory_format=memory_format)
-    if (memory_format in (torch.channels_last, torch.channels_last_3d) and t.shape[1] == 1
-            and t.stride(1) != 1):
+    if (
+        memory_format in (torch.channels_last, torch.channels_last_3d)
+        and t.shape[1] == 1
+        and t.stride(1) != 1
+    ):
         # dense apart from the channel axis: a channel stride of 1 is the only change
         t = t.as_strided(t.shape, (t.stride(0), 1, *t.stride()[2:]))
     return t
@@ -82,8 +85,9 @@ def _relu_backward(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 WEIGHT_GRAD_CHUNK = 2**22
 
 
-def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
-                 with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _weight_grad(
+    grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, with_bias: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """dL/dweight (and dL/dbias) of the stride-2 ``conv(inp, weight)`` given ``grad_out``."""
     stride, padding, dilation = _geometry(weight)
     n = grad_out.shape[0]
@@ -92,9 +96,17 @@ def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor
     gw = gb = None
     for start in range(0, n, step):
         _, w_part, b_part = torch.ops.aten.convolution_backward(
-            grad_out[start : start + step], inp[start : start + step], weight,
-            [weight.shape[0]] if with_bias else None, stride, padding, dilation, False,
-            [0] * len(stride), 1, [False, True, with_bias],
+            grad_out[start : start + step],
+            inp[start : start + step],
+            weight,
+            [weight.shape[0]] if with_bias else None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0] * len(stride),
+            1,
+            [False, True, with_bias],
         )
         gw = w_part if gw is None else gw.add_(w_part)
         if with_bias:
@@ -109,7 +121,7 @@ def _weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor
 _SUBPIXEL_ROWS = (2, 0, 3, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _subpixel_rows(device: torch.device) -> torch.Tensor:
     """:data:`_SUBPIXEL_ROWS` as an index on ``device``, made once: a CUDA step recorded into a
     graph must not copy from the host, and the warm-up steps before it make this index."""
@@ -143,8 +155,12 @@ def _one_channel_transposed(x, weight, bias, out_size: int) -> torch.Tensor:
     phases, then one interleaving copy, gives the same values.
     """
     n, _, h, w = x.shape
-    phases = F.conv2d(x.contiguous(memory_format=torch.channels_last), subpixel_weight(weight),
-                      None if bias is None else bias.repeat(4), padding=1)
+    phases = F.conv2d(
+        x.contiguous(memory_format=torch.channels_last),
+        subpixel_weight(weight),
+        None if bias is None else bias.repeat(4),
+        padding=1,
+    )
     # channels-last phases: memory (n, m, k, a, b). Read each (b = 0, 1) pair as one item twice
     # as wide so that the interleave (n, m, k, a) -> (n, m, a, k) moves whole pairs.
     pair_type = _PAIR_DTYPES[phases.element_size()]
@@ -234,8 +250,17 @@ class ConvStride2(torch.autograd.Function):
             return None, gw, gb, None, None
         stride, padding, dilation = _geometry(weight)
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]], stride, padding, dilation, False,
-            [0] * len(stride), 1, [True, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+            grad,
+            x,
+            weight,
+            [weight.shape[0]],
+            stride,
+            padding,
+            dilation,
+            False,
+            [0] * len(stride),
+            1,
+            [True, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
         )
         return gx, gw, gb, None, None
 
@@ -250,8 +275,9 @@ class ConvTransposeStride2(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, out_size: int, relu: bool,
-                memory_format: torch.memory_format):
+    def forward(
+        ctx, x, weight, bias, out_size: int, relu: bool, memory_format: torch.memory_format
+    ):
         x, weight, bias = autocast_operands(x, weight, bias)
         x = in_layout(x, memory_format)
         if weight.dim() == 4 and weight.shape[1] == 1 and x.shape[-1] == x.shape[-2]:
@@ -261,8 +287,9 @@ class ConvTransposeStride2(torch.autograd.Function):
             if weight.dim() == 4:
                 y = F.conv_transpose2d(x, weight, None, stride=2, output_padding=pad)
             else:
-                y = F.conv_transpose3d(x, weight, None, stride=(1, 2, 2),
-                                       output_padding=(0, pad, pad))
+                y = F.conv_transpose3d(
+                    x, weight, None, stride=(1, 2, 2), output_padding=(0, pad, pad)
+                )
             if bias is not None:
                 _add_bias_(y, bias)
         return _finish_forward(ctx, x, weight, y, relu, memory_format)
@@ -286,7 +313,8 @@ def conv_stride2(x, weight, bias, relu=True, memory_format=torch.contiguous_form
     return ConvStride2.apply(x, weight, bias, relu, memory_format)
 
 
-def conv_transpose_stride2(x, weight, bias, out_size, relu=True,
-                           memory_format=torch.contiguous_format):
+def conv_transpose_stride2(
+    x, weight, bias, out_size, relu=True, memory_format=torch.contiguous_format
+):
     """Apply :class:`ConvTransposeStride2`."""
     return ConvTransposeStride2.apply(x, weight, bias, out_size, relu, memory_format)

@@ -79,7 +79,7 @@ def encode(model, x: torch.Tensor) -> torch.Tensor:
         h = h.contiguous().reshape(n, depth * c, size, size)
         weight = last.weight.permute(0, 2, 1, 3, 4).reshape(last.out_channels, depth * c, 3, 3)
         h = conv_stride2(h, weight, last.bias, True, fmt)
-    z = _run(model.encoder[len(convs) * 2:], h.reshape(n, -1))  # Linear, ReLU, Linear
+    z = _run(model.encoder[len(convs) * 2 :], h.reshape(n, -1))  # Linear, ReLU, Linear
     return z.contiguous()  # FewRowsLinear's result is column-major
 
 
@@ -98,17 +98,30 @@ def decode(model, z: torch.Tensor) -> torch.Tensor:
     if fmt == torch.channels_last:
         # (l, 3, 3) transposed convolution from depth 1 to l as a 3D one in NDHWC, whose
         # memory (N, l, h, w, C) is NHWC memory of (N*l, C, h, w).
-        h = conv_transpose_stride2(h.reshape(n, channels, 1, size, size), first.weight,
-                                   first.bias, sizes[1], True, torch.channels_last_3d)
+        h = conv_transpose_stride2(
+            h.reshape(n, channels, 1, size, size),
+            first.weight,
+            first.bias,
+            sizes[1],
+            True,
+            torch.channels_last_3d,
+        )
         h = h.permute(0, 2, 3, 4, 1).reshape(n * depth, sizes[1], sizes[1], c)
         h = h.permute(0, 3, 1, 2)
     else:
         # a 2D transposed convolution to l*C output channels ordered (depth, channel)
         weight = first.weight.permute(0, 2, 1, 3, 4).reshape(channels, depth * c, 3, 3)
-        h = conv_transpose_stride2(h.reshape(n, channels, size, size), weight,
-                                   first.bias.repeat(depth), sizes[1], True, fmt)
+        h = conv_transpose_stride2(
+            h.reshape(n, channels, size, size),
+            weight,
+            first.bias.repeat(depth),
+            sizes[1],
+            True,
+            fmt,
+        )
         h = h.contiguous().reshape(n * depth, c, h.shape[2], h.shape[3])
     for i, conv in enumerate(convs[1:], start=1):
-        h = conv_transpose_stride2(h, conv.weight.squeeze(2), conv.bias, sizes[i + 1],
-                                   i < len(convs) - 1, fmt)
+        h = conv_transpose_stride2(
+            h, conv.weight.squeeze(2), conv.bias, sizes[i + 1], i < len(convs) - 1, fmt
+        )
     return h.contiguous().reshape(n, 1, depth, h.shape[2], h.shape[3])

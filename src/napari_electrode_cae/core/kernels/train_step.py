@@ -65,9 +65,17 @@ class TrainingStep:
         Clip the gradients' total norm to this before each step; 0 does not clip.
     """
 
-    def __init__(self, model: nn.Module, optimiser, device: torch.device, precision: str,
-                 batch_size: int, use_graph: bool | None = None, loss=None,
-                 grad_clip: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimiser,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        use_graph: bool | None = None,
+        loss=None,
+        grad_clip: float = 0.0,
+    ) -> None:
         self.model, self.optimiser = model, optimiser
         self.device, self.precision, self.batch_size = device, precision, batch_size
         if use_graph is None:
@@ -106,8 +114,10 @@ class TrainingStep:
         peak, total = torch.cuda.max_memory_allocated(self.device), self._total_memory()
         if peak > GRAPH_MEMORY_FRACTION * total:
             self.use_graph = False
-            self.graph_error = (f"not recorded: a step peaked at {peak / 2**20:.0f} MiB of "
-                                f"{total / 2**20:.0f} MiB; the graph would keep that reserved")
+            self.graph_error = (
+                f"not recorded: a step peaked at {peak / 2**20:.0f} MiB of "
+                f"{total / 2**20:.0f} MiB; the graph would keep that reserved"
+            )
             return self._eager(x)
         try:
             self._record(x)
