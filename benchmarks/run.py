@@ -6,11 +6,12 @@ figures run under ``xvfb-run``.
 
 * Training throughput: baseline (``benchmarks/baseline.py``: materialised windows, DataLoader,
   plain Conv3d, Adam) and ours (``core.train``'s ``BatchFeeder`` and ``TrainingStep``: folded
-  model, torch.optim.Adam fused), same initial weights; twice: with glibc's malloc pinned through
-  ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (the way to compare two implementations
-  on this machine; both interleaved in one fresh process), and with glibc's defaults as users
-  run it (ours then keeps its buffers the way ``core.train`` does, ``core.kernels.allocator``, which
-  changes the process's malloc thresholds, so each runs in a fresh process of its own).
+  model, torch.optim.Adam fused), same initial weights; three times: with glibc's malloc pinned
+  through ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (the way to compare two
+  implementations on this machine; both interleaved in one fresh process), with glibc's
+  defaults as users run it, and with ``electrode-cae train --tune-malloc``'s buffer keeping
+  (``core.kernels.allocator``, which changes the process's malloc thresholds; ours only). The
+  last two run each side in a fresh process of its own.
 * Decode latency and the stride-1 data-set memory, in this process / fresh subprocesses.
 * Peak RSS of a whole training run: ``benchmarks/memory_training.py`` (glibc default).
 * Live decode, GUI stalls and launch → first reconstruction: ``live_decode.py``,
@@ -234,7 +235,7 @@ def main() -> None:
     if args.train_child:  # one training comparison in this (fresh) process
         length, mode, which = int(args.train_child[0]), args.train_child[1], args.train_child[2]
         base, ours, gap = train_speed(
-            length, steps, rounds, keep_buffers=mode == "default", which=which
+            length, steps, rounds, keep_buffers=mode == "tuned", which=which
         )
         print(json.dumps({"base": base, "ours": ours, "gap": gap}))
         return
@@ -245,7 +246,11 @@ def main() -> None:
         rows.append((figure, target, base, ours, ratio, note))
         print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
 
-    for mode, label in (("pinned", "allocator pinned"), ("default", "glibc default")):
+    for mode, label in (
+        ("pinned", "allocator pinned"),
+        ("default", "glibc default, as users run it"),
+        ("tuned", "glibc default, train --tune-malloc"),
+    ):
         env = clean_env(**PINNED) if mode == "pinned" else clean_env()
         for length in (24, 4):
 
@@ -272,7 +277,7 @@ def main() -> None:
             if mode == "pinned":  # interleaved in one process
                 r = child("both")
                 note = f"max |Δoutput| {r['gap']:.1e}; interleaved in one process"
-            else:  # one fresh process each: ours changes the process's malloc thresholds
+            else:  # one fresh process each: --tune-malloc changes the malloc thresholds
                 r = {"base": child("base")["base"], "ours": child("ours")["ours"]}
                 note = "one fresh process each"
             row(
