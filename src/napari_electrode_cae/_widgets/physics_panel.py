@@ -84,7 +84,6 @@ from .physics_views import (  # noqa: F401 (re-exported: tests use these names)
     METRIC_ROWS,
     ORIGINAL,
     RECONSTRUCTION,
-    SHORT_NAMES,
     TIME_ROW_LABEL,
     CorrelationHeatmap,
     MetricsTable,

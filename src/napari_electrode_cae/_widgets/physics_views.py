@@ -38,21 +38,16 @@ COLUMN_TITLES: tuple[str, ...] = ("Original", "Recon.", "Decoded")
 ORIGINAL, RECONSTRUCTION, DECODED = range(3)
 #: |rho| from which a heat-map cell is annotated with its value.
 ANNOTATE_ABS_RHO = 0.5
-#: Short heat-map labels of the metric columns.
-SHORT_NAMES = {
-    "pore_fraction": "pore",
-    "cbd_fraction": "CBD",
-    "active_fraction": "active",
-    "ssa_active_per_um": "SSA act",
-    "ssa_pore_solid_per_um": "SSA p/s",
-    "tpb_density_per_um2": "TPB",
-    "pore_connected_fraction_z": "conn pore",
-    "cbd_connected_fraction_z": "conn CBD",
-    "active_connected_fraction_z": "conn act",
-    "tortuosity_pore_z": "τ pore",
-}
 BACKGROUND = "#262930"
 FOREGROUND = "#f0f1f2"
+
+
+def short_label(name: str) -> str:
+    """The registry's short label of a metric column (the name itself if it has none)."""
+    try:
+        return metric_registry.get(name).short_label
+    except metric_registry.MetricError:
+        return name
 
 
 def format_metric(value: float | None, kind: str) -> str:
@@ -204,7 +199,7 @@ class CorrelationHeatmap(QWidget):
         )
         ax.set_xticks(range(m))
         ax.set_xticklabels(
-            [SHORT_NAMES.get(n, n) for n in names],
+            [short_label(n) for n in names],
             rotation=55,
             ha="right",
             rotation_mode="anchor",
