@@ -180,10 +180,13 @@ def test_write_then_read_reproduces_the_phase_ids(tmp_path, case, suffix):
     path = tmp_path / f"stack{suffix}"
     write_stack(path, ElectrodeStack(labels), values=values)
     back = read_stack(path)
-    if suffix == ".tif":  # the TIFF carries its mapping: exact round trip, whatever the order
-        np.testing.assert_array_equal(back.labels, labels)
-        assert back.phase_mapping == {v: PHASES[i] for i, v in enumerate(values)}
-    else:  # a .npy file does not: the inferred mapping is applied
+    # the TIFF carries its mapping, the .npy a sidecar: exact round trip, whatever the order
+    np.testing.assert_array_equal(back.labels, labels)
+    assert back.phase_mapping == {v: PHASES[i] for i, v in enumerate(values)}
+    if suffix == ".npy":  # a bare .npy (no sidecar): the inferred mapping is applied
+        for sidecar in tmp_path.glob("*.phases.json"):
+            sidecar.unlink()
+        back = read_stack(path)
         doubled = [2 * c for c in counts]
         assert back.phase_mapping == infer_phase_mapping(values, doubled)
         ids = {v: PHASES.index(name) for v, name in back.phase_mapping.items()}
