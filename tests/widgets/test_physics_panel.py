@@ -157,7 +157,11 @@ def test_correlations_heatmap_strongest_and_export(qtbot, panel_and_state, train
     assert names[-2:] == ["depth z", "CAL tag"] and "tortuosity_pore_z" not in names
     assert panel.heatmap.data.shape == (k, len(names))
     assert np.all(np.abs(panel.heatmap.data[np.isfinite(panel.heatmap.data)]) <= 1)
-    assert 1 <= len(panel.strongest_texts()) <= 5
+    # only surviving pairs are coloured and listed; none listed -> the study's note says why
+    assert np.array_equal(panel.heatmap.survives, result.study.survives)
+    assert len(panel.strongest_texts()) == min(int(result.study.survives.sum()), 8)
+    if not result.study.survives.any():
+        assert result.study.note in panel.strongest_label.text()
     assert panel.progress_bar.value() == 12
 
     # a popped-out heat map shows the same data
@@ -173,7 +177,9 @@ def test_correlations_heatmap_strongest_and_export(qtbot, panel_and_state, train
     )
     assert "pore_fraction" in rows[0] and rows[0]["split"] in ("train", "val")
     with open(corr, newline="") as f:
-        assert len(list(csv.DictReader(f))) == k * len(names)
+        table = list(csv.DictReader(f))
+    assert len(table) == k * len(names)
+    assert {"q_value_bh", "partial_rho_given_fractions", "survives"} <= set(table[0])
 
     # other windows: the correlations and their count go
     state.window = core.WindowSpec(length=4, stride=4, crop=16)
@@ -185,7 +191,8 @@ def test_correlations_heatmap_strongest_and_export(qtbot, panel_and_state, train
 
 def test_all_windows_and_stop_leave_the_panel_usable(qtbot, panel_and_state):
     _, state, panel = panel_and_state
-    n = len(state.dataset)
+    n = len(core.analysis.independent_windows(state.dataset))  # 24 of the 40 share no voxel
+    assert n < len(state.dataset)
     panel.corr_tau_check.setChecked(True)
     panel.compute_correlations()
     panel.stop_correlations()

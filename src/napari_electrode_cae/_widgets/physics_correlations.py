@@ -1,9 +1,11 @@
 """The Physics tab's correlations, CSV export and pop-out docks.
 
 :class:`PhysicsCorrelations` is the part of :class:`.physics_panel.PhysicsPanel` that measures
-many windows in a generator worker (progress in the bar, Stop), correlates their metrics with
-the latent features (the heat map and the strongest pairs), writes both to CSV, and shows the
-table or the heat map in docks of their own.
+many non-overlapping windows in a generator worker (progress in the bar, Stop), runs the
+honest correlation study of their metrics and the latent features (Benjamini-Hochberg FDR,
+against a random encoder, partial rho given the phase fractions: only surviving pairs are
+coloured in the heat map and listed, and the study's note says when nothing survives), writes
+both to CSV, and shows the table or the heat map in docks of their own.
 """
 
 from __future__ import annotations
@@ -19,23 +21,38 @@ from qtpy.QtWidgets import (
 from ..core import ElectrodeCAEError
 from ..core.analysis import (
     WindowMetricsProgress,
-    select_windows,
-    write_correlations_csv,
+    independent_windows,
     write_metrics_csv,
+    write_study_csv,
 )
+from ..core.evaluation import format_p
 from .physics_jobs import (
     CorrelationResult,
     PhysicsPanelError,
     correlation_job,
 )
-from .physics_views import CorrelationHeatmap, MetricsTable, format_seconds
+from .physics_views import CorrelationHeatmap, MetricsTable, format_seconds, short_label
 from .results_panel import NO_MODEL_MESSAGE
 
-#: Default cap on the number of windows analysed for the correlations.
+#: Default cap on the number of (non-overlapping) windows analysed for the correlations.
 DEFAULT_MAX_WINDOWS = 200
+#: Surviving pairs listed under the heat map.
+TOP_SURVIVORS = 8
+#: Colour of the study's note when nothing survives (napari's warning orange).
+NOTHING_SURVIVES_COLOUR = "#ffb347"
 #: The correlation progress bar's text before the first run, and while one runs.
 NOT_MEASURED_FORMAT = "no windows measured yet"
 PROGRESS_FORMAT = "%v / %m windows"
+
+
+def survivor_text(j: int, name: str, rho: float, q: float, partial: float) -> str:
+    """``"z3 ~ pore τ: ρ = +0.52, q = 0.003, partial ρ = +0.31"`` (one surviving pair)."""
+    given = "n/a" if not np.isfinite(partial) else f"{partial:+.2f}"
+    q_text = format_p(q)
+    return (
+        f"z{j + 1} ~ {short_label(name)}: ρ = {rho:+.2f}, "
+        f"q {'' if q_text.startswith('<') else '= '}{q_text}, partial ρ = {given}"
+    )
 
 
 class PhysicsCorrelations:
@@ -77,12 +94,16 @@ class PhysicsCorrelations:
                 if self.state.model is None
                 else f"no windows: {self.state.window_error}"
             )
-        indices = select_windows(
-            np.arange(len(dataset)), self.max_windows_spin.value(), seed=self.state.seed
+        # only windows that share no voxel: overlapping ones are near copies of each other and
+        # would make every p-value far too small
+        indices = independent_windows(
+            dataset, max_windows=self.max_windows_spin.value(), seed=self.state.seed
         )
         if len(indices) < 3:
             raise PhysicsPanelError(
-                f"correlations need at least 3 windows, there are {len(indices)}"
+                f"correlations need at least 3 non-overlapping windows, there are "
+                f"{len(indices)} of {len(dataset)}: use more or larger stacks, or shorter "
+                "windows"
             )
         latents = self._latents_for(indices)
         split = self.state.split
@@ -99,6 +120,8 @@ class PhysicsCorrelations:
             latents,
             with_tau,
             splits,
+            self.state.model,
+            self.state.seed,
             on_yielded=self._on_corr_progress,
             on_returned=self._on_corr_returned,
             on_errored=self._on_corr_errored,
@@ -110,9 +133,8 @@ class PhysicsCorrelations:
         self.progress_bar.setRange(0, len(indices))
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat(PROGRESS_FORMAT)
-        subset = "" if len(indices) == len(dataset) else (f" (seeded subset of {len(dataset)})")
         self.corr_label.setText(
-            f"measuring {len(indices)} windows{subset}"
+            f"measuring {len(indices)} non-overlapping windows (of {len(dataset)})"
             + (" with tortuosity" if with_tau else "")
             + " …"
         )
@@ -158,18 +180,28 @@ class PhysicsCorrelations:
 
     def _show_correlation(self, result: CorrelationResult) -> None:
         self.correlation = result
+        study = result.study
         for heatmap in self._heatmaps:
-            heatmap.set_correlations(result.names, result.rho)
-        n = len(result.indices)
+            heatmap.set_study(study)
         self.corr_label.setText(
-            f"{n} windows, {len(result.names)} variables, {format_seconds(result.seconds)}"
+            f"{study.n_windows} non-overlapping windows, {len(result.names)} variables, "
+            f"{format_seconds(result.seconds)}"
             + ("" if result.tortuosity else "; tortuosity left out")
         )
-        lines = [
-            f"z{j + 1} ~ {name}: ρ = {rho:+.2f} (p {p:.2g})" for j, name, rho, p in result.strongest
-        ]
-        self.strongest_label.setText(
-            "<b>Strongest</b><br>" + "<br>".join(lines) if lines else "no finite correlation"
+        survivors = study.surviving()
+        lines = [survivor_text(*entry) for entry in survivors[:TOP_SURVIVORS]]
+        if len(survivors) > TOP_SURVIVORS:
+            lines.append(f"… and {len(survivors) - TOP_SURVIVORS} more (Export CSV)")
+        if lines:
+            text = f"<b>Surviving</b> ({study.note})<br>" + "<br>".join(lines)
+        else:  # never an empty list in silence
+            text = f'<b style="color:{NOTHING_SURVIVES_COLOUR}">{study.note}</b>'
+        self.strongest_label.setText(text)
+        self.strongest_label.setToolTip(
+            "Spearman rho over windows that share no voxel; a pair survives when its "
+            f"Benjamini-Hochberg q < {study.alpha:g} and its |rho| beats every one a "
+            "never-trained encoder of the same shape reaches with that variable. partial: rho "
+            "holding the pore and CBD fractions fixed."
         )
         self._update_buttons()
 
@@ -190,9 +222,15 @@ class PhysicsCorrelations:
         self._update_buttons()
 
     def strongest_texts(self) -> list[str]:
-        """The strongest-correlation lines under the heat map."""
-        text = self.strongest_label.text().replace("<b>Strongest</b><br>", "")
-        return [line for line in text.split("<br>") if line]
+        """The surviving-correlation lines under the heat map (none when nothing survives)."""
+        text = self.strongest_label.text()
+        if not text.startswith("<b>Surviving</b>"):
+            return []
+        return [line for line in text.split("<br>")[1:] if line]
+
+    def study_note(self) -> str:
+        """The last correlation study's note ("" before any)."""
+        return "" if self.correlation is None else self.correlation.study.note
 
     # ------------------------------------------------------------------------------- export
     def export_metrics(self, path: str | Path) -> tuple[Path, Path]:
@@ -202,7 +240,9 @@ class PhysicsCorrelations:
         ----------
         path : str or Path
             The metrics CSV (one row per analysed window); the correlations go next to it as
-            ``<stem>_correlations.csv`` (one row per latent feature and variable).
+            ``<stem>_correlations.csv`` (one row per latent feature and variable: rho, p, q,
+            partial rho, the random encoder's best |rho| and whether the pair survives, as
+            ``electrode-cae physics`` writes).
 
         Returns
         -------
@@ -219,12 +259,7 @@ class PhysicsCorrelations:
             raise PhysicsPanelError("no per-window metrics yet: press Compute correlations first")
         path = Path(path)
         metrics_path = write_metrics_csv(path, result.rows)
-        corr_path = write_correlations_csv(
-            path.with_name(f"{path.stem}_correlations.csv"),
-            result.names,
-            result.rho,
-            result.p_values,
-        )
+        corr_path = write_study_csv(path.with_name(f"{path.stem}_correlations.csv"), result.study)
         return metrics_path, corr_path
 
     def _on_export_clicked(self) -> None:
@@ -270,7 +305,7 @@ class PhysicsCorrelations:
             return self._heatmap_dock
         heatmap = CorrelationHeatmap(min_height=300)
         if self.correlation is not None:
-            heatmap.set_correlations(self.correlation.names, self.correlation.rho)
+            heatmap.set_study(self.correlation.study)
         self._heatmaps.append(heatmap)
         dock = self.viewer.window.add_dock_widget(
             heatmap, name="Physics: latent correlations", area="bottom"

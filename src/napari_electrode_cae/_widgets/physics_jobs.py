@@ -2,7 +2,9 @@
 
 Plain functions of core objects (no Qt, no viewer), run by the panel's workers: the metrics of
 a window, of its reconstruction and of a decoded volume (the cheap ones first, the pore
-tortuosity separately), and the latent-metric correlation analysis over many windows.
+tortuosity separately), and the latent-metric correlation study over non-overlapping windows
+(:func:`~napari_electrode_cae.core.analysis.correlation_study`: FDR-corrected, against a
+random encoder, with partial correlations given the phase fractions).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import torch
 
 from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, WindowDataset
 from ..core.analysis import (
+    CorrelationStudy,
+    correlation_study,
     iter_window_metrics,
-    latent_metric_correlations,
-    strongest_correlations,
+    metric_columns,
+    random_encoder_latents,
     volume_metrics,
 )
 from ..core.model import ConvAutoEncoder3d
@@ -86,26 +90,26 @@ class TortuosityPair:
 
 @dataclass(frozen=True)
 class CorrelationResult:
-    """Per-window metrics and their Spearman correlation with the latent features.
+    """Per-window metrics of non-overlapping windows and their honest correlation study.
 
     Attributes
     ----------
     dataset : WindowDataset
         The windows analysed (to drop results of a replaced dataset).
     indices : numpy.ndarray
-        int64 (n,) window indices analysed.
+        int64 (n,) window indices analysed (no two share a voxel).
     rows : list of dict
         :func:`~napari_electrode_cae.core.analysis.window_metrics` rows, one per window.
     extra : dict
         ``{"depth z": (n,), "CAL tag": (n,)}`` float arrays (tag 1 CAL, 0 UNCAL, NaN unknown).
-    names : list of str
-        The m correlated variables (metrics, then depth and tag).
-    rho, p_values : numpy.ndarray
-        (k, m) Spearman coefficients and p-values.
-    strongest : list of tuple
-        Top 5 ``(latent j (0-based), name, rho, p)`` by |rho|.
+    study : CorrelationStudy
+        Spearman rho, p, Benjamini-Hochberg q, partial rho given the phase fractions, the random
+        encoder's strongest |rho| per variable, which pairs survive and the note for the user.
+    random_latents : numpy.ndarray
+        (n, k) features of the same windows from a never-trained encoder of the model's
+        configuration (kept to redo the study when the latents change).
     seconds : float
-        Time taken by the metrics and correlations, in seconds.
+        Time taken by the metrics and the study, in seconds.
     tortuosity : bool
         Whether the pore tortuosity was computed.
     """
@@ -114,12 +118,42 @@ class CorrelationResult:
     indices: np.ndarray
     rows: list
     extra: dict
-    names: list
-    rho: np.ndarray
-    p_values: np.ndarray
-    strongest: list
+    study: CorrelationStudy
+    random_latents: np.ndarray
     seconds: float
     tortuosity: bool
+
+    @property
+    def names(self) -> list[str]:
+        """The m correlated variables (metrics, then depth and tag)."""
+        return self.study.names
+
+    @property
+    def rho(self) -> np.ndarray:
+        """(k, m) Spearman rho of every pair (survivors or not)."""
+        return self.study.rho
+
+    @property
+    def p_values(self) -> np.ndarray:
+        return self.study.p_values
+
+
+def study_columns(rows: list, extra: dict) -> dict[str, np.ndarray]:
+    """The per-window variables of ``rows`` (original's metrics) plus ``extra``, as arrays."""
+    columns = {name: np.array([float(r[name]) for r in rows]) for name in metric_columns(rows)}
+    columns.update({name: np.asarray(values, dtype=float) for name, values in extra.items()})
+    return columns
+
+
+def study_of(latents: np.ndarray, result: CorrelationResult) -> CorrelationStudy:
+    """The correlation study of new ``latents`` of ``result``'s windows (cheap: no metrics, the
+    random encoder's features reused)."""
+    return _checked(
+        correlation_study,
+        latents,
+        study_columns(result.rows, result.extra),
+        random_latents=result.random_latents,
+    )
 
 
 def _checked(function, *args, **kwargs):
@@ -252,8 +286,14 @@ def correlation_job(
     latents: np.ndarray,
     with_tortuosity: bool,
     splits: dict,
+    model: ConvAutoEncoder3d,
+    seed: int = 0,
 ):
     """Generator run by the correlation worker: yields progress, returns a CorrelationResult.
+
+    ``indices`` should share no voxel (:func:`~napari_electrode_cae.core.analysis.
+    independent_windows`): the study's p-values assume independent windows. ``model`` gives only
+    its configuration, for the random encoder of the baseline (``seed``).
 
     Every error is raised as an :class:`~napari_electrode_cae.core.ElectrodeCAEError` (a
     RuntimeError would end superqt's generator worker without a ``finished`` signal).
@@ -278,17 +318,18 @@ def correlation_job(
         depth = np.array([float(r["z"]) for r in rows])
         tags = np.array([tag_value(dataset.stacks[int(r["stack"])].calendered) for r in rows])
         extra = {DEPTH_COLUMN: depth, TAG_COLUMN: tags}
-        names, rho, p = _checked(latent_metric_correlations, latents, rows, extra=extra)
-        strongest = strongest_correlations(names, rho, p, top=5)
+        chosen = [int(r["window"]) for r in rows]
+        random_latents = _checked(random_encoder_latents, model, dataset, chosen, seed)
+        study = _checked(
+            correlation_study, latents, study_columns(rows, extra), random_latents=random_latents
+        )
         return CorrelationResult(
             dataset,
             np.asarray(indices, dtype=np.int64),
             rows,
             extra,
-            names,
-            rho,
-            p,
-            strongest,
+            study,
+            random_latents,
             time.perf_counter() - start,
             with_tortuosity,
         )

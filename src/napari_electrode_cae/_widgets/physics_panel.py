@@ -17,10 +17,12 @@ volume. For the decoded volume the tortuosity is solved only once the slider has
 tagged with a generation number and dropped when a newer volume has arrived meanwhile.
 
 Bottom: "Compute correlations" runs :func:`~napari_electrode_cae.core.analysis.
-iter_window_metrics` over all windows (or a seeded subset) in a stoppable generator worker, then
-:func:`~napari_electrode_cae.core.analysis.latent_metric_correlations` of ``state.latents`` with
-the metrics, the window depth and the CAL tag, drawn as a heat map (rows: latent features; also
-available in a dock of its own, large enough to read).
+iter_window_metrics` over the windows that share no voxel (or a seeded subset of them) in a
+stoppable generator worker, then :func:`~napari_electrode_cae.core.analysis.correlation_study`
+of ``state.latents`` with the metrics, the window depth and the CAL tag (FDR-corrected, against a
+random encoder, partial rho given the phase fractions). The heat map colours only the pairs that
+survive (rows: latent features; also in a dock of its own, large enough to read); the list
+under it gives their q and partial rho, or the study's note when nothing survives.
 
 The jobs are in :mod:`.physics_jobs`, the table and heat map in :mod:`.physics_views`, and the
 correlations, CSV export and docks in :mod:`.physics_correlations`.
@@ -28,6 +30,7 @@ correlations, CSV export and docks in :mod:`.physics_correlations`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +48,6 @@ from qtpy.QtWidgets import (
 
 from .. import _layers
 from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError
-from ..core.analysis import latent_metric_correlations, strongest_correlations
 from ..core.model import ConvAutoEncoder3d
 from .live_decoder import ChainedRunner, model_snapshot
 from .panel_base import SHUTDOWN_TIMEOUT_S, Panel, WorkerSet
@@ -70,6 +72,7 @@ from .physics_jobs import (  # noqa: F401 (re-exported: tests and benchmarks use
     correlation_job,
     measure_tortuosity,
     measure_volume,
+    study_of,
     tag_value,
     window_physics,
     window_tortuosity,
@@ -362,30 +365,16 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         if result is None:
             return
         latents = self._latents_for(result.indices, quiet=True)
-        if latents is None:
+        if latents is None or latents.shape[1] != result.random_latents.shape[1]:
+            # (another latent size: the random-encoder baseline is another model's)
             self._clear_correlation("latents changed: compute the correlations again")
             return
         try:
-            names, rho, p = _checked(
-                latent_metric_correlations, latents, result.rows, extra=result.extra
-            )
+            study = study_of(latents, result)
         except ElectrodeCAEError as exc:
             self._report_error(exc)
             return
-        self._show_correlation(
-            CorrelationResult(
-                result.dataset,
-                result.indices,
-                result.rows,
-                result.extra,
-                names,
-                rho,
-                p,
-                strongest_correlations(names, rho, p, top=5),
-                result.seconds,
-                result.tortuosity,
-            )
-        )
+        self._show_correlation(replace(result, study=study))
 
     # ------------------------------------------------------------------- window columns
     def _request_window(self) -> None:

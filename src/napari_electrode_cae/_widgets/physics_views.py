@@ -133,18 +133,23 @@ class MetricsTable(QTableWidget):
 class CorrelationHeatmap(QWidget):
     """Latent features (rows) × variables (columns) Spearman rho, diverging colours −1..1.
 
-    Cells with |rho| ≥ :data:`ANNOTATE_ABS_RHO` are annotated with their value; NaN cells
-    (constant variable, e.g. one tag only) are grey.
+    With a :class:`~napari_electrode_cae.core.analysis.CorrelationStudy` (:meth:`set_study`)
+    only the pairs that survive are coloured and annotated; the others are grey, and the title
+    says how many survive (or that none does). Cells with |rho| ≥ :data:`ANNOTATE_ABS_RHO` are
+    annotated with their value; NaN cells (constant variable, e.g. one tag only) are grey.
 
     Attributes
     ----------
     data : numpy.ndarray or None
-        (k, m) rho currently shown.
+        (k, m) rho currently coloured (NaN where masked: not surviving or undefined).
+    survives : numpy.ndarray or None
+        (k, m) bool mask of the study shown (None for plain rho).
     """
 
     def __init__(self, min_height: int = 240, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.data: np.ndarray | None = None
+        self.survives: np.ndarray | None = None
         self.names: list[str] = []
         self.figure = Figure(figsize=(4.0, 3.0), dpi=90, facecolor=BACKGROUND, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
@@ -174,17 +179,45 @@ class CorrelationHeatmap(QWidget):
         self._draw()
 
     def clear(self) -> None:
-        self.data, self.names = None, []
+        self.data, self.survives, self.names = None, None, []
         self._draw_empty()
 
-    def set_correlations(self, names: list[str], rho: np.ndarray) -> None:
-        """Draw (k, m) ``rho`` for the m variables ``names``."""
+    def set_study(self, study) -> None:
+        """Draw a correlation study: surviving pairs coloured, the others grey."""
+        survives = np.asarray(study.survives, dtype=bool)
+        count, defined = int(survives.sum()), int(np.isfinite(study.rho).sum())
+        if count:
+            title = (
+                f"{count} of {defined} pairs survive (FDR {study.alpha:g}, vs random encoder, "
+                f"{study.n_windows} windows); grey: not significant"
+            )
+        else:
+            title = (
+                f"nothing survives over {study.n_windows} non-overlapping windows "
+                f"(FDR {study.alpha:g}, vs random encoder): all cells masked"
+            )
+        self.set_correlations(study.names, study.rho, survives=survives, title=title)
+
+    def set_correlations(
+        self,
+        names: list[str],
+        rho: np.ndarray,
+        survives: np.ndarray | None = None,
+        title: str = "",
+    ) -> None:
+        """Draw (k, m) ``rho`` for the m variables ``names``; with ``survives`` only those cells
+        are coloured (the others grey), ``title`` above."""
         rho = np.asarray(rho, dtype=float)
+        if survives is not None:
+            rho = np.where(survives, rho, np.nan)
         self.data, self.names = rho, list(names)
+        self.survives = None if survives is None else np.asarray(survives, dtype=bool)
         k, m = rho.shape
         fig = self.figure
         fig.clear()
         ax = fig.add_subplot()
+        if title:
+            ax.set_title(title, fontsize=7, color=FOREGROUND, wrap=True)
         ax.set_facecolor(BACKGROUND)
         from matplotlib import colormaps
 
