@@ -13,8 +13,9 @@ from napari_electrode_cae.core import prediction
 #: Small windows so that a (32, 64, 64) stack holds 128 non-overlapping ones.
 SPEC = core.WindowSpec(length=4, stride=4, crop=16)
 MODEL = core.ModelConfig(4, 16, 3, 32, 4, "batch", "phases")
-TRAIN = core.TrainConfig(epochs=8, batch_size=16, lr=3e-3, seed=0, split="blocked",
-                         device="cpu", phase_loss="ce_dice")
+TRAIN = core.TrainConfig(
+    epochs=8, batch_size=16, lr=3e-3, seed=0, split="blocked", device="cpu", phase_loss="ce_dice"
+)
 #: Metrics the shared predictor fits (cheap ones: tests stay fast).
 NAMES = ("pore_fraction", "cbd_fraction", "ssa_active_per_um")
 

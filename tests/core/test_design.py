@@ -11,8 +11,9 @@ from tests.trained_tiny_run import fitted_report, trained
 def _design(targets, **kwargs):
     model, data, _ = trained()
     kwargs.setdefault("candidates", 2)
-    return design.design(model, fitted_report().predictor, targets,
-                         voxel_size_um=data.voxel_size_um, **kwargs)
+    return design.design(
+        model, fitted_report().predictor, targets, voxel_size_um=data.voxel_size_um, **kwargs
+    )
 
 
 def test_target_inside_the_training_range_is_reached_as_measured():
@@ -42,8 +43,12 @@ def test_impossible_target_gets_nearest_values_and_the_binding_constraint():
 
 
 def test_fraction_targets_that_cannot_add_up_name_the_conflict():
-    result = _design(["pore_fraction=0.70:0.01", "cbd_fraction>=0.4"], candidates=1,
-                     rounds=1, refine_evaluations=0)
+    result = _design(
+        ["pore_fraction=0.70:0.01", "cbd_fraction>=0.4"],
+        candidates=1,
+        rounds=1,
+        refine_evaluations=0,
+    )
     assert not result.reached
     assert any("add up to 1" in b for b in result.binding)
 
@@ -55,23 +60,29 @@ def test_objective_alone_ranks_candidates_by_measured_value():
     assert all(c.meets_targets for c in result.candidates)  # no targets: nothing to miss
 
 
-@pytest.mark.parametrize("text, kind, value, tol", [
-    ("pore_fraction=0.40:0.01", "equal", 0.40, 0.01),
-    ("tortuosity_pore_z<=1.6", "at_most", 1.6, 0.0),
-    ("cbd_fraction >= 0.12", "at_least", 0.12, 0.0),
-])
+@pytest.mark.parametrize(
+    "text, kind, value, tol",
+    [
+        ("pore_fraction=0.40:0.01", "equal", 0.40, 0.01),
+        ("tortuosity_pore_z<=1.6", "at_most", 1.6, 0.0),
+        ("cbd_fraction >= 0.12", "at_least", 0.12, 0.0),
+    ],
+)
 def test_parse_target(text, kind, value, tol):
     t = design.parse_target(text)
     assert (t.kind, t.value, t.tolerance) == (kind, value, tol)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("porosity=0.4:0.01", "unknown metric"),
-    ("pore_fraction=0.4", "needs a tolerance"),
-    ("pore_fraction=1.5:0.01", "outside the possible values"),
-    ("pore_fraction~0.4", "cannot read target"),
-    ("pore_fraction<=0.4:0.1", "only goes with"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("porosity=0.4:0.01", "unknown metric"),
+        ("pore_fraction=0.4", "needs a tolerance"),
+        ("pore_fraction=1.5:0.01", "outside the possible values"),
+        ("pore_fraction~0.4", "cannot read target"),
+        ("pore_fraction<=0.4:0.1", "only goes with"),
+    ],
+)
 def test_bad_targets_are_one_clear_error(text, message):
     with pytest.raises(ElectrodeCAEError, match=message):
         design.parse_target(text)
@@ -88,8 +99,7 @@ def test_written_candidate_reads_back_exactly(tmp_path):
     stack = io.read_stack(tmp_path / "out" / "candidate_01.tif")
     np.testing.assert_array_equal(stack.labels, result.candidates[0].labels)
     assert stack.voxel_size_um == pytest.approx(0.398)
-    latent = np.loadtxt(tmp_path / "out" / "candidate_01_latent.csv", delimiter=",",
-                        skiprows=1)
+    latent = np.loadtxt(tmp_path / "out" / "candidate_01_latent.csv", delimiter=",", skiprows=1)
     np.testing.assert_allclose(latent, result.candidates[0].latent, rtol=1e-7)
     assert (tmp_path / "out" / "design.json") in paths
     header = (tmp_path / "out" / "candidates.csv").read_text().splitlines()[0]

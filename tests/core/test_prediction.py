@@ -16,7 +16,7 @@ def test_independent_windows_share_no_voxel():
     grid = np.asarray(data.grid)[chosen]
     assert len(chosen) == 128
     for a in range(len(grid)):
-        d = np.abs(grid[a + 1:] - grid[a])
+        d = np.abs(grid[a + 1 :] - grid[a])
         overlap = (d[:, 1] < data.spec.length) & (d[:, 2] < 16) & (d[:, 3] < 16)
         assert not overlap.any()
 
@@ -78,8 +78,7 @@ def test_saved_predictor_predicts_as_the_fitted_one(tmp_path):
 def test_too_few_windows_is_a_clear_error():
     model, data, _ = trained()
     with pytest.raises(ElectrodeCAEError, match="non-overlapping windows"):
-        prediction.fit_prediction(model, data, max_windows=5, n_folds=4,
-                                  names=["pore_fraction"])
+        prediction.fit_prediction(model, data, max_windows=5, n_folds=4, names=["pore_fraction"])
 
 
 def test_missing_prediction_file_says_what_to_run(tmp_path):

@@ -60,14 +60,22 @@ THUMBNAIL = 56
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def design_job(model, dataset, predictor, targets, options: dict, needs_costly: bool,
-               done_flag: threading.Event):
+def design_job(
+    model,
+    dataset,
+    predictor,
+    targets,
+    options: dict,
+    needs_costly: bool,
+    done_flag: threading.Event,
+):
     """Worker generator: (fit the regressors,) design; returns (fit report or None, result)."""
     try:
         report = None
         if predictor is None:
             report = yield from prediction.iter_fit_prediction(
-                model, dataset, max_windows=options.pop("max_windows"), tortuosity=needs_costly)
+                model, dataset, max_windows=options.pop("max_windows"), tortuosity=needs_costly
+            )
             predictor = report.predictor
         else:
             options.pop("max_windows")
@@ -82,8 +90,9 @@ def thumbnail(labels: np.ndarray, size: int = THUMBNAIL) -> QPixmap:
     plane = np.ascontiguousarray(PHASE_COLOURS[np.clip(labels[labels.shape[0] // 2], 0, 2)])
     h, w = plane.shape[:2]
     image = QImage(plane.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
-    return QPixmap.fromImage(image).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
-                                           Qt.TransformationMode.FastTransformation)
+    return QPixmap.fromImage(image).scaled(
+        size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation
+    )
 
 
 class TargetRow(QWidget):
@@ -132,8 +141,12 @@ class TargetRow(QWidget):
 
     def target(self) -> core_design.Target:
         kind = self.op_combo.currentData()
-        return core_design.Target(self.metric_combo.currentData(), kind, self.value_spin.value(),
-                                  self.tol_spin.value() if kind == "equal" else 0.0)
+        return core_design.Target(
+            self.metric_combo.currentData(),
+            kind,
+            self.value_spin.value(),
+            self.tol_spin.value() if kind == "equal" else 0.0,
+        )
 
 
 class DesignPanel(QWidget):
@@ -155,8 +168,13 @@ class DesignPanel(QWidget):
         The last finished design.
     """
 
-    def __init__(self, viewer: napari.Viewer, state: CAEState,
-                 latent_panel: LatentPanel | None = None, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        state: CAEState,
+        latent_panel: LatentPanel | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
@@ -169,8 +187,10 @@ class DesignPanel(QWidget):
         self.target_rows: list[TargetRow] = []
         self._build_ui()
         self.add_target("pore_fraction", "equal", 0.40, 0.01)
-        self._connections = [(state.events.model_version, self._on_model_changed),
-                             (state.events.dataset, self._update_buttons)]
+        self._connections = [
+            (state.events.model_version, self._on_model_changed),
+            (state.events.dataset, self._update_buttons),
+        ]
         for signal, slot in self._connections:
             signal.connect(slot)
         self._update_buttons()
@@ -180,7 +200,8 @@ class DesignPanel(QWidget):
         content = QWidget()
         self.intro_label = QLabel(
             "State targets on the physics metrics; candidates are searched on the run's "
-            "regressors, then decoded and <b>measured</b> — only measured values pass.")
+            "regressors, then decoded and <b>measured</b> — only measured values pass."
+        )
         self.intro_label.setWordWrap(True)
         self.targets_box = QVBoxLayout()
         self.add_button = QPushButton("Add target")
@@ -205,8 +226,9 @@ class DesignPanel(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.clicked.connect(self.stop)
         self.export_button = QPushButton("Export…")
-        self.export_button.setToolTip("the selected candidate as a phase TIFF plus its latent "
-                                      "vector (<name>_latent.csv)")
+        self.export_button.setToolTip(
+            "the selected candidate as a phase TIFF plus its latent vector (<name>_latent.csv)"
+        )
         self.export_button.clicked.connect(self._on_export_clicked)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -243,8 +265,13 @@ class DesignPanel(QWidget):
         layout.addWidget(self.binding_label)
         fill_with_scrolling(self, content)
 
-    def add_target(self, metric: str = "pore_fraction", kind: str = "equal",
-                   value: float = 0.40, tolerance: float = 0.01) -> TargetRow:
+    def add_target(
+        self,
+        metric: str = "pore_fraction",
+        kind: str = "equal",
+        value: float = 0.40,
+        tolerance: float = 0.01,
+    ) -> TargetRow:
         """Add a target row (and return it)."""
         row = TargetRow()
         row.set(metric, kind, value, tolerance)
@@ -262,17 +289,20 @@ class DesignPanel(QWidget):
     def _objective(self) -> dict:
         choice = self.objective_combo.currentIndex()
         name = self.objective_metric.currentData()
-        return {} if choice == 0 else (
-            {"maximize": name} if choice == 1 else {"minimize": name})
+        return {} if choice == 0 else ({"maximize": name} if choice == 1 else {"minimize": name})
 
     def _update_buttons(self, _event: Any = None) -> None:
         running = self._worker is not None
-        ready = self.state.model is not None and self.state.dataset is not None \
+        ready = (
+            self.state.model is not None
+            and self.state.dataset is not None
             and self.state.model_matches_dataset()
+        )
         self.run_button.setEnabled(ready and not running)
         self.stop_button.setEnabled(running)
-        self.export_button.setEnabled(self.result is not None and bool(self.result.candidates)
-                                      and not running)
+        self.export_button.setEnabled(
+            self.result is not None and bool(self.result.candidates) and not running
+        )
         if not ready and not running:
             self.status_label.setText("train a model or open a run (with its windows) first")
         elif self.status_label.text().startswith("train a model"):
@@ -314,13 +344,24 @@ class DesignPanel(QWidget):
         predictor = self._predictor()
         if predictor is not None and not all(n in predictor.names for n in used):
             predictor = None  # refit with the metrics the targets need
-        options = {"candidates": self.candidates_spin.value(),
-                   "voxel_size_um": self.state.dataset.voxel_size_um,
-                   "max_windows": prediction.DEFAULT_MAX_WINDOWS, **objective}
+        options = {
+            "candidates": self.candidates_spin.value(),
+            "voxel_size_um": self.state.dataset.voxel_size_um,
+            "max_windows": prediction.DEFAULT_MAX_WINDOWS,
+            **objective,
+        }
         self._done.clear()
-        worker = create_worker(design_job, model_snapshot(self.state.model), self.state.dataset,
-                               predictor, targets, options, needs_costly, self._done,
-                               _start_thread=False)
+        worker = create_worker(
+            design_job,
+            model_snapshot(self.state.model),
+            self.state.dataset,
+            predictor,
+            targets,
+            options,
+            needs_costly,
+            self._done,
+            _start_thread=False,
+        )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
@@ -328,8 +369,9 @@ class DesignPanel(QWidget):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._model_at_start = self.state.model
-        self.status_label.setText("fitting the regressors first …" if predictor is None
-                                  else "searching …")
+        self.status_label.setText(
+            "fitting the regressors first …" if predictor is None else "searching …"
+        )
         self._update_buttons()
         worker.start()
 
@@ -384,14 +426,20 @@ class DesignPanel(QWidget):
             lines = []
             for t in result.targets:
                 v = c.measured[t.metric]
-                lines.append(f"{'✓' if t.met(v) else '✗'} {metric_registry.label(t.metric)}: "
-                             f"{metric_registry.format_value(t.metric, v)}")
-                lines.append(f"    target {t.describe().split(' ', 1)[1]}, predicted "
-                             f"{metric_registry.format_value(t.metric, c.predicted[t.metric])}")
+                lines.append(
+                    f"{'✓' if t.met(v) else '✗'} {metric_registry.label(t.metric)}: "
+                    f"{metric_registry.format_value(t.metric, v)}"
+                )
+                lines.append(
+                    f"    target {t.describe().split(' ', 1)[1]}, predicted "
+                    f"{metric_registry.format_value(t.metric, c.predicted[t.metric])}"
+                )
             if result.objective is not None and c.objective is not None:
                 sense, name = result.objective
-                lines.append(f"{sense}: {metric_registry.label(name)} "
-                             f"{metric_registry.format_value(name, c.objective)}")
+                lines.append(
+                    f"{sense}: {metric_registry.label(name)} "
+                    f"{metric_registry.format_value(name, c.objective)}"
+                )
             self.gallery.setItem(r, 2, QTableWidgetItem("\n".join(lines)))
             self.gallery.setRowHeight(r, max(THUMBNAIL + 6, 17 * len(lines) + 8))
         self.gallery.resizeColumnToContents(0)
@@ -401,13 +449,16 @@ class DesignPanel(QWidget):
             self.status_label.setText(
                 f"reached: {sum(c.meets_targets for c in result.candidates)} of "
                 f"{len(result.candidates)} candidates meet every target, measured "
-                f"({result.seconds:.1f} s)")
+                f"({result.seconds:.1f} s)"
+            )
             self.binding_label.setText("")
         else:
             self.status_label.setText(
-                "NOT reached — nearest measured: " + ", ".join(
-                    f"{k} {metric_registry.format_value(k, v)}"
-                    for k, v in result.nearest.items()))
+                "NOT reached — nearest measured: "
+                + ", ".join(
+                    f"{k} {metric_registry.format_value(k, v)}" for k, v in result.nearest.items()
+                )
+            )
             self.binding_label.setText("\n".join(result.binding))
         self._update_buttons()
 
@@ -423,8 +474,7 @@ class DesignPanel(QWidget):
         else:
             dataset = self.state.dataset
             voxel = dataset.voxel_size_um if dataset is not None else DEFAULT_VOXEL_SIZE_UM
-            _layers.add_phase_labels(self.viewer, candidate.labels.copy(), CANDIDATE_LAYER,
-                                     voxel)
+            _layers.add_phase_labels(self.viewer, candidate.labels.copy(), CANDIDATE_LAYER, voxel)
         self.status_label.setText(f"candidate {candidate.rank} loaded")
 
     def selected_index(self) -> int:
@@ -441,9 +491,9 @@ class DesignPanel(QWidget):
 
     def _on_export_clicked(self) -> None:
         index = self.selected_index()
-        path, _ = QFileDialog.getSaveFileName(self, "Export candidate",
-                                              f"candidate_{index + 1:02d}.tif",
-                                              "TIFF files (*.tif *.tiff)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export candidate", f"candidate_{index + 1:02d}.tif", "TIFF files (*.tif *.tiff)"
+        )
         if not path:
             return
         try:

@@ -48,8 +48,11 @@ SHUTDOWN_TIMEOUT_S = 10.0
 def fit_job(model, dataset, max_windows: int, n_folds: int, tortuosity: bool, done_flag):
     """Worker generator: yields PredictionProgress, returns the PredictionReport."""
     try:
-        return (yield from prediction.iter_fit_prediction(
-            model, dataset, max_windows=max_windows, n_folds=n_folds, tortuosity=tortuosity))
+        return (
+            yield from prediction.iter_fit_prediction(
+                model, dataset, max_windows=max_windows, n_folds=n_folds, tortuosity=tortuosity
+            )
+        )
     finally:
         done_flag.set()
 
@@ -91,9 +94,11 @@ class PredictionView(QWidget):
         self._measure_timer.setInterval(MEASURE_DELAY_MS)
         self._measure_timer.timeout.connect(self._start_measure)
         self._build_ui()
-        self._connections = [(state.events.model_version, self._on_model_version),
-                             (state.events.run_dir, self._on_model_version),
-                             (state.events.dataset, self._update_enabled)]
+        self._connections = [
+            (state.events.model_version, self._on_model_version),
+            (state.events.run_dir, self._on_model_version),
+            (state.events.dataset, self._update_enabled),
+        ]
         for signal, slot in self._connections:
             signal.connect(slot)
         self._on_model_version()
@@ -105,11 +110,13 @@ class PredictionView(QWidget):
         self.fit_button = QPushButton("Fit predictor")
         self.fit_button.setToolTip(
             "Measure non-overlapping windows and fit one Gaussian process per metric from the "
-            "latent vector; R² over blocked folds beside a random encoder's")
+            "latent vector; R² over blocked folds beside a random encoder's"
+        )
         self.fit_button.clicked.connect(self.fit)
         self.tau_check = QCheckBox("measure τ")
-        self.tau_check.setToolTip("also measure the pore tortuosity of the decoded volume "
-                                  "(the costly metric)")
+        self.tau_check.setToolTip(
+            "also measure the pore tortuosity of the decoded volume (the costly metric)"
+        )
         self.tau_check.toggled.connect(lambda _on: self._schedule_measure())
         row = QHBoxLayout()
         row.addWidget(self.fit_button)
@@ -135,8 +142,11 @@ class PredictionView(QWidget):
         names = self._rows()
         self.table.setRowCount(len(names))
         mean = std = {}
-        if self.predictor is not None and self._latent is not None \
-                and len(self._latent) == self.predictor.latent_dim:
+        if (
+            self.predictor is not None
+            and self._latent is not None
+            and len(self._latent) == self.predictor.latent_dim
+        ):
             mean, std = self.predictor.predict(self._latent)
         fits = (self.report or {}).get("metrics", {})
         for r, name in enumerate(names):
@@ -145,17 +155,28 @@ class PredictionView(QWidget):
             fit = fits.get(name)
             if fit is not None and fit.get("r2") is not None:
                 r2_random = fit.get("r2_random")
-                item.setToolTip(f"{name}: R² {fit['r2']:.2f} over blocked folds (random encoder "
-                                + ("n/a" if r2_random is None else f"{r2_random:.2f}") + ")"
-                                + ("" if fit.get("predicts") else " — not predicted"))
+                item.setToolTip(
+                    f"{name}: R² {fit['r2']:.2f} over blocked folds (random encoder "
+                    + ("n/a" if r2_random is None else f"{r2_random:.2f}")
+                    + ")"
+                    + ("" if fit.get("predicts") else " — not predicted")
+                )
             self.table.setItem(r, 0, item)
-            pred = "" if name not in mean else (
-                f"{metric_registry.format_value(m, mean[name], with_unit=False)} ± "
-                f"{std[name]:.2g}")
+            pred = (
+                ""
+                if name not in mean
+                else (
+                    f"{metric_registry.format_value(m, mean[name], with_unit=False)} ± "
+                    f"{std[name]:.2g}"
+                )
+            )
             self.table.setItem(r, 1, QTableWidgetItem(pred))
             measured = self._measured.get(name)
-            text = "" if measured is None else metric_registry.format_value(
-                m, measured, with_unit=False)
+            text = (
+                ""
+                if measured is None
+                else metric_registry.format_value(m, measured, with_unit=False)
+            )
             if measured is None and m.costly and not self.tau_check.isChecked():
                 text = "(tick measure τ)"
             self.table.setItem(r, 2, QTableWidgetItem(text))
@@ -172,21 +193,26 @@ class PredictionView(QWidget):
         self._labels = (labels, float(voxel_size_um))
         self._schedule_measure()
 
-    def set_predictor(self, predictor: prediction.Predictor | None,
-                      report: dict | None = None) -> None:
+    def set_predictor(
+        self, predictor: prediction.Predictor | None, report: dict | None = None
+    ) -> None:
         self.predictor = predictor
         self.report = report
         self._measured = {}
         if predictor is None:
-            self.status_label.setText("no predictor: press Fit predictor (or run "
-                                      "`electrode-cae predict RUN` and reopen the run)")
+            self.status_label.setText(
+                "no predictor: press Fit predictor (or run "
+                "`electrode-cae predict RUN` and reopen the run)"
+            )
         else:
             fits = (report or {}).get("metrics", {})
             good = [n for n, f in fits.items() if f.get("predicts")]
             self.status_label.setText(
                 f"{len(predictor.names)} metrics; predicted better than by a random encoder: "
-                + (", ".join(good) if good else "none") if fits else
-                f"{len(predictor.names)} metrics")
+                + (", ".join(good) if good else "none")
+                if fits
+                else f"{len(predictor.names)} metrics"
+            )
         self._render()
         self._schedule_measure()
         self.predictor_changed.emit(predictor)
@@ -208,22 +234,31 @@ class PredictionView(QWidget):
         self._update_enabled()
 
     def _update_enabled(self, _event: Any = None) -> None:
-        self.fit_button.setEnabled(self._fit_worker is None and self.state.model is not None
-                                   and self.state.dataset is not None
-                                   and self.state.model_matches_dataset())
+        self.fit_button.setEnabled(
+            self._fit_worker is None
+            and self.state.model is not None
+            and self.state.dataset is not None
+            and self.state.model_matches_dataset()
+        )
 
     # ------------------------------------------------------------------------------ fitting
     def fit(self) -> None:
         """Fit the regressors on the current windows in a background worker."""
         from napari.qt.threading import create_worker
 
-        if self._fit_worker is not None or self.state.model is None \
-                or self.state.dataset is None:
+        if self._fit_worker is not None or self.state.model is None or self.state.dataset is None:
             return
         self._fit_done.clear()
-        worker = create_worker(fit_job, model_snapshot(self.state.model), self.state.dataset,
-                               GUI_MAX_WINDOWS, prediction.DEFAULT_FOLDS, True, self._fit_done,
-                               _start_thread=False)
+        worker = create_worker(
+            fit_job,
+            model_snapshot(self.state.model),
+            self.state.dataset,
+            GUI_MAX_WINDOWS,
+            prediction.DEFAULT_FOLDS,
+            True,
+            self._fit_done,
+            _start_thread=False,
+        )
         worker.yielded.connect(self._on_fit_progress)
         worker.returned.connect(self._on_fit_returned)
         worker.errored.connect(self._on_fit_errored)
@@ -269,8 +304,11 @@ class PredictionView(QWidget):
             self._measure_pending = True  # latest wins: measured again when this one returns
             return
         labels, voxel = self._labels
-        names = [n for n in self.predictor.names
-                 if not metric_registry.get(n).costly or self.tau_check.isChecked()]
+        names = [
+            n
+            for n in self.predictor.names
+            if not metric_registry.get(n).costly or self.tau_check.isChecked()
+        ]
         worker = create_worker(measure_job, labels.copy(), voxel, names, _start_thread=False)
         worker.returned.connect(self._on_measured)
         worker.errored.connect(self._on_fit_errored)
@@ -293,8 +331,12 @@ class PredictionView(QWidget):
     @property
     def idle(self) -> bool:
         """True when no fit or measurement is running or waiting."""
-        return (self._fit_worker is None and self._measure_worker is None
-                and not self._measure_timer.isActive() and not self._measure_pending)
+        return (
+            self._fit_worker is None
+            and self._measure_worker is None
+            and not self._measure_timer.isActive()
+            and not self._measure_pending
+        )
 
     # ------------------------------------------------------------------------------ cleanup
     def shutdown(self) -> None:

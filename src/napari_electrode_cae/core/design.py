@@ -96,19 +96,27 @@ class Target:
         m = metric_registry.get(self.metric)
         if self.kind not in ("equal", "at_most", "at_least"):
             raise DesignError(f"target kind must be equal, at_most or at_least, got {self.kind}")
-        if not math.isfinite(self.value) or not math.isfinite(self.tolerance) \
-                or self.tolerance < 0:
-            raise DesignError(f"target on {self.metric}: value and tolerance must be finite, "
-                              "tolerance >= 0")
+        if not math.isfinite(self.value) or not math.isfinite(self.tolerance) or self.tolerance < 0:
+            raise DesignError(
+                f"target on {self.metric}: value and tolerance must be finite, tolerance >= 0"
+            )
         if self.kind == "equal" and self.tolerance == 0:
-            raise DesignError(f"target {self.metric}={self.value:g} needs a tolerance, e.g. "
-                              f"{self.metric}={self.value:g}:0.01")
-        lo, hi = (self.value - self.tolerance, self.value + self.tolerance) \
-            if self.kind == "equal" else (self.value, self.value)
-        if (self.kind != "at_least" and lo < m.lower and hi < m.lower) or \
-                (self.kind != "at_most" and hi > m.upper and lo > m.upper):
-            raise DesignError(f"target {self.describe()} is outside the possible values of "
-                              f"{self.metric} ({m.lower:g}..{m.upper:g})")
+            raise DesignError(
+                f"target {self.metric}={self.value:g} needs a tolerance, e.g. "
+                f"{self.metric}={self.value:g}:0.01"
+            )
+        lo, hi = (
+            (self.value - self.tolerance, self.value + self.tolerance)
+            if self.kind == "equal"
+            else (self.value, self.value)
+        )
+        if (self.kind != "at_least" and lo < m.lower and hi < m.lower) or (
+            self.kind != "at_most" and hi > m.upper and lo > m.upper
+        ):
+            raise DesignError(
+                f"target {self.describe()} is outside the possible values of "
+                f"{self.metric} ({m.lower:g}..{m.upper:g})"
+            )
 
     def describe(self) -> str:
         if self.kind == "equal":
@@ -134,8 +142,13 @@ class Target:
         return self.value
 
     def to_dict(self) -> dict:
-        return {"metric": self.metric, "kind": self.kind, "value": self.value,
-                "tolerance": self.tolerance, "text": self.describe()}
+        return {
+            "metric": self.metric,
+            "kind": self.kind,
+            "value": self.value,
+            "tolerance": self.tolerance,
+            "text": self.describe(),
+        }
 
 
 _TARGET = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|=)\s*([^:\s]+)\s*(?::\s*(\S+))?\s*$")
@@ -151,8 +164,10 @@ def parse_target(text: str) -> Target:
     """
     match = _TARGET.match(str(text))
     if not match:
-        raise DesignError(f"cannot read target {text!r}; write NAME=VALUE:TOLERANCE, "
-                          "NAME<=VALUE or NAME>=VALUE, e.g. pore_fraction=0.40:0.01")
+        raise DesignError(
+            f"cannot read target {text!r}; write NAME=VALUE:TOLERANCE, "
+            "NAME<=VALUE or NAME>=VALUE, e.g. pore_fraction=0.40:0.01"
+        )
     name, op, value, tol = match.groups()
     try:
         value_f = float(value)
@@ -188,10 +203,16 @@ class Candidate:
     rank: int = 0
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "latent": [float(v) for v in self.latent],
-                "predicted": dict(self.predicted), "predicted_std": dict(self.predicted_std),
-                "measured": dict(self.measured), "meets_targets": bool(self.meets_targets),
-                "violation": self.violation, "objective": self.objective}
+        return {
+            "rank": self.rank,
+            "latent": [float(v) for v in self.latent],
+            "predicted": dict(self.predicted),
+            "predicted_std": dict(self.predicted_std),
+            "measured": dict(self.measured),
+            "meets_targets": bool(self.meets_targets),
+            "violation": self.violation,
+            "objective": self.objective,
+        }
 
 
 @dataclass
@@ -211,14 +232,19 @@ class DesignResult:
         return {
             "reached": bool(self.reached),
             "targets": [t.to_dict() for t in self.targets],
-            "objective": (None if self.objective is None
-                          else {"sense": self.objective[0], "metric": self.objective[1]}),
+            "objective": (
+                None
+                if self.objective is None
+                else {"sense": self.objective[0], "metric": self.objective[1]}
+            ),
             "candidates": [c.to_dict() for c in self.candidates],
             "nearest": dict(self.nearest),
             "binding": list(self.binding),
             "seconds": self.seconds,
-            "latent_bounds": {"low": self.latent_bounds[0].tolist(),
-                              "high": self.latent_bounds[1].tolist()},
+            "latent_bounds": {
+                "low": self.latent_bounds[0].tolist(),
+                "high": self.latent_bounds[1].tolist(),
+            },
         }
 
 
@@ -256,22 +282,37 @@ def _check_objective(maximize: str | None, minimize: str | None) -> tuple[str, s
 class _Search:
     """The pieces of one design: surrogate and measured losses, searches, measurement."""
 
-    def __init__(self, model, predictor: Predictor, targets: list[Target], objective,
-                 voxel_size_um: float, refine_evaluations: int, device) -> None:
+    def __init__(
+        self,
+        model,
+        predictor: Predictor,
+        targets: list[Target],
+        objective,
+        voxel_size_um: float,
+        refine_evaluations: int,
+        device,
+    ) -> None:
         self.model, self.predictor, self.targets = model, predictor, targets
         self.objective = objective
         self.voxel_size_um, self.refine_evaluations, self.device = (
-            voxel_size_um, refine_evaluations, device)
-        self.used = list(dict.fromkeys([t.metric for t in targets]
-                                       + ([objective[1]] if objective else [])))
+            voxel_size_um,
+            refine_evaluations,
+            device,
+        )
+        self.used = list(
+            dict.fromkeys([t.metric for t in targets] + ([objective[1]] if objective else []))
+        )
         missing = [n for n in self.used if n not in predictor.names]
         if missing:
-            raise DesignError(f"no regressor for {', '.join(missing)} in this run's "
-                              f"prediction; it predicts {', '.join(predictor.names)} (refit "
-                              "with that metric: electrode-cae predict RUN, with tortuosity)")
+            raise DesignError(
+                f"no regressor for {', '.join(missing)} in this run's "
+                f"prediction; it predicts {', '.join(predictor.names)} (refit "
+                "with that metric: electrode-cae predict RUN, with tortuosity)"
+            )
         # measure every cheap metric the predictor knows, and costly ones only when used
-        self.measured_names = [n for n in predictor.names
-                               if not metric_registry.get(n).costly or n in self.used]
+        self.measured_names = [
+            n for n in predictor.names if not metric_registry.get(n).costly or n in self.used
+        ]
         self.scales = {n: predictor.scale(n) for n in self.used}
         self.low, self.high = predictor.latent_bounds()
 
@@ -308,8 +349,9 @@ class _Search:
                 break
         return points
 
-    def search(self, z0: np.ndarray, shift: Mapping[str, float],
-               trust: float | None = None) -> np.ndarray:
+    def search(
+        self, z0: np.ndarray, shift: Mapping[str, float], trust: float | None = None
+    ) -> np.ndarray:
         """L-BFGS-B on the surrogate from ``z0``, in the encoded range (or a box around z0)."""
         low, high = self.low, self.high
         if trust is None:
@@ -317,31 +359,48 @@ class _Search:
         else:
             reach = trust * (high - low)
             box = list(zip(np.maximum(low, z0 - reach), np.minimum(high, z0 + reach)))
-        result = optimize.minimize(self.surrogate_loss, z0, args=(shift,), method="L-BFGS-B",
-                                   bounds=box, options={"maxiter": 60})
+        result = optimize.minimize(
+            self.surrogate_loss,
+            z0,
+            args=(shift,),
+            method="L-BFGS-B",
+            bounds=box,
+            options={"maxiter": 60},
+        )
         return np.clip(result.x, low, high)
 
     def evaluate(self, z: np.ndarray) -> Candidate:
         """Decode, snap and measure ``z``."""
         labels = decode_latent(self.model, z)
-        measured = metric_registry.compute(labels, self.voxel_size_um, self.measured_names,
-                                           device=self.device)
+        measured = metric_registry.compute(
+            labels, self.voxel_size_um, self.measured_names, device=self.device
+        )
         mean, std = self.predictor.predict(z)
-        violation = sum(t.violation(measured[t.metric]) / self.scales[t.metric]
-                        for t in self.targets)
+        violation = sum(
+            t.violation(measured[t.metric]) / self.scales[t.metric] for t in self.targets
+        )
         obj = None if self.objective is None else float(measured[self.objective[1]])
-        return Candidate(np.asarray(z, dtype=np.float64), mean, std, measured,
-                         all(t.met(measured[t.metric]) for t in self.targets), violation, obj,
-                         labels)
+        return Candidate(
+            np.asarray(z, dtype=np.float64),
+            mean,
+            std,
+            measured,
+            all(t.met(measured[t.metric]) for t in self.targets),
+            violation,
+            obj,
+            labels,
+        )
 
     def key(self, c: Candidate) -> tuple:
         return (c.violation, _neg(c.objective, self.objective))
 
     def correct(self, best: Candidate) -> Candidate:
         """One round: the surrogate's error at ``best`` shifts its aim; search, measure."""
-        shift = {t.metric: best.measured[t.metric] - best.predicted[t.metric]
-                 for t in self.targets
-                 if math.isfinite(best.measured[t.metric] - best.predicted[t.metric])}
+        shift = {
+            t.metric: best.measured[t.metric] - best.predicted[t.metric]
+            for t in self.targets
+            if math.isfinite(best.measured[t.metric] - best.predicted[t.metric])
+        }
         trial = self.evaluate(self.search(best.latent, shift))
         return trial if self.key(trial) < self.key(best) else best
 
@@ -355,21 +414,29 @@ class _Search:
                 best[0] = trial
             if trial.meets_targets:
                 raise _TargetsMet
-            return sum((t.violation(trial.measured[t.metric]) / self.scales[t.metric]) ** 2
-                       if math.isfinite(trial.measured[t.metric]) else 1e6
-                       for t in self.targets)
+            return sum(
+                (t.violation(trial.measured[t.metric]) / self.scales[t.metric]) ** 2
+                if math.isfinite(trial.measured[t.metric])
+                else 1e6
+                for t in self.targets
+            )
 
         try:
-            optimize.minimize(measured_violation, start.latent, method="Powell",
-                              bounds=list(zip(self.low, self.high)),
-                              options={"maxfev": self.refine_evaluations, "xtol": 1e-4})
+            optimize.minimize(
+                measured_violation,
+                start.latent,
+                method="Powell",
+                bounds=list(zip(self.low, self.high)),
+                options={"maxfev": self.refine_evaluations, "xtol": 1e-4},
+            )
         except _TargetsMet:
             pass
         return best[0]
 
 
-def _distinct(optima: list[tuple[float, np.ndarray]], spread: np.ndarray,
-              n: int) -> list[np.ndarray]:
+def _distinct(
+    optima: list[tuple[float, np.ndarray]], spread: np.ndarray, n: int
+) -> list[np.ndarray]:
     """The best ``n`` optima that differ by more than 2 % of the range in some feature."""
     chosen: list[np.ndarray] = []
     for _, z in sorted(optima, key=lambda e: e[0]):
@@ -405,8 +472,7 @@ def iter_design(
         raise DesignError("state at least one target or an objective")
     if candidates < 1:
         raise DesignError(f"candidates must be at least 1, got {candidates}")
-    run = _Search(model, predictor, targets, objective, voxel_size_um, refine_evaluations,
-                  device)
+    run = _Search(model, predictor, targets, objective, voxel_size_um, refine_evaluations, device)
     start_points = run.start_points(starts or max(3 * candidates, 6))
     total = len(start_points) + candidates * rounds
     done = 0
@@ -435,10 +501,21 @@ def iter_design(
         c.rank = rank
     reached = any(c.meets_targets for c in results)
     nearest = {t.metric: results[0].measured[t.metric] for t in targets} if results else {}
-    binding = [] if reached else _binding(results[0] if results else None, targets, predictor,
-                                          run.low, run.high)
-    return DesignResult(results, targets, objective, reached, nearest, binding,
-                        time.perf_counter() - started, (run.low, run.high))
+    binding = (
+        []
+        if reached
+        else _binding(results[0] if results else None, targets, predictor, run.low, run.high)
+    )
+    return DesignResult(
+        results,
+        targets,
+        objective,
+        reached,
+        nearest,
+        binding,
+        time.perf_counter() - started,
+        (run.low, run.high),
+    )
 
 
 _PHASE_FRACTIONS = ("pore_fraction", "cbd_fraction", "active_fraction")
@@ -454,8 +531,13 @@ def _neg(value: float | None, objective) -> float:
     return -value if objective[0] == "maximize" else value
 
 
-def _binding(best: Candidate | None, targets: Sequence[Target], predictor: Predictor,
-             low: np.ndarray, high: np.ndarray) -> list[str]:
+def _binding(
+    best: Candidate | None,
+    targets: Sequence[Target],
+    predictor: Predictor,
+    low: np.ndarray,
+    high: np.ndarray,
+) -> list[str]:
     """Why the best candidate misses: the missed targets, the metric's range over the encoded
     windows, and the latent features at the edge of the trained range."""
     if best is None:
@@ -464,27 +546,38 @@ def _binding(best: Candidate | None, targets: Sequence[Target], predictor: Predi
     spread = np.maximum(high - low, 1e-12)
     near_low = best.latent - low < 0.01 * spread
     near_high = high - best.latent < 0.01 * spread
-    at_edge = [f"z{j + 1} at its {'lower' if near_low[j] else 'upper'} bound"
-               for j in range(len(low)) if near_low[j] or near_high[j]]
+    at_edge = [
+        f"z{j + 1} at its {'lower' if near_low[j] else 'upper'} bound"
+        for j in range(len(low))
+        if near_low[j] or near_high[j]
+    ]
     for t in targets:
         value = best.measured[t.metric]
         if t.met(value):
             continue
         lo, hi = predictor.value_range(t.metric)
-        outside = ((t.kind in ("equal", "at_least") and t.value - t.tolerance > hi)
-                   or (t.kind in ("equal", "at_most") and t.value + t.tolerance < lo))
-        text = (f"{t.describe()}: nearest reached {metric_registry.format_value(t.metric, value)}"
-                f"; the encoded windows span {lo:.4g}..{hi:.4g}")
+        outside = (t.kind in ("equal", "at_least") and t.value - t.tolerance > hi) or (
+            t.kind in ("equal", "at_most") and t.value + t.tolerance < lo
+        )
+        text = (
+            f"{t.describe()}: nearest reached {metric_registry.format_value(t.metric, value)}"
+            f"; the encoded windows span {lo:.4g}..{hi:.4g}"
+        )
         if outside:
             text += " — the target is outside the range the model was trained on"
         else:
             text += " — the target conflicts with the other targets or the decoder's reach"
         lines.append(text)
-    need = sum(max(0.0, t.value - t.tolerance) if t.kind == "equal" else t.value
-               for t in targets if t.metric in _PHASE_FRACTIONS and t.kind != "at_most")
+    need = sum(
+        max(0.0, t.value - t.tolerance) if t.kind == "equal" else t.value
+        for t in targets
+        if t.metric in _PHASE_FRACTIONS and t.kind != "at_most"
+    )
     if need > 1.0:
-        lines.append(f"the phase-fraction targets need at least {need:.3g} of the volume: "
-                     "pore, CBD and active fractions add up to 1")
+        lines.append(
+            f"the phase-fraction targets need at least {need:.3g} of the volume: "
+            "pore, CBD and active fractions add up to 1"
+        )
     if at_edge:
         lines.append("latent range of the encoded windows binds: " + ", ".join(at_edge))
     return lines
@@ -538,9 +631,12 @@ def write_candidate(candidate: Candidate, tif_path, voxel_size_um: float) -> tup
     from .stack import ElectrodeStack
 
     tif_path = Path(tif_path)
-    stack = ElectrodeStack(np.ascontiguousarray(candidate.labels, dtype=np.uint8),
-                           voxel_size_um=voxel_size_um, name=tif_path.stem,
-                           source=f"design:{tif_path.stem}")
+    stack = ElectrodeStack(
+        np.ascontiguousarray(candidate.labels, dtype=np.uint8),
+        voxel_size_um=voxel_size_um,
+        name=tif_path.stem,
+        source=f"design:{tif_path.stem}",
+    )
     write_stack(tif_path, stack)
     latent_path = tif_path.with_name(f"{tif_path.stem}_latent.csv")
     header = ",".join(f"z{j + 1}" for j in range(len(candidate.latent)))
@@ -562,17 +658,31 @@ def candidates_table(result: DesignResult) -> str:
     pred_names = list(first.predicted)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["rank", "meets_targets", "violation", "objective",
-                     *[f"z{j + 1}" for j in range(len(first.latent))],
-                     *[f"measured_{n}" for n in names], *[f"predicted_{n}" for n in pred_names],
-                     *[f"predicted_std_{n}" for n in pred_names]])
+    writer.writerow(
+        [
+            "rank",
+            "meets_targets",
+            "violation",
+            "objective",
+            *[f"z{j + 1}" for j in range(len(first.latent))],
+            *[f"measured_{n}" for n in names],
+            *[f"predicted_{n}" for n in pred_names],
+            *[f"predicted_std_{n}" for n in pred_names],
+        ]
+    )
     for c in result.candidates:
-        writer.writerow([c.rank, c.meets_targets, f"{c.violation:.6g}",
-                         "" if c.objective is None else f"{c.objective:.6g}",
-                         *[f"{v:.6g}" for v in c.latent],
-                         *[f"{c.measured[n]:.6g}" for n in names],
-                         *[f"{c.predicted[n]:.6g}" for n in pred_names],
-                         *[f"{c.predicted_std[n]:.6g}" for n in pred_names]])
+        writer.writerow(
+            [
+                c.rank,
+                c.meets_targets,
+                f"{c.violation:.6g}",
+                "" if c.objective is None else f"{c.objective:.6g}",
+                *[f"{v:.6g}" for v in c.latent],
+                *[f"{c.measured[n]:.6g}" for n in names],
+                *[f"{c.predicted[n]:.6g}" for n in pred_names],
+                *[f"{c.predicted_std[n]:.6g}" for n in pred_names],
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -613,17 +723,27 @@ def summary_lines(result: DesignResult) -> list[str]:
         parts = []
         for t in result.targets:
             v = c.measured[t.metric]
-            parts.append(f"{t.metric} {metric_registry.format_value(t.metric, v)} "
-                         f"({'ok' if t.met(v) else 'miss'})")
+            parts.append(
+                f"{t.metric} {metric_registry.format_value(t.metric, v)} "
+                f"({'ok' if t.met(v) else 'miss'})"
+            )
         if result.objective is not None and c.objective is not None:
-            parts.append(f"{result.objective[0]} {result.objective[1]} "
-                         f"{metric_registry.format_value(result.objective[1], c.objective)}")
+            parts.append(
+                f"{result.objective[0]} {result.objective[1]} "
+                f"{metric_registry.format_value(result.objective[1], c.objective)}"
+            )
         lines.append(f"#{c.rank} {'PASS' if c.meets_targets else 'fail'}: " + "; ".join(parts))
     if result.reached:
-        lines.append(f"targets reached by {sum(c.meets_targets for c in result.candidates)} of "
-                     f"{len(result.candidates)} candidates (measured) in {result.seconds:.1f} s")
+        lines.append(
+            f"targets reached by {sum(c.meets_targets for c in result.candidates)} of "
+            f"{len(result.candidates)} candidates (measured) in {result.seconds:.1f} s"
+        )
     else:
-        lines.append("targets NOT reached (measured); nearest: " + ", ".join(
-            f"{k} {metric_registry.format_value(k, v)}" for k, v in result.nearest.items()))
+        lines.append(
+            "targets NOT reached (measured); nearest: "
+            + ", ".join(
+                f"{k} {metric_registry.format_value(k, v)}" for k, v in result.nearest.items()
+            )
+        )
         lines += [f"  binding: {b}" for b in result.binding]
     return lines

@@ -100,7 +100,8 @@ def blocked_folds(
             raise PredictionError(
                 f"stack {int(stack)} has {len(starts)} window positions along Z among the "
                 f"chosen windows: too few for {n_folds} blocked folds (use fewer folds, a "
-                "shorter window or a deeper stack)")
+                "shorter window or a deeper stack)"
+            )
         blocks = np.array_split(starts, n_folds)
         for f, block in enumerate(blocks):
             fold_of[members[np.isin(grid[members, 1], block)]] = f
@@ -113,8 +114,12 @@ def blocked_folds(
         for t in test:
             s, z, y, x = grid[t]
             o = grid[others]
-            clash |= ((o[:, 0] == s) & (np.abs(o[:, 1] - z) < length)
-                      & (np.abs(o[:, 2] - y) < crop) & (np.abs(o[:, 3] - x) < crop))
+            clash |= (
+                (o[:, 0] == s)
+                & (np.abs(o[:, 1] - z) < length)
+                & (np.abs(o[:, 2] - y) < crop)
+                & (np.abs(o[:, 3] - x) < crop)
+            )
         folds.append((others[~clash], test))
     return folds
 
@@ -127,9 +132,9 @@ def _gaussian_process(n_features: int, kernel=None):
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
     if kernel is None:
-        kernel = (ConstantKernel(1.0, (1e-3, 1e3))
-                  * RBF(np.full(n_features, 3.0), (1e-2, 1e3))
-                  + WhiteKernel(0.1, (1e-6, 1e1)))
+        kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(
+            np.full(n_features, 3.0), (1e-2, 1e3)
+        ) + WhiteKernel(0.1, (1e-6, 1e1))
         return GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
     return GaussianProcessRegressor(kernel, normalize_y=True, optimizer=None)
 
@@ -173,8 +178,10 @@ def cross_validate(
         if len(test) == 0:
             continue
         if len(train) < 3:
-            raise PredictionError(f"a fold has only {len(train)} training windows with finite "
-                                  "values; use more windows or fewer folds")
+            raise PredictionError(
+                f"a fold has only {len(train)} training windows with finite "
+                "values; use more windows or fewer folds"
+            )
         if np.ptp(y[train]) == 0:
             pred = np.full(len(test), y[train][0])
         else:
@@ -184,14 +191,24 @@ def cross_validate(
         guess.append(pred)
         trivial.append(np.full(len(test), y[train].mean()))
     if not truth:
-        return {"n": 0, "r2": math.nan, "rmse": math.nan, "mae": math.nan,
-                "r2_mean_baseline": math.nan}
+        return {
+            "n": 0,
+            "r2": math.nan,
+            "rmse": math.nan,
+            "mae": math.nan,
+            "r2_mean_baseline": math.nan,
+        }
     t, g, b = np.concatenate(truth), np.concatenate(guess), np.concatenate(trivial)
     sst = float(np.sum((t - t.mean()) ** 2))
     r2 = 1.0 - float(np.sum((t - g) ** 2)) / sst if sst > 0 else math.nan
     r2_b = 1.0 - float(np.sum((t - b) ** 2)) / sst if sst > 0 else math.nan
-    return {"n": int(len(t)), "r2": r2, "rmse": float(np.sqrt(np.mean((t - g) ** 2))),
-            "mae": float(np.mean(np.abs(t - g))), "r2_mean_baseline": r2_b}
+    return {
+        "n": int(len(t)),
+        "r2": r2,
+        "rmse": float(np.sqrt(np.mean((t - g) ** 2))),
+        "mae": float(np.mean(np.abs(t - g))),
+        "r2_mean_baseline": r2_b,
+    }
 
 
 @dataclass
@@ -239,7 +256,8 @@ class Predictor:
         if name not in self._models:
             if name not in self.values:
                 raise PredictionError(
-                    f"no regressor for {name!r}; this run predicts {', '.join(self.names)}")
+                    f"no regressor for {name!r}; this run predicts {', '.join(self.names)}"
+                )
             y = self.values[name]
             ok = np.isfinite(y)
             kernel = None
@@ -261,8 +279,9 @@ class Predictor:
             self._model(name)
         return self
 
-    def predict(self, z: np.ndarray, names: Sequence[str] | None = None
-                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def predict(
+        self, z: np.ndarray, names: Sequence[str] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Mean and standard deviation of each metric at latent vectors ``z``.
 
         Parameters
@@ -282,8 +301,8 @@ class Predictor:
         z2 = np.atleast_2d(z)
         if z2.shape[1] != self.latent_dim:
             raise PredictionError(
-                f"latent vector has {z2.shape[1]} features, the predictor expects "
-                f"{self.latent_dim}")
+                f"latent vector has {z2.shape[1]} features, the predictor expects {self.latent_dim}"
+            )
         mean, std = {}, {}
         for name in names or self.names:
             model = self._model(name)
@@ -300,9 +319,11 @@ class Predictor:
 def _kernel_to_dict(kernel) -> dict:
     """Hyperparameters of a fitted ConstantKernel * RBF + WhiteKernel as plain numbers."""
     params = kernel.get_params()
-    return {"constant": float(params["k1__k1__constant_value"]),
-            "length_scale": np.atleast_1d(params["k1__k2__length_scale"]).astype(float).tolist(),
-            "noise": float(params["k2__noise_level"])}
+    return {
+        "constant": float(params["k1__k1__constant_value"]),
+        "length_scale": np.atleast_1d(params["k1__k2__length_scale"]).astype(float).tolist(),
+        "noise": float(params["k2__noise_level"]),
+    }
 
 
 def _kernel_from_dict(record: Mapping, n_features: int):
@@ -310,10 +331,12 @@ def _kernel_from_dict(record: Mapping, n_features: int):
 
     scales = np.asarray(record["length_scale"], dtype=float)
     if scales.size not in (1, n_features):
-        raise RunFolderError(f"prediction.json: {scales.size} length scales for "
-                             f"{n_features} latent features")
-    return (ConstantKernel(float(record["constant"]), "fixed")
-            * RBF(scales, "fixed") + WhiteKernel(float(record["noise"]), "fixed"))
+        raise RunFolderError(
+            f"prediction.json: {scales.size} length scales for {n_features} latent features"
+        )
+    return ConstantKernel(float(record["constant"]), "fixed") * RBF(scales, "fixed") + WhiteKernel(
+        float(record["noise"]), "fixed"
+    )
 
 
 def fit_predictor(latents: np.ndarray, values: Mapping[str, np.ndarray]) -> Predictor:
@@ -357,8 +380,12 @@ class PredictionReport:
     predictor: Predictor | None = None
 
     def to_dict(self) -> dict:
-        return {"n_windows": self.n_windows, "n_folds": self.n_folds,
-                "seconds": self.seconds, "metrics": {f.name: asdict(f) for f in self.fits}}
+        return {
+            "n_windows": self.n_windows,
+            "n_folds": self.n_folds,
+            "seconds": self.seconds,
+            "metrics": {f.name: asdict(f) for f in self.fits},
+        }
 
 
 @dataclass(frozen=True)
@@ -388,9 +415,13 @@ def iter_fit_prediction(
     if len(windows) < 2 * n_folds:
         raise PredictionError(
             f"only {len(windows)} non-overlapping windows: prediction needs at least "
-            f"{2 * n_folds} (a deeper or wider stack, a shorter window or a smaller crop)")
-    chosen = ([metric_registry.get(n) for n in names] if names is not None
-              else list(metric_registry.metrics_for_axis(0, costly=tortuosity)))
+            f"{2 * n_folds} (a deeper or wider stack, a shorter window or a smaller crop)"
+        )
+    chosen = (
+        [metric_registry.get(n) for n in names]
+        if names is not None
+        else list(metric_registry.metrics_for_axis(0, costly=tortuosity))
+    )
     values = {m.name: np.empty(len(windows)) for m in chosen}
     vs = data.voxel_size_um
     for i, w in enumerate(windows):
@@ -408,20 +439,46 @@ def iter_fit_prediction(
         base = cross_validate(random, y, folds)
         finite = y[np.isfinite(y)]
         spread = float(finite.std()) if len(finite) > 1 else math.nan
-        predicts = bool(np.isfinite(ours["r2"]) and ours["r2"] >= R2_FLOOR
-                        and (not np.isfinite(base["r2"]) or ours["r2"] >= base["r2"] + R2_MARGIN))
-        fits.append(MetricFit(m.name, m.label, m.unit, ours["n"], ours["r2"], ours["rmse"],
-                              ours["mae"], spread, base["r2"], base["rmse"],
-                              ours["r2_mean_baseline"], predicts))
+        predicts = bool(
+            np.isfinite(ours["r2"])
+            and ours["r2"] >= R2_FLOOR
+            and (not np.isfinite(base["r2"]) or ours["r2"] >= base["r2"] + R2_MARGIN)
+        )
+        fits.append(
+            MetricFit(
+                m.name,
+                m.label,
+                m.unit,
+                ours["n"],
+                ours["r2"],
+                ours["rmse"],
+                ours["mae"],
+                spread,
+                base["r2"],
+                base["rmse"],
+                ours["r2_mean_baseline"],
+                predicts,
+            )
+        )
         yield PredictionProgress("fit", j + 1, len(chosen))
     predictor = fit_predictor(latents, values)
-    return PredictionReport(fits, len(windows), n_folds, [int(w) for w in windows],
-                            time.perf_counter() - start, predictor)
+    return PredictionReport(
+        fits,
+        len(windows),
+        n_folds,
+        [int(w) for w in windows],
+        time.perf_counter() - start,
+        predictor,
+    )
 
 
-def fit_prediction(model: ConvAutoEncoder3d, data: WindowDataset, *,
-                   progress: Callable[[PredictionProgress], None] | None = None,
-                   **kwargs) -> PredictionReport:
+def fit_prediction(
+    model: ConvAutoEncoder3d,
+    data: WindowDataset,
+    *,
+    progress: Callable[[PredictionProgress], None] | None = None,
+    **kwargs,
+) -> PredictionReport:
     """Measure, cross-validate and fit per-metric regressors (see the module docstring).
 
     Keyword arguments are those of :func:`iter_fit_prediction`: ``indices`` (default all
@@ -449,13 +506,22 @@ def save_prediction(run_dir: str | Path, report: PredictionReport) -> Path:
     if predictor is None:
         raise PredictionError("the report carries no fitted predictor")
     record = {
-        "format": PREDICTION_FORMAT, "version": 1,
+        "format": PREDICTION_FORMAT,
+        "version": 1,
         **_json_safe(report.to_dict()),
         "windows": report.windows,
         "latents": predictor.latents.tolist(),
-        "values": {k: [_finite_or_none(x) if np.isfinite(x) else
-                       ("inf" if x > 0 else None) if not np.isnan(x) else None for x in v]
-                   for k, v in predictor.values.items()},
+        "values": {
+            k: [
+                _finite_or_none(x)
+                if np.isfinite(x)
+                else ("inf" if x > 0 else None)
+                if not np.isnan(x)
+                else None
+                for x in v
+            ]
+            for k, v in predictor.values.items()
+        },
         "kernels": predictor.kernels,
     }
     path = Path(run_dir) / PREDICTION_FILE
@@ -476,8 +542,9 @@ def _json_safe(value):
 def _read_record(run_dir: str | Path) -> dict:
     path = Path(run_dir) / PREDICTION_FILE
     if not path.exists():
-        raise RunFolderError(f"{Path(run_dir)} has no {PREDICTION_FILE}: run "
-                             f"`electrode-cae predict {run_dir}` first")
+        raise RunFolderError(
+            f"{Path(run_dir)} has no {PREDICTION_FILE}: run `electrode-cae predict {run_dir}` first"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -493,8 +560,12 @@ def load_predictor(run_dir: str | Path) -> Predictor:
     record = _read_record(run_dir)
     try:
         latents = np.asarray(record["latents"], dtype=np.float64)
-        values = {k: np.array([math.inf if x == "inf" else (math.nan if x is None else float(x))
-                               for x in v]) for k, v in record["values"].items()}
+        values = {
+            k: np.array(
+                [math.inf if x == "inf" else (math.nan if x is None else float(x)) for x in v]
+            )
+            for k, v in record["values"].items()
+        }
         predictor = Predictor(list(values), latents, values, dict(record.get("kernels", {})))
         return predictor.fit_all()
     except (KeyError, TypeError, ValueError) as exc:
@@ -509,23 +580,28 @@ def load_prediction_report(run_dir: str | Path) -> dict:
 
 def r2_table(report: PredictionReport | Mapping) -> str:
     """A plain-text table: metric, R² (trained) vs R² (random encoder), error in units."""
-    fits = ([asdict(f) for f in report.fits] if isinstance(report, PredictionReport)
-            else list(report["metrics"].values()))
+    fits = (
+        [asdict(f) for f in report.fits]
+        if isinstance(report, PredictionReport)
+        else list(report["metrics"].values())
+    )
     n = report.n_windows if isinstance(report, PredictionReport) else report["n_windows"]
     k = report.n_folds if isinstance(report, PredictionReport) else report["n_folds"]
 
     def num(v, fmt):
         return "n/a" if v is None or not math.isfinite(v) else format(v, fmt)
 
-    lines = [f"Latent -> metric regressors (Gaussian process), R² over {k} blocked folds of "
-             f"{n} non-overlapping windows; random = a never-trained encoder's features.",
-             f"{'metric':<30} {'R²':>7} {'random':>7} {'RMSE':>10} {'spread':>10}  unit"
-             "    predicted?"]
+    lines = [
+        f"Latent -> metric regressors (Gaussian process), R² over {k} blocked folds of "
+        f"{n} non-overlapping windows; random = a never-trained encoder's features.",
+        f"{'metric':<30} {'R²':>7} {'random':>7} {'RMSE':>10} {'spread':>10}  unit    predicted?",
+    ]
     for f in fits:
         lines.append(
             f"{f['name']:<30} {num(f['r2'], '.3f'):>7} {num(f['r2_random'], '.3f'):>7} "
             f"{num(f['rmse'], '.4g'):>10} {num(f['spread'], '.4g'):>10}  {f['unit'] or '-':<6}"
-            f"  {'yes' if f['predicts'] else 'no'}")
+            f"  {'yes' if f['predicts'] else 'no'}"
+        )
     if not any(f["predicts"] for f in fits):
         lines.append("No metric is predicted better than by a random encoder.")
     return "\n".join(lines) + "\n"
