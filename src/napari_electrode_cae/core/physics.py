@@ -698,12 +698,9 @@ def microstructure_metrics(
     Returns
     -------
     dict
-        ``pore_fraction``, ``cbd_fraction``, ``active_fraction`` (0..1),
-        ``ssa_active_per_um`` (active surface against pore and CBD, µm⁻¹),
-        ``ssa_pore_solid_per_um`` (pore/solid interface, µm⁻¹), ``tpb_density_per_um2`` (µm⁻²),
-        ``pore_connected_fraction_z``, ``active_connected_fraction_z``,
-        ``cbd_connected_fraction_z`` (0..1) and ``tortuosity_pore_z`` (``inf`` if the pores do
-        not percolate).
+        Metric name -> value for every metric of ``metrics.REGISTRY`` in its order (phase
+        fractions, surface densities, TPB density, connected fractions and the pore tortuosity
+        factor, ``inf`` where the pores do not percolate), directional ones suffixed by axis.
     """
     from .metrics import metrics_for_axis  # the registry: metrics are declared there, once
 
