@@ -97,7 +97,7 @@ def test_survivors_shown_are_the_studys_mask(make_napari_viewer, qtbot, stacks):
     assert len(lines) == min(int(expected.survives.sum()), 8)
     j, name, rho, q, partial = expected.surviving()[0]
     assert lines[0].startswith(f"z{j + 1} ~ ") and f"ρ = {rho:+.2f}" in lines[0]
-    assert "q " in lines[0] and "partial ρ" in lines[0]
+    assert "q " in lines[0] and "a phase fraction: no partial ρ" in lines[0]
     assert expected.note in panel.strongest_label.text()
 
     # new latents of the same windows: the study is redone (baseline kept), survivors follow

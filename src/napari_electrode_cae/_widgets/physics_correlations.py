@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 
 from ..core import ElectrodeCAEError
 from ..core.analysis import (
+    PARTIAL_CONTROLS,
     WindowMetricsProgress,
     independent_windows,
     write_metrics_csv,
@@ -46,12 +47,18 @@ PROGRESS_FORMAT = "%v / %m windows"
 
 
 def survivor_text(j: int, name: str, rho: float, q: float, partial: float) -> str:
-    """``"z3 ~ pore τ: ρ = +0.52, q = 0.003, partial ρ = +0.31"`` (one surviving pair)."""
-    given = "n/a" if not np.isfinite(partial) else f"{partial:+.2f}"
+    """``"z3 ~ Pore τ: ρ = +0.52, q = 0.0030, partial ρ = +0.31"`` (one surviving pair; the
+    partial rho holds the pore and CBD fractions fixed, so the fractions have none)."""
+    if np.isfinite(partial):
+        given = f"partial ρ = {partial:+.2f}"
+    elif name in PARTIAL_CONTROLS or name == "active_fraction":
+        given = "a phase fraction: no partial ρ"
+    else:
+        given = "partial ρ n/a"
     q_text = format_p(q)
     return (
         f"z{j + 1} ~ {short_label(name)}: ρ = {rho:+.2f}, "
-        f"q {'' if q_text.startswith('<') else '= '}{q_text}, partial ρ = {given}"
+        f"q {'' if q_text.startswith('<') else '= '}{q_text}, {given}"
     )
 
 

@@ -231,7 +231,9 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         self.max_windows_spin.setRange(3, 1_000_000)
         self.max_windows_spin.setValue(DEFAULT_MAX_WINDOWS)
         self.max_windows_spin.setToolTip(
-            "Analyse at most this many windows (a seeded random subset when there are more)"
+            "Analyse at most this many windows that share no voxel (a seeded random subset "
+            "when there are more); overlapping windows are near copies and would fake "
+            "significance"
         )
         self.corr_tau_check = QCheckBox("Tortuosity")
         self.corr_tau_check.setToolTip("Include the pore tortuosity (slow: ~1 s per big window)")
@@ -274,7 +276,10 @@ class PhysicsPanel(PhysicsCorrelations, Panel):
         layout.addWidget(self.window_title)
         layout.addWidget(self.metrics_table)
         layout.addLayout(table_row)
-        corr_title = QLabel("<b>Latent features vs physics</b> (Spearman ρ over windows)")
+        corr_title = QLabel(
+            "<b>Latent features vs physics</b> (Spearman ρ over non-overlapping windows; only "
+            "pairs that survive FDR and a random encoder)"
+        )
         corr_title.setWordWrap(True)
         layout.addWidget(corr_title)
         layout.addLayout(corr_settings)
