@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_electrode_cae import core
+from napari_electrode_cae._widgets.latent_names import slider_tooltip, study_tracks
 from napari_electrode_cae._widgets.physics_jobs import study_columns
 from napari_electrode_cae._widgets.physics_panel import PhysicsPanel
 from napari_electrode_cae._widgets.state import CAEState
@@ -114,4 +115,28 @@ def test_too_few_non_overlapping_windows_is_one_clear_message(make_napari_viewer
     assert not panel.correlation_running
     text = panel.status_label.text()
     assert "at least 3 non-overlapping windows, there are 2" in text, text
+    panel.shutdown()
+
+
+def test_the_study_is_published_in_the_shared_state_for_the_slider_names(
+    make_napari_viewer, qtbot, stacks
+):
+    model = untrained_model()
+    data = core.WindowDataset(list(stacks), SPEC)
+    latents = core.encode_windows(model, data).astype(np.float64)
+    latents[:, 2] = -np.array([np.mean(np.asarray(data.view(i)) == 0) for i in range(len(data))])
+    state, panel = panel_for(make_napari_viewer, qtbot, stacks, model, latents=latents)
+    assert state.correlation_study is None
+    compute(qtbot, panel)
+    study = state.correlation_study
+    assert study is panel.correlation.study
+    tracks = study_tracks(study, latents.shape[1])
+    assert tracks[2] == ("pore_fraction", pytest.approx(-1.0))
+    assert all((track is None) == (not study.survives[j].any()) for j, track in enumerate(tracks))
+    assert study_tracks(study, latents.shape[1] + 1) == [None] * (latents.shape[1] + 1)
+    assert "Physics tab" in slider_tooltip(2, tracks[2], "the Physics tab's correlation study")
+    # other windows: the study goes from the state too
+    state.window = core.WindowSpec(length=4, stride=4, crop=16)
+    state.rebuild_dataset()
+    assert state.correlation_study is None
     panel.shutdown()

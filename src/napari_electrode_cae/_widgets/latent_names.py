@@ -68,6 +68,18 @@ def latent_tracks(run_dir: str | Path | None, k: int) -> list[tuple[str, float] 
     return [best.get(j) for j in range(k)]
 
 
+def study_tracks(study: Any, k: int) -> list[tuple[str, float] | None]:
+    """Per latent feature, its strongest surviving pair of a ``CorrelationStudy`` (the Physics
+    tab's), or None; None for every feature if the study has another number of latents."""
+    tracks: list[tuple[str, float] | None] = [None] * k
+    if study is None or np.shape(study.survives)[0] != k:
+        return tracks
+    for j, name, rho, _q, _partial in study.surviving():  # strongest first
+        if tracks[j] is None:
+            tracks[j] = (name, rho)
+    return tracks
+
+
 def slider_title(j: int, track: tuple[str, float] | None) -> str:
     """``"z5 · pore fraction +0.67"``, or ``"z5"`` while nothing is known."""
     if track is None:
@@ -75,7 +87,9 @@ def slider_title(j: int, track: tuple[str, float] | None) -> str:
     return f"z{j + 1} · {variable_label(track[0])} {track[1]:+.2f}"
 
 
-def slider_tooltip(j: int, track: tuple[str, float] | None) -> str:
+def slider_tooltip(
+    j: int, track: tuple[str, float] | None, source: str = f"{CORRELATIONS_FILE} of the run"
+) -> str:
     if track is None:
         return (
             f"latent feature z{j + 1}: no measured correlation yet (run electrode-cae "
@@ -84,7 +98,7 @@ def slider_tooltip(j: int, track: tuple[str, float] | None) -> str:
     return (
         f"latent feature z{j + 1}: its strongest correlation that survived the FDR "
         f"correction is with {variable_label(track[0])} (Spearman rho {track[1]:+.2f}, "
-        f"{CORRELATIONS_FILE} of the run)"
+        f"{source})"
     )
 
 

@@ -187,6 +187,7 @@ class PhysicsCorrelations:
 
     def _show_correlation(self, result: CorrelationResult) -> None:
         self.correlation = result
+        self.state.correlation_study = result.study  # the Latents tab's slider names follow
         study = result.study
         for heatmap in self._heatmaps:
             heatmap.set_study(study)
@@ -220,6 +221,7 @@ class PhysicsCorrelations:
 
     def _clear_correlation(self, message: str) -> None:
         self.correlation = None
+        self.state.correlation_study = None
         for heatmap in self._heatmaps:
             heatmap.clear()
         if self._corr_worker is None:  # the old count no longer describes anything shown

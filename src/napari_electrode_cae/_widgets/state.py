@@ -18,7 +18,9 @@ it can be unit-tested without a viewer. Field summary:
   ``model_version`` (bumped whenever the weights change: training finished or stopped, run
   opened), ``history`` (tuple of EpochReport), ``training`` (a worker is running);
 * results: ``selected_window`` (index into ``dataset``), ``latents`` (float32 (n_windows, k) of
-  the current model, or None), ``report`` (EvaluationReport or None), ``run_dir``.
+  the current model, or None), ``report`` (EvaluationReport or None), ``run_dir``,
+  ``correlation_study`` (the Physics tab's last ``core.analysis.CorrelationStudy`` of the current
+  latents, or None: the Latents tab names its sliders after the surviving pairs).
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class CAEState:
     latents: np.ndarray | None = None
     report: EvaluationReport | None = None
     run_dir: str = ""
+    correlation_study: object | None = None
 
     def rebuild_dataset(self) -> None:
         """Recompute ``dataset`` and ``split`` from stacks and window settings.
