@@ -41,10 +41,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -52,14 +51,14 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt import QLabeledDoubleSlider
 
 from .. import _layers
-from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, RunFolderError
-from ..core.checkpoint import atomic_write_text
+from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError
 from ..core.model import ConvAutoEncoder3d
-from ..core.runs import latents_table
-from .latent_names import SpreadLabels, latent_tracks, slider_title, slider_tooltip
+from .latent_names import SpreadLabels
+from .latent_output import export_latents, show_decoded_labels, update_labels_in_place
+from .latent_sliders import LatentSliders
+from .latent_sliders import latent_ranges as latent_ranges  # re-exported (tests)
 from .live_decoder import (
     RUNNERS,
     DecodedVolume,
@@ -80,8 +79,6 @@ if TYPE_CHECKING:
 #: the last one sooner, because it decodes the next vector while the main thread updates the
 #: layer, where a chained worker waits for the main thread to start it.
 DEFAULT_RUNNER = "thread"
-#: Half-width of a slider's range when no encoded windows are available.
-FALLBACK_HALF_RANGE = 3.0
 #: Decodes estimated to take less than this many seconds run on the GUI thread, in the turn of
 #: the slider move (see :class:`LatentPanel`); slower ones run in the background runner.
 INLINE_DECODE_MAX_S = 0.030
@@ -91,75 +88,6 @@ INLINE_DECODE_MAX_S = 0.030
 DRAG_INLINE_MAX_S = 0.010
 #: The decode-time estimate is the lowest CPU time of this many recent decodes of the model.
 ESTIMATE_WINDOW = 8
-
-
-def latent_ranges(latents: np.ndarray | None, k: int) -> np.ndarray:
-    """(k, 2) slider ranges: mean ± 3 std of each feature, widened to the observed min/max.
-
-    A feature with (almost) no spread gets mean ± 1; without encoded windows every range is
-    ±3 around 0.
-
-    Parameters
-    ----------
-    latents : numpy.ndarray or None
-        float32 (n_windows, k) encodings of the windows.
-    k : int
-        Number of latent features.
-    """
-    if latents is None or latents.ndim != 2 or latents.shape[1] != k or len(latents) == 0:
-        return np.tile([-FALLBACK_HALF_RANGE, FALLBACK_HALF_RANGE], (k, 1))
-    values = latents.astype(np.float64)
-    mean, std = values.mean(axis=0), values.std(axis=0)
-    half = np.where(std > 1e-6, 3.0 * std, 1.0)
-    low = np.minimum(mean - half, values.min(axis=0))
-    high = np.maximum(mean + half, values.max(axis=0))
-    return np.stack([low, high], axis=1)
-
-
-def slider_decimals(low: float, high: float) -> int:
-    """Decimals so that a slider of this range has at least ~200 distinct steps."""
-    width = max(high - low, 1e-9)
-    return int(np.clip(np.ceil(-np.log10(width / 200.0)), 2, 6))
-
-
-def update_labels_in_place(layer: Any, labels: np.ndarray) -> bool:
-    """Copy ``labels`` into a Labels layer's own array and hand it back to the layer.
-
-    For a volume of the same shape and dtype the layer keeps its array (no new 3D allocation per
-    decode); the array is then given back through the public ``layer.data`` setter, which
-    redraws the layer and emits its ``data`` event (the Physics panel follows the decoded layer
-    through it). The undo history is cleared by turning ``editable`` off and on (napari's own
-    public way; it also leaves a paint mode for pan/zoom): undoing would otherwise write values
-    painted over in the old content into the new one. Only public napari API.
-
-    Parameters
-    ----------
-    layer : napari.layers.Labels
-        The layer; its ``data`` must be a writable numpy array that nobody else holds (make the
-        layer with a copy).
-    labels : numpy.ndarray
-        New values, same shape and dtype as ``layer.data``.
-
-    Returns
-    -------
-    bool
-        False (nothing changed) if ``layer.data`` is not a writable array of that shape and
-        dtype; the caller then sets ``layer.data``.
-    """
-    data = layer.data
-    if not (
-        isinstance(data, np.ndarray)
-        and data.shape == labels.shape
-        and data.dtype == labels.dtype
-        and data.flags.writeable
-    ):
-        return False
-    np.copyto(data, labels)
-    layer.data = data
-    editable = layer.editable
-    layer.editable = False  # napari clears a Labels layer's undo history when editing stops
-    layer.editable = editable
-    return True
 
 
 class LatentPanel(QWidget):
@@ -229,10 +157,6 @@ class LatentPanel(QWidget):
         self._inline_turn.timeout.connect(self._on_inline_turn)
         self._snapshot: ConvAutoEncoder3d | None = None
         self._snapshot_source: ConvAutoEncoder3d | None = None  # state.model it was copied from
-        self.sliders: list[QLabeledDoubleSlider] = []
-        self.slider_names: list[QLabel] = []
-        self.spread_labels = SpreadLabels()  # each slider's value in the data's spread
-        self._slider_rows: list[QWidget] = []
         self.latency_log: list | None = None
         self._to_add: tuple[DecodedVolume, float] | None = None  # (result, delivered at)
         self._steps = TurnScheduler(self._add_decoded_layer, self, turns)
@@ -262,16 +186,11 @@ class LatentPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.reset_button)
         buttons.addWidget(self.export_button)
-        self.slider_grid = QGridLayout()
-        self.slider_grid.setColumnStretch(1, 1)
-        slider_box = self.slider_box = QWidget()
-        slider_outer = QVBoxLayout(slider_box)
-        slider_outer.setContentsMargins(0, 0, 0, 0)
-        slider_outer.addLayout(self.slider_grid)
-        slider_outer.addStretch(1)
+        self.slider_box = LatentSliders()
+        self.slider_box.moved.connect(self._on_slider_moved)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setWidget(slider_box)
+        scroll.setWidget(self.slider_box)
         self.fractions_label = QLabel("")
         self.fractions_label.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -295,44 +214,24 @@ class LatentPanel(QWidget):
             self.state.latents is not None and self.state.dataset is not None
         )
 
-    def _rebuild_sliders(self, k: int) -> None:
-        """Replace the sliders by ``k`` new ones (k = 0 removes them); kept if there are k."""
-        if k == len(self.sliders) and k > 0:
-            return
-        for row in self._slider_rows:
-            self.slider_grid.removeWidget(row)
-            row.deleteLater()
-        self._slider_rows, self.sliders, self.slider_names = [], [], []
-        for j in range(k):
-            name = QLabel(f"z{j + 1}")
-            name.setWordWrap(True)  # a long name wraps instead of squeezing its slider
-            name.setMaximumWidth(name.fontMetrics().horizontalAdvance("z10 · pore fraction +0.00"))
-            self.slider_names.append(name)
-            slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-            slider.valueChanged.connect(self._on_slider_moved)
-            self.slider_grid.addWidget(name, j, 0)
-            self.slider_grid.addWidget(slider, j, 1)
-            self._slider_rows += [name, slider]
-            self.sliders.append(slider)
-        self._slider_rows += self.spread_labels.attach(self.slider_grid, self.sliders)
-        self._name_sliders()
+    @property
+    def sliders(self) -> list:
+        """One ``QLabeledDoubleSlider`` per latent feature (see :class:`.LatentSliders`)."""
+        return self.slider_box.sliders
+
+    @property
+    def slider_names(self) -> list[QLabel]:
+        """Each slider's name label."""
+        return self.slider_box.names
+
+    @property
+    def spread_labels(self) -> SpreadLabels:
+        """Each slider's value in the encoded windows' spread."""
+        return self.slider_box.spread_labels
 
     def _name_sliders(self, _event: Any = None) -> None:
         """Name each slider by what its feature tracks, once the run's correlations say."""
-        tracks = latent_tracks(self.state.run_dir, len(self.sliders))
-        for j, (name, slider) in enumerate(zip(self.slider_names, self.sliders)):
-            name.setText(slider_title(j, tracks[j]))
-            name.setToolTip(slider_tooltip(j, tracks[j]))
-            slider.setToolTip(slider_tooltip(j, tracks[j]))
-
-    def _apply_ranges(self) -> None:
-        ranges = latent_ranges(self.state.latents, len(self.sliders))
-        self.spread_labels.set_spread(self.state.latents)  # "+1.2 σ" beside each slider
-        for slider, (low, high) in zip(self.sliders, ranges):
-            slider.blockSignals(True)
-            slider.setDecimals(slider_decimals(low, high))
-            slider.setRange(float(low), float(high))
-            slider.blockSignals(False)
+        self.slider_box.name_sliders(self.state.run_dir)
 
     # ------------------------------------------------------------------------- state events
     def _on_model_changed(self, _event: Any = None) -> None:
@@ -355,20 +254,20 @@ class LatentPanel(QWidget):
         self._snapshot_taken_at = time.perf_counter()
         self._inline_pending = None
         k = 0 if model is None else model.config.latent_dim
-        self._rebuild_sliders(k)
+        self.slider_box.rebuild(k, self.state.run_dir)
         if model is None:
             self.status_label.setText(NO_MODEL_MESSAGE)
             self.fractions_label.setText("")
             self._update_enabled()
             return
-        self._apply_ranges()
+        self.slider_box.apply_ranges(self.state.latents)
         self._update_enabled()
         self.reset_to_window()
 
     def _on_latents_changed(self, _event: Any = None) -> None:
         if not self._snapshot_is_current():
             return
-        self._apply_ranges()
+        self.slider_box.apply_ranges(self.state.latents)
         self._update_enabled()
         self.reset_to_window()
 
@@ -379,14 +278,11 @@ class LatentPanel(QWidget):
     # ------------------------------------------------------------------------------ sliders
     def latent_vector(self) -> np.ndarray:
         """The sliders' current values as a float32 (k,) vector."""
-        return np.array([s.value() for s in self.sliders], dtype=np.float32)
+        return self.slider_box.values()
 
     def set_latent_vector(self, latent: np.ndarray) -> None:
         """Move all sliders at once (one decode, not k) and decode the result."""
-        for slider, value in zip(self.sliders, np.asarray(latent, dtype=float)):
-            slider.blockSignals(True)
-            slider.setValue(float(value))
-            slider.blockSignals(False)
+        self.slider_box.set_values(latent)
         self._request_decode()
 
     def _window_code(self) -> np.ndarray | None:
@@ -442,7 +338,7 @@ class LatentPanel(QWidget):
     @property
     def dragging(self) -> bool:
         """True while a slider is held down."""
-        return any(slider.isSliderDown() for slider in self.sliders)
+        return self.slider_box.dragging
 
     @property
     def decodes_inline(self) -> bool:
@@ -546,20 +442,7 @@ class LatentPanel(QWidget):
             voxel, translate = dataset.voxel_size_um, window_translate(dataset, index)
         else:
             voxel, translate = DEFAULT_VOXEL_SIZE_UM, (0.0, 0.0, 0.0)
-        name = _layers.DECODED_LAYER
-        if (
-            name in self.viewer.layers
-            and self.viewer.layers[name].data.shape == result.labels.shape
-        ):
-            layer = self.viewer.layers[name]
-            if not update_labels_in_place(layer, result.labels):
-                layer.data = result.labels.copy()  # the layer's own array, updated in place
-            if not np.allclose(layer.translate, translate):
-                layer.translate = translate
-        else:
-            _layers.add_phase_labels(
-                self.viewer, result.labels.copy(), name, voxel, translate=translate
-            )
+        show_decoded_labels(self.viewer, result.labels, voxel, translate, update_labels_in_place)
         if self.latency_log is not None:
             self.latency_log.append((result, delivered, time.perf_counter()))
         f = result.fractions
@@ -578,29 +461,8 @@ class LatentPanel(QWidget):
 
     # ------------------------------------------------------------------------------- export
     def export_latents(self, path: str | Path) -> Path:
-        """Write the latents of every window as CSV (atomically) and return the path.
-
-        Columns: window, split, stack, stack_name, tag, z, y, x, z1..zk (see
-        :func:`napari_electrode_cae.core.runs.latents_table`).
-
-        Raises
-        ------
-        RunFolderError
-            If there are no latents, or they do not match the current windows.
-        """
-        latents, dataset, split = self.state.latents, self.state.dataset, self.state.split
-        if latents is None or dataset is None:
-            raise RunFolderError(f"no latents to export: {NO_MODEL_MESSAGE}")
-        if len(latents) != len(dataset):
-            raise RunFolderError(
-                f"the latents cover {len(latents)} windows but the current windows are "
-                f"{len(dataset)}; retrain or reopen the run"
-            )
-        train = split.train if split is not None else ()
-        val = split.val if split is not None else ()
-        path = Path(path)
-        atomic_write_text(path, latents_table(latents, dataset, train, val))
-        return path
+        """Write the latents of every window as CSV; see :func:`.latent_output.export_latents`."""
+        return export_latents(self.state, path)
 
     def _on_export_clicked(self) -> None:
         from napari.utils.notifications import show_error, show_info
