@@ -19,13 +19,13 @@ windows; its result sets ``state.latents`` and ``state.report`` and bumps
 windows. Open run… reads the run folder (weights, stacks, windows) in a worker too; its result
 is applied on the GUI thread. Worker jobs and text helpers live in :mod:`.training_jobs`; the
 settings fields in :mod:`.training_fields`; evaluation and runs on disk in
-:mod:`.training_runs`. Where a training is stands in :attr:`TrainingPanel.phase` (a
+:mod:`.training_runs`; the status, plan, warning and progress widgets in
+:mod:`.training_status`. Where a training is stands in :attr:`TrainingPanel.phase` (a
 :class:`TrainingPhase`).
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,18 +34,16 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info  # noqa: F401 (tests patch them)
 from napari.utils.theme import get_theme
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from .. import core
 from ..core import ElectrodeCAEError, EpochReport, TrainConfigError
-from ..core.health import Health
 from ..core.training import TimeEstimate, format_duration, history_health
 from .loss_plot import LossPlot
 from .panel_base import Panel
 from .scrolling import fill_with_scrolling
 from .state import CAEState
 from .training_fields import (
-    ERROR_STYLE,
     LearningRateSpinBox,  # noqa: F401 (re-exported: tests use it)
     TrainingFields,
     row,
@@ -62,9 +60,9 @@ from .training_jobs import (
     history_from_rows,  # noqa: F401 (re-exported: tests use it)
     run_health,
     training_steps,
-    warning_text,
 )
 from .training_runs import TrainingRuns
+from .training_status import TrainingPhase, TrainingStatus
 from .window_close import WindowCloseWatcher
 
 if TYPE_CHECKING:
@@ -76,21 +74,6 @@ if TYPE_CHECKING:
 PROGRESS_INTERVAL_S = 0.1
 #: How often the evaluation's window count is shown, in milliseconds.
 EVALUATION_POLL_MS = 200
-#: Warning colours: a collapsed model (orange) and a diverged one (red).
-_WARNING_STYLES = {
-    "collapsed": "color: #f0a030; font-weight: bold;",
-    "diverged": "color: #ff5a4e; font-weight: bold;",
-}
-
-
-class TrainingPhase(enum.Enum):
-    """Where the Train tab's training is: the one state the buttons and messages follow."""
-
-    IDLE = "idle"  # nothing trained yet in this panel
-    TRAINING = "training"  # a training worker runs
-    STOPPING = "stopping"  # Stop was pressed: the worker ends after the current batch
-    DONE = "done"  # the last training finished or was stopped (its evaluation may still run)
-    FAILED = "failed"  # the last training raised an error
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,7 +89,7 @@ class _StateSnapshot:
 # --------------------------------------------------------------------------------------------
 
 
-class TrainingPanel(TrainingFields, TrainingRuns, Panel):
+class TrainingPanel(TrainingFields, TrainingRuns, TrainingStatus, Panel):
     """Model and training settings, Train / Stop, live loss plot, Save run… / Open run….
 
     Reads ``state.dataset``, ``state.split``, ``state.window``, ``state.window_error``,
@@ -183,23 +166,7 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
         self.train_button = QPushButton("Train")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop after the current batch; the best weights are kept")
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setFormat("%v / %m batches")  # the real total: _update_plan_preview
-        self.progress_bar.setValue(0)
-        # _set_status/_report_error keep the text; _show_status adds the Data-panel note.
-        self._status_text, self._status_error = "Choose settings and press Train.", False
-        self.status_label = QLabel(self._status_text)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        # windows, batches and the time estimate of the running (or last) training
-        self.plan_label = QLabel()
-        self.plan_label.setWordWrap(True)
-        self.plan_label.setVisible(False)
-        # a diverged or collapsed model: message and advice, orange or red
-        self.health_label = QLabel()
-        self.health_label.setWordWrap(True)
-        self.health_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.health_label.setVisible(False)
+        self._build_status_widgets()
         self._evaluation_timer = QTimer(self)
         self._evaluation_timer.setInterval(EVALUATION_POLL_MS)
         self._evaluation_timer.timeout.connect(self._show_evaluation_progress)
@@ -244,70 +211,10 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
         """True while a run folder is being read (see :meth:`open_run`)."""
         return self._opening is not None
 
-    def _set_status(self, text: str) -> None:
-        self._status_text, self._status_error = text, False
-        self._show_status()
-
     def _report_error(self, message: str) -> None:
         self._status_text, self._status_error = message, True
         self._show_status()
         show_error(message)
-
-    def _conversion_wait_message(self, action: str = "Train") -> str:
-        """Why ``action`` (Train, Open run) waits for the Data panel ("" if it does not)."""
-        names = self.state.converting_layers
-        if not names:
-            return ""
-        return (
-            f"{action} waits for the Data tab to finish converting {', '.join(names)} in "
-            "the background …"
-        )
-
-    def _show_status(self) -> None:
-        """The last status (or error), and below it why Train waits, while it does."""
-        text, wait = self._status_text, self._conversion_wait_message()
-        if wait:
-            text = f"{text}\n{wait}" if text else wait
-        self.status_label.setStyleSheet(ERROR_STYLE if self._status_error else "")
-        self.status_label.setText(text)
-
-    def _update_buttons(self) -> None:
-        training = self.training_active
-        opening = self._opening is not None
-        # A conversion finishing during training would rebuild the dataset under it.
-        converting = bool(self.state.converting_layers)
-        self.train_button.setEnabled(not training and not opening and not converting)
-        self.train_button.setToolTip(self._conversion_wait_message())
-        self.stop_button.setEnabled(self.phase is TrainingPhase.TRAINING)
-        # an opened run would be overwritten by the conversion's result too
-        self.open_button.setEnabled(not training and not opening and not converting)
-        self.open_button.setToolTip(self._conversion_wait_message("Open run"))
-        self.save_button.setEnabled(
-            not training
-            and not opening
-            and not self._saving
-            and self._evaluating_model is None
-            and self.trained_run is not None
-        )
-        for widget in (
-            self.preset_combo,
-            self.conv_layers_combo,
-            self.hidden_spin,
-            self.latent_spin,
-            self.norm_combo,
-            self.output_combo,
-            self.epochs_spin,
-            self.batch_spin,
-            self.lr_spin,
-            self.device_combo,
-            self.precision_combo,
-            self.windows_per_epoch_spin,
-            self.warmup_spin,
-            self.schedule_combo,
-            self.grad_clip_spin,
-        ):
-            widget.setEnabled(not training)
-        self._update_output_dependent_fields()
 
     # ---------------------------------------------------------------------- training
 
@@ -434,45 +341,6 @@ class TrainingPanel(TrainingFields, TrainingRuns, Panel):
 
     def _on_training_returned(self, result: core.TrainResult | None) -> None:
         self._training_result = result
-
-    def _show_plan(self, time_text: str = "") -> None:
-        """The training plan (windows, batches) and below it ``time_text``."""
-        if self._plan is None:
-            self.plan_label.setVisible(False)
-            return
-        self.plan_label.setText(self._plan.describe() + (f"\n{time_text}" if time_text else ""))
-        self.plan_label.setVisible(True)
-
-    def _show_health(self, health: Health | None) -> None:
-        """Show the warning of an unhealthy model (orange: collapsed, red: diverged); hide it
-        for None or a healthy one."""
-        if health is None or health.ok:
-            self.health_label.setVisible(False)
-            self.health_label.setText("")
-            return
-        self.health_label.setStyleSheet(
-            _WARNING_STYLES.get(health.state, _WARNING_STYLES["diverged"])
-        )
-        self.health_label.setText(warning_text(health))
-        self.health_label.setVisible(True)
-
-    @property
-    def health_warning(self) -> str:
-        """The warning the Train tab shows now ("" if none)."""
-        return self.health_label.text() if not self.health_label.isHidden() else ""
-
-    def _show_progress(self, value: int) -> None:
-        """Show ``value`` in the progress bar with an ordinary, coalesced repaint.
-
-        ``QProgressBar.setValue`` repaints at once (inside this slot) whenever the shown
-        percentage changes; with updates disabled meanwhile, re-enabling them schedules the
-        repaint for the event loop instead.
-        """
-        bar = self.progress_bar
-        bar.setUpdatesEnabled(False)
-        bar.setValue(value)
-        bar.setUpdatesEnabled(True)
-        self._progress_shown_at = time.monotonic()
 
     def _on_stop_clicked(self) -> None:
         if self.phase is not TrainingPhase.TRAINING:
