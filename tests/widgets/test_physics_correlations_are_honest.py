@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_electrode_cae import core
-from napari_electrode_cae._widgets.latent_names import slider_tooltip, study_tracks
+from napari_electrode_cae._widgets.latent_names import slider_title, slider_tooltip, study_tracks
 from napari_electrode_cae._widgets.physics_jobs import study_columns
 from napari_electrode_cae._widgets.physics_panel import PhysicsPanel
 from napari_electrode_cae._widgets.state import CAEState
@@ -140,3 +140,33 @@ def test_the_study_is_published_in_the_shared_state_for_the_slider_names(
     state.rebuild_dataset()
     assert state.correlation_study is None
     panel.shutdown()
+
+
+def test_latent_sliders_are_named_after_the_physics_tabs_survivors(
+    make_napari_viewer, qtbot, stacks
+):
+    from napari_electrode_cae._widgets.latent_panel import LatentPanel
+
+    model = untrained_model()
+    data = core.WindowDataset(list(stacks), SPEC)
+    latents = core.encode_windows(model, data).astype(np.float64)
+    latents[:, 2] = -np.array([np.mean(np.asarray(data.view(i)) == 0) for i in range(len(data))])
+    state, panel = panel_for(make_napari_viewer, qtbot, stacks, model, latents=latents)
+    latent_panel = LatentPanel(panel.viewer, state)
+    try:
+        assert latent_panel.slider_names[2].text() == "z3"
+        compute(qtbot, panel)
+        tracks = study_tracks(state.correlation_study, latents.shape[1])
+        assert [label.text() for label in latent_panel.slider_names] == [
+            slider_title(j, track) for j, track in enumerate(tracks)
+        ]
+        assert latent_panel.slider_names[2].text() == "z3 · pore fraction -1.00"
+        assert "Physics tab" in latent_panel.sliders[2].toolTip()
+        # the study cleared (other windows): back to plain names (no run folder here)
+        state.window = core.WindowSpec(length=4, stride=4, crop=16)
+        state.rebuild_dataset()
+        assert latent_panel.slider_names[2].text() == "z3"
+        qtbot.waitUntil(lambda: latent_panel.idle, timeout=WAIT_MS)
+    finally:
+        latent_panel.shutdown()
+        panel.shutdown()

@@ -168,6 +168,7 @@ class LatentPanel(QWidget):
             (state.events.selected_window, self._on_selected_window_changed),
             (state.events.dataset, self._update_enabled),
             (state.events.run_dir, self._name_sliders),  # the run's correlations name them
+            (state.events.correlation_study, self._name_sliders),  # or the Physics tab's
         ]
         for signal, slot in self._connections:
             signal.connect(slot)
@@ -231,7 +232,7 @@ class LatentPanel(QWidget):
 
     def _name_sliders(self, _event: Any = None) -> None:
         """Name each slider by what its feature tracks, once the run's correlations say."""
-        self.slider_box.name_sliders(self.state.run_dir)
+        self.slider_box.name_sliders(self.state.run_dir, self.state.correlation_study)
 
     # ------------------------------------------------------------------------- state events
     def _on_model_changed(self, _event: Any = None) -> None:
@@ -254,7 +255,7 @@ class LatentPanel(QWidget):
         self._snapshot_taken_at = time.perf_counter()
         self._inline_pending = None
         k = 0 if model is None else model.config.latent_dim
-        self.slider_box.rebuild(k, self.state.run_dir)
+        self.slider_box.rebuild(k, self.state.run_dir, self.state.correlation_study)
         if model is None:
             self.status_label.setText(NO_MODEL_MESSAGE)
             self.fractions_label.setText("")

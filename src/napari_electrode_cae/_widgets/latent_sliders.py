@@ -14,7 +14,14 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 from superqt import QLabeledDoubleSlider
 
-from .latent_names import SpreadLabels, latent_tracks, slider_title, slider_tooltip
+from .latent_names import (
+    CORRELATIONS_FILE,
+    SpreadLabels,
+    latent_tracks,
+    slider_title,
+    slider_tooltip,
+    study_tracks,
+)
 
 #: Half-width of a slider's range when no encoded windows are available.
 FALLBACK_HALF_RANGE = 3.0
@@ -79,7 +86,7 @@ class LatentSliders(QWidget):
         self.spread_labels = SpreadLabels()
         self._rows: list[QWidget] = []
 
-    def rebuild(self, k: int, run_dir: str | Path | None) -> None:
+    def rebuild(self, k: int, run_dir: str | Path | None, study: object | None = None) -> None:
         """Replace the sliders by ``k`` new ones (k = 0 removes them); kept if there are k."""
         if k == len(self.sliders) and k > 0:
             return
@@ -99,15 +106,20 @@ class LatentSliders(QWidget):
             self._rows += [name, slider]
             self.sliders.append(slider)
         self._rows += self.spread_labels.attach(self.grid, self.sliders)
-        self.name_sliders(run_dir)
+        self.name_sliders(run_dir, study)
 
-    def name_sliders(self, run_dir: str | Path | None) -> None:
-        """Name each slider by what its feature tracks, once the run's correlations say."""
-        tracks = latent_tracks(run_dir, len(self.sliders))
+    def name_sliders(self, run_dir: str | Path | None, study: object | None = None) -> None:
+        """Name each slider by what its feature tracks: the Physics tab's correlation ``study``
+        of these latents when there is one, else the run's correlations.csv."""
+        k = len(self.sliders)
+        if study is not None and np.shape(study.survives)[0] == k:
+            tracks, source = study_tracks(study, k), "the Physics tab's correlation study"
+        else:
+            tracks, source = latent_tracks(run_dir, k), f"{CORRELATIONS_FILE} of the run"
         for j, (name, slider) in enumerate(zip(self.names, self.sliders)):
             name.setText(slider_title(j, tracks[j]))
-            name.setToolTip(slider_tooltip(j, tracks[j]))
-            slider.setToolTip(slider_tooltip(j, tracks[j]))
+            name.setToolTip(slider_tooltip(j, tracks[j], source))
+            slider.setToolTip(slider_tooltip(j, tracks[j], source))
 
     def apply_ranges(self, latents: np.ndarray | None) -> None:
         """Set each slider's range (and the spread labels) from the encoded windows."""
