@@ -36,7 +36,7 @@ from ..core.losses import PHASE_LOSS_CHOICES
 from ..core.model import CONV_LAYER_CHOICES, NORM_CHOICES
 from ..core.training import SCHEDULE_CHOICES
 from .state import ModelSettings
-from .training_jobs import (
+from .training_texts import (
     CUSTOM_PRESET,
     PHASE_RULE_CHOICES,
     TrainingPlan,

@@ -51,11 +51,7 @@ from .training_fields import (
 from .training_jobs import (
     EvaluationProgress,
     TrainedRun,
-    TrainingPlan,
     drive,
-    epoch_warning,
-    estimate_text,
-    format_epoch_status,
     gui_torch_threads,
     history_from_rows,  # noqa: F401 (re-exported: tests use it)
     run_health,
@@ -63,6 +59,7 @@ from .training_jobs import (
 )
 from .training_runs import TrainingRuns
 from .training_status import TrainingPhase, TrainingStatus
+from .training_texts import TrainingPlan, epoch_warning, estimate_text, format_epoch_status
 from .window_close import WindowCloseWatcher
 
 if TYPE_CHECKING:

@@ -25,7 +25,6 @@ from .training_jobs import (
     EvaluationProgress,
     LoadedRun,
     TrainedRun,
-    format_report_status,
     load_run_folder,
     open_run_error_message,
     run_health,
@@ -33,6 +32,7 @@ from .training_jobs import (
     save_run_job,
 )
 from .training_jobs import evaluate_model as _evaluate_model
+from .training_texts import format_report_status
 
 
 class TrainingRuns:

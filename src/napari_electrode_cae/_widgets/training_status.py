@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar
 
 from ..core.health import Health
 from .training_fields import ERROR_STYLE
-from .training_jobs import warning_text
+from .training_texts import warning_text
 
 #: Warning colours: a collapsed model (orange) and a diverged one (red).
 _WARNING_STYLES = {
