@@ -65,6 +65,7 @@ from .live_decoder import (
     decode_latent,
     model_snapshot,
 )
+from .panel_base import Panel
 from .prediction_view import PredictionView
 from .results_panel import MODEL_PENDING_MESSAGE, NO_MODEL_MESSAGE, window_translate
 from .turns import TurnQueue, TurnScheduler
@@ -90,7 +91,7 @@ DRAG_INLINE_MAX_S = 0.010
 ESTIMATE_WINDOW = 8
 
 
-class LatentPanel(QWidget):
+class LatentPanel(Panel):
     """Sliders for the latent features and a live decoded volume.
 
     Reads ``state.model``, ``model_version``, ``latents``, ``dataset``, ``split`` and
@@ -137,14 +138,11 @@ class LatentPanel(QWidget):
         inline_max_s: float = INLINE_DECODE_MAX_S,
         drag_inline_max_s: float = DRAG_INLINE_MAX_S,
     ) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.state = state
+        super().__init__(viewer, state, parent)
         self.decoder = RUNNERS[runner](self._on_decoded, self._on_decode_error)
         self.inline_max_s = inline_max_s
         self.drag_inline_max_s = drag_inline_max_s
         self.inline_decodes = 0
-        self._closed = False
         self._decode_times: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
         self._inline_pending: tuple[np.ndarray, float] | None = None  # (latent, requested at)
         self._snapshot_taken_at = 0.0  # perf_counter() when the current snapshot was taken
@@ -161,7 +159,7 @@ class LatentPanel(QWidget):
         self._to_add: tuple[DecodedVolume, float] | None = None  # (result, delivered at)
         self._steps = TurnScheduler(self._add_decoded_layer, self, turns)
         self._build_ui()
-        self._connections = [
+        self.connect_events(
             (state.events.model_version, self._on_model_version_changed),
             (state.events.model, self._on_model_changed),
             (state.events.latents, self._on_latents_changed),
@@ -169,9 +167,7 @@ class LatentPanel(QWidget):
             (state.events.dataset, self._update_enabled),
             (state.events.run_dir, self._name_sliders),  # the run's correlations name them
             (state.events.correlation_study, self._name_sliders),  # or the Physics tab's
-        ]
-        for signal, slot in self._connections:
-            signal.connect(slot)
+        )
         self._on_model_version_changed()
 
     # ----------------------------------------------------------------------------------- UI
@@ -314,7 +310,7 @@ class LatentPanel(QWidget):
         self._request_decode()
 
     def _request_decode(self) -> None:
-        if self._closed or not self._snapshot_is_current() or not self.sliders:
+        if self.closed or not self._snapshot_is_current() or not self.sliders:
             return
         latent, requested = self.latent_vector(), time.perf_counter()
         self.prediction_view.set_latent(latent)
@@ -376,7 +372,7 @@ class LatentPanel(QWidget):
         pending, self._inline_pending = self._inline_pending, None
         if (
             pending is None
-            or self._closed
+            or self.closed
             or not self._snapshot_is_current()
             or len(pending[0]) != len(self.sliders)
         ):
@@ -483,15 +479,12 @@ class LatentPanel(QWidget):
         show_info(f"latents written to {written}")
 
     # ------------------------------------------------------------------------------ cleanup
-    def shutdown(self) -> None:
-        """Stop the decoder worker, wait for it and disconnect from the state."""
-        self._closed = True
+    def stop_work(self) -> None:
+        """At shutdown: no more turns or decodes; the decoder worker is stopped and waited for
+        (:meth:`.Panel.shutdown` then disconnects from the state)."""
         self._steps.stop()
         self._to_add = None
         self._inline_turn.stop()
         self._inline_pending = None
         self.decoder.shutdown()
         self.prediction_view.shutdown()
-        for signal, slot in self._connections:
-            signal.disconnect(slot)
-        self._connections = []
