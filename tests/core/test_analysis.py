@@ -272,3 +272,20 @@ def test_random_encoder_is_built_without_touching_the_callers_rng():
     b = analysis.random_encoder_latents(model, data, [0, 1, 2], seed=1)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (3, 3)
+
+
+def test_the_random_encoder_baseline_leaves_torchs_global_random_state_alone():
+    import torch
+
+    from napari_electrode_cae.core import ModelConfig
+    from napari_electrode_cae.core.analysis import never_trained_model
+
+    config = ModelConfig(4, 16, 3, 8, 3, norm="batch", output="phases")
+    before = torch.get_rng_state()
+    a, b = never_trained_model(config, seed=3), never_trained_model(config, seed=3)
+    assert torch.equal(before, torch.get_rng_state())
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name  # the seed alone decides the weights
+    c = never_trained_model(config, seed=4)
+    assert not torch.equal(a.encoder[0].weight, c.encoder[0].weight)
+    assert torch.isfinite(a.encode(torch.rand(2, 1, 4, 16, 16))).all()

@@ -817,16 +817,38 @@ def random_encoder_latents(
 ) -> np.ndarray:
     """Features of windows ``indices`` from a never-trained model of the same configuration.
 
-    Built under a forked torch RNG, so the caller's random state is unchanged.
+    Its weights come from a private ``torch.Generator`` seeded with ``seed`` (uniform within
+    ±1/sqrt(fan-in), torch's default bound), so torch's global random state is neither read nor
+    changed: safe beside a training in another thread.
     """
+    baseline = never_trained_model(model.config, seed)
+    return encode_indices(baseline, data, indices)
+
+
+def never_trained_model(config, seed: int = 0) -> ConvAutoEncoder3d:
+    """A randomly initialised model of ``config`` drawn from its own generator (see
+    :func:`random_encoder_latents`); normalisation layers start as identities."""
+    import math
+
     import torch
 
     from .model import build_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        baseline = build_model(model.config).eval()
-    return encode_indices(baseline, data, indices)
+    with torch.device("meta"):  # no global random numbers are drawn on the meta device
+        model = build_model(config)
+    model = model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            if isinstance(module, (torch.nn.BatchNorm3d, torch.nn.GroupNorm)):
+                module.reset_parameters()  # ones, zeros and fresh running statistics
+            elif isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+                bound = 1.0 / math.sqrt(weight.shape[1] * math.prod(weight.shape[2:]))
+                weight.uniform_(-bound, bound, generator=generator)
+                if isinstance(bias, torch.Tensor):
+                    bias.uniform_(-bound, bound, generator=generator)
+    return model.eval()
 
 
 def encode_indices(
