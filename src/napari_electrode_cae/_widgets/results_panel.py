@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 from .. import _layers
 from ..core.model import ConvAutoEncoder3d
 from .live_decoder import ChainedRunner, model_snapshot
+from .panel_base import Panel
 from .results_tables import (  # noqa: F401 (re-exported)
     BANNER_STYLES,
     PHASE_LABELS,
@@ -75,7 +76,7 @@ NO_MODEL_MESSAGE = "train a model or open a run first"
 MODEL_PENDING_MESSAGE = "a new model is being trained or evaluated; results appear when it is ready"
 
 
-class ResultsPanel(WindowViews, ReportTables, QWidget):
+class ResultsPanel(WindowViews, ReportTables, Panel):
     """Pick a window and see it next to its reconstruction, with the paper's statistics.
 
     Reads ``state.model``, ``model_version``, ``dataset``, ``split``, ``report``,
@@ -100,9 +101,7 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
         parent: QWidget | None = None,
         turns: TurnQueue | None = None,
     ) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.state = state
+        super().__init__(viewer, state, parent)
         self._snapshot: ConvAutoEncoder3d | None = None
         self._snapshot_source: ConvAutoEncoder3d | None = None  # state.model it was copied from
         self._runner = ChainedRunner(self._on_window_result, self._on_job_error)
@@ -118,7 +117,7 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
         self._collected = False  # the garbage collector ran before this burst of layer work
         self._steps = TurnScheduler(self._apply_step, self, turns)
         self._build_ui()
-        self._connections = [
+        self.connect_events(
             (state.events.model_version, self._on_model_version_changed),
             (state.events.model, self._on_model_changed),
             (state.events.selected_window, self._on_selected_window_changed),
@@ -129,9 +128,7 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
             (viewer.canvas.grid.events.enabled, self._on_grid_enabled_changed),
             (viewer.layers.events.inserted, self._on_layers_changed),
             (viewer.layers.events.removed, self._on_layers_changed),
-        ]
-        for signal, slot in self._connections:
-            signal.connect(slot)
+        )
         viewer.mouse_drag_callbacks.append(self._on_mouse_drag)
         self._on_dataset_changed()
         self._on_report_changed()
@@ -487,13 +484,12 @@ class ResultsPanel(WindowViews, ReportTables, QWidget):
         self.status_label.setText(f"showing window {result.index}{pending}")
 
     # ------------------------------------------------------------------------------ cleanup
-    def shutdown(self) -> None:
-        """Stop the reconstruction worker, wait for it and disconnect from state and viewer."""
+    def stop_work(self) -> None:
+        """At shutdown: no more turns; the reconstruction worker is stopped and waited for,
+        and the mouse callback removed (:meth:`.Panel.shutdown` then disconnects from the
+        state and the viewer)."""
         self._steps.stop()
         self._runner.shutdown()
         self._unwatch_outline()
-        for signal, slot in self._connections:
-            signal.disconnect(slot)
-        self._connections = []
         if self._on_mouse_drag in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse_drag)
