@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from napari_electrode_cae import core
-from napari_electrode_cae.core import studies
+from napari_electrode_cae.core import grid as grids
 
 
 def _history(run: Path) -> list[dict]:
@@ -127,7 +127,7 @@ def bench_grid(args: argparse.Namespace, tmp: Path) -> None:
         "lr": [1e-3, 3e-3],
     }
     print(
-        f"grid of {len(studies.expand_grid(grid))} configurations on a (32, 64, 64) "
+        f"grid of {len(grids.expand_grid(grid))} configurations on a (32, 64, 64) "
         "realistic stack, l=4, crop 32, 3 epochs each"
     )
     print("| How | Workers | Wall s |")
@@ -138,7 +138,7 @@ def bench_grid(args: argparse.Namespace, tmp: Path) -> None:
         ("local Dask cluster", args.workers, "dask"),
     ):
         start = time.perf_counter()
-        rows = studies.run_grid(
+        rows = grids.run_grid(
             [stack],
             grid,
             out_dir=tmp / label.replace(" ", "_"),

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from napari_electrode_cae import cli, core
-from napari_electrode_cae.core import studies
+from napari_electrode_cae.core import cluster, studies
+from napari_electrode_cae.core import grid as grids
 from tests.conftest import make_stack
 
 distributed = pytest.importorskip("distributed")
@@ -126,7 +127,7 @@ def test_ctrl_c_cancels_queued_configs_and_keeps_the_finished_ones_in_grid_csv(
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        studies.run_grid(
+        grids.run_grid(
             stacks, grid, out_dir=out, device="cpu", scheduler=scheduler, progress=progress
         )
     rows = _csv_rows(out / "grid.csv")
@@ -137,7 +138,7 @@ def test_ctrl_c_cancels_queued_configs_and_keeps_the_finished_ones_in_grid_csv(
     assert len(started) <= 4 < len(grid["lr"])
     _wait_until_workers_idle(scheduler)  # a cancelled task that was running ends on its own
     # running again finishes the grid and reuses what finished
-    rows = studies.run_grid(stacks, grid, out_dir=out, device="cpu", scheduler=scheduler)
+    rows = grids.run_grid(stacks, grid, out_dir=out, device="cpu", scheduler=scheduler)
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
     assert any(r["reused"] for r in rows)
 
@@ -249,9 +250,9 @@ def test_ctrl_c_during_the_case_studies_writes_the_finished_and_cancelled_rows(
 def test_gpu_configurations_on_a_cluster_without_gpu_workers_are_refused_not_queued(
     scheduler, stack_file, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(studies, "SCHEDULER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(cluster, "SCHEDULER_TIMEOUT_S", 1.0)
     with pytest.raises(studies.StudyError, match="no worker of the Dask scheduler offers GPU=1"):
-        studies.run_grid(
+        grids.run_grid(
             [core.read_stack(stack_file)],
             {"window": [4], "crop": [16]},
             out_dir=tmp_path / "grid",
@@ -263,7 +264,7 @@ def test_gpu_configurations_on_a_cluster_without_gpu_workers_are_refused_not_que
 def test_an_unreachable_scheduler_is_one_clear_error_line(
     stack_file, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(studies, "SCHEDULER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(cluster, "SCHEDULER_TIMEOUT_S", 1.0)
     with socket_closed_port() as address:
         code = cli.main(
             _grid_args(stack_file, tmp_path / "grid", address, layers="3", lr="1e-3,2e-3")
@@ -290,10 +291,10 @@ class socket_closed_port:
 
 
 def test_without_dask_work_stays_in_this_process_or_a_process_pool():
-    assert studies._use_dask(None, 1, "auto") is False
-    assert studies._use_dask(None, 4, "processes") is False
-    assert studies._use_dask("tcp://127.0.0.1:8786", 1, "processes") is True
-    assert studies._gpu_resources("tcp://h:1", "cuda") == {"GPU": 1}
-    assert studies._gpu_resources(None, "cuda") is None
+    assert cluster._use_dask(None, 1, "auto") is False
+    assert cluster._use_dask(None, 4, "processes") is False
+    assert cluster._use_dask("tcp://127.0.0.1:8786", 1, "processes") is True
+    assert cluster._gpu_resources("tcp://h:1", "cuda") == {"GPU": 1}
+    assert cluster._gpu_resources(None, "cuda") is None
     with pytest.raises(studies.StudyError, match="parallel must be one of"):
-        studies._use_dask(None, 2, "threads")
+        cluster._use_dask(None, 2, "threads")

@@ -5,6 +5,7 @@ import csv
 import pytest
 
 from napari_electrode_cae import cli, core
+from napari_electrode_cae.core import grid as grids
 from napari_electrode_cae.core import load_run, studies, write_stack
 from tests.conftest import make_stack
 
@@ -100,7 +101,7 @@ def test_grid_ranks_records_failures_and_resumes(tmp_path, cal, monkeypatch):
         "batch": [4],
         "lr": [3e-3, 1e-3],
     }
-    rows = studies.run_grid(cal, grid, out_dir=tmp_path, device="cpu")
+    rows = grids.run_grid(cal, grid, out_dir=tmp_path, device="cpu")
     assert len(rows) == 4
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] == "failed"]
@@ -115,13 +116,13 @@ def test_grid_ranks_records_failures_and_resumes(tmp_path, cal, monkeypatch):
     weights = {r["id"]: (tmp_path / r["id"] / "weights.pt").stat().st_mtime_ns for r in ok}
 
     calls = []
-    original = studies._train_config
+    original = grids._train_config
     monkeypatch.setattr(
-        studies,
+        grids,
         "_train_config",
         lambda config, *a, **k: calls.append(config) or original(config, *a, **k),
     )
-    again = studies.run_grid(cal, grid, out_dir=tmp_path, device="cpu")
+    again = grids.run_grid(cal, grid, out_dir=tmp_path, device="cpu")
     assert [r["id"] for r in again] == [r["id"] for r in rows]
     assert all(r["reused"] for r in again if r["status"] == "ok")
     assert all(c["layers"] == 5 for c in calls)  # only the failed ones were tried again
@@ -129,28 +130,28 @@ def test_grid_ranks_records_failures_and_resumes(tmp_path, cal, monkeypatch):
         assert (tmp_path / cid / "weights.pt").stat().st_mtime_ns == mtime
     assert again[0]["best_val_mse"] == pytest.approx(rows[0]["best_val_mse"])
     # the config id is stable and depends on the settings
-    assert studies.config_id({"a": 1, "b": 2}) == studies.config_id({"b": 2, "a": 1})
-    assert studies.config_id({"a": 1}) != studies.config_id({"a": 2})
+    assert grids.config_id({"a": 1, "b": 2}) == grids.config_id({"b": 2, "a": 1})
+    assert grids.config_id({"a": 1}) != grids.config_id({"a": 2})
 
 
 def test_grid_refuses_unknown_keys_and_other_stacks(tmp_path, cal, uncal):
     with pytest.raises(studies.StudyError, match="unknown grid key"):
-        studies.run_grid(cal, {"dropout": [0.1]}, out_dir=tmp_path)
+        grids.run_grid(cal, {"dropout": [0.1]}, out_dir=tmp_path)
     grid = {"window": [40], "epochs": [1]}  # deeper than the stacks: recorded as failed
-    rows = studies.run_grid(cal, grid, out_dir=tmp_path, device="cpu")
+    rows = grids.run_grid(cal, grid, out_dir=tmp_path, device="cpu")
     assert rows[0]["status"] == "failed" and "exceeds the depth" in rows[0]["error"]
     with pytest.raises(studies.StudyError, match="other stacks"):
-        studies.run_grid(uncal, grid, out_dir=tmp_path)
+        grids.run_grid(uncal, grid, out_dir=tmp_path)
 
 
 def test_default_grid_is_table_2_restricted_by_the_preset(cal):
-    quick = studies.default_grid("quick", cal)
+    quick = grids.default_grid("quick", cal)
     assert quick["window"] == [4, 8] and quick["layers"] == [3, 4]  # crop 32 fits 4 layers
     assert quick["epochs"] == [core.get_preset("quick").train.epochs]
     assert quick["lr"] == [1e-3, 1e-4]
-    paper = studies.default_grid("paper", cal)
+    paper = grids.default_grid("paper", cal)
     assert paper["window"] == [4, 8, 16, 24] and paper["epochs"] == [2000, 3500]
-    configs = studies.expand_grid({"window": [4, 8], "stride": ["l"]}, "quick")
+    configs = grids.expand_grid({"window": [4, 8], "stride": ["l"]}, "quick")
     assert [(c["window"], c["stride"]) for c in configs] == [(4, 4), (8, 8)]
 
 

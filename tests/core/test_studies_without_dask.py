@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from napari_electrode_cae.core import studies
+from napari_electrode_cae.core import cluster, studies
+from napari_electrode_cae.core import grid as grids
 from tests.conftest import make_stack
 
 
@@ -18,13 +19,13 @@ def no_dask(monkeypatch):
 
 
 def test_without_dask_parallel_work_falls_back_to_the_process_pool(no_dask):
-    assert studies.dask_available() is False
-    assert studies._use_dask(None, 4, "auto") is False
+    assert cluster.dask_available() is False
+    assert cluster._use_dask(None, 4, "auto") is False
 
 
 def test_asking_for_a_cluster_without_dask_says_what_to_install(no_dask, tmp_path):
     with pytest.raises(studies.StudyError, match=r"pip install 'napari-electrode-cae\[cluster\]'"):
-        studies.run_grid(
+        grids.run_grid(
             [make_stack((12, 16, 16))],
             {"window": [4], "crop": [16]},
             out_dir=tmp_path,
@@ -45,7 +46,7 @@ def test_without_dask_workers_train_in_a_process_pool_reading_the_shared_stacks(
         "batch": [2],
         "lr": [1e-3, 2e-3],
     }
-    rows = studies.run_grid(
+    rows = grids.run_grid(
         [make_stack((16, 16, 16))], grid, out_dir=tmp_path, workers=2, device="cpu"
     )
     assert [r["status"] for r in rows] == ["ok", "ok"]

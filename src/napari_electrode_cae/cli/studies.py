@@ -159,21 +159,21 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from ..core import studies
+    from ..core import grid as grids
 
     stacks = read_stacks(args)
-    grid = studies.default_grid(args.preset, stacks)
-    for key in studies.GRID_KEYS:
+    grid = grids.default_grid(args.preset, stacks)
+    for key in grids.GRID_KEYS:
         values = getattr(args, key)
         if values is not None:
             grid[key] = values
-    total = len(studies.expand_grid(grid, args.preset))
+    total = len(grids.expand_grid(grid, args.preset))
     info(
         f"{total} configurations over the {args.preset} preset: "
         + ", ".join(f"{k}={','.join(str(v) for v in vals)}" for k, vals in grid.items())
     )
 
-    def progress(event: studies.GridProgress) -> None:
+    def progress(event: grids.GridProgress) -> None:
         r = event.row
         state = (
             ("reused" if r.get("reused") else f"best val MSE {r['best_val_mse']:.4f}")
@@ -189,7 +189,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if args.scheduler:
         info(f"submitting to the Dask scheduler at {args.scheduler}")
     try:
-        rows = studies.run_grid(
+        rows = grids.run_grid(
             stacks,
             grid,
             out_dir=args.out,
@@ -208,6 +208,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
             f"{args.out / 'grid.csv'} and are skipped when the grid runs again"
         )
         return EXIT_INTERRUPTED
-    print(studies.format_grid_table(rows), end="")
+    print(grids.format_grid_table(rows), end="")
     info(f"ranking written to {args.out / 'grid.csv'}")
     return 0

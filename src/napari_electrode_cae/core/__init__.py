@@ -29,6 +29,7 @@ from .evaluation import (
     mse_statistics,
     reconstruct,
 )
+from .grid import run_grid
 from .health import Health
 from .io import (
     describe_phase_mapping,
@@ -68,7 +69,7 @@ from .stack import (
     to_network_values,
     volume_fractions,
 )
-from .studies import CASE_STUDIES, run_grid, run_study
+from .studies import CASE_STUDIES, run_study
 from .synthetic import generate_electrode
 from .training import (
     BatchReport,

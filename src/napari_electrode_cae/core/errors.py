@@ -60,3 +60,7 @@ class RunFolderBusyError(RunFolderError):
 class OutputWriteError(ElectrodeCAEError):
     """A file the tool writes could not be written (e.g. the disk is full); the previous file,
     if any, is left as it was."""
+
+
+class StudyError(ElectrodeCAEError):
+    """A study or grid cannot run as asked (no stacks, unknown grid key, foreign out folder)."""
