@@ -14,33 +14,8 @@ import numpy as np
 import pytest
 
 from napari_electrode_cae import cli, core
+from tests.cli.helpers import TINY, error_line
 from tests.conftest import make_stack
-
-TINY = [
-    "--window",
-    "4",
-    "--stride",
-    "4",
-    "--crop",
-    "16",
-    "--hidden",
-    "8",
-    "--latent",
-    "2",
-    "--epochs",
-    "1",
-    "--batch",
-    "4",
-    "--device",
-    "cpu",
-]
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @contextlib.contextmanager
@@ -106,7 +81,7 @@ def test_a_tiny_compressed_tiff_that_decodes_large_is_refused_before_decoding(
     )
     argv = ["train", str(bomb), "--out", str(tmp_path / "run"), *TINY]
     assert cli.main([*argv, "--max-stack-gib", "0.01"]) == cli.EXIT_BAD_INPUT
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "decodes to 16 MiB, more than the 10 MiB limit" in line
     assert "--max-stack-gib" in line and not decoded
     stack = core.read_stack(bomb, max_stack_gib=0.02)  # raised explicitly: it is read
@@ -130,14 +105,14 @@ def test_a_config_naming_a_huge_window_is_refused_before_anything_is_built(
     _edit_config(run_copy, window_length=10**6)
     monkeypatch.setattr(core.runs, "build_model", lambda *a: pytest.fail("a model was built"))
     assert cli.main(["evaluate", str(run_copy)]) == cli.EXIT_BAD_INPUT
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "weights.pt" in line and "window_length=1000000" in line
 
 
 def test_a_config_naming_a_huge_hidden_layer_is_refused_naming_the_field(run_copy, capsys):
     _edit_config(run_copy, hidden=10**9)
     assert cli.main(["evaluate", str(run_copy)]) == cli.EXIT_BAD_INPUT
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "hidden=1000000000" in line and "implies" in line
 
 
@@ -145,7 +120,7 @@ def test_a_weights_file_larger_than_its_config_implies_is_not_read(run_copy, cap
     with (run_copy / "weights.pt").open("ab") as handle:
         handle.truncate(64 * 2**20)  # a sparse 64 MiB file for a model of a few KB
     assert cli.main(["evaluate", str(run_copy)]) == cli.EXIT_BAD_INPUT
-    assert "it was not read" in _error_line(capsys)
+    assert "it was not read" in error_line(capsys)
 
 
 def test_training_a_model_larger_than_the_memory_is_refused_up_front(tmp_path, capsys, monkeypatch):
@@ -168,7 +143,7 @@ def test_training_a_model_larger_than_the_memory_is_refused_up_front(tmp_path, c
         "cpu",
     ]
     assert cli.main(argv) == cli.EXIT_BAD_INPUT
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "parameters" in line and "hidden (1000000000)" in line
 
 
@@ -201,7 +176,7 @@ def test_a_window_grid_larger_than_the_memory_is_refused_with_advice(tmp_path, c
         "cpu",
     ]
     assert cli.main(argv) == cli.EXIT_BAD_INPUT
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "55,223 windows" in line and "larger --stride or --tile-stride" in line
 
 
@@ -212,7 +187,7 @@ def test_a_run_file_that_is_a_fifo_is_refused_without_blocking(run_copy, capsys,
     os.mkfifo(run_copy / name)
     with _no_hang():
         assert cli.main(["evaluate", str(run_copy)]) == cli.EXIT_BAD_INPUT
-    assert "FIFO" in _error_line(capsys)
+    assert "FIFO" in error_line(capsys)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
@@ -221,7 +196,7 @@ def test_weights_linked_to_a_device_are_refused_without_reading(run_copy, capsys
     os.symlink("/dev/zero", run_copy / "weights.pt")
     with _no_hang():
         assert cli.main(["evaluate", str(run_copy)]) == cli.EXIT_BAD_INPUT
-    assert "is a device, not a regular file" in _error_line(capsys)
+    assert "is a device, not a regular file" in error_line(capsys)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs need POSIX")
@@ -231,5 +206,5 @@ def test_a_stack_that_is_a_fifo_is_refused_without_blocking(tmp_path, capsys, na
     with _no_hang():
         code = cli.main(["train", str(tmp_path / name), "--out", str(tmp_path / "run"), *TINY])
     assert code == cli.EXIT_BAD_INPUT
-    assert "is a FIFO, not a regular file" in _error_line(capsys)
+    assert "is a FIFO, not a regular file" in error_line(capsys)
     assert not (tmp_path / "run").exists()  # a training that never started leaves no folder

@@ -20,40 +20,7 @@ import torch
 
 from napari_electrode_cae import cli, core
 from napari_electrode_cae.core import checkpoint
-from tests.conftest import make_stack
-
-TINY = [
-    "--window",
-    "4",
-    "--stride",
-    "4",
-    "--crop",
-    "16",
-    "--hidden",
-    "8",
-    "--latent",
-    "2",
-    "--epochs",
-    "1",
-    "--batch",
-    "4",
-    "--device",
-    "cpu",
-]
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-@pytest.fixture
-def stack_file(tmp_path):
-    path = tmp_path / "tiny_CAL.tif"
-    core.write_stack(path, make_stack((12, 32, 32), seed=0))
-    return path
+from tests.cli.helpers import TINY, error_line
 
 
 @pytest.fixture
@@ -129,12 +96,12 @@ def test_a_failure_late_in_a_run_says_it_is_incomplete_and_resume_finishes_it(
     with monkeypatch.context() as patch:
         patch.setattr(core.runs, "write_latents", disk_full)
         assert cli.main(["train", str(stack_file), "--out", str(out), *TINY]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"the run folder {out} is incomplete" in line and "--resume" in line
     with pytest.raises(core.RunFolderError, match="incomplete run folder"):
         core.load_run(out)
     assert cli.main(["evaluate", str(out)]) == cli.EXIT_BAD_INPUT
-    assert "incomplete" in _error_line(capsys)
+    assert "incomplete" in error_line(capsys)
     assert cli.main(["train", str(stack_file), "--out", str(out), *TINY, "--resume"]) == 0
     assert len(core.load_run(out).history) == 1
 
@@ -146,7 +113,7 @@ def test_running_out_of_memory_is_one_line(stack_file, tmp_path, capsys, monkeyp
     monkeypatch.setattr(core, "evaluate", no_memory)
     code = cli.main(["train", str(stack_file), "--out", str(tmp_path / "run"), *TINY])
     assert code == cli.EXIT_FAILURE
-    assert "out of memory" in _error_line(capsys)
+    assert "out of memory" in error_line(capsys)
 
 
 def test_a_librarys_unexpected_error_is_one_line(run_dir, capsys, monkeypatch):
@@ -158,7 +125,7 @@ def test_a_librarys_unexpected_error_is_one_line(run_dir, capsys, monkeypatch):
 
     monkeypatch.setattr(core, "load_run", broken)
     assert cli.main(["evaluate", str(run_dir)]) == cli.EXIT_FAILURE
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "RuntimeError: CUDA error: an illegal memory access Compile with" in line
     assert "ELECTRODE_CAE_TRACEBACK=1" in line
 
@@ -181,7 +148,7 @@ def test_a_tiff_whose_codec_is_missing_is_one_line(tmp_path, capsys):
     path.write_bytes(bytes(data))
     code = cli.main(["train", str(path), "--out", str(tmp_path / "run"), *TINY])
     assert code == cli.EXIT_BAD_INPUT
-    assert "install the imagecodecs package" in _error_line(capsys)
+    assert "install the imagecodecs package" in error_line(capsys)
 
 
 def _imagecodecs_installed() -> bool:
@@ -198,7 +165,7 @@ def test_a_file_name_that_is_not_valid_text_is_one_line(tmp_path, capsys):
         code = cli.main(["sample", folder, "--preset", "cal", "--shape", "8", "16", "16"])
     assert code in (0, cli.EXIT_BAD_INPUT)
     if code:
-        assert "not valid in this system's encoding" in _error_line(capsys)
+        assert "not valid in this system's encoding" in error_line(capsys)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +182,7 @@ def test_an_edited_run_file_is_one_line(run_dir, capsys, name, text, message):
     data = text if isinstance(text, bytes) else text.encode()
     (run_dir / name).write_bytes(data)
     assert cli.main(["evaluate", str(run_dir)]) == cli.EXIT_BAD_INPUT
-    assert message in _error_line(capsys)
+    assert message in error_line(capsys)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")

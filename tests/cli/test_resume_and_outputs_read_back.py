@@ -12,38 +12,8 @@ import pytest
 import torch
 
 from napari_electrode_cae import cli, core
+from tests.cli.helpers import TINY_MODEL, error_line
 from tests.conftest import make_stack
-
-TINY = [
-    "--window",
-    "4",
-    "--stride",
-    "4",
-    "--crop",
-    "16",
-    "--hidden",
-    "8",
-    "--latent",
-    "2",
-    "--batch",
-    "4",
-    "--device",
-    "cpu",
-]
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-@pytest.fixture
-def stack_file(tmp_path):
-    path = tmp_path / "tiny_CAL.tif"
-    core.write_stack(path, make_stack((12, 32, 32), seed=0))
-    return path
 
 
 def _stop_after_epochs(monkeypatch, n: int) -> None:
@@ -67,7 +37,17 @@ def interrupted_run(tmp_path, stack_file, monkeypatch, capsys):
     with monkeypatch.context() as patch:
         _stop_after_epochs(patch, 2)
         code = cli.main(
-            ["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "4", "--lr", "0.002"]
+            [
+                "train",
+                str(stack_file),
+                "--out",
+                str(out),
+                *TINY_MODEL,
+                "--epochs",
+                "4",
+                "--lr",
+                "0.002",
+            ]
         )
     assert code == cli.EXIT_INTERRUPTED and (out / "last.pt").exists()
     capsys.readouterr()
@@ -81,7 +61,7 @@ def _resume(stack, out, *extra):
             str(stack),
             "--out",
             str(out),
-            *TINY,
+            *TINY_MODEL,
             "--epochs",
             "4",
             "--lr",
@@ -105,7 +85,7 @@ def test_resume_with_other_settings_is_refused_naming_the_field(
 ):
     config_before = (interrupted_run / "config.json").read_bytes()
     assert _resume(stack_file, interrupted_run, *extra) == cli.EXIT_BAD_INPUT
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert field in line and "last.pt" in line
     assert (interrupted_run / "config.json").read_bytes() == config_before  # not rewritten
     assert (interrupted_run / "last.pt").exists()
@@ -115,7 +95,7 @@ def test_resume_with_another_stack_is_refused(interrupted_run, tmp_path, capsys)
     other = tmp_path / "other_CAL.tif"
     core.write_stack(other, make_stack((12, 32, 32), seed=5))
     assert _resume(other, interrupted_run) == cli.EXIT_BAD_INPUT
-    assert "stack 1: the run was trained on 'tiny_CAL'" in _error_line(capsys)
+    assert "stack 1: the run was trained on 'tiny_CAL'" in error_line(capsys)
 
 
 def test_resume_with_the_same_settings_finishes_the_run(interrupted_run, stack_file, capsys):
@@ -133,7 +113,7 @@ def test_resume_with_fewer_epochs_than_done_is_refused(interrupted_run, stack_fi
             str(stack_file),
             "--out",
             str(interrupted_run),
-            *TINY,
+            *TINY_MODEL,
             "--epochs",
             "1",
             "--lr",
@@ -142,7 +122,7 @@ def test_resume_with_fewer_epochs_than_done_is_refused(interrupted_run, stack_fi
         ]
     )
     assert code == cli.EXIT_BAD_INPUT
-    assert "epochs 1 is fewer than the 2 epochs this run has done" in _error_line(capsys)
+    assert "epochs 1 is fewer than the 2 epochs this run has done" in error_line(capsys)
 
 
 def test_resume_with_as_many_epochs_as_done_finishes_without_training(
@@ -154,7 +134,7 @@ def test_resume_with_as_many_epochs_as_done_finishes_without_training(
             str(stack_file),
             "--out",
             str(interrupted_run),
-            *TINY,
+            *TINY_MODEL,
             "--epochs",
             "2",
             "--lr",
@@ -170,30 +150,32 @@ def test_resume_with_as_many_epochs_as_done_finishes_without_training(
 def test_an_interrupted_run_is_not_restarted_without_resume(interrupted_run, stack_file, capsys):
     last = (interrupted_run / "last.pt").read_bytes()
     code = cli.main(
-        ["train", str(stack_file), "--out", str(interrupted_run), *TINY, "--epochs", "4"]
+        ["train", str(stack_file), "--out", str(interrupted_run), *TINY_MODEL, "--epochs", "4"]
     )
     assert code == cli.EXIT_BAD_INPUT
-    assert "interrupted run" in _error_line(capsys)
+    assert "interrupted run" in error_line(capsys)
     assert (interrupted_run / "last.pt").read_bytes() == last
 
 
 def test_resume_of_a_finished_run_says_there_is_nothing_to_resume(tmp_path, stack_file, capsys):
     out = tmp_path / "run"
-    assert cli.main(["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1"]) == 0
+    assert (
+        cli.main(["train", str(stack_file), "--out", str(out), *TINY_MODEL, "--epochs", "1"]) == 0
+    )
     weights = (out / "weights.pt").read_bytes()
     capsys.readouterr()
     code = cli.main(
-        ["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1", "--resume"]
+        ["train", str(stack_file), "--out", str(out), *TINY_MODEL, "--epochs", "1", "--resume"]
     )
     assert code == cli.EXIT_BAD_INPUT
-    assert "holds a finished run: there is nothing to resume" in _error_line(capsys)
+    assert "holds a finished run: there is nothing to resume" in error_line(capsys)
     assert (out / "weights.pt").read_bytes() == weights
 
 
 def test_resume_into_a_new_folder_says_it_starts_a_new_run(tmp_path, stack_file, capsys):
     out = tmp_path / "run"
     code = cli.main(
-        ["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1", "--resume"]
+        ["train", str(stack_file), "--out", str(out), *TINY_MODEL, "--epochs", "1", "--resume"]
     )
     assert code == 0
     assert "nothing to resume" in capsys.readouterr().err
@@ -207,7 +189,7 @@ def test_a_diverged_training_exits_non_zero_and_is_flagged(tmp_path, stack_file,
             str(stack_file),
             "--out",
             str(out),
-            *TINY,
+            *TINY_MODEL,
             "--epochs",
             "3",
             "--lr",
@@ -247,7 +229,9 @@ def test_a_sidecar_of_another_array_is_not_used(tmp_path):
 
 def test_decode_to_npy_reads_back_as_the_decoded_phases(tmp_path, stack_file, capsys):
     out = tmp_path / "run"
-    assert cli.main(["train", str(stack_file), "--out", str(out), *TINY, "--epochs", "1"]) == 0
+    assert (
+        cli.main(["train", str(stack_file), "--out", str(out), *TINY_MODEL, "--epochs", "1"]) == 0
+    )
     volume = tmp_path / "decoded.npy"
     assert cli.main(["decode", str(out), "--latent", "0.5,-1", "--out", str(volume)]) == 0
     run = core.load_run(out)
@@ -269,6 +253,8 @@ def test_a_mapped_stack_changed_during_training_stops_in_one_line(tmp_path, caps
         os.utime(stack, ns=(1, 1))
 
     monkeypatch.setattr(core.training.TimeEstimate, "epoch_done", touched)
-    code = cli.main(["train", str(stack), "--out", str(tmp_path / "run"), *TINY, "--epochs", "3"])
+    code = cli.main(
+        ["train", str(stack), "--out", str(tmp_path / "run"), *TINY_MODEL, "--epochs", "3"]
+    )
     assert code == cli.EXIT_BAD_INPUT
-    assert "changed on disk while it was in use" in _error_line(capsys)
+    assert "changed on disk while it was in use" in error_line(capsys)

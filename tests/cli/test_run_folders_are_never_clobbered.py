@@ -12,44 +12,12 @@ import pytest
 
 from napari_electrode_cae import cli, core
 from napari_electrode_cae.core import runfolder
+from tests.cli.helpers import TINY, error_line
 from tests.conftest import make_stack
-
-TINY = [
-    "--window",
-    "4",
-    "--stride",
-    "4",
-    "--crop",
-    "16",
-    "--hidden",
-    "8",
-    "--latent",
-    "2",
-    "--epochs",
-    "1",
-    "--batch",
-    "4",
-    "--device",
-    "cpu",
-]
-
-
-@pytest.fixture
-def stack_file(tmp_path):
-    path = tmp_path / "tiny_CAL.tif"
-    core.write_stack(path, make_stack((12, 32, 32), seed=0))
-    return path
 
 
 def _train(stack_file, out, *extra):
     return cli.main(["train", str(stack_file), "--out", str(out), *TINY, *extra])
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def _snapshot(folder):
@@ -65,7 +33,7 @@ def test_train_refuses_a_folder_of_the_users_own_files_and_leaves_them(
         (out / name).write_text(f"the user's {name}")
     before = _snapshot(out)
     assert _train(stack_file, out) == cli.EXIT_BAD_INPUT
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "not a run folder of this tool" in line and "nothing was written" in line
     assert _snapshot(out) == before  # nothing deleted, overwritten or added (not even a lock)
     assert _train(stack_file, out, "--overwrite") == cli.EXIT_BAD_INPUT  # never with overwrite
@@ -76,7 +44,7 @@ def test_train_refuses_an_out_that_is_a_file(tmp_path, stack_file, capsys):
     out = tmp_path / "notes.txt"
     out.write_text("keep me")
     assert _train(stack_file, out) == cli.EXIT_BAD_INPUT
-    assert "is a file" in _error_line(capsys)
+    assert "is a file" in error_line(capsys)
     assert out.read_text() == "keep me"
 
 
@@ -88,7 +56,7 @@ def test_a_finished_run_is_replaced_only_with_overwrite_and_only_its_own_files(
     weights = (out / "weights.pt").read_bytes()
     capsys.readouterr()
     assert _train(stack_file, out) == cli.EXIT_BAD_INPUT
-    assert "already holds a finished run" in _error_line(capsys)
+    assert "already holds a finished run" in error_line(capsys)
     assert (out / "weights.pt").read_bytes() == weights
     (out / "my_notes.txt").write_text("notes the user put beside the run")
     assert _train(stack_file, out, "--overwrite", "--seed", "1") == 0
@@ -122,7 +90,7 @@ def test_a_held_lock_makes_a_second_training_refuse_in_one_line(tmp_path, stack_
     out.mkdir()
     with runfolder.RunFolderLock(out):  # as a training in progress holds it
         assert _train(stack_file, out) == cli.EXIT_BAD_INPUT
-        assert "in use by another electrode-cae process" in _error_line(capsys)
+        assert "in use by another electrode-cae process" in error_line(capsys)
         assert cli.main(["evaluate", str(out)]) == cli.EXIT_BAD_INPUT  # not a run yet
         capsys.readouterr()
     assert _train(stack_file, out) == 0  # released: the folder is usable again
@@ -151,9 +119,9 @@ def test_a_lock_held_by_another_process_refuses_and_dies_with_it(tmp_path, stack
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert _train(stack_file, out, "--overwrite") == cli.EXIT_BAD_INPUT
-        assert "in use by another electrode-cae process" in _error_line(capsys)
+        assert "in use by another electrode-cae process" in error_line(capsys)
         assert cli.main(["evaluate", str(out)]) == cli.EXIT_BAD_INPUT
-        assert "in use" in _error_line(capsys)
+        assert "in use" in error_line(capsys)
         assert core.load_run(out) is not None  # the run itself is untouched
     finally:
         holder.kill()
@@ -202,5 +170,5 @@ def test_sample_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
     assert cli.main([*argv, "--seed", "1"]) == 0
     (tmp_path / "synthetic_CAL.tif").write_bytes(b"the user's own image")
     assert cli.main(argv) == cli.EXIT_BAD_INPUT
-    assert "was not written by this tool" in _error_line(capsys)
+    assert "was not written by this tool" in error_line(capsys)
     assert (tmp_path / "synthetic_CAL.tif").read_bytes() == b"the user's own image"
