@@ -15,7 +15,6 @@ no Latents tab, shows it as its own layer). "Export…" writes the candidate as 
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from ..core import DEFAULT_VOXEL_SIZE_UM, ElectrodeCAEError, prediction
 from ..core import design as core_design
 from ..core import metrics as metric_registry
 from .live_decoder import model_snapshot
+from .panel_base import Panel
 from .scrolling import fill_with_scrolling
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ OPERATORS = (("=", "equal"), ("≤", "at_most"), ("≥", "at_least"))
 #: Thumbnail colours of pore, CBD, active (RGB).
 PHASE_COLOURS = np.array([[20, 20, 30], [230, 140, 40], [150, 170, 200]], dtype=np.uint8)
 THUMBNAIL = 56
-SHUTDOWN_TIMEOUT_S = 10.0
 
 
 def design_job(
@@ -67,22 +66,18 @@ def design_job(
     targets,
     options: dict,
     needs_costly: bool,
-    done_flag: threading.Event,
 ):
     """Worker generator: (fit the regressors,) design; returns (fit report or None, result)."""
-    try:
-        report = None
-        if predictor is None:
-            report = yield from prediction.iter_fit_prediction(
-                model, dataset, max_windows=options.pop("max_windows"), tortuosity=needs_costly
-            )
-            predictor = report.predictor
-        else:
-            options.pop("max_windows")
-        result = yield from core_design.iter_design(model, predictor, targets, **options)
-        return report, result
-    finally:
-        done_flag.set()
+    report = None
+    if predictor is None:
+        report = yield from prediction.iter_fit_prediction(
+            model, dataset, max_windows=options.pop("max_windows"), tortuosity=needs_costly
+        )
+        predictor = report.predictor
+    else:
+        options.pop("max_windows")
+    result = yield from core_design.iter_design(model, predictor, targets, **options)
+    return report, result
 
 
 def thumbnail(labels: np.ndarray, size: int = THUMBNAIL) -> QPixmap:
@@ -149,7 +144,7 @@ class TargetRow(QWidget):
         )
 
 
-class DesignPanel(QWidget):
+class DesignPanel(Panel):
     """Targets, Run/Stop, ranked candidates (see the module docstring).
 
     Parameters
@@ -175,24 +170,17 @@ class DesignPanel(QWidget):
         latent_panel: LatentPanel | None = None,
         parent: QWidget | None = None,
     ) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.state = state
+        super().__init__(viewer, state, parent)
         self.latent_panel = latent_panel
         self.result: core_design.DesignResult | None = None
         self._worker = None
-        self._done = threading.Event()
-        self._done.set()
-        self._closed = False
         self.target_rows: list[TargetRow] = []
         self._build_ui()
         self.add_target("pore_fraction", "equal", 0.40, 0.01)
-        self._connections = [
+        self.connect_events(
             (state.events.model_version, self._on_model_changed),
             (state.events.dataset, self._update_buttons),
-        ]
-        for signal, slot in self._connections:
-            signal.connect(slot)
+        )
         self._update_buttons()
 
     # ----------------------------------------------------------------------------------- UI
@@ -325,8 +313,6 @@ class DesignPanel(QWidget):
 
     def run(self) -> None:
         """Start the design worker (errors go to the status label)."""
-        from napari.qt.threading import create_worker
-
         if self._worker is not None:
             return
         try:
@@ -350,8 +336,7 @@ class DesignPanel(QWidget):
             "max_windows": prediction.DEFAULT_MAX_WINDOWS,
             **objective,
         }
-        self._done.clear()
-        worker = create_worker(
+        worker = self.workers.create(
             design_job,
             model_snapshot(self.state.model),
             self.state.dataset,
@@ -359,14 +344,12 @@ class DesignPanel(QWidget):
             targets,
             options,
             needs_costly,
-            self._done,
-            _start_thread=False,
+            on_yielded=self._on_progress,
+            on_returned=self._on_returned,
+            on_errored=self._on_errored,
+            on_finished=self._on_finished,
         )
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
         worker.aborted.connect(lambda: self.status_label.setText("stopped; nothing changed"))
-        worker.finished.connect(self._on_finished)
         self._worker = worker
         self._model_at_start = self.state.model
         self.status_label.setText(
@@ -391,7 +374,7 @@ class DesignPanel(QWidget):
             self.status_label.setText(f"{step.message} ({step.done}/{step.total})")
 
     def _on_returned(self, value) -> None:
-        if value is None or self._closed:
+        if value is None or self.closed:
             return
         report, result = value
         if self.state.model is not self._model_at_start:
@@ -405,11 +388,9 @@ class DesignPanel(QWidget):
     def _on_errored(self, exc: Exception) -> None:
         self.status_label.setText(f"error: {exc}")
 
-    def _on_finished(self) -> None:
+    def _on_finished(self) -> None:  # not called after shutdown (WorkerSet)
         self._worker = None
-        self._done.set()  # also when quit before the generator ran (its finally never ran)
-        if not self._closed:
-            self._update_buttons()
+        self._update_buttons()
 
     # ------------------------------------------------------------------------------ gallery
     def show_result(self, result: core_design.DesignResult) -> None:
@@ -502,27 +483,3 @@ class DesignPanel(QWidget):
             self.status_label.setText(f"error: {exc}")
             return
         self.status_label.setText(f"wrote {tif} and {latent.name}")
-
-    # ------------------------------------------------------------------------------ cleanup
-    def shutdown(self) -> None:
-        """Stop the worker, wait for it and disconnect from the state."""
-        self._closed = True
-        if self._worker is not None:
-            self._worker.quit()
-        _wait_for(lambda: self._worker is None or self._done.is_set(), SHUTDOWN_TIMEOUT_S)
-        for signal, slot in self._connections:
-            signal.disconnect(slot)
-        self._connections = []
-
-
-def _wait_for(condition, timeout_s: float) -> None:
-    """Process Qt events until ``condition()`` holds or ``timeout_s`` passed (a worker's
-    finished signal is delivered to this thread, so a blocking wait could not see it)."""
-    import time
-
-    from qtpy.QtCore import QCoreApplication
-
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        QCoreApplication.processEvents()
-        time.sleep(0.005)

@@ -14,7 +14,6 @@ Labels and units are the metrics registry's (:mod:`napari_electrode_cae.core.met
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ from qtpy.QtWidgets import (
 from ..core import ElectrodeCAEError, prediction
 from ..core import metrics as metric_registry
 from .live_decoder import model_snapshot
+from .panel_base import WorkerSet
 
 if TYPE_CHECKING:
     from .state import CAEState
@@ -42,19 +42,15 @@ if TYPE_CHECKING:
 MEASURE_DELAY_MS = 120
 #: Windows measured by "Fit predictor" (non-overlapping, seeded subset).
 GUI_MAX_WINDOWS = 300
-SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def fit_job(model, dataset, max_windows: int, n_folds: int, tortuosity: bool, done_flag):
+def fit_job(model, dataset, max_windows: int, n_folds: int, tortuosity: bool):
     """Worker generator: yields PredictionProgress, returns the PredictionReport."""
-    try:
-        return (
-            yield from prediction.iter_fit_prediction(
-                model, dataset, max_windows=max_windows, n_folds=n_folds, tortuosity=tortuosity
-            )
+    return (
+        yield from prediction.iter_fit_prediction(
+            model, dataset, max_windows=max_windows, n_folds=n_folds, tortuosity=tortuosity
         )
-    finally:
-        done_flag.set()
+    )
 
 
 def measure_job(labels: np.ndarray, voxel_size_um: float, names: list[str]) -> dict:
@@ -84,11 +80,10 @@ class PredictionView(QWidget):
         self._labels: tuple[np.ndarray, float] | None = None
         self._measured: dict[str, float] = {}
         self._fit_worker = None
-        self._fit_done = threading.Event()
-        self._fit_done.set()
         self._measure_worker = None
         self._measure_pending = False
-        self._closed = False
+        #: The fit and measurement workers, waited for at shutdown.
+        self.workers = WorkerSet()
         self._measure_timer = QTimer(self)
         self._measure_timer.setSingleShot(True)
         self._measure_timer.setInterval(MEASURE_DELAY_MS)
@@ -244,25 +239,20 @@ class PredictionView(QWidget):
     # ------------------------------------------------------------------------------ fitting
     def fit(self) -> None:
         """Fit the regressors on the current windows in a background worker."""
-        from napari.qt.threading import create_worker
-
         if self._fit_worker is not None or self.state.model is None or self.state.dataset is None:
             return
-        self._fit_done.clear()
-        worker = create_worker(
+        worker = self.workers.create(
             fit_job,
             model_snapshot(self.state.model),
             self.state.dataset,
             GUI_MAX_WINDOWS,
             prediction.DEFAULT_FOLDS,
             True,
-            self._fit_done,
-            _start_thread=False,
+            on_yielded=self._on_fit_progress,
+            on_returned=self._on_fit_returned,
+            on_errored=self._on_fit_errored,
+            on_finished=self._on_fit_finished,
         )
-        worker.yielded.connect(self._on_fit_progress)
-        worker.returned.connect(self._on_fit_returned)
-        worker.errored.connect(self._on_fit_errored)
-        worker.finished.connect(self._on_fit_finished)
         self._fit_worker = worker
         self.status_label.setText("measuring windows …")
         self._update_enabled()
@@ -277,28 +267,24 @@ class PredictionView(QWidget):
         self.status_label.setText(f"{what}: {step.done}/{step.total}")
 
     def _on_fit_returned(self, report: prediction.PredictionReport | None) -> None:
-        if report is None or self._closed:
+        if report is None or self.workers.closed:
             return
         self.set_predictor(report.predictor, report.to_dict())
 
     def _on_fit_errored(self, exc: Exception) -> None:
         self.status_label.setText(f"error: {exc}")
 
-    def _on_fit_finished(self) -> None:
+    def _on_fit_finished(self) -> None:  # not called after shutdown (WorkerSet)
         self._fit_worker = None
-        self._fit_done.set()  # also when quit before the generator ran
-        if not self._closed:
-            self._update_enabled()
+        self._update_enabled()
 
     # ---------------------------------------------------------------------------- measuring
     def _schedule_measure(self) -> None:
-        if self._labels is not None and self.predictor is not None and not self._closed:
+        if self._labels is not None and self.predictor is not None and not self.workers.closed:
             self._measure_timer.start()
 
     def _start_measure(self) -> None:
-        from napari.qt.threading import create_worker
-
-        if self._labels is None or self.predictor is None or self._closed:
+        if self._labels is None or self.predictor is None or self.workers.closed:
             return
         if self._measure_worker is not None:
             self._measure_pending = True  # latest wins: measured again when this one returns
@@ -309,22 +295,27 @@ class PredictionView(QWidget):
             for n in self.predictor.names
             if not metric_registry.get(n).costly or self.tau_check.isChecked()
         ]
-        worker = create_worker(measure_job, labels.copy(), voxel, names, _start_thread=False)
-        worker.returned.connect(self._on_measured)
-        worker.errored.connect(self._on_fit_errored)
-        worker.finished.connect(self._on_measure_finished)
+        worker = self.workers.create(
+            measure_job,
+            labels.copy(),
+            voxel,
+            names,
+            on_returned=self._on_measured,
+            on_errored=self._on_fit_errored,
+            on_finished=self._on_measure_finished,
+        )
         self._measure_worker = worker
         worker.start()
 
     def _on_measured(self, values: dict) -> None:
-        if self._closed:
+        if self.workers.closed:
             return
         self._measured = dict(values)
         self._render()
 
     def _on_measure_finished(self) -> None:
         self._measure_worker = None
-        if self._measure_pending and not self._closed:
+        if self._measure_pending:
             self._measure_pending = False
             self._start_measure()
 
@@ -340,25 +331,9 @@ class PredictionView(QWidget):
 
     # ------------------------------------------------------------------------------ cleanup
     def shutdown(self) -> None:
-        """Stop the workers, wait for the fit, disconnect from the state."""
-        self._closed = True
+        """Stop the workers, wait for them, disconnect from the state."""
         self._measure_timer.stop()
-        if self._fit_worker is not None:
-            self._fit_worker.quit()
-        _wait_for(lambda: self._fit_worker is None or self._fit_done.is_set(), SHUTDOWN_TIMEOUT_S)
+        self.workers.stop(owner="prediction view")
         for signal, slot in self._connections:
             signal.disconnect(slot)
         self._connections = []
-
-
-def _wait_for(condition, timeout_s: float) -> None:
-    """Process Qt events until ``condition()`` holds or ``timeout_s`` passed (a worker's
-    finished signal is delivered to this thread, so a blocking wait could not see it)."""
-    import time
-
-    from qtpy.QtCore import QCoreApplication
-
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        QCoreApplication.processEvents()
-        time.sleep(0.005)
