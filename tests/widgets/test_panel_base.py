@@ -4,7 +4,6 @@ tab's explicit training phase (idle, training, stopping, done, failed)."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -46,9 +45,8 @@ def test_stop_waits_for_a_running_worker_and_skips_on_finished(qtbot):
     watch = workers.watches()[0]
     qtbot.waitUntil(watch.started.is_set, timeout=WAIT_MS)
     threading.Timer(0.2, release.set).start()
-    start = time.monotonic()
-    assert workers.stop(timeout_s=10.0)
-    assert watch.finished.is_set() and time.monotonic() - start < 10.0
+    assert workers.stop(timeout_s=10.0)  # True: the worker finished within the timeout
+    assert watch.finished.is_set()
     qtbot.wait(50)
     assert finished == [] and workers.closed and not workers.busy
 
