@@ -107,3 +107,17 @@ def test_stop_ends_a_design_and_keeps_the_old_gallery(panels, qtbot):
     qtbot.waitUntil(lambda: not design.running, timeout=WAIT_MS)
     assert design.result is None and design.gallery.rowCount() == 0
     assert "stop" in design.status_label.text()
+
+
+def test_run_is_offered_for_a_model_set_without_new_weights(make_napari_viewer, qtbot):
+    """Opening a run sets the model without bumping model_version: Run must still enable."""
+    viewer = make_napari_viewer()
+    state = make_state()
+    model = state.model
+    state.model = None
+    design = DesignPanel(viewer, state)
+    qtbot.addWidget(design)
+    assert not design.run_button.isEnabled()
+    state.model = model  # as Open run does
+    assert design.run_button.isEnabled()
+    design.shutdown()

@@ -178,7 +178,8 @@ class DesignPanel(Panel):
         self._build_ui()
         self.add_target("pore_fraction", "equal", 0.40, 0.01)
         self.connect_events(
-            (state.events.model_version, self._on_model_changed),
+            (state.events.model, self._on_model_changed),  # a run opened
+            (state.events.model_version, self._on_model_changed),  # new weights trained
             (state.events.dataset, self._update_buttons),
         )
         self._update_buttons()
