@@ -90,14 +90,26 @@ def thumbnail(labels: np.ndarray, size: int = THUMBNAIL) -> QPixmap:
     )
 
 
+def _metric_combo(items) -> QComboBox:
+    """A combo box of (label, metric name) items that fits a narrow dock: its width does not
+    follow its longest label (the open list still shows the labels whole)."""
+    combo = QComboBox()
+    for label, name in items:
+        combo.addItem(label, name)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(10)
+    return combo
+
+
 class TargetRow(QWidget):
     """One target: metric, operator, value and (for =) tolerance, with a remove button."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.metric_combo = QComboBox()
-        for m in metric_registry.metrics_for_axis(0):
-            self.metric_combo.addItem(m.label + (f" ({m.unit})" if m.unit else ""), m.name)
+        self.metric_combo = _metric_combo(
+            (m.label + (f" ({m.unit})" if m.unit else ""), m.name)
+            for m in metric_registry.metrics_for_axis(0)
+        )
         self.op_combo = QComboBox()
         for text, kind in OPERATORS:
             self.op_combo.addItem(text, kind)
@@ -197,9 +209,9 @@ class DesignPanel(Panel):
         self.add_button.clicked.connect(lambda: self.add_target())
         self.objective_combo = QComboBox()
         self.objective_combo.addItems(["no objective", "maximise", "minimise"])
-        self.objective_metric = QComboBox()
-        for m in metric_registry.metrics_for_axis(0):
-            self.objective_metric.addItem(m.label, m.name)
+        self.objective_metric = _metric_combo(
+            (m.label, m.name) for m in metric_registry.metrics_for_axis(0)
+        )
         self.objective_metric.setCurrentIndex(self.objective_metric.findData("ssa_active_per_um"))
         objective = QHBoxLayout()
         objective.addWidget(self.objective_combo)
